@@ -1,0 +1,54 @@
+"""Input validation shared by the op wrappers: one clear error per mistake."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FLOATS = (torch.float32, torch.float64)
+INDICES = (torch.int32, torch.int64)
+
+
+def check_tensor(name: str, t: object, dtypes, shape: tuple) -> Tensor:
+    """Check type, dtype and shape (None = any size) of an op input; return it contiguous."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype {names}; got {str(t.dtype).replace('torch.', '')}")
+    if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
+        want = "×".join("N" if s is None else str(s) for s in shape)
+        raise ValueError(f"{name} must have shape {want}; got {tuple(t.shape)}")
+    return t.contiguous()
+
+
+def check_same_device(**tensors: Tensor) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    first = next(iter(devices.values()))
+    if any(d != first for d in devices.values()):
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all inputs must be on one device; got {listing}")
+    return first
+
+
+def check_pair_indices(i: Tensor, j: Tensor, P: int) -> None:
+    """Pair indices must have equal length and lie in [0, P). Syncs once on CUDA."""
+    if i.shape != j.shape:
+        raise ValueError(f"i and j must have the same length; got {i.shape[0]} and {j.shape[0]}")
+    if i.numel() == 0:
+        return
+    lo = torch.minimum(i.min(), j.min())
+    hi = torch.maximum(i.max(), j.max())
+    lo, hi = (int(v) for v in torch.stack([lo, hi]).tolist())
+    if lo < 0 or hi >= P:
+        raise IndexError(f"pair index out of range: indices span [{lo}, {hi}] but there are P = {P} orientations")
+
+
+def check_quaternions(q: Tensor) -> None:
+    """Quaternions must be finite and non-zero (they are normalised by the ops). Syncs once on CUDA."""
+    norms = torch.linalg.vector_norm(q, dim=-1)
+    bad_finite, bad_zero = torch.stack([(~torch.isfinite(q)).any(), (norms == 0).any()]).tolist()
+    if bad_finite:
+        raise ValueError("q contains NaN or infinite values")
+    if bad_zero:
+        raise ValueError("q contains zero quaternions, which are not rotations")
