@@ -1,0 +1,235 @@
+import json
+import math
+
+import pytest
+import torch
+
+from _blobs import BlobRenderer
+from cryoorient.geometry import quat_distance, quat_multiply, random_quaternions, symmetry_group
+from cryoorient.model import EuclideanBaseline, SiameseNet
+from cryoorient.train import (
+    DatasetSource,
+    OnTheFlySource,
+    TrainConfig,
+    Trainer,
+    binned_de_loss,
+    pairwise_target_distance,
+    split_indices,
+    target_distance,
+    uniform_pairs,
+)
+
+TINY = dict(arch="paper", widths=(16, 32, 32, 64, 64))
+SMALL_RESNET = dict(arch="resnet", widths=(8, 16, 32, 64), depths=(1, 1, 1, 1))
+
+
+def _uniformity(d, bins=8):
+    """Max relative deviation of a histogram of d on [0, π] from flat."""
+    h = torch.histc(d.float(), bins=bins, min=0, max=math.pi)
+    return ((h - h.mean()).abs().max() / h.mean()).item()
+
+
+def test_binned_loss_weights_bins_equally():
+    d_q = torch.tensor([0.1, 2.0, 2.1, 2.2])
+    d_p = torch.tensor([0.3, 2.0, 2.4, 2.2], requires_grad=True)
+    loss = binned_de_loss(d_p, d_q, bins=4)
+    expected = (0.2 ** 2 + (0.0 + 0.3 ** 2 + 0.0) / 3) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert d_p.grad[0].item() == pytest.approx(2 * 0.2 / 2, rel=1e-5)
+    # equal counts per bin: the plain mean
+    d_q = torch.tensor([0.1, 0.2, 3.0, 3.1])
+    d_p = torch.tensor([0.0, 0.5, 2.0, 3.1])
+    assert binned_de_loss(d_p, d_q, 2).item() == pytest.approx(((d_p - d_q) ** 2).mean().item(), rel=1e-6)
+    with pytest.raises(ValueError):
+        binned_de_loss(torch.zeros(3), torch.zeros(2), 4)
+
+
+def test_targets_and_symmetry():
+    q = random_quaternions(20, generator=0)
+    full = pairwise_target_distance(q)
+    assert torch.allclose(full, quat_distance(q[:, None], q[None]), atol=1e-6)
+    assert torch.allclose(pairwise_target_distance(q, chunk_elems=7), full)
+    g = symmetry_group("D2", dtype=q.dtype)
+    mates = quat_multiply(q, g[2])
+    assert target_distance(q, mates, "D2").abs().max() < 1e-3
+    assert quat_distance(q, mates).min() > 0.1
+    d_sym = pairwise_target_distance(q, "D2")
+    assert (d_sym <= full + 1e-6).all() and d_sym.max() <= math.pi / 2 * 1.5
+    assert torch.equal(pairwise_target_distance(q, "c1"), full)
+    with pytest.raises(ValueError):
+        target_distance(q, q, "X7")
+
+
+def test_uniform_pairs():
+    q = random_quaternions(2000, generator=1)
+    i, j, d = uniform_pairs(q, 8000, bins=16, generator=3)
+    assert (i != j).all()
+    assert torch.allclose(d, quat_distance(q[i], q[j]))
+    assert _uniformity(d) < 0.25  # raw pairs of uniform orientations are far from flat
+    assert _uniformity(quat_distance(q[:4000:2], q[1:4000:2])) > 0.9
+    labels = torch.arange(2000) % 3
+    i, j, _ = uniform_pairs(q, 500, labels=labels, generator=4)
+    assert (labels[i] == labels[j]).all()
+    i2, j2, _ = uniform_pairs(q, 500, labels=labels, generator=4)
+    assert torch.equal(i, i2) and torch.equal(j, j2)
+    with pytest.raises(ValueError):
+        uniform_pairs(q[:1], 10)
+
+
+def test_split_indices():
+    tr, va, te = split_indices(5000, (0.5, 0.17), seed=0)
+    assert (len(tr), len(va), len(te)) == (2500, 850, 1650)
+    assert torch.equal(torch.cat((tr, va, te)).sort().values, torch.arange(5000))
+    with pytest.raises(ValueError):
+        split_indices(10, (0.7, 0.5))
+
+
+def test_on_the_fly_batches():
+    src = OnTheFlySource([BlobRenderer(seed=0), BlobRenderer(seed=1)], maps_per_batch=2)
+    gen = torch.Generator().manual_seed(0)
+    b = src.sample(64, gen)
+    assert b.images.shape == (64, 32, 32) and b.quats.shape == (64, 4)
+    assert torch.equal(b.labels.bincount(), torch.tensor([32, 32]))
+    d = torch.cat([quat_distance(b.quats[k * 32:k * 32 + 16], b.quats[k * 32 + 16:(k + 1) * 32]) for k in range(2)])
+    assert d.max() <= math.pi
+    many = torch.cat([quat_distance(*src.sample(512, gen).quats[:256].split(128)) for _ in range(1)])
+    assert many.numel() == 128
+    # anchor-partner distances of many batches are flat on [0, π]
+    src1 = OnTheFlySource(BlobRenderer())
+    ds = []
+    for _ in range(10):
+        q = src1.sample(800, gen).quats
+        ds.append(quat_distance(q[:400], q[400:]))
+    assert _uniformity(torch.cat(ds)) < 0.2
+    fixed = src1.render_fixed(100, seed=5)
+    assert torch.equal(fixed.images, src1.render_fixed(100, seed=5).images)
+    with pytest.raises(TypeError):
+        OnTheFlySource([1, 2])
+    with pytest.raises(ValueError):
+        OnTheFlySource(BlobRenderer(), maps_per_batch=2)
+    bad = OnTheFlySource(lambda q, g: torch.zeros(3, 32, 32))
+    with pytest.raises(ValueError, match="renderer 0"):
+        bad.sample(8, gen)
+
+
+def test_dataset_source():
+    q = random_quaternions(300, generator=2, dtype=torch.float32)
+    imgs = BlobRenderer()(q, torch.Generator())
+    src = DatasetSource(imgs, q)
+    gen = torch.Generator().manual_seed(0)
+    b = src.sample(400, gen)
+    assert b.images.shape == (400, 32, 32)
+    assert _uniformity(quat_distance(b.quats[:200], b.quats[200:]), bins=4) < 0.4
+    sub = src.subset(torch.arange(10))
+    assert len(sub) == 10 and torch.equal(sub.images, imgs[:10])
+    with pytest.raises(ValueError):
+        DatasetSource(imgs, q[:5])
+    with pytest.raises(ValueError):
+        DatasetSource(imgs, q, labels=torch.zeros(3))
+    with pytest.raises(ValueError):
+        DatasetSource(imgs, q, symmetry="Q9")
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError):
+        TrainConfig(lr=-1)
+
+
+def _sources(sigma2=0.0, max_shift=2.0):
+    src = OnTheFlySource(BlobRenderer(sigma2=sigma2, max_shift=max_shift))
+    return src, src.render_fixed(256, seed=99)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny network trained for a few seconds on on-the-fly blob projections (shifted)."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    src, val = _sources()
+    cfg = TrainConfig(epochs=4, steps_per_epoch=30, batch_size=64, val_pairs=1024, lr=2e-3, warmup_steps=10,
+                      progress=False)
+    trainer = Trainer(SiameseNet(**SMALL_RESNET), src, val, cfg, out_dir=out, device="cpu")
+    summary = trainer.fit()
+    return trainer, summary, out
+
+
+def test_training_beats_untrained_and_euclidean(trained):
+    trainer, summary, out = trained
+    assert summary["best_val_loss"] < 0.2 * summary["untrained_val_loss"]
+    assert summary["best_val_loss"] < 0.7 * summary["euclidean_isotonic_val_loss"]
+    assert summary["best_val_loss"] < summary["euclidean_linear_val_loss"]
+    assert trainer.validate() == pytest.approx(summary["best_val_loss"], rel=1e-5)  # best weights restored
+    for name in ("checkpoint.pt", "model.pt", "history.csv", "history.json", "summary.json", "loss.png",
+                 "distances.png"):
+        assert (out / name).is_file(), name
+    hist = json.loads((out / "history.json").read_text())["epochs"]
+    assert len(hist) == 4 and hist[-1]["pairs_per_s"] > 0
+    assert (out / "history.csv").read_text().count("\n") == 5
+    model = SiameseNet.load(out / "model.pt")
+    assert model.metadata["val_loss"] == pytest.approx(summary["best_val_loss"])
+
+
+def test_trained_features_shift_invariant(trained):
+    """Trained with shifts of up to 2 px, d̂ barely moves under a 3-px shift, unlike the Euclidean distance."""
+    trainer, _, _ = trained
+    net = trainer.model
+    val = trainer.val
+    i, j, d = uniform_pairs(val.quats, 2000, generator=0)
+    ev = EuclideanBaseline.features(val.images)
+    euclid = EuclideanBaseline().fit(ev[i], ev[j], d)
+    imgs = BlobRenderer()(random_quaternions(64, generator=7, dtype=torch.float32), torch.Generator())
+    moved = torch.roll(imgs, shifts=(3, -2), dims=(-2, -1))
+    f, e = net.features(imgs), EuclideanBaseline.features(imgs)
+    net_shift = net.distance(f, net.features(moved)).mean()
+    euclid_shift = euclid.distance(e, EuclideanBaseline.features(moved)).mean()
+    net_other = net.distance(f, f.roll(1, 0)).mean()
+    assert net_shift < 0.7 * euclid_shift
+    assert net_shift < 0.4 * net_other
+
+
+def test_resume_is_bit_identical(tmp_path):
+    torch.set_num_threads(1)
+    cfg = TrainConfig(epochs=2, steps_per_epoch=4, batch_size=32, val_pairs=128, warmup_steps=2, progress=False)
+    small = dict(arch="resnet", widths=(8, 16), depths=(1, 1))  # BatchNorm: running stats must resume too
+
+    def trainer(out):
+        torch.manual_seed(0)
+        src, val = _sources(sigma2=1e-4)
+        return Trainer(SiameseNet(**small), src, val, cfg, out_dir=out, device="cpu")
+
+    straight = trainer(tmp_path / "a")
+    straight.fit()
+    first = trainer(tmp_path / "b")
+    first.fit(stop_epoch=1)
+    assert first.epoch == 1
+    resumed = trainer(tmp_path / "c")
+    resumed.load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    resumed.fit()
+    assert resumed.epoch == straight.epoch == 2
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+    assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
+
+    other = Trainer(SiameseNet(**small), *_sources(), TrainConfig(epochs=3, progress=False), device="cpu")
+    with pytest.raises(ValueError, match="training settings"):
+        other.load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    wrong_arch = Trainer(SiameseNet(**TINY), *_sources(), cfg, device="cpu")
+    with pytest.raises(ValueError, match="architecture"):
+        wrong_arch.load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    with pytest.raises(FileNotFoundError):
+        wrong_arch.load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_early_stopping(tmp_path):
+    src, val = _sources()
+    cfg = TrainConfig(epochs=6, steps_per_epoch=2, batch_size=16, val_pairs=64, lr=1e-9, patience=1,
+                      min_delta=1.0, progress=False)
+    summary = Trainer(SiameseNet(**TINY), src, val, cfg, device="cpu").fit()
+    assert summary["stopped_early"] and summary["epochs_run"] == 2
