@@ -33,3 +33,16 @@ class BlobRenderer:
         if self.sigma2:
             img = img + math.sqrt(self.sigma2) * torch.randn(img.shape, generator=generator, device=dev)
         return img
+
+
+def blob_volume(size=32, n_blobs=12, seed=0, width=2.0):
+    """A (size, size, size) [z, y, x] float32 map of the same kind of Gaussian blobs."""
+    g = torch.Generator().manual_seed(seed)
+    centres = (torch.rand(n_blobs, 3, generator=g) * 2 - 1) * 0.3 * size
+    weights = 0.5 + torch.rand(n_blobs, generator=g)
+    axis = torch.arange(size, dtype=torch.float32) - size // 2
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    vol = torch.zeros(size, size, size)
+    for (cx, cy, cz), w in zip(centres, weights):
+        vol += w * torch.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * width ** 2))
+    return vol.numpy()

@@ -233,3 +233,82 @@ def test_early_stopping(tmp_path):
                       min_delta=1.0, progress=False)
     summary = Trainer(SiameseNet(**TINY), src, val, cfg, device="cpu").fit()
     assert summary["stopped_early"] and summary["epochs_run"] == 2
+
+
+def _write_dataset(folder, n=120):
+    io = pytest.importorskip("cryoorient.io")
+    from cryoorient.geometry import quat_to_euler
+
+    q = random_quaternions(n, generator=11, dtype=torch.float64)
+    images = BlobRenderer(max_shift=1.0)(q.float(), torch.Generator().manual_seed(0))
+    rot, tilt, psi = quat_to_euler(q)
+    io.write_stack(folder / "p.mrcs", images.numpy(), 2.0)
+    particles = io.Particles.create("p.mrcs", range(n), 2.0, 32, root=folder, rot=rot.numpy(), tilt=tilt.numpy(),
+                                    psi=psi.numpy())
+    io.write_star(folder / "p.star", particles)
+    return q, images
+
+
+def test_dataset_from_star(tmp_path):
+    q, images = _write_dataset(tmp_path)
+    data = DatasetSource.from_star(tmp_path / "p.star")
+    assert torch.allclose(data.images, images)
+    assert quat_distance(data.quats.double(), q).max() < 1e-4
+    sub = DatasetSource.from_star(tmp_path / "p.star", indices=[3, 5])
+    assert torch.allclose(sub.images, images[[3, 5]])
+
+
+def test_cli_train_dataset(tmp_path, capsys):
+    from cryoorient.cli import main
+
+    _write_dataset(tmp_path)
+    out = tmp_path / "snn.pt"
+    argv = ["train", "--dataset", str(tmp_path / "p.star"), "-o", str(out), "--epochs", "2", "--batch-size", "16",
+            "--steps-per-epoch", "3", "--val-pairs", "64", "--device", "cpu", "--quiet", "--arch", "resnet", "--widths", "8", "16",
+            "--depths", "1", "1"]
+    assert main(argv) == 0
+    assert "best validation L_DE" in capsys.readouterr().out
+    net = SiameseNet.load(out)
+    assert net.config.arch == "resnet" and net.metadata["dataset"].endswith("p.star")
+    split = json.loads((tmp_path / "snn_train" / "split.json").read_text())
+    assert sorted(split["train"] + split["val"] + split["test"]) == list(range(120))
+    assert main(argv) == 2  # exists
+    assert "exists" in capsys.readouterr().err
+    assert main(argv + ["--resume", "--epochs", "3"]) == 2  # other settings than the checkpoint
+    assert "training settings" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0  # already finished: nothing more to do
+    assert main(argv + ["--force"]) == 0
+
+
+def test_cli_train_bad_input(tmp_path, capsys):
+    from cryoorient.cli import main
+
+    assert main(["train", "--dataset", str(tmp_path / "none.star"), "-o", str(tmp_path / "m.pt"), "--quiet"]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "-o", "m.pt"])  # no data source
+
+
+def test_projection_renderer_on_the_fly(tmp_path):
+    simulate = pytest.importorskip("cryoorient.simulate")
+    from _blobs import blob_volume
+    from cryoorient.train import ProjectionRenderer
+
+    vol = blob_volume(24)
+    clean = ProjectionRenderer(vol, 4.0, simulate.SimulationSettings(n=1, size=24, interpolation="linear"), pilot=64)
+    gen = torch.Generator().manual_seed(0)
+    q = random_quaternions(64, generator=3, dtype=torch.float32)
+    img = clean(q, gen)
+    assert img.shape == (64, 24, 24)
+    assert abs(img.mean()) < 0.2 and 0.7 < img.var() < 1.3  # standardised like a simulated dataset
+    noisy = ProjectionRenderer(vol, 4.0, simulate.SimulationSettings(n=1, size=24, sigma2=4.0, interpolation="linear"),
+                               pilot=64)
+    assert ((noisy(q, gen) - img).var() - 4.0).abs() < 0.3
+    moved = ProjectionRenderer(vol, 4.0, simulate.SimulationSettings(n=1, size=24, shift_max=4.0, ctf=True,
+                                                                      interpolation="linear"), pilot=64)
+    a = moved(q, torch.Generator().manual_seed(5))
+    assert torch.equal(a, moved(q, torch.Generator().manual_seed(5)))
+    assert not torch.allclose(a, moved(q, torch.Generator().manual_seed(6)))
+    src = OnTheFlySource([clean, moved], maps_per_batch=2)
+    b = src.sample(32, gen)
+    assert b.images.shape == (32, 24, 24) and set(b.labels.tolist()) == {0, 1}

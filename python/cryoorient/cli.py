@@ -13,11 +13,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train_from_args
+
+    train_from_args(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryoorient", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="version, compiled CUDA kernels and GPU availability")
     p.set_defaults(func=_cmd_info)
+    from .train import add_train_arguments
+
+    p = sub.add_parser("train", help="train the Siamese distance estimator (paper §2.2)")
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "Batch",
     "DatasetSource",
     "OnTheFlySource",
+    "ProjectionRenderer",
     "TrainConfig",
     "Trainer",
     "target_distance",
@@ -316,6 +317,83 @@ class OnTheFlySource:
                              torch.cat([p.labels for p in parts]), self.symmetry)
 
 
+class ProjectionRenderer:
+    """``render(q, generator)`` for :class:`OnTheFlySource`: images ``C_φ S_t P_q x + n`` of one map.
+
+    The imaging model, settings and normalisation of ``cryoorient.simulate``: ``settings`` is a
+    ``simulate.SimulationSettings`` (``size``, shifts, CTF, noise, ``normalize``, ``interpolation``,
+    ``pad``; its ``n``, ``orientations`` and ``chunk_size`` are not used). Clean images are
+    standardised by the pixel mean and standard deviation of ``pilot`` clean images of uniform
+    orientations (drawn from ``settings.seed``), then white noise of variance ``settings.sigma2``
+    (or the one giving ``settings.snr_db`` on those images) is added, so σ² means the same as in
+    a simulated dataset. Per batch, shifts and defocus are drawn on the CPU from a seed taken
+    from ``generator``; the noise is drawn on ``generator``'s device (the map's ``device``).
+    """
+
+    def __init__(self, volume, pixel_size: float, settings, device="cpu", pilot: int = 512):
+        from .noise import sigma2_for_snr, signal_variance
+        from .project import FourierProjector
+
+        settings.check()
+        if pilot < 1:
+            raise ValueError(f"pilot must be >= 1, got {pilot}")
+        self.settings, self.pixel_size, self.device = settings, float(pixel_size), torch.device(device)
+        vol = torch.as_tensor(np.asarray(volume, dtype=np.float32)).to(self.device)
+        self.projector = FourierProjector(vol, settings.size, settings.pad, settings.interpolation)
+        self.size = self.projector.size
+        self.mean, self.std, self.sigma2 = 0.0, 1.0, 0.0
+        gen = torch.Generator(device=self.device).manual_seed(int(settings.seed))
+        q = random_quaternions(pilot, generator=gen, dtype=torch.float32, device=self.device)
+        clean = self.clean(q, gen).double()
+        if settings.normalize:
+            self.mean, self.std = float(clean.mean()), float(clean.std(unbiased=False))
+            if not self.std > 0:
+                raise ValueError("the clean images are constant: nothing of the map falls in the image box")
+        signal = signal_variance(clean) / self.std ** 2
+        if settings.snr_db is not None:
+            self.sigma2 = sigma2_for_snr(signal, settings.snr_db)
+        elif settings.sigma2 is not None:
+            self.sigma2 = float(settings.sigma2)
+
+    def clean(self, q: Tensor, generator: torch.Generator) -> Tensor:
+        """Projection, shift and CTF (not normalised) of orientations ``q`` (B, 4), float32 (B, size, size)."""
+        from .ctf import ctf_2d, random_defocus
+        from .shift import random_shifts
+
+        s, b = self.settings, q.shape[0]
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
+        cpu = torch.Generator().manual_seed(seed)
+        limit = s.shift_max if s.shift_unit == "px" else s.shift_max / self.pixel_size
+        shifts = random_shifts(b, s.shift_distribution, limit, generator=cpu).float().to(self.device)
+        ctf = None
+        if s.ctf:
+            u, v, angle = random_defocus(b, s.defocus_min, s.defocus_max, s.astigmatism, generator=cpu)
+            ctf = ctf_2d(self.projector.box, self.pixel_size, u, v, angle, s.voltage, s.cs, s.amplitude_contrast,
+                         s.b_factor, s.phase_shift, device=self.device)
+        return self.projector.images(q.to(self.device, torch.float32), shifts, ctf)
+
+    def __call__(self, q: Tensor, generator: torch.Generator) -> Tensor:
+        from .noise import add_white_noise
+
+        img = self.clean(q, generator)
+        if self.settings.normalize:
+            img = (img - self.mean) / self.std
+        return add_white_noise(img, self.sigma2, generator) if self.sigma2 > 0 else img
+
+    @classmethod
+    def from_sources(cls, sources: Sequence, settings, device="cpu", pixel_size: Optional[float] = None,
+                     resolution: Optional[float] = None, pilot: int = 512) -> list["ProjectionRenderer"]:
+        """One renderer per map or atomic model (paths as ``simulate.load_volume`` takes them;
+        models need ``settings.size`` and ``pixel_size``)."""
+        from .simulate import load_volume
+
+        out = []
+        for src in sources:
+            volume, voxel = load_volume(src, settings.size, pixel_size, resolution)
+            out.append(cls(volume, voxel, settings, device, pilot))
+        return out
+
+
 def _anchor_partner_quats(half: int, generator: torch.Generator) -> Tensor:
     """``2·half`` float32 quaternions: ``half`` uniform anchors then their partners at uniform angles."""
     dev = generator.device
@@ -560,8 +638,9 @@ class Trainer:
     # -- persistence -------------------------------------------------------- #
     def _save_model(self) -> None:
         if self.model_path is not None:
-            self.model.save(self.model_path, overwrite=True, epoch=self.epoch, val_loss=self.best_loss,
-                            symmetry=self.symmetry, train=asdict(self.config), **self.reference, **self.metadata)
+            metadata = {**self.metadata, **self.reference, "epoch": self.epoch, "val_loss": self.best_loss,
+                        "symmetry": self.symmetry, "train": asdict(self.config)}
+            self.model.save(self.model_path, overwrite=True, **metadata)
 
     def _write_logs(self) -> None:
         if self.out_dir is None:
@@ -678,3 +757,119 @@ def plot_distance_density(d_q: Tensor, d_p: Tensor, path, title: str = "") -> No
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- #
+# command line (``cryoorient train``)
+# --------------------------------------------------------------------------- #
+def add_train_arguments(p) -> None:
+    """Arguments of ``cryoorient train`` on an ``argparse`` parser."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--map", nargs="+", metavar="MAP", help="map(s) (.mrc) or atomic model(s) to project on the fly")
+    src.add_argument("--structures", metavar="DIR", help="project every .cif/.pdb in DIR on the fly (needs --size, --pixel-size)")
+    src.add_argument("--dataset", metavar="STAR", help="RELION particle STAR file with images and true angles")
+    p.add_argument("-o", "--output", required=True, help="trained network (.pt): the best epoch's weights")
+    p.add_argument("--log-dir", help="checkpoint, logs and plots (default: OUTPUT without .pt + '_train')")
+    p.add_argument("--arch", choices=("paper", "resnet"), default="paper", help="feature extractor (default: paper)")
+    p.add_argument("--widths", type=int, nargs="+", help="channels per layer (paper) or stage (resnet)")
+    p.add_argument("--depths", type=int, nargs="+", help="resnet: residual blocks per stage")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over a dataset, 100 on the fly")
+    p.add_argument("--batch-size", type=int, default=256, help="images per step (default: 256)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (default: 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs (default: 10)")
+    p.add_argument("--val-pairs", type=int, default=4096, help="fixed validation pairs (default: 4096)")
+    p.add_argument("--val-images", type=int, default=1024, help="on the fly: images in the fixed validation set")
+    p.add_argument("--split", type=float, nargs=2, default=(0.5, 0.17), metavar=("TRAIN", "VAL"),
+                   help="dataset: training and validation fractions; the rest is the test set (default: 0.5 0.17)")
+    p.add_argument("--symmetry", default="C1", help="point group of the protein for the targets (default: C1)")
+    img = p.add_argument_group("on-the-fly images (as cryoorient simulate)")
+    img.add_argument("--size", type=int, help="image edge in pixels (default: the map's)")
+    img.add_argument("--pixel-size", type=float, help="Å per pixel (required for atomic models)")
+    img.add_argument("--resolution", type=float, help="Å, for maps made from atomic models (default: 2·pixel size)")
+    noise = img.add_mutually_exclusive_group()
+    noise.add_argument("--sigma2", type=float, help="white-noise variance after standardisation (paper: 16)")
+    noise.add_argument("--snr", type=float, help="signal-to-noise ratio in dB instead of --sigma2")
+    img.add_argument("--ctf", action="store_true", help="apply a CTF")
+    img.add_argument("--defocus", type=float, nargs=2, default=(10000.0, 25000.0), metavar=("MIN", "MAX"),
+                     help="defocus range in Å (default: 10000 25000)")
+    img.add_argument("--voltage", type=float, default=300.0, help="kV (default: 300)")
+    img.add_argument("--shift-max", type=float, default=0.0, help="largest shift in pixels (default: 0)")
+    img.add_argument("--shift-distribution", default="triangular", help="triangular, uniform or gaussian")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda if available)")
+    run.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
+    run.add_argument("--compile", action="store_true", help="torch.compile the feature extractor")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--resume", action="store_true", help="continue from LOG_DIR/checkpoint.pt")
+    run.add_argument("--force", action="store_true", help="overwrite an existing OUTPUT and LOG_DIR")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def train_from_args(args) -> dict:
+    """Run ``cryoorient train`` from parsed arguments; returns the summary."""
+    import shutil
+
+    output = Path(args.output)
+    log_dir = Path(args.log_dir) if args.log_dir else output.with_name(output.stem + "_train")
+    if args.resume and args.force:
+        raise ValueError("--resume and --force exclude each other")
+    if not args.resume and (output.exists() or log_dir.exists()):
+        if not args.force:
+            raise FileExistsError(f"{output if output.exists() else log_dir} exists; pass --force to start over "
+                                  "or --resume to continue")
+        shutil.rmtree(log_dir, ignore_errors=True)
+        output.unlink(missing_ok=True)
+    if args.resume and not (log_dir / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"nothing to resume: {log_dir / 'checkpoint.pt'} does not exist")
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA GPU is available")
+    symmetry = None if args.symmetry.strip().upper() == "C1" else args.symmetry
+    metadata = {}
+    if args.dataset:
+        data = DatasetSource.from_star(args.dataset, symmetry=symmetry, device=device)
+        train_idx, val_idx, test_idx = split_indices(len(data), tuple(args.split), seed=args.seed)
+        train, val = data.subset(train_idx), data.subset(val_idx)
+        metadata.update(dataset=str(Path(args.dataset).absolute()), split=list(args.split))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(log_dir / "split.json", {k: v.tolist() for k, v in
+                                             (("train", train_idx), ("val", val_idx), ("test", test_idx))})
+    else:
+        from .simulate import SimulationSettings
+
+        if args.structures:
+            folder = Path(args.structures)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"no such directory: {folder}")
+            sources = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".cif", ".pdb", ".mmcif"))
+            if not sources:
+                raise ValueError(f"no .cif/.pdb files in {folder}")
+        else:
+            sources = [Path(m) for m in args.map]
+        settings = SimulationSettings(
+            n=1, size=args.size, shift_max=args.shift_max, shift_distribution=args.shift_distribution, ctf=args.ctf,
+            defocus_min=args.defocus[0], defocus_max=args.defocus[1], voltage=args.voltage, snr_db=args.snr,
+            sigma2=args.sigma2, seed=args.seed,
+        )
+        renderers = ProjectionRenderer.from_sources(sources, settings, device, args.pixel_size, args.resolution)
+        train = OnTheFlySource(renderers, symmetry=symmetry, device=device)
+        val = train.render_fixed(args.val_images, seed=args.seed + 1_000_003)
+        metadata.update(sources=[str(s) for s in sources], simulation=asdict(settings))
+    config = TrainConfig(
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, patience=args.patience, val_pairs=args.val_pairs, amp=args.amp,
+        compile=args.compile, seed=args.seed, progress=not args.quiet,
+    )
+    torch.manual_seed(args.seed)
+    net = SiameseNet(args.arch, widths=tuple(args.widths or ()), depths=tuple(args.depths or ()))
+    trainer = Trainer(net, train, val, config, out_dir=log_dir, device=device,
+                      model_path=output, metadata=metadata)
+    if args.resume:
+        trainer.load_checkpoint(log_dir / "checkpoint.pt")
+    summary = trainer.fit()
+    print(f"best validation L_DE {summary['best_val_loss']:.4f} rad² at epoch {summary['best_epoch']} "
+          f"(untrained {summary['untrained_val_loss']:.4f}, Euclidean baseline "
+          f"{summary['euclidean_isotonic_val_loss']:.4f}); network: {output}; logs: {log_dir}")
+    return summary
