@@ -1,0 +1,36 @@
+"""File I/O for cryoorient: MRC maps/stacks, RELION STAR particles, atomic models.
+
+Units and conventions used throughout:
+
+* lengths in Å (voxel/pixel sizes, origins, defocus), angles in degrees
+  (RELION rot/tilt/psi kept as plain columns; conversion lives in
+  :mod:`cryoorient.geometry`);
+* arrays follow mrcfile's ``[z, y, x]`` order; image stacks are ``[n, y, x]``;
+* the box centre is voxel ``n // 2`` on each axis;
+* writers are atomic (temp file + rename) and refuse to overwrite unless
+  ``overwrite=True``; invalid files raise :class:`FormatError` (a ValueError).
+"""
+
+from ._atomic import FormatError
+from .mrc import StackWriter, pad_to_cube, read_map, read_stack, write_map, write_stack
+from .star import OPTICS_COLUMNS, Particles, read_particle_images, read_star, write_star
+from .structure import centre_of_mass, density_from_atoms, density_from_model, model_atoms
+
+__all__ = [
+    "FormatError",
+    "read_map",
+    "write_map",
+    "pad_to_cube",
+    "read_stack",
+    "write_stack",
+    "StackWriter",
+    "Particles",
+    "read_star",
+    "write_star",
+    "read_particle_images",
+    "OPTICS_COLUMNS",
+    "density_from_atoms",
+    "density_from_model",
+    "centre_of_mass",
+    "model_atoms",
+]

@@ -1,0 +1,142 @@
+"""3D reconstruction from projections with known orientations: direct Fourier inversion.
+
+Conventions (the same as :mod:`cryoorient.project`): a map is indexed [z, y, x] with
+its centre at voxel n//2 on each axis; an image is [y, x] with its centre at pixel
+n//2; the orientation of image i is RELION's matrix A_i (``geometry.euler_to_matrix``;
+or a scalar-first quaternion q_i with A_i = ``quat_to_matrix(q_i)``), and the image is
+the line integral ``p(x, y) = ∫ V(A_iᵀ (x, y, z)) dz``. By the Fourier-slice theorem
+the 2D transform of p at (kx, ky) is the 3D transform of V at A_iᵀ (kx, ky, 0).
+
+Each image is zero-padded by ``pad``, transformed, and its half-plane (kx ≥ 0) is
+spread onto the padded 3D Fourier grid with trilinear weights; Hermitian symmetry
+fills the other half. With a CTF, images are multiplied by their CTF before
+insertion and the weights accumulate CTF², so the result is a Wiener-like estimate
+V = Σ c·F / max(Σ c², floor). Finally the inverse transform is cropped and divided
+by the trilinear gridding kernel's transform (sinc²).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .geometry import quat_to_matrix
+
+
+def _as_rotations(orientations, device) -> Tensor:
+    r = torch.as_tensor(np.asarray(orientations) if not torch.is_tensor(orientations) else orientations)
+    r = r.to(device=device, dtype=torch.float32)
+    if r.dim() == 2 and r.shape[1] == 4:
+        return quat_to_matrix(r)
+    if r.dim() == 3 and r.shape[1:] == (3, 3):
+        return r
+    raise ValueError(f"orientations must be (N, 4) quaternions or (N, 3, 3) matrices; got {tuple(r.shape)}")
+
+
+class FourierInserter:
+    """Accumulates images into a padded 3D Fourier grid; :meth:`volume` gives the map."""
+
+    def __init__(self, size: int, pad: int = 2, device="cpu", weight_floor: float = 1.0):
+        if size < 2:
+            raise ValueError(f"map size must be at least 2 voxels; got {size}")
+        if pad < 1:
+            raise ValueError(f"pad must be a positive integer; got {pad}")
+        self.n, self.p, self.device, self.floor = size, pad * size, torch.device(device), weight_floor
+        p = self.p
+        self.data = torch.zeros(2, p * p * p, dtype=torch.float32, device=self.device)  # real, imag
+        self.weight = torch.zeros(p * p * p, dtype=torch.float32, device=self.device)
+        ky = torch.fft.fftfreq(p, device=self.device) * p
+        kx = torch.fft.rfftfreq(p, device=self.device) * p
+        KY, KX = torch.meshgrid(ky, kx, indexing="ij")
+        keep = (KX**2 + KY**2) <= (p // 2 - 1) ** 2
+        self._pix = torch.nonzero(keep.flatten()).squeeze(1)
+        self._k2 = torch.stack([KX.flatten()[self._pix], KY.flatten()[self._pix]], 1)  # (Npix, 2): kx, ky
+
+    def insert(self, images: Tensor, rotations: Tensor, ctf: Optional[Tensor] = None) -> None:
+        """Add a batch: images (B, n, n) real, rotations (B, 3, 3) RELION A, ctf (B, n_pad, n_pad//2+1) or None."""
+        B, n = images.shape[0], self.n
+        p, off = self.p, (self.p - self.n) // 2
+        padded = torch.zeros(B, p, p, dtype=torch.float32, device=self.device)
+        padded[:, off : off + n, off : off + n] = images.to(self.device, torch.float32)
+        # Centre pixel n//2 sits at p//2 after padding; move it to index 0 before the FFT.
+        f = torch.fft.rfft2(torch.fft.ifftshift(padded, dim=(-2, -1))).flatten(1)[:, self._pix]
+        w_img = None
+        if ctf is not None:
+            c = ctf.to(self.device, torch.float32).flatten(1)[:, self._pix]
+            f = f * c
+            w_img = c * c
+        # 3D coordinates A^T (kx, ky, 0): (B, Npix, 3) as (x, y, z)
+        k3 = torch.einsum("pc,bcd->bpd", self._k2, rotations[:, :2, :].to(self.device, torch.float32))
+        g = k3 + p // 2  # grid coordinates, centre at p//2
+        g0 = torch.floor(g)
+        t = g - g0
+        g0 = g0.long()
+        for dz in (0, 1):
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    w = (
+                        (t[..., 0] if dx else 1 - t[..., 0])
+                        * (t[..., 1] if dy else 1 - t[..., 1])
+                        * (t[..., 2] if dz else 1 - t[..., 2])
+                    )
+                    idx = ((g0[..., 2] + dz) * p + (g0[..., 1] + dy)) * p + (g0[..., 0] + dx)
+                    idx = idx.flatten()
+                    self.data[0].index_add_(0, idx, (w * f.real).flatten())
+                    self.data[1].index_add_(0, idx, (w * f.imag).flatten())
+                    self.weight.index_add_(0, idx, (w if w_img is None else w * w_img).flatten())
+
+    def volume(self) -> Tensor:
+        """The reconstructed map (n, n, n), [z, y, x], centre at n//2."""
+        p, n = self.p, self.n
+        re, im, w = (x.view(p, p, p) for x in (self.data[0], self.data[1], self.weight))
+        # Hermitian completion: V(k) += conj(V(-k)); index i <-> p - i around the centre p//2.
+        flip = lambda x: torch.roll(torch.flip(x, dims=(0, 1, 2)), shifts=(1, 1, 1), dims=(0, 1, 2))  # noqa: E731
+        re_f, im_f, w_f = re + flip(re), im - flip(im), w + flip(w)
+        spec = torch.complex(re_f, im_f) / w_f.clamp_min(self.floor)
+        vol = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(spec)).real)
+        off = (p - n) // 2
+        vol = vol[off : off + n, off : off + n, off : off + n]
+        x = (torch.arange(n, device=vol.device, dtype=torch.float32) - n // 2) / p
+        s = torch.sinc(x) ** 2
+        return vol / (s[:, None, None] * s[None, :, None] * s[None, None, :])
+
+
+def reconstruct(
+    images,
+    orientations,
+    *,
+    ctf: Optional[Callable[[slice], Tensor]] = None,
+    pad: int = 2,
+    batch_size: int = 512,
+    device="cpu",
+    weight_floor: float = 1.0,
+    progress: bool = True,
+) -> Tensor:
+    """Reconstruct a map from centred images (N, n, n) and orientations (RELION A or quaternions).
+
+    ``images`` may be a numpy memmap: batches are read and moved to ``device`` one at a
+    time. ``ctf(batch_slice)`` returns the CTF of those images on the padded rfft grid
+    (B, pad·n, pad·n//2+1), or leave it None for CTF-free images. Returns a float32
+    tensor (n, n, n) on ``device``.
+    """
+    N = len(images)
+    if N == 0:
+        raise ValueError("no images to reconstruct from")
+    n = images.shape[-1]
+    if images.shape[-2] != n or len(images.shape) != 3:
+        raise ValueError(f"images must be a stack of square images (N, n, n); got {tuple(images.shape)}")
+    rot = _as_rotations(orientations, device)
+    if rot.shape[0] != N:
+        raise ValueError(f"{N} images but {rot.shape[0]} orientations")
+    ins = FourierInserter(n, pad=pad, device=device, weight_floor=weight_floor)
+    for s in tqdm(range(0, N, batch_size), desc="reconstruct", unit="batch", disable=not progress):
+        sl = slice(s, min(N, s + batch_size))
+        batch = torch.as_tensor(np.asarray(images[sl]) if not torch.is_tensor(images) else images[sl])
+        if not torch.isfinite(batch).all():
+            raise ValueError(f"images {sl.start}..{sl.stop - 1} contain NaN or infinite values")
+        ins.insert(batch, rot[sl], None if ctf is None else ctf(sl))
+    return ins.volume()
