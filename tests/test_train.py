@@ -14,9 +14,8 @@ from cryoorient.train import (
     Trainer,
     binned_de_loss,
     pairwise_target_distance,
-    split_indices,
     target_distance,
-    uniform_pairs,
+    evaluation_pairs,
 )
 
 TINY = dict(arch="paper", widths=(16, 32, 32, 64, 64))
@@ -61,28 +60,20 @@ def test_targets_and_symmetry():
         target_distance(q, q, "X7")
 
 
-def test_uniform_pairs():
-    q = random_quaternions(2000, generator=1)
-    i, j, d = uniform_pairs(q, 8000, bins=16, generator=3)
-    assert (i != j).all()
-    assert torch.allclose(d, quat_distance(q[i], q[j]))
-    assert _uniformity(d) < 0.25  # raw pairs of uniform orientations are far from flat
-    assert _uniformity(quat_distance(q[:4000:2], q[1:4000:2])) > 0.9
-    labels = torch.arange(2000) % 3
-    i, j, _ = uniform_pairs(q, 500, labels=labels, generator=4)
-    assert (labels[i] == labels[j]).all()
-    i2, j2, _ = uniform_pairs(q, 500, labels=labels, generator=4)
+def test_evaluation_pairs():
+    q = random_quaternions(2000, generator=1, dtype=torch.float32)
+    labels = torch.arange(2000) % 2
+    data = DatasetSource(torch.zeros(2000, 8, 8), q, labels)
+    i, j, d = evaluation_pairs(data, 2000, seed=3)
+    assert i.numel() == 2000 and (i != j).all() and (labels[i] == labels[j]).all()
+    assert torch.allclose(d.float(), quat_distance(q[i], q[j]), atol=1e-5)
+    assert len(set(zip(i.tolist(), j.tolist()))) == 2000  # distinct pairs
+    assert _uniformity(d) < 0.3  # whereas raw pairs of uniform orientations are far from flat:
+    assert _uniformity(quat_distance(q[:1000], q[1000:])) > 0.9
+    i2, j2, _ = evaluation_pairs(data, 2000, seed=3)
     assert torch.equal(i, i2) and torch.equal(j, j2)
     with pytest.raises(ValueError):
-        uniform_pairs(q[:1], 10)
-
-
-def test_split_indices():
-    tr, va, te = split_indices(5000, (0.5, 0.17), seed=0)
-    assert (len(tr), len(va), len(te)) == (2500, 850, 1650)
-    assert torch.equal(torch.cat((tr, va, te)).sort().values, torch.arange(5000))
-    with pytest.raises(ValueError):
-        split_indices(10, (0.7, 0.5))
+        evaluation_pairs(data, 0)
 
 
 def test_on_the_fly_batches():
@@ -180,7 +171,7 @@ def test_trained_features_shift_invariant(trained):
     trainer, _, _ = trained
     net = trainer.model
     val = trainer.val
-    i, j, d = uniform_pairs(val.quats, 2000, generator=0)
+    i, j, d = evaluation_pairs(val, 2000)
     ev = EuclideanBaseline.features(val.images)
     euclid = EuclideanBaseline().fit(ev[i], ev[j], d)
     imgs = BlobRenderer()(random_quaternions(64, generator=7, dtype=torch.float32), torch.Generator())

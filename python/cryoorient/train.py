@@ -66,8 +66,7 @@ __all__ = [
     "target_distance",
     "pairwise_target_distance",
     "binned_de_loss",
-    "uniform_pairs",
-    "split_indices",
+    "evaluation_pairs",
     "plot_history",
     "plot_distance_density",
 ]
@@ -117,7 +116,7 @@ def binned_de_loss(d_p: Tensor, d_q: Tensor, bins: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------- #
-# pair sampling
+# pair sampling (fixed evaluation pairs come from cryoorient.pairs)
 # --------------------------------------------------------------------------- #
 def _pick_partners(
     anchors: Tensor, quats: Tensor, labels: Tensor, bins: int, symmetry: Optional[str], generator: torch.Generator
@@ -142,43 +141,30 @@ def _pick_partners(
     return out
 
 
-def uniform_pairs(
-    quats: Tensor,
-    n_pairs: int,
-    bins: int = 32,
-    symmetry: Optional[str] = None,
-    labels: Optional[Tensor] = None,
-    generator: Union[torch.Generator, int, None] = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``n_pairs`` pairs ``(i, j, d_q)`` of distinct images (same label) with d_q ~ uniform on [0, π].
+def evaluation_pairs(data: "DatasetSource", n_pairs: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Fixed distinct pairs ``(i, j, d_q)`` of ``data`` with d_q uniform on [0, π] (the paper's
+    validation/test pairs): ``pairs.sample_pairs`` within each map label, the pairs shared in
+    proportion to the labels' image counts. Indices and distances on ``data``'s device."""
+    from .pairs import sample_pairs
 
-    Anchors ``i`` are uniform over the images; ``j`` is drawn in a uniformly chosen bin
-    of ``bins`` (see :func:`_pick_partners`). ``generator``: a generator on ``quats``'
-    device or an int seed (a CPU generator; pairs are then the same on every device).
-    """
-    if quats.ndim != 2 or quats.shape[1] != 4 or quats.shape[0] < 2:
-        raise ValueError(f"need quaternions of shape (N >= 2, 4), got {tuple(quats.shape)}")
     if n_pairs < 1:
         raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
-    if not isinstance(generator, torch.Generator):
-        generator = torch.Generator().manual_seed(0 if generator is None else int(generator))
-    gdev = generator.device
-    q = quats.to(gdev)
-    lab = torch.zeros(q.shape[0], dtype=torch.long, device=gdev) if labels is None else labels.to(gdev)
-    i = torch.randint(q.shape[0], (n_pairs,), generator=generator, device=gdev)
-    j = _pick_partners(i, q, lab, bins, symmetry, generator)
-    d = target_distance(q[i], q[j], symmetry)
-    dev = quats.device
-    return i.to(dev), j.to(dev), d.to(dev)
-
-
-def split_indices(n: int, fractions: Sequence[float] = (0.5, 0.17), seed: int = 0) -> list[Tensor]:
-    """Random disjoint index sets: one per fraction, plus the remainder (paper: 50/17/33 %)."""
-    if any(f <= 0 for f in fractions) or sum(fractions) > 1 + 1e-9:
-        raise ValueError(f"fractions must be positive and sum to <= 1, got {tuple(fractions)}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    cuts = [round(n * f) for f in np.cumsum(fractions)]
-    return [perm[a:b].sort().values for a, b in zip([0] + cuts, cuts + [n])]
+    labels, quats = data.labels.cpu(), data.quats.cpu().double()
+    groups = [torch.nonzero(labels == lab).flatten() for lab in labels.unique()]
+    groups = [g for g in groups if g.numel() >= 2]
+    if not groups:
+        raise ValueError("no map label has 2 images to pair")
+    total = sum(g.numel() for g in groups)
+    out_i, out_j, out_d = [], [], []
+    for k, g in enumerate(groups):
+        m = min(max(1, round(n_pairs * g.numel() / total)), g.numel() * (g.numel() - 1) // 2)
+        pilot = min(1 << 21, max(1 << 16, 4 * g.numel() ** 2))  # random pairs for the distance histogram
+        pairs, d = sample_pairs(quats, g, m, symmetry=data.symmetry, seed=seed + k, pilot=pilot)
+        out_i.append(pairs[:, 0])
+        out_j.append(pairs[:, 1])
+        out_d.append(d)
+    dev = data.images.device
+    return torch.cat(out_i).to(dev), torch.cat(out_j).to(dev), torch.cat(out_d).to(dev)
 
 
 # --------------------------------------------------------------------------- #
@@ -339,7 +325,10 @@ class ProjectionRenderer:
             raise ValueError(f"pilot must be >= 1, got {pilot}")
         self.settings, self.pixel_size, self.device = settings, float(pixel_size), torch.device(device)
         vol = torch.as_tensor(np.asarray(volume, dtype=np.float32)).to(self.device)
-        self.projector = FourierProjector(vol, settings.size, settings.pad, settings.interpolation)
+        interpolation = settings.interpolation
+        if interpolation == "auto":  # as simulate.ImageSimulator: cubic on CUDA, trilinear on the CPU
+            interpolation = "cubic" if self.device.type == "cuda" else "linear"
+        self.projector = FourierProjector(vol, settings.size, settings.pad, interpolation)
         self.size = self.projector.size
         self.mean, self.std, self.sigma2 = 0.0, 1.0, 0.0
         gen = torch.Generator(device=self.device).manual_seed(int(settings.seed))
@@ -492,9 +481,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        vi, vj, vd = uniform_pairs(val.quats, config.val_pairs, config.bins, self.symmetry, val.labels,
-                                   generator=config.seed + 1)
-        self.val_pairs = (vi, vj, vd)
+        self.val_pairs = evaluation_pairs(val, config.val_pairs, seed=config.seed + 1)
         self.epoch = 0
         self.step = 0
         self.best_loss = math.inf
@@ -546,11 +533,10 @@ class Trainer:
         linear calibration fitted on pairs from two training batches drawn with a side generator)."""
         gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
         batches = [self.train_source.sample(self.config.batch_size, gen) for _ in range(2)]
-        images = torch.cat([b.images for b in batches])
-        quats, labels = torch.cat([b.quats for b in batches]), torch.cat([b.labels for b in batches])
-        i, j, d = uniform_pairs(quats, 4 * self.config.batch_size, self.config.bins, self.symmetry, labels,
-                                generator=self.config.seed + 3)
-        f = EuclideanBaseline.features(images)
+        fit = DatasetSource(torch.cat([b.images for b in batches]), torch.cat([b.quats for b in batches]),
+                            torch.cat([b.labels for b in batches]), self.symmetry)
+        i, j, d = evaluation_pairs(fit, 4 * self.config.batch_size, seed=self.config.seed + 3)
+        f = EuclideanBaseline.features(fit.images)
         vf = EuclideanBaseline.features(self.val.images)
         vi, vj, vd = self.val_pairs
         out = {"untrained_val_loss": self.validate()}
@@ -830,12 +816,14 @@ def train_from_args(args) -> dict:
     metadata = {}
     if args.dataset:
         data = DatasetSource.from_star(args.dataset, symmetry=symmetry, device=device)
-        train_idx, val_idx, test_idx = split_indices(len(data), tuple(args.split), seed=args.seed)
-        train, val = data.subset(train_idx), data.subset(val_idx)
+        from .pairs import split_indices
+
+        train_frac, val_frac = args.split
+        split = split_indices(len(data), (train_frac, val_frac, max(0.0, 1.0 - train_frac - val_frac)), seed=args.seed)
+        train, val = data.subset(split["train"]), data.subset(split["val"])
         metadata.update(dataset=str(Path(args.dataset).absolute()), split=list(args.split))
         log_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(log_dir / "split.json", {k: v.tolist() for k, v in
-                                             (("train", train_idx), ("val", val_idx), ("test", test_idx))})
+        _write_json(log_dir / "split.json", {k: v.tolist() for k, v in split.items()})
     else:
         from .simulate import SimulationSettings
 
