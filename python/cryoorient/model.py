@@ -228,6 +228,12 @@ class SiameseConfig:
     def num_features(self) -> int:
         return int(self.widths[-1])
 
+    def to_dict(self) -> dict:
+        """Plain-Python form (lists for tuples), as stored in model files and checkpoints."""
+        d = asdict(self)
+        d["widths"], d["depths"] = [int(w) for w in d["widths"]], [int(x) for x in d["depths"]]
+        return d
+
 
 class SiameseNet(nn.Module):
     """Twin network ``d̂_p(p_i, p_j) = d_f(G_w(p_i), G_w(p_j))`` (radians).
@@ -342,7 +348,7 @@ class SiameseNet(nn.Module):
         payload = {
             "format": _FORMAT,
             "version": 1,
-            "config": _config_dict(self.config),
+            "config": self.config.to_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             "metadata": metadata,
         }
@@ -357,12 +363,6 @@ class SiameseNet(nn.Module):
         model.load_state_dict(payload["state_dict"])
         model.metadata = payload.get("metadata", {})
         return model
-
-
-def _config_dict(config: SiameseConfig) -> dict:
-    d = asdict(config)
-    d["widths"], d["depths"] = list(d["widths"]), list(d["depths"])
-    return d
 
 
 def _load_payload(path, map_location) -> dict:

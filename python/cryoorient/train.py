@@ -91,7 +91,7 @@ def target_distance(qa: Tensor, qb: Tensor, symmetry: Optional[str] = None) -> T
 
 
 def pairwise_target_distance(q: Tensor, symmetry: Optional[str] = None, chunk_elems: int = 1 << 22) -> Tensor:
-    """All-pairs target matrix ``(N, N)`` of orientations ``q`` (N, 4), in float64 rows chunks."""
+    """All-pairs target matrix ``(N, N)`` of orientations ``q`` (N, 4) (q's dtype), in chunks of rows."""
     group = _group(symmetry, q)
     order = 1 if group is None else group.shape[0]
     rows = max(1, chunk_elems // max(1, q.shape[0] * order))
@@ -617,7 +617,7 @@ class Trainer:
             "epochs_run": self.epoch, "steps": self.step, "best_epoch": self.best_epoch,
             "best_val_loss": self.best_loss, "stopped_early": stopped_early,
             "images_per_s": last.get("images_per_s"), "pairs_per_s": last.get("pairs_per_s"),
-            **self.reference, "device": str(self.device), "model": _config_json(self.model),
+            **self.reference, "device": str(self.device), "model": self.model.config.to_dict(),
             "train": asdict(self.config), "model_path": str(self.model_path) if self.model_path else None,
         }
 
@@ -644,7 +644,7 @@ class Trainer:
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
         return {
             "format": _CHECKPOINT_FORMAT, "version": 1,
-            "model_config": _config_json(self.model), "config": asdict(self.config),
+            "model_config": self.model.config.to_dict(), "config": asdict(self.config),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng,
@@ -665,7 +665,7 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a cryoorient training checkpoint")
-        if state["model_config"] != _config_json(self.model):
+        if state["model_config"] != self.model.config.to_dict():
             raise ValueError(f"{path} was written for another architecture: {state['model_config']}")
         if state["config"] != asdict(self.config):
             diff = {k: (v, asdict(self.config).get(k)) for k, v in state["config"].items()
@@ -683,12 +683,6 @@ class Trainer:
             setattr(self, key, state[key])
         self.best_loss = state["best_loss"]
         self._best_state = state["best_state"]
-
-
-def _config_json(model: SiameseNet) -> dict:
-    from .model import _config_dict
-
-    return _config_dict(model.config)
 
 
 def _write_json(path: Path, obj) -> None:
