@@ -144,20 +144,20 @@ class FourierProjector:
     """
 
     def __init__(
-        self, volume: Tensor, size: int | None = None, pad: int = 2, interpolation: str = "cubic"
+        self, volume: Tensor, size: int | None = None, pad: float = 2.0, interpolation: str = "cubic"
     ) -> None:
         volume = _check_volume(volume)
-        if isinstance(pad, bool) or int(pad) != pad or pad < 1:
-            raise ValueError(f"pad must be an integer >= 1, got {pad!r}")
+        if isinstance(pad, bool) or not isinstance(pad, (int, float)) or not 1 <= pad <= 8:
+            raise ValueError(f"pad must be a number in [1, 8], got {pad!r}")
         if interpolation not in _KERNEL_POWER:
             raise ValueError(f"interpolation must be 'linear' or 'cubic', got {interpolation!r}")
         self.interpolation = interpolation
         self.map_size = volume.shape[0]
         self.size = _check_size(size, self.map_size)
         self.box = max(self.map_size, self.size)
-        self.pad = int(pad)
+        self.grid = int(round(pad * self.box))  # edge M of the oversampled 3D Fourier grid
         self.dtype, self.device = volume.dtype, volume.device
-        B, M = self.box, self.pad * self.box
+        B, M = self.box, self.grid
         # Gridding correction: interpolating with a B-spline kernel of degree d on a grid of
         # spacing 1/M multiplies the map by sinc^(d+1)(r / M) per axis; divide it out beforehand.
         w = torch.sinc(_centred(B, self.dtype, self.device) / M) ** _KERNEL_POWER[interpolation]
@@ -183,9 +183,9 @@ class FourierProjector:
         """Spectra (B, box, box // 2 + 1) complex, ``rfft2`` layout with the image origin at
         pixel 0: the 2D Fourier transforms of the projections, ``F3(Aᵀ (kx, ky, 0))``."""
         A = as_rotation_matrices(rotations, self.dtype, self.device)
-        M = self.pad * self.box
+        M = self.grid
         # Index (x, y, z) into the centred 3D spectrum of frequency k (1/box cycles per voxel).
-        rows = A * self.pad
+        rows = A * (M / self.box)
         idx = self._kx[None, :, :, None] * rows[:, None, None, 0] + self._ky[None, :, :, None] * rows[:, None, None, 1]
         idx = idx + M // 2
         if self.interpolation == "linear":
