@@ -172,10 +172,11 @@ def sample_pairs(
     symmetry: str | None = None,
     seed: int = 0,
     bins: int = 16,
+    pilot: int = 1 << 21,
 ) -> tuple[Tensor, Tensor]:
     """``n_pairs`` distinct unordered pairs (i < j) of one split and their distances (see
     :class:`PairSampler`). Raises ValueError if the split has fewer distinct pairs."""
-    sampler = PairSampler(quaternions, indices, uniform=uniform, bins=bins, symmetry=symmetry, seed=seed)
+    sampler = PairSampler(quaternions, indices, uniform=uniform, bins=bins, symmetry=symmetry, seed=seed, pilot=pilot)
     k = sampler.indices.numel()
     if isinstance(n_pairs, bool) or int(n_pairs) != n_pairs or n_pairs < 1 or n_pairs > k * (k - 1) // 2:
         raise ValueError(f"n_pairs must be in [1, {k * (k - 1) // 2}] for a split of {k}, got {n_pairs!r}")
