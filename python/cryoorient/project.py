@@ -26,13 +26,22 @@ Two projectors, same convention, cross-checked in the tests:
 
 * :func:`project_real` — reference: ray integration in real space, trilinear
   interpolation (``grid_sample``) at unit steps along each ray, chunked in memory.
+  Trilinear interpolation slightly blurs the map: ≈ 1 % L2 error for Gaussian features
+  of σ = 3 voxels, more for sharper ones.
 * :class:`FourierProjector` — fast: central-slice theorem. The map is zero-padded
-  ``pad``-fold, pre-divided by the sinc² apodisation of trilinear interpolation
-  (gridding correction), Fourier transformed once; each projection is a trilinearly
-  interpolated central slice followed by an inverse 2D FFT. Shifts and a CTF can be
-  applied to the slice before the inverse FFT (:meth:`FourierProjector.images`).
-  As in RELION, projected density that falls outside a box of ``max(N, size)`` wraps
-  around; maps whose density lies inside the inscribed sphere never wrap.
+  ``pad``-fold and Fourier transformed once; each projection is an interpolated central
+  slice followed by an inverse 2D FFT. Shifts and a CTF can be applied to the slice
+  before the inverse FFT (:meth:`FourierProjector.images`). Interpolation is a cubic
+  B-spline (default; evaluated as 8 trilinear look-ups) or trilinear; the map is
+  pre-divided by the kernel's Fourier transform, sinc⁴ or sinc² per axis (gridding
+  correction). Against closed-form projections of Gaussian blobs (64³, pad 2): cubic
+  ≈ 0.04 %, trilinear ≈ 2.5 % L2 error (aliasing of the sinc² kernel); trilinear is
+  ≈ 5–8× faster on the CPU. As in RELION, projected density that falls outside a box of
+  ``max(N, size)`` wraps around; maps whose density lies inside the inscribed sphere
+  never wrap.
+
+Optional ASTRA backend: not provided (the Fourier projector is the fast path on both CPU
+and CUDA, with no extra dependency).
 """
 
 from __future__ import annotations
@@ -137,10 +146,11 @@ def project_real(
 class FourierProjector:
     """Central-slice projector of one map; build once, project many orientations.
 
-    ``FourierProjector(volume, size=None, pad=2)``: ``volume`` a cubic ``[z, y, x]`` tensor
-    (float32 or float64, CPU or CUDA; the projector lives on its device), ``size`` the image
-    edge (default ``N``), ``pad`` the oversampling of the 3D Fourier grid (≥ 1; 2 as in
-    RELION). Memory: ``(pad·max(N, size))³`` complex values.
+    ``FourierProjector(volume, size=None, pad=2, interpolation="cubic")``: ``volume`` a cubic
+    ``[z, y, x]`` tensor (float32 or float64, CPU or CUDA; the projector lives on its device),
+    ``size`` the image edge (default ``N``), ``pad`` the oversampling of the 3D Fourier grid
+    (a number in [1, 8]; 2 as in RELION), ``interpolation`` ``"cubic"`` or ``"linear"``.
+    Memory: ``(pad·max(N, size))³`` complex values.
     """
 
     def __init__(
@@ -272,7 +282,7 @@ def _crop(images: Tensor, size: int) -> Tensor:
 
 
 def project(
-    volume: Tensor, rotations: Tensor, size: int | None = None, method: str = "fourier", pad: int = 2
+    volume: Tensor, rotations: Tensor, size: int | None = None, method: str = "fourier", pad: float = 2.0
 ) -> Tensor:
     """Projections (B, size, size) of ``volume`` along ``rotations``.
 

@@ -55,8 +55,9 @@ from torch import Tensor
 
 from . import __version__
 from .ctf import ctf_2d, random_defocus
-from .geometry import asymmetric_unit_quaternions, euler_to_matrix, euler_to_quat, quat_to_euler, random_euler
-from .geometry import random_quaternions
+from .geometry import (
+    asymmetric_unit_quaternions, euler_to_matrix, euler_to_quat, quat_to_euler, random_euler, random_quaternions,
+)
 from .noise import add_white_noise, sigma2_for_snr, signal_variance
 from .project import FourierProjector
 from .shift import SHIFT_DISTRIBUTIONS, random_shifts
