@@ -205,10 +205,8 @@ def draw_parameters(settings: SimulationSettings, pixel_size: float) -> Particle
 
 
 def _star_round(values: Tensor) -> Tensor:
-    """Round to the 6 decimals of the STAR file; magnitudes below 1e-3 become 0, because
-    ``io.write_star`` switches to a 7-character-wider exponent format for them, which it truncates."""
-    rounded = torch.round(values, decimals=6)
-    return torch.where(rounded.abs() < 1e-3, torch.zeros_like(rounded), rounded)
+    """Round to the 6 decimals that the STAR file stores."""
+    return torch.round(values, decimals=6)
 
 
 def load_volume(
