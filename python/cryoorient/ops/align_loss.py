@@ -113,6 +113,8 @@ def _backward(ctx, grad_loss, _grad_unused):
     (grad_angles,) = ctx.saved_tensors
     if not ctx.need_grad:
         raise RuntimeError("align_loss was evaluated without its gradient (angles did not require grad)")
+    if torch.is_grad_enabled():
+        raise RuntimeError("align_loss is differentiable once: double backward (create_graph=True) is not supported")
     return _align_loss_backward(grad_loss.contiguous(), grad_angles), None, None, None, None, None
 
 
