@@ -289,19 +289,21 @@ def _closed_form(qt: Tensor, qe: Tensor, improper: bool) -> Tensor:
 
 
 def _anchor_starts(qt: Tensor, qe: Tensor, group: Tensor, gen: torch.Generator, anchors: int = 3) -> Tensor:
-    """Starts (anchors·G·2, 4, 4) for a symmetric set: for a few anchor projections i and every
-    mate g, the global rotation ``T·q = a·q`` (and the mirrored ``T·q = a·q̄``) with
-    ``T·q̂_i = q_i·g``. These cover the ambiguities of a symmetric recovery (a global rotation,
-    the handedness), whose basins random starts rarely hit when the group is large."""
+    """Starts (anchors·G·3, 4, 4) for a symmetric set: for a few anchor projections i and every
+    mate g, the T sending q̂_i onto q_i·g among the ambiguities of a symmetric recovery: a global
+    rotation ``T·q = a·q`` and the mirrored sets ``T·q = a·q̄`` and ``T·q = q̄·a``. Random starts
+    rarely hit these basins when the group is large."""
     idx = torch.randperm(qt.shape[0], generator=gen)[:anchors].to(qt.device)
     conj = qt.new_tensor([1.0, -1.0, -1.0, -1.0])
     mates = quat_multiply(qt[idx][:, None, :], group).reshape(-1, 4)  # (anchors·G, 4)
     est = qe[idx].repeat_interleave(group.shape[0], 0)
-    a_proper, a_mirror = quat_multiply(mates, est * conj), quat_multiply(mates, est)
-    eye = torch.eye(4, dtype=qt.dtype, device=qt.device)
-    proper = torch.stack([quat_multiply(a_proper, e.expand_as(a_proper)) for e in eye], -1)
-    mirror = torch.stack([quat_multiply(a_mirror, (e * conj).expand_as(a_mirror)) for e in eye], -1)
-    return torch.cat([proper, mirror])
+    eye = torch.eye(4, dtype=qt.dtype, device=qt.device)[:, None, :]
+    maps = (
+        lambda e: quat_multiply(quat_multiply(mates, est * conj), e),  # a·q, a = q_i·g·q̂_i⁻¹
+        lambda e: quat_multiply(quat_multiply(mates, est), e * conj),  # a·q̄, a = q_i·g·q̂_i
+        lambda e: quat_multiply(e * conj, quat_multiply(est, mates)),  # q̄·a, a = q̂_i·q_i·g
+    )
+    return torch.cat([torch.stack([f(e) for e in eye], -1) for f in maps])
 
 
 def _nearest_rotation(M: Tensor) -> Tensor:
