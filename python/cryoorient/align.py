@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -144,20 +145,29 @@ def align_orientations(
     group, name = _group(symmetry, qt)
     if restarts < 0:
         raise ValueError(f"restarts must be >= 0; got {restarts}")
-    cuda = qt.device.type == "cuda"
-    work = torch.float32 if cuda else torch.float64
+    # On the CPU the bookkeeping runs on small tensors, where torch's per-op thread team costs
+    # more than it gains (and stalls on a loaded machine); the kernel keeps the threads.
+    kernel_threads = torch.get_num_threads()
+    with _torch_threads(1 if qt.device.type == "cpu" else kernel_threads):
+        return _align(qt, qe, group, name, restarts, seed, tol, max_steps, margin, polish, kernel_threads)
+
+
+def _align(qt, qe, group, name, restarts, seed, tol, max_steps, margin, polish, kernel_threads) -> Alignment:
+    work = torch.float32 if qt.device.type == "cuda" else torch.float64
     gen = torch.Generator().manual_seed(seed)
 
     closed = torch.cat([_closed_form(qt, qe, improper) for improper in (False, True)])
     starts = [closed, _haar_o4(restarts, False, gen).to(qt.device), _haar_o4(restarts, True, gen).to(qt.device)]
     if group is not None:
         anchored = _anchor_starts(qt, qe, group, gen)
-        screen = ops.align_loss(*matrix_to_plane_rotations(anchored), qt, qe, group, validate=False)
+        with _torch_threads(kernel_threads):
+            screen = ops.align_loss(*matrix_to_plane_rotations(anchored), qt, qe, group, validate=False)
         starts.append(anchored[torch.argsort(screen)[: 2 * restarts + 2]])
     starts = torch.cat(starts)
     angles, reflect = matrix_to_plane_rotations(starts)
     best_angles, best_loss = _descend(
-        angles.to(work), reflect, qt.to(work), qe.to(work), None if group is None else group.to(work), max_steps
+        angles.to(work), reflect, qt.to(work), qe.to(work), None if group is None else group.to(work), max_steps,
+        kernel_threads,
     )
     # Polish the closed-form starts as they are and the descended candidates whose loss is within
     # `margin` of the best (at most `polish` of them, lowest first).
@@ -322,7 +332,7 @@ def _haar_o4(n: int, improper: bool, gen: torch.Generator) -> Tensor:
     return Q
 
 
-def _descend(angles, reflect, qt, qe, group, max_steps, lr=0.1, lr_min=0.01, window=10, stall=1e-4):
+def _descend(angles, reflect, qt, qe, group, max_steps, threads, lr=0.1, lr_min=0.01, window=10, stall=1e-4):
     """Adam over all candidates at once (one kernel call per step). The step is halved when the
     best loss has improved by less than `stall` (rad) over `window` steps; the descent stops once
     the step is below `lr_min` (the polish takes over from there) or after max_steps.
@@ -333,7 +343,8 @@ def _descend(angles, reflect, qt, qe, group, max_steps, lr=0.1, lr_min=0.01, win
     best_angles = angles.detach().clone()
     mark = math.inf
     for step in range(1, max_steps + 1):
-        loss = ops.align_loss(angles, reflect, qt, qe, group, validate=False)
+        with _torch_threads(threads):
+            loss = ops.align_loss(angles, reflect, qt, qe, group, validate=False)
         better = loss.detach() < best_loss
         best_loss = torch.where(better, loss.detach(), best_loss)
         best_angles = torch.where(better[:, None], angles.detach(), best_angles)
@@ -349,6 +360,16 @@ def _descend(angles, reflect, qt, qe, group, max_steps, lr=0.1, lr_min=0.01, win
                     break
             mark = now
     return best_angles, best_loss
+
+
+@contextmanager
+def _torch_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _errors(T: Tensor, qt: Tensor, qe: Tensor, group: Tensor | None) -> Tensor:
