@@ -174,6 +174,7 @@ Plan make_plan(int64_t P, int64_t K, int dtype, int device) {
   while ((int64_t(1) << p.kc_log2) < K && p.kc_log2 < 5) ++p.kc_log2;
   const int64_t kc = int64_t(1) << p.kc_log2;
   p.chunks = (K + kc - 1) / kc;
+  if (p.chunks > 65535) fail("align_loss on CUDA supports at most 65535·32 candidates per call");
   const int64_t slots = kWarps * (32 / kc);
   const int64_t want = std::max<int64_t>(1, resident_blocks(device, dtype) / p.chunks);
   const int64_t most = std::max<int64_t>(1, P / (slots * kMinPairsPerSlot));
@@ -184,18 +185,19 @@ Plan make_plan(int64_t P, int64_t K, int dtype, int device) {
 }
 
 // Workspace: T_k (16K), unit q_true and q_est (4P each), unit group (4G), partials (blocks·K·7).
+int64_t workspace_elems(const Plan& p, int64_t P, int64_t K, int64_t G) {
+  return 16 * K + 8 * P + 4 * G + p.blocks * K * kAcc;
+}
+
 template <typename T>
 struct Workspace {
   T *mats, *qt, *qe, *group, *partial;
-  int64_t elems;
-  Workspace(void* base, const Plan& p, int64_t P, int64_t K, int64_t G) {
-    T* w = static_cast<T*>(base);
-    mats = w;
+  Workspace(void* base, int64_t P, int64_t K, int64_t G) {
+    mats = static_cast<T*>(base);
     qt = mats + 16 * K;
     qe = qt + 4 * P;
     group = qe + 4 * P;
     partial = group + 4 * G;
-    elems = (partial + p.blocks * K * kAcc) - w;
   }
 };
 
@@ -204,8 +206,7 @@ struct Workspace {
 int64_t align_loss_cuda_workspace(int64_t P, int64_t K, int64_t G, int dtype, int device) {
   if (K == 0) return 0;
   DeviceGuard guard(device);
-  const Plan p = make_plan(P, K, dtype, device);
-  return CO_DISPATCH_FLOAT(dtype, T, [&] { return Workspace<T>(nullptr, p, P, K, G).elems * int64_t(sizeof(T)); });
+  return workspace_elems(make_plan(P, K, dtype, device), P, K, G) * (dtype == kFloat64 ? 8 : 4);
 }
 
 void align_loss_cuda(const AlignLossArgs& a, void* loss, void* grad, void* workspace, int device,
@@ -215,7 +216,7 @@ void align_loss_cuda(const AlignLossArgs& a, void* loss, void* grad, void* works
   const Plan p = make_plan(a.P, a.K, a.dtype, device);
   const cudaStream_t s = as_stream(stream);
   CO_DISPATCH_FLOAT(a.dtype, T, [&] {
-    const Workspace<T> w(workspace, p, a.P, a.K, a.G);
+    const Workspace<T> w(workspace, a.P, a.K, a.G);
     const T* angles = static_cast<const T*>(a.angles);
     const uint8_t* refl = static_cast<const uint8_t*>(a.reflect);
     prologue_kernel<T><<<blocks_for(a.P + a.G + a.K, 256), 256, 0, s>>>(
