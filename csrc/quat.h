@@ -7,6 +7,9 @@
 // with v = â - s b̂ and sin φ = |v|·|â + s b̂|/2; its norm is 2 except at d = 0
 // exactly, where it is defined as 0 (the sin φ in the denominator is clamped).
 // This matches autograd through cryoorient.geometry.quat_distance.
+//
+// kUnit: the caller guarantees unit inputs (to rounding). The normalisation is skipped and the
+// gradients are the unit-sphere ones, already tangent (orthogonal to their input) for unit inputs.
 #pragma once
 #include <cmath>
 
@@ -26,16 +29,20 @@ CO_HD T co_sqrt(T x) { return sqrt(x); }
 template <typename T>
 CO_HD T co_atan2(T y, T x) { return atan2(y, x); }
 
-template <typename T, bool kGrad>
+template <typename T, bool kGrad, bool kUnit = false>
 CO_HD QuatDist<T> quat_dist(const T* qa, const T* qb) {
   QuatDist<T> r;
-  T na2 = 0, nb2 = 0;
+  T ina = 1, inb = 1;
+  if (!kUnit) {
+    T na2 = 0, nb2 = 0;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    na2 += qa[k] * qa[k];
-    nb2 += qb[k] * qb[k];
+    for (int k = 0; k < 4; ++k) {
+      na2 += qa[k] * qa[k];
+      nb2 += qb[k] * qb[k];
+    }
+    ina = T(1) / co_sqrt(na2);
+    inb = T(1) / co_sqrt(nb2);
   }
-  const T ina = T(1) / co_sqrt(na2), inb = T(1) / co_sqrt(nb2);
   T a[4], b[4], dot = 0;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
@@ -69,8 +76,8 @@ CO_HD QuatDist<T> quat_dist(const T* qa, const T* qb) {
     }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      r.ga[k] = (ga[k] - pa * a[k]) * ina;
-      r.gb[k] = (gb[k] - pb * b[k]) * inb;
+      r.ga[k] = kUnit ? ga[k] : (ga[k] - pa * a[k]) * ina;
+      r.gb[k] = kUnit ? gb[k] : (gb[k] - pb * b[k]) * inb;
     }
   }
   return r;

@@ -640,3 +640,13 @@ def test_density_large_model_is_fast():
     assert len(w) > 15000
     assert np.all(np.abs(cio.centre_of_mass(m, 1.4)) < 0.5 * 1.4)
     assert elapsed < 10.0
+
+
+def test_star_round_trip_keeps_tiny_and_huge_values(tmp_path):
+    from cryoorient.io import Particles, read_star, write_star
+
+    p = Particles.create(["stack.mrcs"] * 4, [0, 1, 2, 3], pixel_size=1.5, image_size=16, root=tmp_path,
+                         rot=[7.12e-4, -3.0e-5, 12.5, 2.0e10])
+    write_star(tmp_path / "p.star", p)
+    back = read_star(tmp_path / "p.star")
+    np.testing.assert_allclose(back.rot, [7.12e-4, -3.0e-5, 12.5, 2.0e10], rtol=1e-6)

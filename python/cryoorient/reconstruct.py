@@ -140,3 +140,85 @@ def reconstruct(
             raise ValueError(f"images {sl.start}..{sl.stop - 1} contain NaN or infinite values")
         ins.insert(batch, rot[sl], None if ctf is None else ctf(sl))
     return ins.volume()
+
+
+def _column(particles, name: str, default: float) -> np.ndarray:
+    v = getattr(particles, name)
+    return np.full(len(particles), default) if v is None else np.asarray(v, dtype=np.float64)
+
+
+def particle_ctf(particles, indices: np.ndarray, size: int, device="cpu") -> Tensor:
+    """CTFs (B, size, size//2+1) on the rfft grid of images of edge ``size`` for the given particles.
+
+    Uses rlnDefocusU/V (Å), rlnDefocusAngle (°) and each particle's optics (kV, mm,
+    amplitude contrast; RELION defaults 300 kV, 2.7 mm, 0.1 where absent).
+    """
+    from .ctf import ctf_2d
+
+    pixel = _column(particles, "pixel_size", np.nan)[indices]
+    du = _column(particles, "defocus_u", np.nan)[indices]
+    dv = np.where(np.isnan(_column(particles, "defocus_v", np.nan)[indices]), du,
+                  _column(particles, "defocus_v", np.nan)[indices])
+    ang = _column(particles, "defocus_angle", 0.0)[indices]
+    optics = np.stack([pixel, _column(particles, "voltage", 300.0)[indices],
+                       _column(particles, "spherical_aberration", 2.7)[indices],
+                       _column(particles, "amplitude_contrast", 0.1)[indices]], 1)
+    out = torch.empty(len(indices), size, size // 2 + 1, device=device)
+    for combo in np.unique(optics, axis=0):  # one ctf_2d call per optics group in the batch
+        sel = np.nonzero((optics == combo).all(1))[0]
+        t = lambda a: torch.as_tensor(a[sel], dtype=torch.float32, device=device)  # noqa: E731
+        out[torch.as_tensor(sel, device=device)] = ctf_2d(
+            size, float(combo[0]), t(du), t(dv), t(ang), voltage=float(combo[1]), cs=float(combo[2]),
+            amplitude_contrast=float(combo[3]), device=device,
+        )
+    return out
+
+
+def particle_batches(particles, *, batch_size: int = 512, pad: int = 2, device="cpu", with_ctf: bool = True):
+    """Yield (slice, centred images, RELION matrices A, CTF on the padded rfft grid or None) from a STAR file.
+
+    Images are read in batches from their (memory-mapped) stacks and re-centred by the
+    particles' origins (RELION: the image is the projection moved by -origin, so it is
+    shifted by +origin / pixel size). The CTF, when the STAR file has defocus values and
+    ``with_ctf``, is sampled on the grid of the ``pad``-fold padded image.
+    """
+    from .geometry import euler_to_matrix
+    from .io import read_particle_images
+    from .shift import shift_images
+
+    if particles.angles is None:
+        raise ValueError("the particles have no orientations (rlnAngleRot/Tilt/Psi)")
+    pixel = _column(particles, "pixel_size", np.nan)
+    if np.isnan(pixel).any():
+        raise ValueError("the particles have no pixel size (rlnImagePixelSize)")
+    angles = torch.as_tensor(np.asarray(particles.angles, dtype=np.float64))
+    A = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]).float()
+    origins = np.stack([_column(particles, "origin_x_angst", 0.0), _column(particles, "origin_y_angst", 0.0)], 1)
+    origins = origins / pixel[:, None]
+    use_ctf = with_ctf and particles.defocus_u is not None
+    for s in range(0, len(particles), batch_size):
+        sl = slice(s, min(len(particles), s + batch_size))
+        idx = np.arange(sl.start, sl.stop)
+        img = torch.from_numpy(read_particle_images(particles, idx)).to(device)
+        if np.any(origins[sl] != 0):
+            img = shift_images(img, torch.as_tensor(origins[sl], dtype=torch.float32, device=device))
+        ctf = particle_ctf(particles, idx, pad * img.shape[-1], device) if use_ctf else None
+        yield sl, img, A[sl].to(device), ctf
+
+
+def reconstruct_particles(particles, *, pad: int = 2, batch_size: int = 512, device="cpu",
+                          with_ctf: bool = True, weight_floor: float = 1.0, progress: bool = True) -> Tensor:
+    """Reconstruct the map of a RELION particle set (STAR + stacks) with its orientations, origins and CTF."""
+    if len(particles) == 0:
+        raise ValueError("no particles to reconstruct from")
+    ins = None
+    batches = particle_batches(particles, batch_size=batch_size, pad=pad, device=device, with_ctf=with_ctf)
+    for sl, img, A, ctf in tqdm(batches, total=-(-len(particles) // batch_size), desc="reconstruct",
+                                unit="batch", disable=not progress):
+        if ins is None:
+            n = img.shape[-1]
+            ins = FourierInserter(n, pad=pad, device=device, weight_floor=weight_floor)
+        if not torch.isfinite(img).all():
+            raise ValueError(f"particles {sl.start}..{sl.stop - 1} contain NaN or infinite pixel values")
+        ins.insert(img, A, ctf)
+    return ins.volume()

@@ -419,12 +419,11 @@ def _format_column(values: pd.Series) -> np.ndarray:
         out = v.astype(str).to_numpy()
     elif pd.api.types.is_float_dtype(v):
         a = v.to_numpy(dtype=np.float64)
-        out = np.char.mod("%.6f", a)
+        out = np.char.mod("%.6f", a).astype(object)  # object: no fixed width to truncate "%.6e"
         small = (np.abs(a) < 1e-3) & (a != 0) | (np.abs(a) >= 1e9)
         if small.any():
             out[small] = np.char.mod("%.6e", a[small])
         out[np.isnan(a)] = "nan"
-        out = out.astype(object)
     else:
         out = []
         for x in v.tolist():

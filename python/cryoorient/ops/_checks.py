@@ -44,11 +44,17 @@ def check_pair_indices(i: Tensor, j: Tensor, P: int) -> None:
         raise IndexError(f"pair index out of range: indices span [{lo}, {hi}] but there are P = {P} orientations")
 
 
-def check_quaternions(q: Tensor) -> None:
+def check_quaternions(q: Tensor, name: str = "q") -> None:
     """Quaternions must be finite and non-zero (they are normalised by the ops). Syncs once on CUDA."""
     norms = torch.linalg.vector_norm(q, dim=-1)
     bad_finite, bad_zero = torch.stack([(~torch.isfinite(q)).any(), (norms == 0).any()]).tolist()
     if bad_finite:
-        raise ValueError("q contains NaN or infinite values")
+        raise ValueError(f"{name} contains NaN or infinite values")
     if bad_zero:
-        raise ValueError("q contains zero quaternions, which are not rotations")
+        raise ValueError(f"{name} contains zero quaternions, which are not rotations")
+
+
+def check_finite(name: str, t: Tensor) -> None:
+    """All values finite. Syncs once on CUDA."""
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")

@@ -1,0 +1,423 @@
+"""Alignment of recovered orientations to the truth, and the orientation recovery error E_OR.
+
+Recovered orientations are defined up to an isometry of the quaternion sphere, so the paper
+(eq. 5) scores them after the best global alignment T ∈ O(4):
+``E_OR = min_T (1/P) Σ_i d_q(q_i, T·q̂_i)``. O(4) covers every ambiguity of the recovery: a
+global rotation on either side (``q ↦ a·q·b``, proper) and the handedness flip (``q ↦ q̄``,
+improper; the paper's reflection ``diag(-1, 1, 1, 1)`` maps q to -q̄, the same rotation).
+
+T follows the paper's eq. 6, ``T = diag(m, 1, 1, 1) · G01(θ0)·G02(θ1)·G03(θ2)·G12(θ3)·G13(θ4)·G23(θ5)``
+with ``m = -1`` for an improper T and ``G_ij`` the rotation of the (x_i, x_j) plane of the
+scalar-first quaternion (w, x, y, z): ``G[i][i] = G[j][j] = cos θ``, ``G[j][i] = -G[i][j] = sin θ``.
+Angles and errors are in radians.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .geometry import (
+    matrix_to_quat,
+    quat_distance,
+    quat_multiply,
+    quat_to_matrix,
+    symmetric_quat_distance,
+    symmetry_group,
+)
+from .ops._checks import check_quaternions
+
+PLANES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+
+
+def plane_rotations_to_matrix(angles: Tensor, reflect: Tensor | bool) -> Tensor:
+    """T (..., 4, 4) of eq. 6 from the angles (..., 6) and the reflection flags (...,) bool."""
+    reflect = torch.as_tensor(reflect, device=angles.device)
+    eye = torch.eye(4, dtype=angles.dtype, device=angles.device)
+    m = torch.where(reflect, -1.0, 1.0).to(angles.dtype)
+    T = eye.expand(*angles.shape[:-1], 4, 4).clone()
+    T[..., 0, 0] = m
+    for p, (i, j) in enumerate(PLANES):
+        c, s = torch.cos(angles[..., p]), torch.sin(angles[..., p])
+        G = eye.expand(*angles.shape[:-1], 4, 4).clone()
+        G[..., i, i] = c
+        G[..., j, j] = c
+        G[..., j, i] = s
+        G[..., i, j] = -s
+        T = T @ G
+    return T
+
+
+def matrix_to_plane_rotations(T: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of ``plane_rotations_to_matrix`` for orthogonal T (..., 4, 4): (angles float64, reflect).
+
+    The reflection is ``det T < 0``. Column ``c`` of the remaining rotation is ``e_c`` turned by
+    its planes (c, j), j > c, which gives their angles by atan2; those rotations are then peeled off.
+    """
+    T = T.to(torch.float64)
+    reflect = torch.linalg.det(T) < 0
+    S = T.clone()
+    S[..., 0, :] = torch.where(reflect[..., None], -T[..., 0, :], T[..., 0, :])
+    angles = torch.zeros(*T.shape[:-2], 6, dtype=torch.float64, device=T.device)
+    for c in range(3):
+        x = S[..., :, c]
+        for j in range(c + 1, 4):
+            p = PLANES.index((c, j))
+            base = x[..., c] if j == c + 1 else torch.linalg.vector_norm(x[..., c:j], dim=-1)
+            angles[..., p] = torch.atan2(x[..., j], base)
+        mask = torch.tensor([a == c for a, _ in PLANES], device=T.device)
+        G = plane_rotations_to_matrix(torch.where(mask, angles, 0.0), torch.zeros_like(reflect))
+        S = G.transpose(-1, -2) @ S
+    return angles, reflect
+
+
+@dataclass
+class Alignment:
+    """Result of ``align_orientations``.
+
+    transform: T (4, 4) float64 orthogonal, with ``q_true_i ≈ ±T·q_est_i`` (times a symmetry mate
+    ``g`` on the right of ``q_true_i`` under a point group); ``angles`` (6,) float64 and
+    ``reflected`` its eq. 6 parameters. ``reflected`` True means T is improper: the recovered set
+    is the mirror image (handedness flipped; each ``q̂`` maps to its conjugate, ``R ↦ Rᵀ``).
+    error: E_OR in radians; errors: (P,) float64 per-projection d_q (radians) after alignment.
+    """
+
+    transform: Tensor
+    angles: Tensor
+    reflected: bool
+    error: float
+    errors: Tensor
+    symmetry: str | None = None
+
+    @property
+    def error_deg(self) -> float:
+        return math.degrees(self.error)
+
+    def apply(self, q_est: Tensor) -> Tensor:
+        """Aligned estimates ``T·q̂`` (P, 4) in ``q_est``'s dtype."""
+        return q_est @ self.transform.to(device=q_est.device, dtype=q_est.dtype).T
+
+
+def align_orientations(
+    q_true: Tensor,
+    q_est: Tensor,
+    symmetry: str | Tensor | None = None,
+    restarts: int = 16,
+    seed: int = 0,
+    tol: float = 1e-8,
+    max_steps: int = 1000,
+    margin: float = 0.05,
+    polish: int = 6,
+) -> Alignment:
+    """Best alignment T ∈ O(4) of ``q_est`` onto ``q_true`` and the error E_OR (paper eqs. 5-6).
+
+    q_true, q_est: (P, 4) scalar-first quaternions (torch tensors or arrays), any sign and norm
+    (non-zero). symmetry: point-group name (``cryoorient.geometry.symmetry_group``) or its (G, 4)
+    quaternions: each projection then scores its nearest symmetry mate ``q_true_i·g``.
+
+    Search, in three stages:
+
+    1. Starts. Per handedness, a closed-form start: the least-squares fit ``R_i ≈ A·R̂_i·B`` of
+       the rotation matrices (``R̂_iᵀ`` for the mirror), sign-invariant and exact for an exact
+       O(4) image with P >= 9; plus ``restarts`` Haar-random elements of O(4). With a point
+       group, also the best ``2·restarts + 2`` of the anchor starts (a global rotation or its
+       mirror sending one projection onto each symmetry mate of its truth).
+    2. Descent. All starts at once by Adam on their eq. 6 angles, one ``ops.align_loss`` kernel
+       call (loss + gradient of every candidate) per step; the step halves whenever the best
+       loss stalls (< 1e-4 rad gain in 10 steps) and the descent ends below 0.01 rad.
+    3. Polish. The closed-form starts and the descended candidates within ``margin`` (rad) of
+       the best (at most ``polish``) are refined by majorise-minimise: each d_q = 2·arccos|c|
+       is concave in c on [0, 1], so its tangent bounds it from above and the bound's minimum
+       over a component of O(4) is an orthogonal Procrustes problem. Monotone; it stops when
+       the loss gains less than ``tol`` (rad) per step.
+
+    The returned error and per-projection errors are recomputed exactly (float64) from the
+    final T. Runs on q_true's device (float32 kernel on CUDA, float64 on the CPU); ``seed``
+    fixes the random starts.
+    """
+    qt, qe = _validated_pair(q_true, q_est)
+    group, name = _group(symmetry, qt)
+    if restarts < 0:
+        raise ValueError(f"restarts must be >= 0; got {restarts}")
+    # On the CPU the bookkeeping runs on small tensors, where torch's per-op thread team costs
+    # more than it gains (and stalls on a loaded machine); the kernel keeps the threads.
+    kernel_threads = torch.get_num_threads()
+    with _torch_threads(1 if qt.device.type == "cpu" else kernel_threads):
+        return _align(qt, qe, group, name, restarts, seed, tol, max_steps, margin, polish, kernel_threads)
+
+
+def _align(qt, qe, group, name, restarts, seed, tol, max_steps, margin, polish, kernel_threads) -> Alignment:
+    work = torch.float32 if qt.device.type == "cuda" else torch.float64
+    gen = torch.Generator().manual_seed(seed)
+
+    closed = torch.cat([_closed_form(qt, qe, improper) for improper in (False, True)])
+    starts = [closed, _haar_o4(restarts, False, gen).to(qt.device), _haar_o4(restarts, True, gen).to(qt.device)]
+    if group is not None:
+        anchored = _anchor_starts(qt, qe, group, gen)
+        with _torch_threads(kernel_threads):
+            screen = ops.align_loss(*matrix_to_plane_rotations(anchored), qt, qe, group, validate=False)
+        starts.append(anchored[torch.argsort(screen)[: 2 * restarts + 2]])
+    starts = torch.cat(starts)
+    angles, reflect = matrix_to_plane_rotations(starts)
+    best_angles, best_loss = _descend(
+        angles.to(work), reflect, qt.to(work), qe.to(work), None if group is None else group.to(work), max_steps,
+        kernel_threads,
+    )
+    # Polish the closed-form starts as they are and the descended candidates whose loss is within
+    # `margin` of the best (at most `polish` of them, lowest first).
+    pool_T = torch.cat([closed, plane_rotations_to_matrix(best_angles.double(), reflect)])
+    pool_loss = torch.cat([_errors(closed, qt, qe, group).mean(-1), best_loss.double()])
+    order = torch.argsort(pool_loss)
+    keep = order[pool_loss[order] <= pool_loss[order[0]] + margin][:polish]
+    T, errors = _polish(pool_T[keep], qt, qe, group, tol)
+    k = int(torch.argmin(errors.mean(-1)))
+    angles, reflected = matrix_to_plane_rotations(T[k])
+    return Alignment(
+        transform=T[k], angles=angles, reflected=bool(reflected), error=float(errors[k].mean()), errors=errors[k],
+        symmetry=name,
+    )
+
+
+def orientation_error(
+    q_true: Tensor, q_est: Tensor, symmetry: str | Tensor | None = None, **kwargs
+) -> float:
+    """E_OR in radians: the mean d_q after the best O(4) alignment (see ``align_orientations``)."""
+    return align_orientations(q_true, q_est, symmetry=symmetry, **kwargs).error
+
+
+def aligned_errors(q_true: Tensor, q_est: Tensor, T: Tensor, symmetry: str | Tensor | None = None) -> Tensor:
+    """Per-projection d_q(q_true_i, T·q_est_i) (radians, float64) for a given T, min over the group."""
+    qt, qe = _validated_pair(q_true, q_est)
+    group, _ = _group(symmetry, qt)
+    return _errors(T.to(device=qt.device, dtype=torch.float64)[None], qt, qe, group)[0]
+
+
+def save_errors_csv(path, errors: Tensor | Alignment) -> None:
+    """Write per-projection errors as CSV: columns ``index, error_rad, error_deg``."""
+    errors = errors.errors if isinstance(errors, Alignment) else torch.as_tensor(errors)
+    e = errors.detach().double().cpu().flatten()
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "error_rad", "error_deg"])
+        for i, v in enumerate(e.tolist()):
+            w.writerow([i, repr(v), repr(math.degrees(v))])
+
+
+def plot_error_histogram(path, errors: Tensor | Alignment, bins: int = 60, title: str | None = None) -> None:
+    """Save a histogram (PNG, matplotlib Agg) of per-projection errors in degrees, E_OR marked."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    errors = errors.errors if isinstance(errors, Alignment) else torch.as_tensor(errors)
+    deg = torch.rad2deg(errors.detach().double().cpu().flatten()).numpy()
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.add_subplot()
+    ax.hist(deg, bins=bins, color="tab:blue", alpha=0.85)
+    ax.axvline(deg.mean(), color="tab:red", label=f"E_OR = {deg.mean():.3g}°")
+    ax.set_xlabel("orientation error after alignment (degrees)")
+    ax.set_ylabel("projections")
+    ax.set_title(title or f"{len(deg)} projections")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _validated_pair(q_true, q_est) -> tuple[Tensor, Tensor]:
+    """(P, 4) float64 unit quaternions on q_true's device; clear errors for bad input."""
+    out = []
+    for name, q in (("q_true", q_true), ("q_est", q_est)):
+        q = torch.as_tensor(q)
+        if not (q.is_floating_point() or q.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"{name} must hold real numbers; got dtype {q.dtype}")
+        if q.ndim != 2 or q.shape[1] != 4:
+            raise ValueError(f"{name} must have shape P×4 (w, x, y, z); got {tuple(q.shape)}")
+        out.append(q)
+    qt, qe = out
+    if qt.shape[0] != qe.shape[0]:
+        raise ValueError(f"q_true and q_est must hold the same number of orientations; got {qt.shape[0]} and {qe.shape[0]}")
+    if qt.shape[0] == 0:
+        raise ValueError("q_true and q_est are empty: at least one orientation is needed")
+    qe = qe.to(qt.device)
+    for name, q in (("q_true", qt), ("q_est", qe)):
+        check_quaternions(q, name)
+    qt, qe = qt.double(), qe.double()
+    return qt / qt.norm(dim=-1, keepdim=True), qe / qe.norm(dim=-1, keepdim=True)
+
+
+def _group(symmetry, like: Tensor) -> tuple[Tensor | None, str | None]:
+    if symmetry is None:
+        return None, None
+    if isinstance(symmetry, str):
+        group = symmetry_group(symmetry, dtype=torch.float64, device=like.device)
+        name = symmetry.strip().upper()
+    else:
+        group = torch.as_tensor(symmetry).to(device=like.device, dtype=torch.float64)
+        if group.ndim != 2 or group.shape[1] != 4 or group.shape[0] == 0:
+            raise ValueError(f"symmetry group must have shape G×4 (G >= 1); got {tuple(group.shape)}")
+        check_quaternions(group, "symmetry group")
+        group = group / group.norm(dim=-1, keepdim=True)
+        name = f"{group.shape[0]} rotations"
+    return (None, None) if group.shape[0] == 1 else (group, name)
+
+
+def _basis_map(f) -> Tensor:
+    """Matrix (4, 4) of the linear map f on quaternions (columns = images of the basis)."""
+    return torch.stack([f(e) for e in torch.eye(4, dtype=torch.float64)], -1)
+
+
+def _closed_form(qt: Tensor, qe: Tensor, improper: bool) -> Tensor:
+    """T (1, 4, 4) from the least-squares fit R_i ≈ A·R̂_i·B (R̂_iᵀ if improper) of rotation matrices.
+
+    vec(A X B) = (A ⊗ Bᵀ) vec(X) (row-major), so the 9×9 least-squares map is rearranged into
+    vec(A)·vec(Bᵀ)ᵀ and its top singular pair gives A and B, projected onto SO(3). Exact when
+    q̂ is an exact O(4) image of q (P >= 9); sign-invariant in both sets.
+    """
+    R = quat_to_matrix(qt).flatten(-2)
+    X = quat_to_matrix(qe)
+    X = (X.transpose(-1, -2) if improper else X).flatten(-2)
+    fit = (R.T @ X).cpu() @ torch.linalg.pinv((X.T @ X).cpu(), hermitian=True)
+    re = fit.reshape(3, 3, 3, 3).permute(0, 2, 1, 3).reshape(9, 9)  # [(a,c),(b,d)] = fit[3a+b, 3c+d]
+    U, _, Vh = torch.linalg.svd(re)
+    A, Bt = U[:, 0].reshape(3, 3), Vh[0].reshape(3, 3)
+    if torch.linalg.det(A) < 0:
+        A, Bt = -A, -Bt
+    a, b = matrix_to_quat(_nearest_rotation(A)), matrix_to_quat(_nearest_rotation(Bt.T))
+    conj = torch.tensor([1.0, -1.0, -1.0, -1.0], dtype=torch.float64)
+    T = _basis_map(lambda e: quat_multiply(a, quat_multiply(e * conj if improper else e, b)))
+    return T[None].to(qt.device)
+
+
+def _anchor_starts(qt: Tensor, qe: Tensor, group: Tensor, gen: torch.Generator, anchors: int = 3) -> Tensor:
+    """Starts (anchors·G·3, 4, 4) for a symmetric set: for a few anchor projections i and every
+    mate g, the T sending q̂_i onto q_i·g among the ambiguities of a symmetric recovery: a global
+    rotation ``T·q = a·q`` and the mirrored sets ``T·q = a·q̄`` and ``T·q = q̄·a``. Random starts
+    rarely hit these basins when the group is large."""
+    idx = torch.randperm(qt.shape[0], generator=gen)[:anchors].to(qt.device)
+    conj = qt.new_tensor([1.0, -1.0, -1.0, -1.0])
+    mates = quat_multiply(qt[idx][:, None, :], group).reshape(-1, 4)  # (anchors·G, 4)
+    est = qe[idx].repeat_interleave(group.shape[0], 0)
+    eye = torch.eye(4, dtype=qt.dtype, device=qt.device)[:, None, :]
+    maps = (
+        lambda e: quat_multiply(quat_multiply(mates, est * conj), e),  # a·q, a = q_i·g·q̂_i⁻¹
+        lambda e: quat_multiply(quat_multiply(mates, est), e * conj),  # a·q̄, a = q_i·g·q̂_i
+        lambda e: quat_multiply(e * conj, quat_multiply(est, mates)),  # q̄·a, a = q̂_i·q_i·g
+    )
+    return torch.cat([torch.stack([f(e) for e in eye], -1) for f in maps])
+
+
+def _nearest_rotation(M: Tensor) -> Tensor:
+    U, _, Vh = torch.linalg.svd(M)
+    D = torch.ones(M.shape[-1], dtype=M.dtype)
+    D[-1] = torch.sign(torch.linalg.det(U @ Vh))
+    return U @ torch.diag(D) @ Vh
+
+
+def _haar_o4(n: int, improper: bool, gen: torch.Generator) -> Tensor:
+    """n Haar-random elements (n, 4, 4) of SO(4) (improper: times diag(-1, 1, 1, 1))."""
+    Q, Rr = torch.linalg.qr(torch.randn(n, 4, 4, generator=gen, dtype=torch.float64))
+    Q = Q * torch.sign(torch.diagonal(Rr, dim1=-2, dim2=-1))[:, None, :]
+    flip = (torch.linalg.det(Q) < 0) != improper
+    Q[flip, :, 0] = -Q[flip, :, 0]
+    return Q
+
+
+def _descend(angles, reflect, qt, qe, group, max_steps, threads, lr=0.1, lr_min=0.01, window=10, stall=1e-4):
+    """Adam over all candidates at once (one kernel call per step). The step is halved when the
+    best loss has improved by less than `stall` (rad) over `window` steps; the descent stops once
+    the step is below `lr_min` (the polish takes over from there) or after max_steps.
+    Returns the best angles and loss seen per candidate."""
+    angles = angles.clone().requires_grad_(True)
+    opt = torch.optim.Adam([angles], lr=lr)
+    best_loss = torch.full((angles.shape[0],), math.inf, dtype=angles.dtype, device=angles.device)
+    best_angles = angles.detach().clone()
+    mark = math.inf
+    for step in range(1, max_steps + 1):
+        with _torch_threads(threads):
+            loss = ops.align_loss(angles, reflect, qt, qe, group, validate=False)
+        better = loss.detach() < best_loss
+        best_loss = torch.where(better, loss.detach(), best_loss)
+        best_angles = torch.where(better[:, None], angles.detach(), best_angles)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+        if step % window == 0:
+            now = float(best_loss.min())
+            if now > mark - stall:
+                for g in opt.param_groups:
+                    g["lr"] *= 0.5
+                if opt.param_groups[0]["lr"] < lr_min:
+                    break
+            mark = now
+    return best_angles, best_loss
+
+
+@contextmanager
+def _torch_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _errors(T: Tensor, qt: Tensor, qe: Tensor, group: Tensor | None) -> Tensor:
+    """(N, P) exact d_q(q_true_i (·g), T_n·q_est_i), float64."""
+    b = torch.einsum("nij,pj->npi", T, qe)
+    if group is None:
+        return quat_distance(qt, b)
+    return symmetric_quat_distance(b, qt, group)
+
+
+def _polish(T: Tensor, qt: Tensor, qe: Tensor, group: Tensor | None, tol: float, max_iter: int = 1000):
+    """Majorise-minimise each T_n (N, 4, 4) within its component of O(4) (float64).
+
+    With c_i = <a_i, T q̂_i> (a_i = q_i or its nearest symmetry mate) and s_i = sign c_i, the
+    tangent of 2·arccos|c| at the current |c_i| bounds it from above on [-1, 1], so
+    T ← argmax_T Σ w_i s_i <a_i, T q̂_i>, w_i = 1/sin(d_i/2), never increases the loss:
+    T = U·diag(1, 1, 1, ±1)·Vᵀ from the SVD of M = Σ w_i s_i a_i q̂_iᵀ. Steps that fail to lower
+    the exact loss (rounding, clamped weights) end the iteration.
+    """
+    T = T.to(device=qt.device, dtype=torch.float64)
+    det = torch.sign(torch.linalg.det(T))
+    errors = _errors(T, qt, qe, group)
+    loss = errors.mean(-1)
+    active = torch.ones(T.shape[0], dtype=torch.bool, device=T.device)
+    for _ in range(max_iter):
+        b = torch.einsum("nij,pj->npi", T, qe)
+        a = qt.expand_as(b) if group is None else _nearest_mates(qt, b, group)
+        c = (a * b).sum(-1)
+        w = torch.sign(c) / torch.sin(errors / 2).clamp_min(1e-9)
+        M = torch.einsum("np,npi,pj->nij", w, a, qe).cpu()
+        U, _, Vh = torch.linalg.svd(M)
+        D = torch.ones(T.shape[0], 4, dtype=torch.float64)
+        D[:, -1] = torch.sign(torch.linalg.det(U @ Vh)) * det.cpu()
+        T_new = (U * D[:, None, :] @ Vh).to(T.device)
+        err_new = _errors(T_new, qt, qe, group)
+        loss_new = err_new.mean(-1)
+        take = active & (loss_new < loss)
+        T = torch.where(take[:, None, None], T_new, T)
+        errors = torch.where(take[:, None], err_new, errors)
+        active = take & (loss - loss_new > tol)
+        loss = torch.where(take, loss_new, loss)
+        if not bool(active.any()):
+            break
+    return T, errors
+
+
+def _nearest_mates(qt: Tensor, b: Tensor, group: Tensor) -> Tensor:
+    """q_t·g with g maximising |<q_t·g, b>| per pair: (N, P, 4)."""
+    mates = quat_multiply(qt[:, None, :], group)  # (P, G, 4)
+    best = torch.einsum("pgi,npi->npg", mates, b).abs().argmax(-1)
+    return mates[torch.arange(qt.shape[0], device=qt.device)[None, :], best]

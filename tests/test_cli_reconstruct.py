@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from cryoorient.cli import main
+from cryoorient.fsc import fsc
+from cryoorient.io import read_map, write_map
+from cryoorient.phantom import default_density
+from cryoorient.simulate import SimulationSettings, simulate
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    d = tmp_path_factory.mktemp("recon")
+    write_map(d / "truth.mrc", default_density(box_size=32, voxel_size=3.5, resolution=9.0), 3.5)
+    settings = SimulationSettings(n=1500, size=32, shift_max=3.0, shift_distribution="triangular", ctf=True,
+                                  defocus_min=5000.0, defocus_max=15000.0, snr_db=None, seed=1)
+    simulate(d / "truth.mrc", d / "data", settings, progress=False)
+    return d
+
+
+def test_reconstruct_with_shifts_and_ctf_recovers_the_map(dataset, capsys):
+    out = dataset / "map.mrc"
+    rc = main(["reconstruct", str(dataset / "data" / "particles.star"), "-o", str(out),
+               "--reference", str(dataset / "truth.mrc"), "--no-align", "-q"])
+    assert rc == 0
+    vol, voxel = read_map(out)
+    truth, _ = read_map(dataset / "truth.mrc")
+    assert voxel == pytest.approx(3.5)
+    assert fsc(vol, truth, voxel).resolution(0.5) < 2 * 3.5 * 1.25
+    assert "FSC 0.143" in capsys.readouterr().out
+    assert (dataset / "map_fsc.png").stat().st_size > 0
+    # refuses to overwrite, and says how to
+    assert main(["reconstruct", str(dataset / "data" / "particles.star"), "-o", str(out), "-q"]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_reconstruct_bad_inputs(tmp_path, capsys):
+    assert main(["reconstruct", str(tmp_path / "missing.star"), "-o", str(tmp_path / "m.mrc"), "-q"]) == 2
+    (tmp_path / "bad.star").write_text("not a star file\n")
+    assert main(["reconstruct", str(tmp_path / "bad.star"), "-o", str(tmp_path / "m.mrc"), "-q"]) == 2
+    assert not (tmp_path / "m.mrc").exists()
+    assert "error" in capsys.readouterr().err
