@@ -4,6 +4,7 @@ Each op validates its inputs with clear errors and has a plain-PyTorch reference
 the same name in ``cryoorient.ops._torch_impl``.
 """
 
+from .pair_loss import pair_loss
 from .qdist import qdist
 
-__all__ = ["qdist"]
+__all__ = ["pair_loss", "qdist"]
