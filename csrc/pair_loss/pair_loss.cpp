@@ -24,7 +24,7 @@ void register_pair_loss(py::module_& m) {
         if (device < 0) return pair_loss_none_cpu(a, ptr(out), nthreads);
         CO_CUDA_OR_FAIL(pair_loss_none_cuda(a, ptr(out), device, stream));
       },
-      "Per-pair losses w·(d_q − t)² into out (M). w = 0 pointer means unit weights.");
+      "Per-pair losses w·(d_q − t)² into out (M); a 0 weight pointer means unit weights.");
   m.def(
       "pair_loss_sum",
       [](std::uintptr_t q, std::uintptr_t i, std::uintptr_t j, std::uintptr_t t, std::uintptr_t w, double scale,

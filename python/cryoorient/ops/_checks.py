@@ -68,9 +68,8 @@ def check_values(name: str, t: Tensor, *, nonnegative: bool = False) -> None:
     """Values must be finite (and >= 0 if ``nonnegative``). Syncs once on CUDA."""
     if t.numel() == 0:
         return
-    bad_finite, bad_sign = torch.stack(
-        [(~torch.isfinite(t)).any(), (t < 0).any() if nonnegative else torch.zeros((), dtype=torch.bool, device=t.device)]
-    ).tolist()
+    negative = (t < 0).any() if nonnegative else torch.zeros((), dtype=torch.bool, device=t.device)
+    bad_finite, bad_sign = torch.stack([(~torch.isfinite(t)).any(), negative]).tolist()
     if bad_finite:
         raise ValueError(f"{name} contains NaN or infinite values")
     if bad_sign:
