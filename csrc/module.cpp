@@ -60,4 +60,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_count", &cuda_device_count, "CUDA devices visible to the compiled kernels (0 if none).");
   cryoorient::register_qdist(m);
   cryoorient::register_align_loss(m);
+  cryoorient::register_pair_loss(m);
 }

@@ -5,6 +5,7 @@ the same name in ``cryoorient.ops._torch_impl``.
 """
 
 from .align_loss import align_loss
+from .pair_loss import pair_loss
 from .qdist import qdist
 
-__all__ = ["align_loss", "qdist"]
+__all__ = ["align_loss", "pair_loss", "qdist"]

@@ -54,7 +54,23 @@ def check_quaternions(q: Tensor, name: str = "q") -> None:
         raise ValueError(f"{name} contains zero quaternions, which are not rotations")
 
 
-def check_finite(name: str, t: Tensor) -> None:
-    """All values finite. Syncs once on CUDA."""
-    if not bool(torch.isfinite(t).all()):
+def check_same_dtype(reference: str, t_ref: Tensor, **tensors: Tensor) -> None:
+    """Every tensor given must have the dtype of ``t_ref`` (named ``reference``)."""
+    for name, t in tensors.items():
+        if t is not None and t.dtype != t_ref.dtype:
+            raise TypeError(
+                f"{name} must have the dtype of {reference} ({str(t_ref.dtype).replace('torch.', '')}); "
+                f"got {str(t.dtype).replace('torch.', '')}"
+            )
+
+
+def check_values(name: str, t: Tensor, *, nonnegative: bool = False) -> None:
+    """Values must be finite (and >= 0 if ``nonnegative``). Syncs once on CUDA."""
+    if t.numel() == 0:
+        return
+    negative = (t < 0).any() if nonnegative else torch.zeros((), dtype=torch.bool, device=t.device)
+    bad_finite, bad_sign = torch.stack([(~torch.isfinite(t)).any(), negative]).tolist()
+    if bad_finite:
         raise ValueError(f"{name} contains NaN or infinite values")
+    if bad_sign:
+        raise ValueError(f"{name} contains negative values")

@@ -29,3 +29,13 @@ def align_loss(
     if group is None:
         return quat_distance(q_true, b).mean(-1)
     return symmetric_quat_distance(b, q_true, group).mean(-1)
+def pair_loss(
+    q: Tensor, i: Tensor, j: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean"
+) -> Tensor:
+    """Reference for ``cryoorient.ops.pair_loss``."""
+    loss = (quat_distance(q[i.long()], q[j.long()]) - target).square()
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._ext import FLOAT_CODES, _C, launch_args
-from ._checks import FLOATS, check_finite, check_quaternions, check_same_device, check_tensor
+from ._checks import FLOATS, check_quaternions, check_same_device, check_tensor, check_values
 
 
 def align_loss(
@@ -58,7 +58,7 @@ def align_loss(
     if q_true.requires_grad or q_est.requires_grad or (group is not None and group.requires_grad):
         raise ValueError("align_loss is differentiable w.r.t. angles only; detach q_true, q_est and group")
     if validate and not torch.compiler.is_compiling():
-        check_finite("angles", angles)
+        check_values("angles", angles)
         check_quaternions(q_true, "q_true")
         check_quaternions(q_est, "q_est")
         if group is not None:

@@ -1,0 +1,124 @@
+"""Speed of ops.pair_loss (forward + backward w.r.t. q) against the plain-PyTorch reference.
+
+    python bench/bench_pair_loss.py                 # CUDA: P = 1e5, M = 1e6 and 1e7, float32
+    python bench/bench_pair_loss.py --device cpu --pairs 100000 1000000
+
+Each row times loss = pair_loss(q, i, j, target) (reduction "mean") followed by
+torch.autograd.grad(loss, q), for the op (called through its Python wrapper with
+validate=False: no device synchronisation), the reference eager and the reference
+under torch.compile, all in this process. On CUDA the median of per-call CUDA-event
+timings is reported, plus the op replayed from a CUDA graph (kernel time without the
+Python/launch overhead). "HBM" is the fraction of the H100's 3.35 TB/s that the bytes the
+op must move (indices, targets, q read and ∂L/∂q written once) would take at the op's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from cryoorient import ops
+from cryoorient.ops import _torch_impl as ref
+
+HBM_BYTES_PER_S = 3.35e12
+
+
+def make_problem(P: int, M: int, device, itype, seed: int = 0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(P, 4, generator=g, device=device)
+    i = torch.randint(0, P, (M,), generator=g, device=device, dtype=itype)
+    j = torch.randint(0, P, (M,), generator=g, device=device, dtype=itype)
+    t = torch.rand(M, generator=g, device=device) * torch.pi
+    return q.requires_grad_(True), i, j, t
+
+
+def fwd_bwd(loss_fn, q, i, j, t):
+    def step():
+        loss = loss_fn(q, i, j, t)
+        return torch.autograd.grad(loss, q)[0]
+
+    return step
+
+
+def time_cuda(step, reps: int) -> float:
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        step()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def time_cuda_graph(step, reps: int) -> float:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return time_cuda(graph.replay, reps)
+
+
+def time_cpu(step, reps: int) -> float:
+    step()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--orientations", "-P", type=int, default=100_000)
+    parser.add_argument("--pairs", "-M", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--index-dtype", choices=["int64", "int32", "both"], default="both")
+    parser.add_argument("--reps", type=int, default=100)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("CUDA is not available; run with --device cpu")
+    timer = time_cuda if cuda else time_cpu
+    itypes = {"int64": [torch.int64], "int32": [torch.int32], "both": [torch.int64, torch.int32]}[args.index_dtype]
+    op = lambda q, i, j, t: ops.pair_loss(q, i, j, t, validate=False)  # noqa: E731
+    compiled = None if args.no_compile else torch.compile(ref.pair_loss)
+
+    print(f"device: {torch.cuda.get_device_name(device) if cuda else 'cpu'}, P = {args.orientations}, float32, "
+          f"fwd+bwd (reduction='mean'), median of {args.reps}")
+    header = f"{'M':>10} {'index':>6} {'op ms':>8} {'graph ms':>9} {'HBM':>6} {'eager ms':>9} {'compile ms':>11} " \
+             f"{'x eager':>8} {'x compile':>10}"
+    print(header)
+    print("-" * len(header))
+    for M in args.pairs:
+        for itype in itypes:
+            q, i, j, t = make_problem(args.orientations, M, device, itype)
+            t_op = timer(fwd_bwd(op, q, i, j, t), args.reps)
+            t_graph = time_cuda_graph(fwd_bwd(op, q, i, j, t), args.reps) if cuda else float("nan")
+            t_eager = timer(fwd_bwd(ref.pair_loss, q, i, j, t), max(5, args.reps // 10))
+            t_comp = timer(fwd_bwd(compiled, q, i, j, t), args.reps) if compiled else float("nan")
+            moved = M * (2 * i.element_size() + t.element_size()) + 2 * q.numel() * q.element_size()
+            best = min(t_op, t_graph) if cuda else t_op
+            hbm = moved / (best * 1e-3) / HBM_BYTES_PER_S
+            print(f"{M:>10} {str(itype).replace('torch.', ''):>6} {t_op:8.3f} {t_graph:9.3f} {hbm:6.1%} "
+                  f"{t_eager:9.3f} {t_comp:11.3f} {t_eager / t_op:8.1f} {t_comp / t_op:10.1f}")
+            del q, i, j, t
+
+
+if __name__ == "__main__":
+    main()
