@@ -7,9 +7,9 @@ with Adam on unconstrained (P, 4) parameters, renormalised after every step. Sev
 random restarts run as one batched problem (restart r owns rows r·P .. r·P + P − 1 of a
 (R·P, 4) parameter, and all restarts see the same pairs, so each target distance is
 evaluated once per step); the restart with the lowest L_OR on a fixed set of evaluation
-pairs is returned. The learning rate of each restart is divided by ``lr_decay`` whenever its
-evaluation L_OR stops improving, and a restart stops when its learning rate falls under
-``min_lr``: that is the convergence criterion.
+pairs is returned. The learning rate of each restart is multiplied by ``lr_decay`` whenever
+its evaluation L_OR stops improving, and a restart stops when its learning rate falls under
+``min_lr``; the run stops when the restart with the lowest L_OR has stopped.
 
 Targets come from a :class:`DistanceSource`: exact distances from known orientations,
 synthetic perturbed distances (paper §3.2), or any callable (i, j) -> d̂ such as the
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
 import torch
@@ -161,8 +161,9 @@ class RecoveryHistory:
 @dataclass
 class RecoveryResult:
     """Recovered orientations (P, 4), unit, scalar part >= 0, of the restart with the lowest
-    evaluation L_OR (``restart``, value ``loss``); every restart's orientations (R, P, 4);
-    the loss history; the wall-clock seconds; and the pair evaluations per orientation used."""
+    evaluation L_OR (``restart``, value ``loss``); every restart's orientations (R, P, 4) and
+    final L_OR (R,); the loss history; the wall-clock seconds; the pair evaluations per
+    orientation used (2·steps·pairs_per_step / P); and the steps taken."""
 
     orientations: Tensor
     loss: float
@@ -172,7 +173,7 @@ class RecoveryResult:
     history: RecoveryHistory
     seconds: float
     pairs_per_orientation: float
-    steps: int = field(default=0)
+    steps: int
 
     def plot(self, path: str) -> None:
         """Save the L_OR curves as a PNG (see :func:`plot_loss_curve`)."""
@@ -293,7 +294,7 @@ def recover_orientations(
     and a restart whose L_OR has not dropped by a relative ``tol`` below its best for
     ``patience`` measurements gets its learning rate multiplied by ``lr_decay``; it has
     converged (and stops moving) once that falls below ``min_lr`` or its L_OR below ``atol``
-    (rad²; exact distances). cutoff, spread: trust only distances below ``cutoff`` (radians),
+    (rad²; exact distances); the run ends when the restart with the lowest L_OR has converged. cutoff, spread: trust only distances below ``cutoff`` (radians),
     with a spreading term of weight ``spread`` (see the module docstring); the L_OR then
     counts the pairs this rule keeps. seed: initialisation and pair
     sampling. init: starting orientations, (P, 4) for every restart or (R, P, 4) (default:
@@ -372,14 +373,12 @@ def recover_orientations(
                 bar.set_postfix(L_OR=f"{e.min().item():.3g}", lr=f"{lrs.max().item():.2g}")
         if bar is not None:
             bar.update(1)
-        if (lrs == 0).all():
-            break
+        if hist_steps and hist_steps[-1] == step and lrs[int(torch.argmin(hist_eval[-1]))] == 0:
+            break  # the best restart has converged
     if bar is not None:
         bar.close()
 
-    final = hist_eval[-1] if hist_steps and hist_steps[-1] == step else eval_loss()
-    if not hist_steps or hist_steps[-1] != step:
-        hist_steps.append(step), hist_eval.append(final), hist_lr.append(lrs.clone())
+    final = hist_eval[-1]  # measured at the last step
     keep = int(torch.argmin(final))
     q = x.detach().view(R, P, 4)
     q = torch.where(q[..., :1] < 0, -q, q)
