@@ -18,16 +18,13 @@ orientation whatever P).
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
 from pathlib import Path
+import statistics
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _eor import eor  # noqa: E402  (private exact evaluator, see tests/_eor.py)
-
-from cryoorient.recover import ExactDistances, PerturbedDistances, recover_orientations  # noqa: E402
+from cryoorient.align import orientation_error as eor
+from cryoorient.recover import ExactDistances, PerturbedDistances, recover_orientations
 
 
 def true_orientations(P: int, seed: int, device) -> torch.Tensor:

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from _eor import eor
+from cryoorient.align import orientation_error as eor
 
 from cryoorient import ops
 from cryoorient.recover import (
