@@ -11,5 +11,6 @@ template <typename T = void>
 inline T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 void register_qdist(pybind11::module_& m);
+void register_allpairs(pybind11::module_& m);
 
 }  // namespace cryoorient

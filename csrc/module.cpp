@@ -59,4 +59,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_architectures", &cuda_architectures, "CUDA architectures the kernels were compiled for.");
   m.def("cuda_device_count", &cuda_device_count, "CUDA devices visible to the compiled kernels (0 if none).");
   cryoorient::register_qdist(m);
+  cryoorient::register_allpairs(m);
 }

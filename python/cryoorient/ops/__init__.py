@@ -4,6 +4,18 @@ Each op validates its inputs with clear errors and has a plain-PyTorch reference
 the same name in ``cryoorient.ops._torch_impl``.
 """
 
+from .allpairs import DistanceCache, allpairs_distance_cache, allpairs_loss, allpairs_loss_cached
+from .feature_knn import feature_knn
 from .qdist import qdist
+from .sampled_pairs import sampled_feature_pair_loss, sampled_pairs
 
-__all__ = ["qdist"]
+__all__ = [
+    "DistanceCache",
+    "allpairs_distance_cache",
+    "allpairs_loss",
+    "allpairs_loss_cached",
+    "feature_knn",
+    "qdist",
+    "sampled_feature_pair_loss",
+    "sampled_pairs",
+]

@@ -1,0 +1,822 @@
+// CUDA all-pairs kernels.
+//
+// A CTA owns a 128 × 128 tile of pairs (rows row0.., columns col0..) at a time. The
+// tile engine computes the cosines Cs = F_rows · F_colsᵀ into shared memory:
+//   * bfloat16 / float16 features: tensor cores (WMMA 16×16×16, fp32 accumulation),
+//     3-stage cp.async pipeline over k-slices of 32;
+//   * float32 features: a plain fp32 SIMT tiled product (exact; no TF32).
+// An epilogue then turns the tile into loss + gradient, cache bytes, k-NN updates or
+// gradient-strip entries; nothing of size P × P is stored.
+//
+// Triangle kernels (loss, cache) run on a grid (column chunk, row tile t) and visit
+// column tiles u ≥ t of their chunk (kChunk tiles), keeping the row quaternions and
+// row-gradient accumulators of tile t in shared memory across the chunk. Epilogue
+// thread layout: warp w takes rows w, w + 8, ..., lane l the 4 columns 4l..4l+3.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <cfloat>
+#include <climits>
+
+#include "allpairs/allpairs.h"
+#include "allpairs/allpairs_math.h"
+#include "cuda_utils.h"
+
+namespace cryoorient {
+using namespace allpairs;
+
+namespace {
+
+using namespace nvcuda;
+
+constexpr int BM = kTile, BN = kTile, NT = 256, NW = NT / 32;
+constexpr int kRowsPerWarp = BM / NW;  // 16
+constexpr int CLD = BN + 4;            // row stride of the cosine tile (floats)
+constexpr size_t kCsBytes = size_t(BM) * CLD * sizeof(float);
+constexpr int kChunk = 8;  // column tiles per CTA in the triangle kernels
+constexpr unsigned kFull = 0xFFFFFFFFu;
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = pred ? 16 : 0;  // 0: fill the 16 bytes with zeros
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+__device__ __forceinline__ float4 warp_sum(float4 v) {
+  return make_float4(warp_sum(v.x), warp_sum(v.y), warp_sum(v.z), warp_sum(v.w));
+}
+__device__ __forceinline__ float dot4(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
+__device__ __forceinline__ void axpy4(float4& y, float k, float4 x) {
+  y.x = fmaf(k, x.x, y.x);
+  y.y = fmaf(k, x.y, y.y);
+  y.z = fmaf(k, x.z, y.z);
+  y.w = fmaf(k, x.w, y.w);
+}
+__device__ __forceinline__ float comp(float4 v, int x) { return x == 0 ? v.x : x == 1 ? v.y : x == 2 ? v.z : v.w; }
+
+// ---------------------------------------------------------------------------------
+// Tile engines: Cs[r][c] = <F[row0 + r], F[col0 + c]> (rows ≥ P read as zeros) in the
+// first kCsBytes of smem. Each starts with __syncthreads (so the caller may still read
+// smem from the previous tile until then) and ends with one (Cs ready).
+
+template <typename TF>
+struct WmmaTile {
+  static constexpr int BK = 32, LDS = BK + 8, STAGES = 3;
+  static constexpr int kStage = (BM + BN) * LDS;  // elements
+  static_assert(size_t(STAGES) * kStage * sizeof(TF) <= kCsBytes, "pipeline buffers alias the cosine tile");
+
+  __device__ static void load_stage(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
+                                    int64_t k0, TF* As) {
+    TF* Bs = As + BM * LDS;
+#pragma unroll
+    for (int x = 0; x < (BM * BK / 8) / NT; ++x) {  // 16-byte chunks: 4 per row of 32
+      const int c = threadIdx.x + NT * x;
+      const int r = c >> 2, kc = (c & 3) * 8;
+      const int64_t gr = row0 + r, gc = col0 + r;
+      cp_async16(As + r * LDS + kc, F + (gr < P ? gr : 0) * ld + k0 + kc, gr < P);
+      cp_async16(Bs + r * LDS + kc, F + (gc < P ? gc : 0) * ld + k0 + kc, gc < P);
+    }
+  }
+
+  __device__ static void run(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
+                             unsigned char* smem) {
+    TF* buf = reinterpret_cast<TF*>(smem);
+    float* Cs = reinterpret_cast<float*>(smem);
+    const int warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;  // warp tile 64 × 32
+    const int KT = static_cast<int>(ld / BK);
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (s < KT) load_stage(F, P, ld, row0, col0, int64_t(s) * BK, buf + s * kStage);
+      cp_async_commit();
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+      cp_async_wait<STAGES - 2>();  // stage kt has landed (for this thread) ...
+      __syncthreads();              // ... for all threads; stage kt - 1 is free again
+      const int pre = kt + STAGES - 1;
+      if (pre < KT) load_stage(F, P, ld, row0, col0, int64_t(pre) * BK, buf + (pre % STAGES) * kStage);
+      cp_async_commit();
+      const TF* As = buf + (kt % STAGES) * kStage;
+      const TF* Bs = As + BM * LDS;
+#pragma unroll
+      for (int kk = 0; kk < BK; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, TF, wmma::row_major> fa[4];
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, TF, wmma::col_major> fb[2];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) wmma::load_matrix_sync(fa[i], As + (wm * 64 + i * 16) * LDS + kk, LDS);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * LDS + kk, LDS);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done with the pipeline buffers that Cs overwrites
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        wmma::store_matrix_sync(Cs + (wm * 64 + i * 16) * CLD + wn * 32 + j * 16, acc[i][j], CLD,
+                                wmma::mem_row_major);
+    __syncthreads();
+  }
+};
+
+// Plain fp32 tiled product: 16 × 16 threads, each an 8 × 8 block of rows ty + 16·i
+// and columns tx + 16·j; k-slices of 16 staged transposed in shared memory.
+struct SimtTile {
+  static constexpr int BK = 16, LDT = BM + 4;
+  static_assert(2 * BK * LDT * sizeof(float) <= kCsBytes, "staging buffers alias the cosine tile");
+
+  __device__ static void run(const float* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
+                             unsigned char* smem) {
+    float* As = reinterpret_cast<float*>(smem);  // As[k][r] = F[row0 + r][k0 + k]
+    float* Bs = As + BK * LDT;
+    float* Cs = reinterpret_cast<float*>(smem);
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    float acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+    for (int64_t k0 = 0; k0 < ld; k0 += BK) {
+      __syncthreads();
+#pragma unroll
+      for (int x = 0; x < (BM * BK / 4) / NT; ++x) {  // float4 chunks: 4 per row of 16
+        const int c = tid + NT * x;
+        const int r = c >> 2, k4 = (c & 3) * 4;
+        const int64_t gr = row0 + r, gc = col0 + r;
+        const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+        const float4 va = gr < P ? __ldg(reinterpret_cast<const float4*>(F + gr * ld + k0 + k4)) : z;
+        const float4 vb = gc < P ? __ldg(reinterpret_cast<const float4*>(F + gc * ld + k0 + k4)) : z;
+        As[(k4 + 0) * LDT + r] = va.x;
+        As[(k4 + 1) * LDT + r] = va.y;
+        As[(k4 + 2) * LDT + r] = va.z;
+        As[(k4 + 3) * LDT + r] = va.w;
+        Bs[(k4 + 0) * LDT + r] = vb.x;
+        Bs[(k4 + 1) * LDT + r] = vb.y;
+        Bs[(k4 + 2) * LDT + r] = vb.z;
+        Bs[(k4 + 3) * LDT + r] = vb.w;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int k = 0; k < BK; ++k) {
+        float a[8], b[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) a[i] = As[k * LDT + ty + 16 * i];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) b[j] = Bs[k * LDT + tx + 16 * j];
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) Cs[(ty + 16 * i) * CLD + tx + 16 * j] = acc[i][j];
+    __syncthreads();
+  }
+};
+
+template <typename TF>
+struct TileFor {
+  using type = WmmaTile<TF>;
+};
+template <>
+struct TileFor<float> {
+  using type = SimtTile;
+};
+
+// Cosines of this thread's 4 columns in tile row rr.
+__device__ __forceinline__ float4 cs_row(const unsigned char* smem, int rr, int lane) {
+  return *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(smem) + rr * CLD + 4 * lane);
+}
+
+// ---------------------------------------------------------------------------------
+// Loss + gradient (from features or from the cache).
+
+struct LossParams {
+  const void* F;
+  const float4* q;
+  const uint8_t* codes;
+  int64_t P, ld, s, e, Tc;
+  int kind;
+  float cutoff;
+  double* loss;
+  float* gq;  // P × 4, or null
+};
+
+template <typename TF, bool kCache, bool kGrad>
+__global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ float wsum[NW];
+  constexpr size_t kMain = kCache ? size_t(NW) * BN * sizeof(float4) : kCsBytes;
+  float4* rowq = reinterpret_cast<float4*>(smem + kMain);
+  float4* rowacc = rowq + BM;
+  float4* red = reinterpret_cast<float4*>(smem);  // [NW][BN] column partials, aliases Cs
+
+  const int64_t t = blockIdx.y;
+  const int64_t u_begin = max(t, int64_t(blockIdx.x) * kChunk);
+  const int64_t u_end = min(p.Tc, int64_t(blockIdx.x + 1) * kChunk);
+  if (u_begin >= u_end) return;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int64_t row0 = p.s + t * BM;
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (tid < BM) {
+    rowq[tid] = row0 + tid < p.P ? p.q[row0 + tid] : zero;
+    rowacc[tid] = zero;
+  }
+  __syncthreads();
+
+  float loss = 0.0f;
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    const int64_t col0 = p.s + u * BN;
+    uint32_t words[kRowsPerWarp];
+    if constexpr (kCache) {
+      const uint8_t* tile = p.codes + tri_tile_index(t, u, p.Tc) * kTileBytes;
+#pragma unroll
+      for (int m = 0; m < kRowsPerWarp; ++m)
+        words[m] = __ldg(reinterpret_cast<const uint32_t*>(tile + (warp + NW * m) * BN + 4 * lane));
+    } else {
+      TileFor<TF>::type::run(static_cast<const TF*>(p.F), p.P, p.ld, row0, col0, smem);
+    }
+    const bool interior = u > t && row0 + BM <= p.e && col0 + BN <= p.P;
+    float4 b[4], cacc[4];
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int64_t j = col0 + 4 * lane + x;
+      b[x] = j < p.P ? p.q[j] : zero;
+      cacc[x] = zero;
+    }
+#pragma unroll
+    for (int m = 0; m < kRowsPerWarp; ++m) {
+      const int rr = warp + NW * m;
+      const int64_t i = row0 + rr;
+      const float4 a = rowq[rr];
+      float dp[4];
+      if constexpr (kCache) {
+#pragma unroll
+        for (int x = 0; x < 4; ++x) dp[x] = decode_distance((words[m] >> (8 * x)) & 0xFFu);
+      } else {
+        const float4 c4 = cs_row(smem, rr, lane);
+#pragma unroll
+        for (int x = 0; x < 4; ++x) dp[x] = feature_distance(comp(c4, x), p.kind);
+      }
+      float4 racc = zero;
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int64_t j = col0 + 4 * lane + x;
+        if ((interior || (j > i && j < p.P && i < p.e)) && dp[x] <= p.cutoff) {
+          float k;
+          loss += pair_loss(dp[x], dot4(a, b[x]), &k);
+          if (kGrad) {
+            axpy4(racc, k, b[x]);
+            axpy4(cacc[x], k, a);
+          }
+        }
+      }
+      if (kGrad) {
+        racc = warp_sum(racc);
+        if (lane == 0) {  // row rr belongs to this warp only
+          float4 v = rowacc[rr];
+          v.x += racc.x;
+          v.y += racc.y;
+          v.z += racc.z;
+          v.w += racc.w;
+          rowacc[rr] = v;
+        }
+      }
+    }
+    if (kGrad) {
+      __syncthreads();  // the cosine tile is no longer read: reuse it for the column sums
+#pragma unroll
+      for (int x = 0; x < 4; ++x) red[warp * BN + 4 * lane + x] = cacc[x];
+      __syncthreads();
+      const float* redf = reinterpret_cast<const float*>(red);
+      for (int idx = tid; idx < BN * 4; idx += NT) {
+        const int col = idx >> 2, c = idx & 3;
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) sum += redf[(w * BN + col) * 4 + c];
+        const int64_t j = col0 + col;
+        if (j < p.P && sum != 0.0f) atomicAdd(p.gq + 4 * j + c, 4.0f * sum);
+      }
+      if (kCache) __syncthreads();  // red is rewritten by the next tile
+    }
+  }
+  if (kGrad) {
+    __syncthreads();
+    const float* accf = reinterpret_cast<const float*>(rowacc);
+    for (int idx = tid; idx < BM * 4; idx += NT) {
+      const int64_t i = row0 + (idx >> 2);
+      if (i < p.e && accf[idx] != 0.0f) atomicAdd(p.gq + 4 * i + (idx & 3), 4.0f * accf[idx]);
+    }
+  }
+  loss = warp_sum(loss);
+  if (lane == 0) wsum[warp] = loss;
+  __syncthreads();
+  if (tid == 0) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) total += wsum[w];
+    atomicAdd(p.loss, static_cast<double>(total));
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Cache build: tile (t, u) of cosines -> 16 KiB of codes.
+
+struct CacheParams {
+  const void* F;
+  uint8_t* codes;
+  int64_t P, ld, s, e, Tc;
+  int kind;
+};
+
+template <typename TF>
+__global__ void __launch_bounds__(NT, 2) cache_build_kernel(CacheParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int64_t t = blockIdx.y;
+  const int64_t u_begin = max(t, int64_t(blockIdx.x) * kChunk);
+  const int64_t u_end = min(p.Tc, int64_t(blockIdx.x + 1) * kChunk);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row0 = p.s + t * BM;
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    const int64_t col0 = p.s + u * BN;
+    TileFor<TF>::type::run(static_cast<const TF*>(p.F), p.P, p.ld, row0, col0, smem);
+    uint8_t* tile = p.codes + tri_tile_index(t, u, p.Tc) * kTileBytes;
+    for (int m = 0; m < kRowsPerWarp; ++m) {
+      const int rr = warp + NW * m;
+      const int64_t i = row0 + rr;
+      const float4 c4 = cs_row(smem, rr, lane);
+      uint32_t word = 0;
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int64_t j = col0 + 4 * lane + x;
+        if (j > i && j < p.P && i < p.e)
+          word |= uint32_t(encode_distance(feature_distance(comp(c4, x), p.kind))) << (8 * x);
+      }
+      *reinterpret_cast<uint32_t*>(tile + rr * BN + 4 * lane) = word;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Gradient strip: G[k - k0][j - s] = ∂L/∂c_kj over rows [k0, k1) × columns [s, P).
+
+struct StripParams {
+  const void* F;
+  const float4* q;
+  float* G;
+  int64_t P, ld, s, e, k0, k1, ldg, Tc;
+  int kind;
+  float cutoff;
+};
+
+template <typename TF>
+__global__ void __launch_bounds__(NT, 2) grad_strip_kernel(StripParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int64_t u_begin = int64_t(blockIdx.x) * kChunk;
+  const int64_t u_end = min(p.Tc, u_begin + kChunk);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row0 = p.k0 + int64_t(blockIdx.y) * BM;
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    const int64_t col0 = p.s + u * BN;
+    TileFor<TF>::type::run(static_cast<const TF*>(p.F), p.P, p.ld, row0, col0, smem);
+    const int64_t jj = col0 - p.s + 4 * lane;  // first of this thread's 4 columns, relative to s
+    float4 b[4];
+#pragma unroll
+    for (int x = 0; x < 4; ++x) b[x] = col0 + 4 * lane + x < p.P ? p.q[col0 + 4 * lane + x] : zero;
+    for (int m = 0; m < kRowsPerWarp; ++m) {
+      const int64_t k = row0 + warp + NW * m;
+      if (k >= p.k1) break;
+      const float4 a = p.q[k];
+      const float4 c4 = cs_row(smem, warp + NW * m, lane);
+      float g[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int64_t j = col0 + 4 * lane + x;
+        g[x] = 0.0f;
+        if (j < p.P && j != k && min(j, k) < p.e) {
+          float dd;
+          const float dp = feature_distance(comp(c4, x), p.kind, &dd);
+          if (dp <= p.cutoff) g[x] = 2.0f * (dp - orientation_distance(dot4(a, b[x]))) * dd;
+        }
+      }
+      if (jj < p.ldg)
+        *reinterpret_cast<float4*>(p.G + (k - p.k0) * p.ldg + jj) = make_float4(g[0], g[1], g[2], g[3]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// k nearest neighbours: one CTA per row tile sweeps every column tile; the sorted
+// lists (best first) live in shared memory, one row per warp at a time, lane l holding
+// entry l while a row is updated.
+
+struct KnnParams {
+  const void* F;
+  float* dist;
+  int64_t* index;
+  int64_t P, ld, r0, r1;
+  int kind, k;
+};
+
+template <typename TF>
+__global__ void __launch_bounds__(NT) knn_kernel(KnnParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* keys = reinterpret_cast<float*>(smem + kCsBytes);  // [BM][32]
+  int* ids = reinterpret_cast<int*>(keys + BM * 32);        // [BM][32]
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, K = p.k;
+  const int64_t row0 = p.r0 + int64_t(blockIdx.x) * BM;
+  for (int idx = tid; idx < BM * 32; idx += NT) {
+    keys[idx] = -FLT_MAX;
+    ids[idx] = INT_MAX;
+  }
+  for (int64_t col0 = 0; col0 < p.P; col0 += BN) {
+    TileFor<TF>::type::run(static_cast<const TF*>(p.F), p.P, p.ld, row0, col0, smem);
+    for (int m = 0; m < kRowsPerWarp; ++m) {
+      const int rr = warp + NW * m;
+      const int i = static_cast<int>(row0 + rr);
+      if (row0 + rr >= p.r1) break;
+      const float4 c4 = cs_row(smem, rr, lane);
+      float* kr = keys + rr * 32;
+      int* ir = ids + rr * 32;
+      const float thk = kr[K - 1];
+      const int thi = ir[K - 1];
+      float key[4];
+      int jx[4];
+      bool cand[4];
+      bool any = false;
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const float c = comp(c4, x);
+        key[x] = p.kind == kSNN ? c : fabsf(c);
+        jx[x] = static_cast<int>(col0) + 4 * lane + x;
+        cand[x] = jx[x] < p.P && jx[x] != i && knn_before(key[x], jx[x], thk, thi);
+        any |= cand[x];
+      }
+      unsigned mask = __ballot_sync(kFull, any);
+      if (!mask) continue;
+      float lk = lane < K ? kr[lane] : -FLT_MAX;
+      int li = lane < K ? ir[lane] : INT_MAX;
+      while (mask) {
+        const int src = __ffs(mask) - 1;
+        mask &= mask - 1;
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const bool cv = __shfl_sync(kFull, int(cand[x]), src);
+          const float ck = __shfl_sync(kFull, key[x], src);
+          const int ci = __shfl_sync(kFull, jx[x], src);
+          const float tk = __shfl_sync(kFull, lk, K - 1);
+          const int ti = __shfl_sync(kFull, li, K - 1);
+          if (!cv || !knn_before(ck, ci, tk, ti)) continue;  // uniform across the warp
+          const int pos = __popc(__ballot_sync(kFull, lane < K && knn_before(lk, li, ck, ci)));
+          const float upk = __shfl_up_sync(kFull, lk, 1);
+          const int upi = __shfl_up_sync(kFull, li, 1);
+          if (lane == pos) {
+            lk = ck;
+            li = ci;
+          } else if (lane > pos) {
+            lk = upk;
+            li = upi;
+          }
+        }
+      }
+      if (lane < K) {
+        kr[lane] = lk;
+        ir[lane] = li;
+      }
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < BM * K; idx += NT) {
+    const int r = idx / K, m = idx % K;
+    if (row0 + r >= p.r1) continue;
+    const int64_t o = (row0 + r - p.r0) * K + m;
+    p.dist[o] = feature_distance(keys[r * 32 + m], kSNN);  // snn keys are c, signless |c|
+    p.index[o] = ids[r * 32 + m];
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Sampled pairs: one warp per pair; rows are read as 16-byte vectors.
+
+template <typename H2>
+__device__ __forceinline__ float2 to_float2(H2 v);
+template <>
+__device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) {
+  return __bfloat1622float2(v);
+}
+template <>
+__device__ __forceinline__ float2 to_float2(__half2 v) {
+  return __half22float2(v);
+}
+template <typename TF>
+struct Pair2;
+template <>
+struct Pair2<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+};
+template <>
+struct Pair2<__half> {
+  using type = __half2;
+};
+
+// 8 elements of a and b as floats.
+template <typename TF>
+__device__ __forceinline__ void load8(const TF* a, float* out) {
+  using H2 = typename Pair2<TF>::type;
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(a));
+  const H2* h = reinterpret_cast<const H2*>(&v);
+#pragma unroll
+  for (int x = 0; x < 4; ++x) {
+    const float2 f = to_float2(h[x]);
+    out[2 * x] = f.x;
+    out[2 * x + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void load4(const float* a, float* out) {
+  const float4 v = __ldg(reinterpret_cast<const float4*>(a));
+  out[0] = v.x;
+  out[1] = v.y;
+  out[2] = v.z;
+  out[3] = v.w;
+}
+
+template <typename TF>
+struct RowVec {
+  static constexpr int V = 8;
+  __device__ static void load(const TF* a, float* out) { load8(a, out); }
+};
+template <>
+struct RowVec<float> {
+  static constexpr int V = 4;
+  __device__ static void load(const float* a, float* out) { load4(a, out); }
+};
+
+template <typename TF>
+__device__ float warp_row_dot(const TF* a, const TF* b, int64_t ld) {
+  constexpr int V = RowVec<TF>::V;
+  float s = 0.0f;
+  for (int64_t c = int64_t(threadIdx.x & 31) * V; c < ld; c += 32 * V) {
+    float x[V], y[V];
+    RowVec<TF>::load(a + c, x);
+    RowVec<TF>::load(b + c, y);
+#pragma unroll
+    for (int v = 0; v < V; ++v) s = fmaf(x[v], y[v], s);
+  }
+  return warp_sum(s);
+}
+
+struct SampledParams {
+  const void* F;
+  const float4* q;
+  int64_t P, ld, n;
+  uint64_t key;
+  int kind;
+  float cutoff;
+};
+
+__global__ void sampled_pairs_kernel(uint64_t key, int64_t P, int64_t n, int64_t* i, int64_t* j) {
+  for (int64_t m = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; m < n; m += int64_t(gridDim.x) * blockDim.x)
+    sampled_pair(key, m, P, i + m, j + m);
+}
+
+template <typename TF, bool kGrad>
+__global__ void __launch_bounds__(NT) sampled_loss_kernel(SampledParams p, double* loss_out, float* gq) {
+  __shared__ float wsum[NW];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t nwarps = int64_t(gridDim.x) * NW;
+  const TF* F = static_cast<const TF*>(p.F);
+  float loss = 0.0f;
+  for (int64_t n = int64_t(blockIdx.x) * NW + warp; n < p.n; n += nwarps) {
+    int64_t i, j;
+    sampled_pair(p.key, n, p.P, &i, &j);
+    const float dp = feature_distance(warp_row_dot(F + i * p.ld, F + j * p.ld, p.ld), p.kind);
+    if (!(dp <= p.cutoff)) continue;
+    const float4 a = p.q[i], b = p.q[j];
+    float k;
+    const float l = pair_loss(dp, dot4(a, b), &k);
+    if (lane == 0) loss += l;
+    if (kGrad && lane < 4) {
+      atomicAdd(gq + 4 * i + lane, 4.0f * k * comp(b, lane));
+      atomicAdd(gq + 4 * j + lane, 4.0f * k * comp(a, lane));
+    }
+  }
+  if (lane == 0) wsum[warp] = loss;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) total += wsum[w];
+    atomicAdd(loss_out, static_cast<double>(total));
+  }
+}
+
+template <typename TF>
+__global__ void __launch_bounds__(NT) sampled_grad_features_kernel(SampledParams p, float scale, float* gf) {
+  constexpr int V = RowVec<TF>::V;
+  const int lane = threadIdx.x & 31;
+  const int64_t nwarps = int64_t(gridDim.x) * NW;
+  const TF* F = static_cast<const TF*>(p.F);
+  for (int64_t n = int64_t(blockIdx.x) * NW + (threadIdx.x >> 5); n < p.n; n += nwarps) {
+    int64_t i, j;
+    sampled_pair(p.key, n, p.P, &i, &j);
+    const TF* fi = F + i * p.ld;
+    const TF* fj = F + j * p.ld;
+    float dd;
+    const float dp = feature_distance(warp_row_dot(fi, fj, p.ld), p.kind, &dd);
+    if (!(dp <= p.cutoff)) continue;
+    const float g = scale * 2.0f * (dp - orientation_distance(dot4(p.q[i], p.q[j]))) * dd;
+    if (g == 0.0f) continue;
+    for (int64_t c = int64_t(lane) * V; c < p.ld; c += 32 * V) {
+      float x[V], y[V];
+      RowVec<TF>::load(fi + c, x);
+      RowVec<TF>::load(fj + c, y);
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        atomicAdd(gf + i * p.ld + c + v, g * y[v]);
+        atomicAdd(gf + j * p.ld + c + v, g * x[v]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Launch helpers.
+
+template <typename Fn>
+void dispatch_features(int fdtype, Fn&& fn) {
+  switch (fdtype) {
+    case kF32: return fn(float{});
+    case kBF16: return fn(__nv_bfloat16{});
+    case kF16: return fn(__half{});
+    default: fail("CUDA all-pairs kernels take float32, bfloat16 or float16 features");
+  }
+}
+
+void check_features(const AllPairsArgs& a) {
+  if (a.ld % 32 != 0) fail("CUDA all-pairs kernels need feature rows padded to a multiple of 32");
+  if (a.P >= (int64_t(1) << 31) - BN) fail("CUDA all-pairs kernels support P < 2^31");
+}
+
+template <typename Kernel, typename... Args>
+void launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const char* what, Args... args) {
+  if (smem > 48 * 1024)
+    cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+               what);
+  kernel<<<grid, NT, smem, stream>>>(args...);
+  cuda_check(cudaGetLastError(), what);
+}
+
+dim3 triangle_grid(int64_t Tr, int64_t Tc) {
+  if (Tr > 65535) fail("row block too large for the CUDA grid (more than 65535 row tiles)");
+  return dim3(static_cast<unsigned>(ceil_div(Tc, kChunk)), static_cast<unsigned>(Tr));
+}
+
+constexpr size_t kRowSmem = 2 * BM * sizeof(float4);
+
+void loss_launch(const AllPairsArgs& a, const uint8_t* codes, double* loss, void* grad_q, int device,
+                 std::uintptr_t stream) {
+  if (a.row_stop <= a.row_start) return;
+  DeviceGuard guard(device);
+  const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
+  const LossParams p{a.f,   static_cast<const float4*>(a.q), codes, a.P, a.ld, a.row_start, a.row_stop, Tc,
+                     a.distance, static_cast<float>(a.cutoff), loss, static_cast<float*>(grad_q)};
+  const dim3 grid = triangle_grid(Tr, Tc);
+  const cudaStream_t s = as_stream(stream);
+  if (codes) {
+    const size_t smem = size_t(NW) * BN * sizeof(float4) + kRowSmem;
+    if (grad_q)
+      launch(loss_kernel<float, true, true>, grid, smem, s, "allpairs_cache_loss", p);
+    else
+      launch(loss_kernel<float, true, false>, grid, smem, s, "allpairs_cache_loss", p);
+    return;
+  }
+  check_features(a);
+  dispatch_features(a.fdtype, [&](auto tag) {
+    using TF = decltype(tag);
+    const size_t smem = kCsBytes + kRowSmem;
+    if (grad_q)
+      launch(loss_kernel<TF, false, true>, grid, smem, s, "allpairs_loss", p);
+    else
+      launch(loss_kernel<TF, false, false>, grid, smem, s, "allpairs_loss", p);
+  });
+}
+
+}  // namespace
+
+void allpairs_loss_cuda(const AllPairsArgs& a, double* loss, void* grad_q, int device, std::uintptr_t stream) {
+  loss_launch(a, nullptr, loss, grad_q, device, stream);
+}
+
+void allpairs_cache_loss_cuda(const AllPairsArgs& a, const uint8_t* codes, double* loss, void* grad_q, int device,
+                              std::uintptr_t stream) {
+  loss_launch(a, codes, loss, grad_q, device, stream);
+}
+
+void allpairs_cache_build_cuda(const AllPairsArgs& a, uint8_t* codes, int device, std::uintptr_t stream) {
+  if (a.row_stop <= a.row_start) return;
+  check_features(a);
+  DeviceGuard guard(device);
+  const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
+  const CacheParams p{a.f, codes, a.P, a.ld, a.row_start, a.row_stop, Tc, a.distance};
+  dispatch_features(a.fdtype, [&](auto tag) {
+    using TF = decltype(tag);
+    launch(cache_build_kernel<TF>, triangle_grid(Tr, Tc), kCsBytes, as_stream(stream), "allpairs_cache_build", p);
+  });
+}
+
+void allpairs_grad_strip_cuda(const AllPairsArgs& a, int64_t k0, int64_t k1, void* G, int64_t ldg, int device,
+                              std::uintptr_t stream) {
+  if (k1 <= k0) return;
+  check_features(a);
+  if (ldg % 4 != 0) fail("gradient strip stride must be a multiple of 4");
+  DeviceGuard guard(device);
+  const int64_t Tk = ceil_div(k1 - k0, BM), Tc = ceil_div(a.P - a.row_start, BN);
+  const StripParams p{a.f,   static_cast<const float4*>(a.q), static_cast<float*>(G), a.P, a.ld, a.row_start,
+                      a.row_stop, k0, k1, ldg, Tc, a.distance, static_cast<float>(a.cutoff)};
+  dispatch_features(a.fdtype, [&](auto tag) {
+    using TF = decltype(tag);
+    launch(grad_strip_kernel<TF>, triangle_grid(Tk, Tc), kCsBytes, as_stream(stream), "allpairs_grad_strip", p);
+  });
+}
+
+void allpairs_knn_cuda(const AllPairsArgs& a, int k, void* dist, int64_t* index, int device, std::uintptr_t stream) {
+  if (a.row_stop <= a.row_start) return;
+  check_features(a);
+  DeviceGuard guard(device);
+  const KnnParams p{a.f, static_cast<float*>(dist), index, a.P, a.ld, a.row_start, a.row_stop, a.distance, k};
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.row_stop - a.row_start, BM)));
+  const size_t smem = kCsBytes + size_t(BM) * 32 * (sizeof(float) + sizeof(int));
+  dispatch_features(a.fdtype, [&](auto tag) {
+    using TF = decltype(tag);
+    launch(knn_kernel<TF>, grid, smem, as_stream(stream), "allpairs_knn", p);
+  });
+}
+
+void sampled_pairs_cuda(uint64_t key, int64_t P, int64_t n_pairs, int64_t* i, int64_t* j, int device,
+                        std::uintptr_t stream) {
+  if (n_pairs == 0) return;
+  DeviceGuard guard(device);
+  sampled_pairs_kernel<<<blocks_for(n_pairs, NT), NT, 0, as_stream(stream)>>>(key, P, n_pairs, i, j);
+  cuda_check(cudaGetLastError(), "sampled_pairs");
+}
+
+void sampled_loss_cuda(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, double* loss, void* grad_q, int device,
+                       std::uintptr_t stream) {
+  if (n_pairs == 0) return;
+  check_features(a);
+  DeviceGuard guard(device);
+  const SampledParams p{a.f, static_cast<const float4*>(a.q), a.P, a.ld, n_pairs, key, a.distance,
+                        static_cast<float>(a.cutoff)};
+  const dim3 grid(blocks_for(n_pairs, NW));
+  dispatch_features(a.fdtype, [&](auto tag) {
+    using TF = decltype(tag);
+    if (grad_q)
+      launch(sampled_loss_kernel<TF, true>, grid, 0, as_stream(stream), "sampled_loss", p, loss,
+             static_cast<float*>(grad_q));
+    else
+      launch(sampled_loss_kernel<TF, false>, grid, 0, as_stream(stream), "sampled_loss", p, loss,
+             static_cast<float*>(nullptr));
+  });
+}
+
+void sampled_grad_features_cuda(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, double scale, void* grad_f,
+                                int device, std::uintptr_t stream) {
+  if (n_pairs == 0) return;
+  check_features(a);
+  DeviceGuard guard(device);
+  const SampledParams p{a.f, static_cast<const float4*>(a.q), a.P, a.ld, n_pairs, key, a.distance,
+                        static_cast<float>(a.cutoff)};
+  dispatch_features(a.fdtype, [&](auto tag) {
+    using TF = decltype(tag);
+    launch(sampled_grad_features_kernel<TF>, dim3(blocks_for(n_pairs, NW)), 0, as_stream(stream),
+           "sampled_grad_features", p, static_cast<float>(scale), static_cast<float*>(grad_f));
+  });
+}
+
+}  // namespace cryoorient
