@@ -98,10 +98,13 @@ def compute_dtypes(features: Tensor, q: Tensor | None) -> tuple[torch.dtype, tor
 
 
 def unit_features(features: Tensor, dtype: torch.dtype) -> Tensor:
-    """Rows normalised (in float32 for 16-bit inputs, then rounded to ``dtype``); on CUDA also
-    zero-padded to a multiple of 32 columns. Differentiable."""
-    work = features.float() if features.dtype in (torch.bfloat16, torch.float16) else features.to(dtype)
-    f = (work / torch.linalg.vector_norm(work, dim=1, keepdim=True)).to(dtype)
+    """Rows normalised as ``dtype``; 16-bit features are normalised in float32 and rounded back to
+    their own dtype first (so CPU and CUDA see the same values). On CUDA also zero-padded to a
+    multiple of 32 columns. Differentiable."""
+    half = features.dtype in (torch.bfloat16, torch.float16)
+    work = features.float() if half else features.to(dtype)
+    f = work / torch.linalg.vector_norm(work, dim=1, keepdim=True)
+    f = (f.to(features.dtype) if half else f).to(dtype)
     if features.device.type == "cuda":
         pad = -f.shape[1] % _CUDA_ROW_MULTIPLE
         if pad:
