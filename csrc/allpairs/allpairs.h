@@ -21,8 +21,8 @@ struct AllPairsArgs {
   double cutoff;  // weight w = [d_p ≤ cutoff] (infinite: every pair)
 };
 
-// loss[0] (float64) += Σ w·(d_p - d_q)²; if grad_q, grad_q (P × 4, zeroed, float32 on
-// CUDA / fdtype on CPU) += ∂/∂q of it.
+// loss[0] (float64) += Σ w·(d_p - d_q)²; grad_q (P × 4, zeroed, float32 on CUDA / fdtype
+// on CPU) += ∂/∂q of it (computed in the same pass; the CPU kernels accept null).
 void allpairs_loss_cpu(const AllPairsArgs& a, double* loss, void* grad_q, int nthreads);
 // codes: tiled 1-byte cache of d_p (layout in allpairs_math.h), zeroed by the caller.
 void allpairs_cache_build_cpu(const AllPairsArgs& a, uint8_t* codes, int nthreads);

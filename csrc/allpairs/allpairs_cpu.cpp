@@ -116,7 +116,7 @@ inline double add_pair(T dp, const T* qa, const T* qb, double* g, int64_t i, int
   return static_cast<double>(l);
 }
 
-template <typename T>
+template <typename T, int K>
 void loss_impl(const AllPairsArgs& a, const uint8_t* codes, double* loss, T* grad_q, int nthreads) {
   const TriGeometry geo(a);
   const T* f = static_cast<const T*>(a.f);
@@ -132,13 +132,26 @@ void loss_impl(const AllPairsArgs& a, const uint8_t* codes, double* loss, T* gra
       const uint8_t* tile = codes ? codes + tri_tile_index(t, u, geo.Tc) * kTileBytes : nullptr;
       for (int r = 0; r < nr; ++r) {
         const int64_t i = row0 + r;
+        const T* qa = q + 4 * i;
+        double racc[4] = {0, 0, 0, 0};
         for (int c = (t == u ? r + 1 : 0); c < nc; ++c) {
           const int64_t j = col0 + c;
           const T dp = codes ? static_cast<T>(decode_distance(tile[r * B + c]))
-                             : feature_distance(C[r * B + c], a.distance);
+                             : feature_distance<K>(C[r * B + c]);
           if (!(dp <= cutoff)) continue;
-          l += add_pair(dp, q + 4 * i, q + 4 * j, g, i, j);
+          const T* qb = q + 4 * j;
+          T k;
+          l += pair_loss(dp, qa[0] * qb[0] + qa[1] * qb[1] + qa[2] * qb[2] + qa[3] * qb[3], &k);
+          if (g) {
+            const double k4 = 4.0 * static_cast<double>(k);
+            for (int m = 0; m < 4; ++m) {
+              racc[m] += k4 * qb[m];
+              g[4 * j + m] += k4 * qa[m];
+            }
+          }
         }
+        if (g)
+          for (int m = 0; m < 4; ++m) g[4 * i + m] += racc[m];
       }
     });
     acc.loss[th] = l;
@@ -146,7 +159,7 @@ void loss_impl(const AllPairsArgs& a, const uint8_t* codes, double* loss, T* gra
   acc.reduce(loss, grad_q);
 }
 
-template <typename T>
+template <typename T, int K>
 void cache_build_impl(const AllPairsArgs& a, uint8_t* codes, int nthreads) {
   const TriGeometry geo(a);
   const T* f = static_cast<const T*>(a.f);
@@ -157,12 +170,12 @@ void cache_build_impl(const AllPairsArgs& a, uint8_t* codes, int nthreads) {
       uint8_t* tile = codes + tri_tile_index(t, u, geo.Tc) * kTileBytes;
       for (int r = 0; r < nr; ++r)
         for (int c = (t == u ? r + 1 : 0); c < nc; ++c)
-          tile[r * B + c] = encode_distance(feature_distance(C[r * B + c], a.distance));
+          tile[r * B + c] = encode_distance(feature_distance<K>(C[r * B + c]));
     });
   });
 }
 
-template <typename T>
+template <typename T, int K>
 void grad_strip_impl(const AllPairsArgs& a, int64_t k0, int64_t k1, T* G, int64_t ldg, int nthreads) {
   const T* f = static_cast<const T*>(a.f);
   const T* q = static_cast<const T*>(a.q);
@@ -183,7 +196,7 @@ void grad_strip_impl(const AllPairsArgs& a, int64_t k0, int64_t k1, T* G, int64_
           T g = T(0);
           if (j != k && std::min(j, k) < a.row_stop) {
             T dd;
-            const T dp = feature_distance(C[r * B + c], a.distance, &dd);
+            const T dp = feature_distance<K>(C[r * B + c], &dd);
             if (dp <= cutoff) {
               const T* qa = q + 4 * k;
               const T* qb = q + 4 * j;
@@ -236,7 +249,7 @@ void knn_impl(const AllPairsArgs& a, int kk, T* dist, int64_t* index, int nthrea
       for (int r = 0; r < nr; ++r)
         for (int m = 0; m < kk; ++m) {
           const int64_t o = (row0 - r0 + r) * kk + m;
-          dist[o] = feature_distance(keys[r * kk + m], kSNN);
+          dist[o] = feature_distance<kSNN>(keys[r * kk + m]);
           index[o] = idx[r * kk + m];
         }
     }
@@ -245,12 +258,15 @@ void knn_impl(const AllPairsArgs& a, int kk, T* dist, int64_t* index, int nthrea
 
 template <typename T>
 T feature_dot(const T* a, const T* b, int64_t n) {
-  T s = 0;
-  for (int64_t k = 0; k < n; ++k) s += a[k] * b[k];
-  return s;
+  T s[8] = {};  // independent partial sums (vectorisable)
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int m = 0; m < 8; ++m) s[m] += a[k + m] * b[k + m];
+  for (; k < n; ++k) s[0] += a[k] * b[k];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
-template <typename T>
+template <typename T, int K>
 void sampled_loss_impl(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, double* loss, T* grad_q, int nthreads) {
   const T* f = static_cast<const T*>(a.f);
   const T* q = static_cast<const T*>(a.q);
@@ -263,7 +279,7 @@ void sampled_loss_impl(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, dou
     for (int64_t n = b; n < e; ++n) {
       int64_t i, j;
       sampled_pair(key, n, a.P, &i, &j);
-      const T dp = feature_distance(feature_dot(f + i * a.ld, f + j * a.ld, a.nf), a.distance);
+      const T dp = feature_distance<K>(feature_dot(f + i * a.ld, f + j * a.ld, a.nf));
       if (dp <= cutoff) l += add_pair(dp, q + 4 * i, q + 4 * j, g, i, j);
     }
     acc.loss[th] = l;
@@ -271,7 +287,7 @@ void sampled_loss_impl(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, dou
   acc.reduce(loss, grad_q);
 }
 
-template <typename T>
+template <typename T, int K>
 void sampled_grad_features_impl(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, double scale, T* gf) {
   const T* f = static_cast<const T*>(a.f);
   const T* q = static_cast<const T*>(a.q);
@@ -281,7 +297,7 @@ void sampled_grad_features_impl(const AllPairsArgs& a, uint64_t key, int64_t n_p
     const T* fi = f + i * a.ld;
     const T* fj = f + j * a.ld;
     T dd;
-    const T dp = feature_distance(feature_dot(fi, fj, a.nf), a.distance, &dd);
+    const T dp = feature_distance<K>(feature_dot(fi, fj, a.nf), &dd);
     if (!(dp <= static_cast<T>(a.cutoff))) continue;
     const T* qa = q + 4 * i;
     const T* qb = q + 4 * j;
@@ -306,19 +322,29 @@ void sampled_grad_features_impl(const AllPairsArgs& a, uint64_t key, int64_t n_p
 }  // namespace
 
 void allpairs_loss_cpu(const AllPairsArgs& a, double* loss, void* grad_q, int nthreads) {
-  AP_DISPATCH_CPU(a.fdtype, T, [&] { loss_impl<T>(a, nullptr, loss, static_cast<T*>(grad_q), nthreads); });
+  AP_DISPATCH_CPU(a.fdtype, T, [&] {
+    dispatch_distance(a.distance, [&](auto kind) {
+      loss_impl<T, decltype(kind)::value>(a, nullptr, loss, static_cast<T*>(grad_q), nthreads);
+    });
+  });
 }
 
 void allpairs_cache_build_cpu(const AllPairsArgs& a, uint8_t* codes, int nthreads) {
-  AP_DISPATCH_CPU(a.fdtype, T, [&] { cache_build_impl<T>(a, codes, nthreads); });
+  AP_DISPATCH_CPU(a.fdtype, T, [&] {
+    dispatch_distance(a.distance, [&](auto kind) { cache_build_impl<T, decltype(kind)::value>(a, codes, nthreads); });
+  });
 }
 
 void allpairs_cache_loss_cpu(const AllPairsArgs& a, const uint8_t* codes, double* loss, void* grad_q, int nthreads) {
-  AP_DISPATCH_CPU(a.fdtype, T, [&] { loss_impl<T>(a, codes, loss, static_cast<T*>(grad_q), nthreads); });
+  AP_DISPATCH_CPU(a.fdtype, T, [&] { loss_impl<T, kSNN>(a, codes, loss, static_cast<T*>(grad_q), nthreads); });
 }
 
 void allpairs_grad_strip_cpu(const AllPairsArgs& a, int64_t k0, int64_t k1, void* G, int64_t ldg, int nthreads) {
-  AP_DISPATCH_CPU(a.fdtype, T, [&] { grad_strip_impl<T>(a, k0, k1, static_cast<T*>(G), ldg, nthreads); });
+  AP_DISPATCH_CPU(a.fdtype, T, [&] {
+    dispatch_distance(a.distance, [&](auto kind) {
+      grad_strip_impl<T, decltype(kind)::value>(a, k0, k1, static_cast<T*>(G), ldg, nthreads);
+    });
+  });
 }
 
 void allpairs_knn_cpu(const AllPairsArgs& a, int k, void* dist, int64_t* index, int nthreads) {
@@ -333,14 +359,20 @@ void sampled_pairs_cpu(uint64_t key, int64_t P, int64_t n_pairs, int64_t* i, int
 
 void sampled_loss_cpu(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, double* loss, void* grad_q,
                       int nthreads) {
-  AP_DISPATCH_CPU(a.fdtype, T,
-                  [&] { sampled_loss_impl<T>(a, key, n_pairs, loss, static_cast<T*>(grad_q), nthreads); });
+  AP_DISPATCH_CPU(a.fdtype, T, [&] {
+    dispatch_distance(a.distance, [&](auto kind) {
+      sampled_loss_impl<T, decltype(kind)::value>(a, key, n_pairs, loss, static_cast<T*>(grad_q), nthreads);
+    });
+  });
 }
 
 void sampled_grad_features_cpu(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, double scale, void* grad_f,
                                int) {
-  AP_DISPATCH_CPU(a.fdtype, T,
-                  [&] { sampled_grad_features_impl<T>(a, key, n_pairs, scale, static_cast<T*>(grad_f)); });
+  AP_DISPATCH_CPU(a.fdtype, T, [&] {
+    dispatch_distance(a.distance, [&](auto kind) {
+      sampled_grad_features_impl<T, decltype(kind)::value>(a, key, n_pairs, scale, static_cast<T*>(grad_f));
+    });
+  });
 }
 
 }  // namespace cryoorient

@@ -18,6 +18,7 @@
 
 #include <cfloat>
 #include <climits>
+#include <cmath>
 
 #include "allpairs/allpairs.h"
 #include "allpairs/allpairs_math.h"
@@ -209,32 +210,54 @@ struct TileFor<float> {
 };
 
 // Cosines of this thread's 4 columns in tile row rr.
-__device__ __forceinline__ float4 cs_row(const unsigned char* smem, int rr, int lane) {
-  return *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(smem) + rr * CLD + 4 * lane);
+__device__ __forceinline__ float4 cs_row(const float* Cs, int rr, int lane) {
+  return *reinterpret_cast<const float4*>(Cs + rr * CLD + 4 * lane);
+}
+
+__device__ __forceinline__ void add4(float4& y, float4 x) {
+  y.x += x.x;
+  y.y += x.y;
+  y.z += x.z;
+  y.w += x.w;
 }
 
 // ---------------------------------------------------------------------------------
 // Loss + gradient (from features or from the cache).
+//
+// Per tile, thread (warp w, lane l) takes rows w + 8m (m < 16) × columns 4l..4l+3. The
+// gradient sums avoid per-row warp shuffles: each thread writes its partial sum for row
+// rr (over its 4 columns) into the cosine-tile slot it has just read, and its 4 column
+// partials to colred; after a barrier, two threads per row and one per column add the
+// partials up. Row sums stay in shared memory across the CTA's column chunk; column sums
+// go to global memory (atomics) after every tile.
 
 struct LossParams {
   const void* F;
   const float4* q;
   const uint8_t* codes;
   int64_t P, ld, s, e, Tc;
-  int kind;
   float cutoff;
   double* loss;
-  float* gq;  // P × 4, or null
+  float* gq;  // P × 4
 };
 
-template <typename TF, bool kCache, bool kGrad>
+// d_p of byte x of a cache word: the byte becomes float via 2^23 + byte, exactly.
+__device__ __forceinline__ float decode_byte(uint32_t w, int x) {
+  const float f = __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540u | x));
+  return (f - 8388608.0f) * kCodeStep;
+}
+
+constexpr size_t kLossSmem = kCsBytes + size_t(NW) * BN * sizeof(float4) + 2 * BM * sizeof(float4);
+
+// kCut: a finite weight cutoff (otherwise every pair has weight 1).
+template <typename TF, int kKind, bool kCache, bool kCut>
 __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ float wsum[NW];
-  constexpr size_t kMain = kCache ? size_t(NW) * BN * sizeof(float4) : kCsBytes;
-  float4* rowq = reinterpret_cast<float4*>(smem + kMain);
-  float4* rowacc = rowq + BM;
-  float4* red = reinterpret_cast<float4*>(smem);  // [NW][BN] column partials, aliases Cs
+  float* Cs = reinterpret_cast<float*>(smem);                   // [BM][CLD] cosines, then row partials
+  float4* colred = reinterpret_cast<float4*>(smem + kCsBytes);  // [NW][4][32] column partials
+  float4* rowq = colred + NW * BN;                              // [BM] row quaternions
+  float4* rowacc = rowq + BM;                                   // [BM] row gradient sums
 
   const int64_t t = blockIdx.y;
   const int64_t u_begin = max(t, int64_t(blockIdx.x) * kChunk);
@@ -242,6 +265,7 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
   if (u_begin >= u_end) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int64_t row0 = p.s + t * BM;
+  const int nr = static_cast<int>(min(int64_t(BM), p.e - row0));
   const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
   if (tid < BM) {
     rowq[tid] = row0 + tid < p.P ? p.q[row0 + tid] : zero;
@@ -249,88 +273,105 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
   }
   __syncthreads();
 
+  // Cache words of this thread's rows in tile u, fetched one tile ahead.
+  uint32_t next[kRowsPerWarp];
+  auto fetch = [&](int64_t u) {
+    const uint8_t* tile = p.codes + tri_tile_index(t, u, p.Tc) * kTileBytes + warp * BN + 4 * lane;
+#pragma unroll
+    for (int m = 0; m < kRowsPerWarp; ++m) next[m] = __ldg(reinterpret_cast<const uint32_t*>(tile + NW * BN * m));
+  };
+  if (kCache) fetch(u_begin);
+
   float loss = 0.0f;
   for (int64_t u = u_begin; u < u_end; ++u) {
     const int64_t col0 = p.s + u * BN;
     uint32_t words[kRowsPerWarp];
     if constexpr (kCache) {
-      const uint8_t* tile = p.codes + tri_tile_index(t, u, p.Tc) * kTileBytes;
 #pragma unroll
-      for (int m = 0; m < kRowsPerWarp; ++m)
-        words[m] = __ldg(reinterpret_cast<const uint32_t*>(tile + (warp + NW * m) * BN + 4 * lane));
+      for (int m = 0; m < kRowsPerWarp; ++m) words[m] = next[m];
+      if (u + 1 < u_end) fetch(u + 1);
     } else {
       TileFor<TF>::type::run(static_cast<const TF*>(p.F), p.P, p.ld, row0, col0, smem);
     }
-    const bool interior = u > t && row0 + BM <= p.e && col0 + BN <= p.P;
+    const int nc = static_cast<int>(min(int64_t(BN), p.P - col0));
+    const bool diag = u == t;
     float4 b[4], cacc[4];
 #pragma unroll
     for (int x = 0; x < 4; ++x) {
-      const int64_t j = col0 + 4 * lane + x;
-      b[x] = j < p.P ? p.q[j] : zero;
+      b[x] = 4 * lane + x < nc ? p.q[col0 + 4 * lane + x] : zero;
       cacc[x] = zero;
     }
+    auto pairs = [&](auto interior) {
 #pragma unroll
-    for (int m = 0; m < kRowsPerWarp; ++m) {
-      const int rr = warp + NW * m;
-      const int64_t i = row0 + rr;
-      const float4 a = rowq[rr];
-      float dp[4];
-      if constexpr (kCache) {
+      for (int m = 0; m < kRowsPerWarp; ++m) {
+        const int rr = warp + NW * m;
+        const float4 a = rowq[rr];
+        float dp[4];
+        if constexpr (kCache) {
 #pragma unroll
-        for (int x = 0; x < 4; ++x) dp[x] = decode_distance((words[m] >> (8 * x)) & 0xFFu);
-      } else {
-        const float4 c4 = cs_row(smem, rr, lane);
+          for (int x = 0; x < 4; ++x) dp[x] = decode_byte(words[m], x);
+        } else {
+          const float4 c4 = cs_row(Cs, rr, lane);
 #pragma unroll
-        for (int x = 0; x < 4; ++x) dp[x] = feature_distance(comp(c4, x), p.kind);
-      }
-      float4 racc = zero;
+          for (int x = 0; x < 4; ++x) dp[x] = feature_distance<kKind>(comp(c4, x));
+        }
+        float4 racc = zero;
 #pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        const int64_t j = col0 + 4 * lane + x;
-        if ((interior || (j > i && j < p.P && i < p.e)) && dp[x] <= p.cutoff) {
+        for (int x = 0; x < 4; ++x) {
+          const int jc = 4 * lane + x;
+          bool valid = !kCut || dp[x] <= p.cutoff;
+          if (!decltype(interior)::value) valid = valid && rr < nr && jc < nc && (!diag || jc > rr);
           float k;
-          loss += pair_loss(dp[x], dot4(a, b[x]), &k);
-          if (kGrad) {
-            axpy4(racc, k, b[x]);
-            axpy4(cacc[x], k, a);
-          }
+          const float l = pair_loss(dp[x], dot4(a, b[x]), &k);
+          if (valid) loss += l;
+          k = valid ? k : 0.0f;
+          axpy4(racc, k, b[x]);
+          axpy4(cacc[x], k, a);
         }
+        *reinterpret_cast<float4*>(Cs + rr * CLD + 4 * lane) = racc;  // the slot just read
       }
-      if (kGrad) {
-        racc = warp_sum(racc);
-        if (lane == 0) {  // row rr belongs to this warp only
-          float4 v = rowacc[rr];
-          v.x += racc.x;
-          v.y += racc.y;
-          v.z += racc.z;
-          v.w += racc.w;
-          rowacc[rr] = v;
-        }
-      }
-    }
-    if (kGrad) {
-      __syncthreads();  // the cosine tile is no longer read: reuse it for the column sums
+    };
+    if (!diag && nr == BM && nc == BN)
+      pairs(std::true_type{});
+    else
+      pairs(std::false_type{});
+    {
 #pragma unroll
-      for (int x = 0; x < 4; ++x) red[warp * BN + 4 * lane + x] = cacc[x];
+      for (int x = 0; x < 4; ++x) colred[(warp * 4 + x) * 32 + lane] = cacc[x];
       __syncthreads();
-      const float* redf = reinterpret_cast<const float*>(red);
-      for (int idx = tid; idx < BN * 4; idx += NT) {
-        const int col = idx >> 2, c = idx & 3;
-        float sum = 0.0f;
+      {  // row rr = tid / 2: half h adds 16 of its 32 partials, then the pair combines
+        const int rr = tid >> 1, h = tid & 1;
+        float4 sum = zero;
 #pragma unroll
-        for (int w = 0; w < NW; ++w) sum += redf[(w * BN + col) * 4 + c];
-        const int64_t j = col0 + col;
-        if (j < p.P && sum != 0.0f) atomicAdd(p.gq + 4 * j + c, 4.0f * sum);
+        for (int v = 0; v < 16; ++v) add4(sum, *reinterpret_cast<const float4*>(Cs + rr * CLD + (16 * h + v) * 4));
+        sum.x += __shfl_xor_sync(kFull, sum.x, 1);
+        sum.y += __shfl_xor_sync(kFull, sum.y, 1);
+        sum.z += __shfl_xor_sync(kFull, sum.z, 1);
+        sum.w += __shfl_xor_sync(kFull, sum.w, 1);
+        if (h == 0) add4(rowacc[rr], sum);
       }
-      if (kCache) __syncthreads();  // red is rewritten by the next tile
+      if (tid < nc) {  // column col0 + tid: lane tid / 4, slot tid % 4 of every warp
+        float4 sum = zero;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) add4(sum, colred[(w * 4 + (tid & 3)) * 32 + (tid >> 2)]);
+        float* g = p.gq + 4 * (col0 + tid);
+        atomicAdd(g + 0, 4.0f * sum.x);
+        atomicAdd(g + 1, 4.0f * sum.y);
+        atomicAdd(g + 2, 4.0f * sum.z);
+        atomicAdd(g + 3, 4.0f * sum.w);
+      }
+      if (kCache) __syncthreads();  // Cs and colred are rewritten by the next tile
     }
   }
-  if (kGrad) {
+  {
     __syncthreads();
-    const float* accf = reinterpret_cast<const float*>(rowacc);
-    for (int idx = tid; idx < BM * 4; idx += NT) {
-      const int64_t i = row0 + (idx >> 2);
-      if (i < p.e && accf[idx] != 0.0f) atomicAdd(p.gq + 4 * i + (idx & 3), 4.0f * accf[idx]);
+    if (tid < nr) {
+      float* g = p.gq + 4 * (row0 + tid);
+      const float4 v = rowacc[tid];
+      atomicAdd(g + 0, 4.0f * v.x);
+      atomicAdd(g + 1, 4.0f * v.y);
+      atomicAdd(g + 2, 4.0f * v.z);
+      atomicAdd(g + 3, 4.0f * v.w);
     }
   }
   loss = warp_sum(loss);
@@ -351,10 +392,9 @@ struct CacheParams {
   const void* F;
   uint8_t* codes;
   int64_t P, ld, s, e, Tc;
-  int kind;
 };
 
-template <typename TF>
+template <typename TF, int kKind>
 __global__ void __launch_bounds__(NT, 2) cache_build_kernel(CacheParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int64_t t = blockIdx.y;
@@ -369,13 +409,13 @@ __global__ void __launch_bounds__(NT, 2) cache_build_kernel(CacheParams p) {
     for (int m = 0; m < kRowsPerWarp; ++m) {
       const int rr = warp + NW * m;
       const int64_t i = row0 + rr;
-      const float4 c4 = cs_row(smem, rr, lane);
+      const float4 c4 = cs_row(reinterpret_cast<const float*>(smem), rr, lane);
       uint32_t word = 0;
 #pragma unroll
       for (int x = 0; x < 4; ++x) {
         const int64_t j = col0 + 4 * lane + x;
         if (j > i && j < p.P && i < p.e)
-          word |= uint32_t(encode_distance(feature_distance(comp(c4, x), p.kind))) << (8 * x);
+          word |= uint32_t(encode_distance(feature_distance<kKind>(comp(c4, x)))) << (8 * x);
       }
       *reinterpret_cast<uint32_t*>(tile + rr * BN + 4 * lane) = word;
     }
@@ -390,11 +430,10 @@ struct StripParams {
   const float4* q;
   float* G;
   int64_t P, ld, s, e, k0, k1, ldg, Tc;
-  int kind;
   float cutoff;
 };
 
-template <typename TF>
+template <typename TF, int kKind>
 __global__ void __launch_bounds__(NT, 2) grad_strip_kernel(StripParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int64_t u_begin = int64_t(blockIdx.x) * kChunk;
@@ -413,7 +452,7 @@ __global__ void __launch_bounds__(NT, 2) grad_strip_kernel(StripParams p) {
       const int64_t k = row0 + warp + NW * m;
       if (k >= p.k1) break;
       const float4 a = p.q[k];
-      const float4 c4 = cs_row(smem, warp + NW * m, lane);
+      const float4 c4 = cs_row(reinterpret_cast<const float*>(smem), warp + NW * m, lane);
       float g[4];
 #pragma unroll
       for (int x = 0; x < 4; ++x) {
@@ -421,7 +460,7 @@ __global__ void __launch_bounds__(NT, 2) grad_strip_kernel(StripParams p) {
         g[x] = 0.0f;
         if (j < p.P && j != k && min(j, k) < p.e) {
           float dd;
-          const float dp = feature_distance(comp(c4, x), p.kind, &dd);
+          const float dp = feature_distance<kKind>(comp(c4, x), &dd);
           if (dp <= p.cutoff) g[x] = 2.0f * (dp - orientation_distance(dot4(a, b[x]))) * dd;
         }
       }
@@ -461,7 +500,7 @@ __global__ void __launch_bounds__(NT) knn_kernel(KnnParams p) {
       const int rr = warp + NW * m;
       const int i = static_cast<int>(row0 + rr);
       if (row0 + rr >= p.r1) break;
-      const float4 c4 = cs_row(smem, rr, lane);
+      const float4 c4 = cs_row(reinterpret_cast<const float*>(smem), rr, lane);
       float* kr = keys + rr * 32;
       int* ir = ids + rr * 32;
       const float thk = kr[K - 1];
@@ -516,7 +555,7 @@ __global__ void __launch_bounds__(NT) knn_kernel(KnnParams p) {
     const int r = idx / K, m = idx % K;
     if (row0 + r >= p.r1) continue;
     const int64_t o = (row0 + r - p.r0) * K + m;
-    p.dist[o] = feature_distance(keys[r * 32 + m], kSNN);  // snn keys are c, signless |c|
+    p.dist[o] = feature_distance<kSNN>(keys[r * 32 + m]);  // snn keys are c, signless |c|
     p.index[o] = ids[r * 32 + m];
   }
 }
@@ -596,7 +635,6 @@ struct SampledParams {
   const float4* q;
   int64_t P, ld, n;
   uint64_t key;
-  int kind;
   float cutoff;
 };
 
@@ -605,7 +643,7 @@ __global__ void sampled_pairs_kernel(uint64_t key, int64_t P, int64_t n, int64_t
     sampled_pair(key, m, P, i + m, j + m);
 }
 
-template <typename TF, bool kGrad>
+template <typename TF, int kKind>
 __global__ void __launch_bounds__(NT) sampled_loss_kernel(SampledParams p, double* loss_out, float* gq) {
   __shared__ float wsum[NW];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -615,13 +653,13 @@ __global__ void __launch_bounds__(NT) sampled_loss_kernel(SampledParams p, doubl
   for (int64_t n = int64_t(blockIdx.x) * NW + warp; n < p.n; n += nwarps) {
     int64_t i, j;
     sampled_pair(p.key, n, p.P, &i, &j);
-    const float dp = feature_distance(warp_row_dot(F + i * p.ld, F + j * p.ld, p.ld), p.kind);
+    const float dp = feature_distance<kKind>(warp_row_dot(F + i * p.ld, F + j * p.ld, p.ld));
     if (!(dp <= p.cutoff)) continue;
     const float4 a = p.q[i], b = p.q[j];
     float k;
     const float l = pair_loss(dp, dot4(a, b), &k);
     if (lane == 0) loss += l;
-    if (kGrad && lane < 4) {
+    if (lane < 4) {
       atomicAdd(gq + 4 * i + lane, 4.0f * k * comp(b, lane));
       atomicAdd(gq + 4 * j + lane, 4.0f * k * comp(a, lane));
     }
@@ -636,7 +674,7 @@ __global__ void __launch_bounds__(NT) sampled_loss_kernel(SampledParams p, doubl
   }
 }
 
-template <typename TF>
+template <typename TF, int kKind>
 __global__ void __launch_bounds__(NT) sampled_grad_features_kernel(SampledParams p, float scale, float* gf) {
   constexpr int V = RowVec<TF>::V;
   const int lane = threadIdx.x & 31;
@@ -648,7 +686,7 @@ __global__ void __launch_bounds__(NT) sampled_grad_features_kernel(SampledParams
     const TF* fi = F + i * p.ld;
     const TF* fj = F + j * p.ld;
     float dd;
-    const float dp = feature_distance(warp_row_dot(fi, fj, p.ld), p.kind, &dd);
+    const float dp = feature_distance<kKind>(warp_row_dot(fi, fj, p.ld), &dd);
     if (!(dp <= p.cutoff)) continue;
     const float g = scale * 2.0f * (dp - orientation_distance(dot4(p.q[i], p.q[j]))) * dd;
     if (g == 0.0f) continue;
@@ -697,33 +735,34 @@ dim3 triangle_grid(int64_t Tr, int64_t Tc) {
   return dim3(static_cast<unsigned>(ceil_div(Tc, kChunk)), static_cast<unsigned>(Tr));
 }
 
-constexpr size_t kRowSmem = 2 * BM * sizeof(float4);
-
 void loss_launch(const AllPairsArgs& a, const uint8_t* codes, double* loss, void* grad_q, int device,
                  std::uintptr_t stream) {
+  if (!grad_q) fail("the CUDA all-pairs loss needs a gradient buffer");
   if (a.row_stop <= a.row_start) return;
   DeviceGuard guard(device);
   const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
-  const LossParams p{a.f,   static_cast<const float4*>(a.q), codes, a.P, a.ld, a.row_start, a.row_stop, Tc,
-                     a.distance, static_cast<float>(a.cutoff), loss, static_cast<float*>(grad_q)};
+  const LossParams p{a.f,  static_cast<const float4*>(a.q),   codes, a.P, a.ld, a.row_start, a.row_stop,
+                     Tc,   static_cast<float>(a.cutoff), loss,  static_cast<float*>(grad_q)};
   const dim3 grid = triangle_grid(Tr, Tc);
   const cudaStream_t s = as_stream(stream);
+  const bool cut = std::isfinite(a.cutoff);
   if (codes) {
-    const size_t smem = size_t(NW) * BN * sizeof(float4) + kRowSmem;
-    if (grad_q)
-      launch(loss_kernel<float, true, true>, grid, smem, s, "allpairs_cache_loss", p);
+    if (cut)
+      launch(loss_kernel<float, kSNN, true, true>, grid, kLossSmem, s, "allpairs_cache_loss", p);
     else
-      launch(loss_kernel<float, true, false>, grid, smem, s, "allpairs_cache_loss", p);
+      launch(loss_kernel<float, kSNN, true, false>, grid, kLossSmem, s, "allpairs_cache_loss", p);
     return;
   }
   check_features(a);
   dispatch_features(a.fdtype, [&](auto tag) {
-    using TF = decltype(tag);
-    const size_t smem = kCsBytes + kRowSmem;
-    if (grad_q)
-      launch(loss_kernel<TF, false, true>, grid, smem, s, "allpairs_loss", p);
-    else
-      launch(loss_kernel<TF, false, false>, grid, smem, s, "allpairs_loss", p);
+    dispatch_distance(a.distance, [&](auto kind) {
+      using TF = decltype(tag);
+      constexpr int K = decltype(kind)::value;
+      if (cut)
+        launch(loss_kernel<TF, K, false, true>, grid, kLossSmem, s, "allpairs_loss", p);
+      else
+        launch(loss_kernel<TF, K, false, false>, grid, kLossSmem, s, "allpairs_loss", p);
+    });
   });
 }
 
@@ -743,10 +782,12 @@ void allpairs_cache_build_cuda(const AllPairsArgs& a, uint8_t* codes, int device
   check_features(a);
   DeviceGuard guard(device);
   const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
-  const CacheParams p{a.f, codes, a.P, a.ld, a.row_start, a.row_stop, Tc, a.distance};
+  const CacheParams p{a.f, codes, a.P, a.ld, a.row_start, a.row_stop, Tc};
   dispatch_features(a.fdtype, [&](auto tag) {
-    using TF = decltype(tag);
-    launch(cache_build_kernel<TF>, triangle_grid(Tr, Tc), kCsBytes, as_stream(stream), "allpairs_cache_build", p);
+    dispatch_distance(a.distance, [&](auto kind) {
+      launch(cache_build_kernel<decltype(tag), decltype(kind)::value>, triangle_grid(Tr, Tc), kCsBytes,
+             as_stream(stream), "allpairs_cache_build", p);
+    });
   });
 }
 
@@ -757,11 +798,13 @@ void allpairs_grad_strip_cuda(const AllPairsArgs& a, int64_t k0, int64_t k1, voi
   if (ldg % 4 != 0) fail("gradient strip stride must be a multiple of 4");
   DeviceGuard guard(device);
   const int64_t Tk = ceil_div(k1 - k0, BM), Tc = ceil_div(a.P - a.row_start, BN);
-  const StripParams p{a.f,   static_cast<const float4*>(a.q), static_cast<float*>(G), a.P, a.ld, a.row_start,
-                      a.row_stop, k0, k1, ldg, Tc, a.distance, static_cast<float>(a.cutoff)};
+  const StripParams p{a.f,        static_cast<const float4*>(a.q), static_cast<float*>(G), a.P, a.ld, a.row_start,
+                      a.row_stop, k0, k1, ldg, Tc, static_cast<float>(a.cutoff)};
   dispatch_features(a.fdtype, [&](auto tag) {
-    using TF = decltype(tag);
-    launch(grad_strip_kernel<TF>, triangle_grid(Tk, Tc), kCsBytes, as_stream(stream), "allpairs_grad_strip", p);
+    dispatch_distance(a.distance, [&](auto kind) {
+      launch(grad_strip_kernel<decltype(tag), decltype(kind)::value>, triangle_grid(Tk, Tc), kCsBytes,
+             as_stream(stream), "allpairs_grad_strip", p);
+    });
   });
 }
 
@@ -773,8 +816,7 @@ void allpairs_knn_cuda(const AllPairsArgs& a, int k, void* dist, int64_t* index,
   const dim3 grid(static_cast<unsigned>(ceil_div(a.row_stop - a.row_start, BM)));
   const size_t smem = kCsBytes + size_t(BM) * 32 * (sizeof(float) + sizeof(int));
   dispatch_features(a.fdtype, [&](auto tag) {
-    using TF = decltype(tag);
-    launch(knn_kernel<TF>, grid, smem, as_stream(stream), "allpairs_knn", p);
+    launch(knn_kernel<decltype(tag)>, grid, smem, as_stream(stream), "allpairs_knn", p);
   });
 }
 
@@ -788,20 +830,17 @@ void sampled_pairs_cuda(uint64_t key, int64_t P, int64_t n_pairs, int64_t* i, in
 
 void sampled_loss_cuda(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, double* loss, void* grad_q, int device,
                        std::uintptr_t stream) {
+  if (!grad_q) fail("the CUDA sampled loss needs a gradient buffer");
   if (n_pairs == 0) return;
   check_features(a);
   DeviceGuard guard(device);
-  const SampledParams p{a.f, static_cast<const float4*>(a.q), a.P, a.ld, n_pairs, key, a.distance,
-                        static_cast<float>(a.cutoff)};
+  const SampledParams p{a.f, static_cast<const float4*>(a.q), a.P, a.ld, n_pairs, key, static_cast<float>(a.cutoff)};
   const dim3 grid(blocks_for(n_pairs, NW));
   dispatch_features(a.fdtype, [&](auto tag) {
-    using TF = decltype(tag);
-    if (grad_q)
-      launch(sampled_loss_kernel<TF, true>, grid, 0, as_stream(stream), "sampled_loss", p, loss,
-             static_cast<float*>(grad_q));
-    else
-      launch(sampled_loss_kernel<TF, false>, grid, 0, as_stream(stream), "sampled_loss", p, loss,
-             static_cast<float*>(nullptr));
+    dispatch_distance(a.distance, [&](auto kind) {
+      launch(sampled_loss_kernel<decltype(tag), decltype(kind)::value>, grid, 0, as_stream(stream), "sampled_loss", p,
+             loss, static_cast<float*>(grad_q));
+    });
   });
 }
 
@@ -810,12 +849,12 @@ void sampled_grad_features_cuda(const AllPairsArgs& a, uint64_t key, int64_t n_p
   if (n_pairs == 0) return;
   check_features(a);
   DeviceGuard guard(device);
-  const SampledParams p{a.f, static_cast<const float4*>(a.q), a.P, a.ld, n_pairs, key, a.distance,
-                        static_cast<float>(a.cutoff)};
+  const SampledParams p{a.f, static_cast<const float4*>(a.q), a.P, a.ld, n_pairs, key, static_cast<float>(a.cutoff)};
   dispatch_features(a.fdtype, [&](auto tag) {
-    using TF = decltype(tag);
-    launch(sampled_grad_features_kernel<TF>, dim3(blocks_for(n_pairs, NW)), 0, as_stream(stream),
-           "sampled_grad_features", p, static_cast<float>(scale), static_cast<float*>(grad_f));
+    dispatch_distance(a.distance, [&](auto kind) {
+      launch(sampled_grad_features_kernel<decltype(tag), decltype(kind)::value>, dim3(blocks_for(n_pairs, NW)), 0,
+             as_stream(stream), "sampled_grad_features", p, static_cast<float>(scale), static_cast<float*>(grad_f));
+    });
   });
 }
 

@@ -12,6 +12,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "common.h"
 
@@ -44,7 +45,28 @@ struct Limits<double> {
   static constexpr double kMaxInvSin = 1e8;
 };
 
-CO_HD float fast_rsqrt(float x) {
+// min, max, |x| and copysign for float and double, on host and device.
+CO_HD float co_min(float a, float b) { return fminf(a, b); }
+CO_HD double co_min(double a, double b) { return fmin(a, b); }
+CO_HD float co_max(float a, float b) { return fmaxf(a, b); }
+CO_HD double co_max(double a, double b) { return fmax(a, b); }
+CO_HD float co_abs(float a) { return fabsf(a); }
+CO_HD double co_abs(double a) { return fabs(a); }
+CO_HD float co_copysign(float a, float b) { return copysignf(a, b); }
+CO_HD double co_copysign(double a, double b) { return copysign(a, b); }
+
+// Square root and reciprocal square root: the MUFU approximations on the device
+// (a few ulp), correctly rounded on the host.
+CO_HD float approx_sqrt(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("sqrt.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return std::sqrt(x);
+#endif
+}
+CO_HD float approx_rsqrt(float x) {
 #if defined(__CUDA_ARCH__)
   return rsqrtf(x);
 #else
@@ -53,20 +75,18 @@ CO_HD float fast_rsqrt(float x) {
 }
 
 // 2·arccos(x) for x in [0, 1]; with inv_sin, also min(1/sqrt(1 - x²), kMaxInvSin).
-// float: Abramowitz & Stegun 4.4.46, arccos x = sqrt(1 - x)·p(x), |error| ≤ 2e-8.
+// float: 2·arccos x = sqrt(1 - x)·p(x) with p a degree-5 near-minimax polynomial;
+// |error| ≤ 1.7e-6 rad evaluated in float32.
 CO_HD float half_angle(float x, float* inv_sin = nullptr) {
   const float u = 1.0f - x;
-  const float r = fast_rsqrt(fmaxf(u, 1e-30f));
-  float p = -0.0025249822f;  // coefficients of A&S 4.4.46 times 2
-  p = fmaf(p, x, 0.0133401802f);
-  p = fmaf(p, x, -0.0341762512f);
-  p = fmaf(p, x, 0.0617837620f);
-  p = fmaf(p, x, -0.1003486092f);
-  p = fmaf(p, x, 0.1779579748f);
-  p = fmaf(p, x, -0.4291976032f);
-  p = fmaf(p, x, 3.1415926100f);
-  if (inv_sin) *inv_sin = fminf(r * fast_rsqrt(1.0f + x), Limits<float>::kMaxInvSin);
-  return (u * r) * p;
+  float p = -0.0098223414f;
+  p = fmaf(p, x, 0.0412401072f);
+  p = fmaf(p, x, -0.0918544457f);
+  p = fmaf(p, x, 0.1763421038f);
+  p = fmaf(p, x, -0.4290856333f);
+  p = fmaf(p, x, 3.1415913790f);
+  if (inv_sin) *inv_sin = fminf(approx_rsqrt(fmaf(u, x, u)), Limits<float>::kMaxInvSin);  // (1-x)(1+x)
+  return approx_sqrt(u) * p;
 }
 
 CO_HD double half_angle(double x, double* inv_sin = nullptr) {
@@ -77,17 +97,17 @@ CO_HD double half_angle(double x, double* inv_sin = nullptr) {
   return 2.0 * acos(x);
 }
 
-// d_p from the cosine c; with dd_dc, also ∂d_p/∂c (0 where the clamp saturates).
-template <typename T>
-CO_HD T feature_distance(T c, int kind, T* dd_dc = nullptr) {
+// d_p from the cosine c (kKind: Distance); with dd_dc, also ∂d_p/∂c (0 where the clamp
+// saturates).
+template <int kKind, typename T>
+CO_HD T feature_distance(T c, T* dd_dc = nullptr) {
   T x, dx;
-  if (kind == kSNN) {
-    x = c < T(0) ? T(0) : (c > T(1) ? T(1) : c);
+  if (kKind == kSNN) {
+    x = co_min(co_max(c, T(0)), T(1));
     dx = (c > T(0) && c < T(1)) ? T(1) : T(0);
   } else {
-    const T a = c < T(0) ? -c : c;
-    x = a > T(1) ? T(1) : a;
-    dx = a < T(1) ? (c < T(0) ? T(-1) : T(1)) : T(0);
+    x = co_min(co_abs(c), T(1));
+    dx = co_abs(c) < T(1) ? co_copysign(T(1), c) : T(0);
   }
   if (!dd_dc) return half_angle(x);
   T inv;
@@ -96,20 +116,27 @@ CO_HD T feature_distance(T c, int kind, T* dd_dc = nullptr) {
   return d;
 }
 
+// Runs fn(std::integral_constant<int, kind>) for a runtime Distance code (host side).
+template <typename Fn>
+void dispatch_distance(int kind, Fn&& fn) {
+  if (kind == kSNN)
+    fn(std::integral_constant<int, kSNN>{});
+  else
+    fn(std::integral_constant<int, kSignless>{});
+}
+
 // d_q from the dot product of two unit quaternions (inv_sin as in half_angle).
 template <typename T>
 CO_HD T orientation_distance(T dot, T* inv_sin = nullptr) {
-  const T a = dot < T(0) ? -dot : dot;
-  return half_angle(a > T(1) ? T(1) : a, inv_sin);
+  return half_angle(co_min(co_abs(dot), T(1)), inv_sin);
 }
 
 // Loss term (d_p - d_q)² of one pair and, in *dl_ddot4, (∂/∂<a, b>)/4 of it.
 template <typename T>
 CO_HD T pair_loss(T dp, T dot, T* dl_ddot4) {
   T inv;
-  const T dq = orientation_distance(dot, &inv);
-  const T r = dp - dq;
-  *dl_ddot4 = dot < T(0) ? -r * inv : r * inv;
+  const T r = dp - orientation_distance(dot, &inv);
+  *dl_ddot4 = r * co_copysign(inv, dot);
   return r * r;
 }
 

@@ -43,10 +43,29 @@ def _pair_chunks(P: int, start: int, stop: int, chunk_elements: int):
         yield a, b, mask
 
 
-def allpairs_loss(
-    features: Tensor, q: Tensor, distance: str = "snn", weight=None, rows=None, *, chunk_elements: int = 2**24
+def allpairs_chunk_loss(
+    f_rows: Tensor, f_cols: Tensor, q_rows: Tensor, q_cols: Tensor, mask: Tensor, distance: str, cutoff: float
 ) -> Tensor:
-    """Reference for ``cryoorient.ops.allpairs_loss``: row chunks of the pair matrix, autograd through acos."""
+    """Σ over the masked entries of a rows × columns block of pairs (unit f and q) of w·(d_p - d_q)²."""
+    dp = _feature_distance((f_rows @ f_cols.T)[mask], distance).to(q_rows.dtype)
+    dq = 2 * torch.acos((q_rows @ q_cols.T)[mask].abs().clamp(max=1))
+    return ((dp - dq).square() * (dp <= cutoff)).sum()
+
+
+def allpairs_loss(
+    features: Tensor,
+    q: Tensor,
+    distance: str = "snn",
+    weight=None,
+    rows=None,
+    *,
+    chunk_elements: int = 2**24,
+    chunk_loss=allpairs_chunk_loss,
+) -> Tensor:
+    """Reference for ``cryoorient.ops.allpairs_loss``: row chunks of the pair matrix, autograd through acos.
+
+    ``chunk_loss`` computes one chunk (benchmarks pass a torch.compile'd ``allpairs_chunk_loss``).
+    """
     P = q.shape[0]
     start, stop = rows if rows is not None else (0, P)
     f = _unit_features(features)
@@ -54,10 +73,7 @@ def allpairs_loss(
     cutoff = _cutoff(weight)
     total = q.new_zeros(())
     for a, b, mask in _pair_chunks(P, start, stop, chunk_elements):
-        mask = mask.to(q.device)
-        dp = _feature_distance((f[a:b] @ f[a + 1 :].T)[mask], distance).to(q.dtype)
-        dq = 2 * torch.acos((qn[a:b] @ qn[a + 1 :].T)[mask].abs().clamp(max=1))
-        total = total + ((dp - dq).square() * (dp <= cutoff)).sum()
+        total = total + chunk_loss(f[a:b], f[a + 1 :], qn[a:b], qn[a + 1 :], mask.to(q.device), distance, cutoff)
     return total
 
 

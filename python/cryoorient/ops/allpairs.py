@@ -117,10 +117,6 @@ def unit_quaternions(q: Tensor, dtype: torch.dtype) -> Tensor:
     return (q / torch.linalg.vector_norm(q, dim=1, keepdim=True)).contiguous()
 
 
-def _want_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def allpairs_loss(
     features: Tensor,
     q: Tensor,
@@ -134,7 +130,7 @@ def allpairs_loss(
 
     features: (P, n_f) float32/bfloat16/float16 (float64 on the CPU); q: (P, 4) float32/float64.
     Returns a 0-dim tensor of q's dtype, differentiable w.r.t. q and features. The q-gradient
-    is computed in the same pass as the loss (when q requires grad). ``validate=False`` skips
+    is always computed in the same pass as the loss (the backward pass only scales it). ``validate=False`` skips
     the value checks (finite features, no zero rows, valid quaternions), which cost one device
     synchronisation on CUDA.
     """
@@ -143,27 +139,27 @@ def allpairs_loss(
     start, stop = check_row_block(rows, q.shape[0])
     fdtype, qdtype = compute_dtypes(features, q)
     f, qn = unit_features(features, fdtype), unit_quaternions(q, qdtype)
-    loss, _ = _allpairs_loss(f, qn, kind, cutoff, start, stop, _want_grad(qn))
+    loss, _ = _allpairs_loss(f, qn, kind, cutoff, start, stop)
     return loss.to(q.dtype)
 
 
 @torch.library.custom_op("cryoorient::allpairs_loss", mutates_args=())
 def _allpairs_loss(
-    f: Tensor, q: Tensor, distance: int, cutoff: float, start: int, stop: int, want_grad: bool
+    f: Tensor, q: Tensor, distance: int, cutoff: float, start: int, stop: int
 ) -> tuple[Tensor, Tensor]:
     loss = torch.zeros(1, dtype=torch.float64, device=q.device)
-    grad = torch.zeros_like(q) if want_grad else q.new_empty(0, 4)
+    grad = torch.zeros_like(q)
     device, stream, threads = launch_args(q)
     _C.allpairs_loss(
         f.data_ptr(), q.data_ptr(), q.shape[0], f.shape[1], f.shape[1], start, stop, FEATURE_CODES[f.dtype],
-        distance, cutoff, loss.data_ptr(), grad.data_ptr() if want_grad else 0, device, stream, threads,
+        distance, cutoff, loss.data_ptr(), grad.data_ptr(), device, stream, threads,
     )
     return loss[0].to(q.dtype), grad
 
 
 @_allpairs_loss.register_fake
-def _(f, q, distance, cutoff, start, stop, want_grad):
-    return q.new_empty(()), (torch.empty_like(q) if want_grad else q.new_empty(0, 4))
+def _(f, q, distance, cutoff, start, stop):
+    return q.new_empty(()), torch.empty_like(q)
 
 
 def _strip_rows(device: torch.device, P: int, width: int) -> int:
@@ -202,7 +198,7 @@ def _(f, q, distance, cutoff, start, stop):
 
 
 def _loss_setup(ctx, inputs, output):
-    f, q, distance, cutoff, start, stop, _ = inputs
+    f, q, distance, cutoff, start, stop = inputs
     ctx.save_for_backward(f, q, output[1])
     ctx.args = (distance, cutoff, start, stop)
 
@@ -214,7 +210,7 @@ def _loss_backward(ctx, grad_loss, _grad_grad):
         gq = grad_loss.to(grad_q.dtype) * grad_q
     if ctx.needs_input_grad[0]:
         gf = grad_loss.to(f.dtype) * _allpairs_grad_features(f, q, *ctx.args)
-    return gf, gq, None, None, None, None, None
+    return gf, gq, None, None, None, None
 
 
 _allpairs_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
@@ -312,27 +308,27 @@ def allpairs_loss_cached(cache: DistanceCache, q: Tensor, weight=None, *, valida
     cutoff = weight_cutoff(weight)
     qdtype = torch.float32 if q.device.type == "cuda" else q.dtype
     qn = unit_quaternions(q, qdtype)
-    loss, _ = _allpairs_cache_loss(cache.codes, qn, cache.rows[0], cache.rows[1], cutoff, _want_grad(qn))
+    loss, _ = _allpairs_cache_loss(cache.codes, qn, cache.rows[0], cache.rows[1], cutoff)
     return loss.to(q.dtype)
 
 
 @torch.library.custom_op("cryoorient::allpairs_cache_loss", mutates_args=())
 def _allpairs_cache_loss(
-    codes: Tensor, q: Tensor, start: int, stop: int, cutoff: float, want_grad: bool
+    codes: Tensor, q: Tensor, start: int, stop: int, cutoff: float
 ) -> tuple[Tensor, Tensor]:
     loss = torch.zeros(1, dtype=torch.float64, device=q.device)
-    grad = torch.zeros_like(q) if want_grad else q.new_empty(0, 4)
+    grad = torch.zeros_like(q)
     device, stream, threads = launch_args(q)
     _C.allpairs_cache_loss(
         codes.data_ptr(), q.data_ptr(), q.shape[0], start, stop, FEATURE_CODES[q.dtype], cutoff, loss.data_ptr(),
-        grad.data_ptr() if want_grad else 0, device, stream, threads,
+        grad.data_ptr(), device, stream, threads,
     )
     return loss[0].to(q.dtype), grad
 
 
 @_allpairs_cache_loss.register_fake
-def _(codes, q, start, stop, cutoff, want_grad):
-    return q.new_empty(()), (torch.empty_like(q) if want_grad else q.new_empty(0, 4))
+def _(codes, q, start, stop, cutoff):
+    return q.new_empty(()), torch.empty_like(q)
 
 
 def _cache_setup(ctx, inputs, output):
@@ -341,7 +337,7 @@ def _cache_setup(ctx, inputs, output):
 
 def _cache_backward(ctx, grad_loss, _grad_grad):
     (grad_q,) = ctx.saved_tensors
-    return None, grad_loss.to(grad_q.dtype) * grad_q, None, None, None, None
+    return None, grad_loss.to(grad_q.dtype) * grad_q, None, None, None
 
 
 _allpairs_cache_loss.register_autograd(_cache_backward, setup_context=_cache_setup)

@@ -79,29 +79,28 @@ def sampled_feature_pair_loss(
     kind, cutoff = distance_code(distance), weight_cutoff(weight)
     fdtype, qdtype = compute_dtypes(features, q)
     f, qn = unit_features(features, fdtype), unit_quaternions(q, qdtype)
-    want_grad = torch.is_grad_enabled() and qn.requires_grad
-    loss, _ = _sampled_loss(f, qn, n_pairs, seed, epoch, kind, cutoff, want_grad)
+    loss, _ = _sampled_loss(f, qn, n_pairs, seed, epoch, kind, cutoff)
     return loss.to(q.dtype)
 
 
 @torch.library.custom_op("cryoorient::sampled_loss", mutates_args=())
 def _sampled_loss(
-    f: Tensor, q: Tensor, n_pairs: int, seed: int, epoch: int, distance: int, cutoff: float, want_grad: bool
+    f: Tensor, q: Tensor, n_pairs: int, seed: int, epoch: int, distance: int, cutoff: float
 ) -> tuple[Tensor, Tensor]:
     loss = torch.zeros(1, dtype=torch.float64, device=q.device)
-    grad = torch.zeros_like(q) if want_grad else q.new_empty(0, 4)
+    grad = torch.zeros_like(q)
     device, stream, threads = launch_args(q)
     P, ld = f.shape
     _C.sampled_loss(
         f.data_ptr(), q.data_ptr(), P, ld, ld, FEATURE_CODES[f.dtype], distance, cutoff, seed, epoch, n_pairs,
-        loss.data_ptr(), grad.data_ptr() if want_grad else 0, device, stream, threads,
+        loss.data_ptr(), grad.data_ptr(), device, stream, threads,
     )
     return loss[0].to(q.dtype), grad
 
 
 @_sampled_loss.register_fake
-def _(f, q, n_pairs, seed, epoch, distance, cutoff, want_grad):
-    return q.new_empty(()), (torch.empty_like(q) if want_grad else q.new_empty(0, 4))
+def _(f, q, n_pairs, seed, epoch, distance, cutoff):
+    return q.new_empty(()), torch.empty_like(q)
 
 
 @torch.library.custom_op("cryoorient::sampled_grad_features", mutates_args=())
@@ -125,7 +124,7 @@ def _(f, q, n_pairs, seed, epoch, distance, cutoff):
 
 
 def _setup(ctx, inputs, output):
-    f, q, n_pairs, seed, epoch, distance, cutoff, _ = inputs
+    f, q, n_pairs, seed, epoch, distance, cutoff = inputs
     ctx.save_for_backward(f, q, output[1])
     ctx.args = (n_pairs, seed, epoch, distance, cutoff)
 
@@ -137,7 +136,7 @@ def _backward(ctx, grad_loss, _grad_grad):
         gq = grad_loss.to(grad_q.dtype) * grad_q
     if ctx.needs_input_grad[0]:
         gf = grad_loss.to(f.dtype) * _sampled_grad_features(f, q, *ctx.args)
-    return gf, gq, None, None, None, None, None, None
+    return gf, gq, None, None, None, None, None
 
 
 _sampled_loss.register_autograd(_backward, setup_context=_setup)
