@@ -183,3 +183,20 @@ def test_bad_inputs():
             ops.allpairs_loss(f.cuda(), q)
         with pytest.raises(TypeError, match="CPU only"):
             ops.allpairs_loss(f.double().cuda(), q.cuda())
+
+
+@pytest.mark.cuda
+def test_cuda_tf32_opt_in():
+    f, q = _features(800, 64, seed=10, device="cuda")
+    q = q.float().cuda()
+    exact = ops.allpairs_loss(f, q)
+    allow = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        fast = ops.allpairs_loss(f, q)
+        knn = ops.feature_knn(f, 8)[1]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow
+    assert fast.item() != exact.item()  # a different (TF32) product ran
+    _assert_rel(fast, exact, 1e-2)
+    assert (knn == ops.feature_knn(f, 8)[1]).float().mean() > 0.95

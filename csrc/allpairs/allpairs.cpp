@@ -37,7 +37,7 @@ void register_allpairs(py::module_& m) {
         no_cuda();
 #endif
       },
-      "loss (float64, 1) += Σ w·(d_p - d_q)² over pairs i < j in the row block; grad_q (P×4, or 0) += its gradient.");
+      "loss (float64, 1) += Σ w·(d_p - d_q)² over pairs i < j in the row block; grad_q (P×4) += its gradient.");
   m.def(
       "allpairs_cache_build",
       [](std::uintptr_t f, int64_t P, int64_t ld, int64_t nf, int64_t row_start, int64_t row_stop, int fdtype,
@@ -129,7 +129,7 @@ void register_allpairs(py::module_& m) {
         no_cuda();
 #endif
       },
-      "loss += Σ w·(d_p - d_q)² over n sampled pairs; grad_q (or 0) += its gradient.");
+      "loss += Σ w·(d_p - d_q)² over n sampled pairs; grad_q (P×4) += its gradient.");
   m.def(
       "sampled_grad_features",
       [](std::uintptr_t f, std::uintptr_t q, int64_t P, int64_t ld, int64_t nf, int fdtype, int distance,

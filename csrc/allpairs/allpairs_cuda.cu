@@ -3,8 +3,9 @@
 // A CTA owns a 128 × 128 tile of pairs (rows row0.., columns col0..) at a time. The
 // tile engine computes the cosines Cs = F_rows · F_colsᵀ into shared memory:
 //   * bfloat16 / float16 features: tensor cores (WMMA 16×16×16, fp32 accumulation),
-//     3-stage cp.async pipeline over k-slices of 32;
-//   * float32 features: a plain fp32 SIMT tiled product (exact; no TF32).
+//     3-stage cp.async pipeline over 64-byte k-slices;
+//   * float32 features: a plain fp32 SIMT tiled product (exact), or, for the kTF32 code
+//     (opt-in), the WMMA pipeline with TF32 operands (16×16×8).
 // An epilogue then turns the tile into loss + gradient, cache bytes, k-NN updates or
 // gradient-strip entries; nothing of size P × P is stored.
 //
@@ -19,6 +20,7 @@
 #include <cfloat>
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
 #include "allpairs/allpairs.h"
 #include "allpairs/allpairs_math.h"
@@ -71,9 +73,24 @@ __device__ __forceinline__ float comp(float4 v, int x) { return x == 0 ? v.x : x
 // first kCsBytes of smem. Each starts with __syncthreads (so the caller may still read
 // smem from the previous tile until then) and ends with one (Cs ready).
 
+// WMMA operand type and k-step: bf16/fp16 as 16×16×16, float as TF32 16×16×8.
+template <typename TF>
+struct MmaOperand {
+  using type = TF;
+  static constexpr int K = 16;
+};
+template <>
+struct MmaOperand<float> {
+  using type = wmma::precision::tf32;
+  static constexpr int K = 8;
+};
+
 template <typename TF>
 struct WmmaTile {
-  static constexpr int BK = 32, LDS = BK + 8, STAGES = 3;
+  using Elem = TF;
+  static constexpr int V = 16 / sizeof(TF);                     // elements per 16-byte chunk
+  static constexpr int BK = 4 * V, LDS = BK + V, STAGES = 3;   // 64-byte k-slices, rows padded by 16 B
+  static constexpr int KS = MmaOperand<TF>::K;
   static constexpr int kStage = (BM + BN) * LDS;  // elements
   static_assert(size_t(STAGES) * kStage * sizeof(TF) <= kCsBytes, "pipeline buffers alias the cosine tile");
 
@@ -81,22 +98,31 @@ struct WmmaTile {
                                     int64_t k0, TF* As) {
     TF* Bs = As + BM * LDS;
 #pragma unroll
-    for (int x = 0; x < (BM * BK / 8) / NT; ++x) {  // 16-byte chunks: 4 per row of 32
+    for (int x = 0; x < (BM * 4) / NT; ++x) {  // 4 chunks per row
       const int c = threadIdx.x + NT * x;
-      const int r = c >> 2, kc = (c & 3) * 8;
+      const int r = c >> 2, kc = (c & 3) * V;
       const int64_t gr = row0 + r, gc = col0 + r;
       cp_async16(As + r * LDS + kc, F + (gr < P ? gr : 0) * ld + k0 + kc, gr < P);
       cp_async16(Bs + r * LDS + kc, F + (gc < P ? gc : 0) * ld + k0 + kc, gc < P);
     }
   }
 
+  template <typename Frag>
+  __device__ static void to_operand(Frag& f) {
+    if constexpr (std::is_same_v<TF, float>) {
+#pragma unroll
+      for (int t = 0; t < f.num_elements; ++t) f.x[t] = wmma::__float_to_tf32(f.x[t]);
+    }
+  }
+
   __device__ static void run(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
                              unsigned char* smem) {
+    using Op = typename MmaOperand<TF>::type;
     TF* buf = reinterpret_cast<TF*>(smem);
     float* Cs = reinterpret_cast<float*>(smem);
     const int warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;  // warp tile 64 × 32
     const int KT = static_cast<int>(ld / BK);
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+    wmma::fragment<wmma::accumulator, 16, 16, KS, float> acc[4][2];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -116,13 +142,19 @@ struct WmmaTile {
       const TF* As = buf + (kt % STAGES) * kStage;
       const TF* Bs = As + BM * LDS;
 #pragma unroll
-      for (int kk = 0; kk < BK; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, TF, wmma::row_major> fa[4];
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, TF, wmma::col_major> fb[2];
+      for (int kk = 0; kk < BK; kk += KS) {
+        wmma::fragment<wmma::matrix_a, 16, 16, KS, Op, wmma::row_major> fa[4];
+        wmma::fragment<wmma::matrix_b, 16, 16, KS, Op, wmma::col_major> fb[2];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) wmma::load_matrix_sync(fa[i], As + (wm * 64 + i * 16) * LDS + kk, LDS);
+        for (int i = 0; i < 4; ++i) {
+          wmma::load_matrix_sync(fa[i], As + (wm * 64 + i * 16) * LDS + kk, LDS);
+          to_operand(fa[i]);
+        }
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * LDS + kk, LDS);
+        for (int j = 0; j < 2; ++j) {
+          wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * LDS + kk, LDS);
+          to_operand(fb[j]);
+        }
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -144,6 +176,7 @@ struct WmmaTile {
 // Plain fp32 tiled product: 16 × 16 threads, each an 8 × 8 block of rows ty + 16·i
 // and columns tx + 16·j; k-slices of 16 staged transposed in shared memory.
 struct SimtTile {
+  using Elem = float;
   static constexpr int BK = 16, LDT = BM + 4;
   static_assert(2 * BK * LDT * sizeof(float) <= kCsBytes, "staging buffers alias the cosine tile");
 
@@ -200,15 +233,6 @@ struct SimtTile {
   }
 };
 
-template <typename TF>
-struct TileFor {
-  using type = WmmaTile<TF>;
-};
-template <>
-struct TileFor<float> {
-  using type = SimtTile;
-};
-
 // Cosines of this thread's 4 columns in tile row rr.
 __device__ __forceinline__ float4 cs_row(const float* Cs, int rr, int lane) {
   return *reinterpret_cast<const float4*>(Cs + rr * CLD + 4 * lane);
@@ -250,7 +274,7 @@ __device__ __forceinline__ float decode_byte(uint32_t w, int x) {
 constexpr size_t kLossSmem = kCsBytes + size_t(NW) * BN * sizeof(float4) + 2 * BM * sizeof(float4);
 
 // kCut: a finite weight cutoff (otherwise every pair has weight 1).
-template <typename TF, int kKind, bool kCache, bool kCut>
+template <typename Tile, int kKind, bool kCache, bool kCut>
 __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ float wsum[NW];
@@ -291,7 +315,7 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
       for (int m = 0; m < kRowsPerWarp; ++m) words[m] = next[m];
       if (u + 1 < u_end) fetch(u + 1);
     } else {
-      TileFor<TF>::type::run(static_cast<const TF*>(p.F), p.P, p.ld, row0, col0, smem);
+      Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
     }
     const int nc = static_cast<int>(min(int64_t(BN), p.P - col0));
     const bool diag = u == t;
@@ -302,7 +326,8 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
       cacc[x] = zero;
     }
     auto pairs = [&](auto interior) {
-#pragma unroll
+      constexpr int kUnroll = kCache ? kRowsPerWarp : 2;  // cache words must stay in registers
+#pragma unroll kUnroll
       for (int m = 0; m < kRowsPerWarp; ++m) {
         const int rr = warp + NW * m;
         const float4 a = rowq[rr];
@@ -394,7 +419,7 @@ struct CacheParams {
   int64_t P, ld, s, e, Tc;
 };
 
-template <typename TF, int kKind>
+template <typename Tile, int kKind>
 __global__ void __launch_bounds__(NT, 2) cache_build_kernel(CacheParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int64_t t = blockIdx.y;
@@ -404,7 +429,7 @@ __global__ void __launch_bounds__(NT, 2) cache_build_kernel(CacheParams p) {
   const int64_t row0 = p.s + t * BM;
   for (int64_t u = u_begin; u < u_end; ++u) {
     const int64_t col0 = p.s + u * BN;
-    TileFor<TF>::type::run(static_cast<const TF*>(p.F), p.P, p.ld, row0, col0, smem);
+    Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
     uint8_t* tile = p.codes + tri_tile_index(t, u, p.Tc) * kTileBytes;
     for (int m = 0; m < kRowsPerWarp; ++m) {
       const int rr = warp + NW * m;
@@ -433,7 +458,7 @@ struct StripParams {
   float cutoff;
 };
 
-template <typename TF, int kKind>
+template <typename Tile, int kKind>
 __global__ void __launch_bounds__(NT, 2) grad_strip_kernel(StripParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int64_t u_begin = int64_t(blockIdx.x) * kChunk;
@@ -443,7 +468,7 @@ __global__ void __launch_bounds__(NT, 2) grad_strip_kernel(StripParams p) {
   const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
   for (int64_t u = u_begin; u < u_end; ++u) {
     const int64_t col0 = p.s + u * BN;
-    TileFor<TF>::type::run(static_cast<const TF*>(p.F), p.P, p.ld, row0, col0, smem);
+    Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
     const int64_t jj = col0 - p.s + 4 * lane;  // first of this thread's 4 columns, relative to s
     float4 b[4];
 #pragma unroll
@@ -483,7 +508,7 @@ struct KnnParams {
   int kind, k;
 };
 
-template <typename TF>
+template <typename Tile>
 __global__ void __launch_bounds__(NT) knn_kernel(KnnParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   float* keys = reinterpret_cast<float*>(smem + kCsBytes);  // [BM][32]
@@ -495,7 +520,7 @@ __global__ void __launch_bounds__(NT) knn_kernel(KnnParams p) {
     ids[idx] = INT_MAX;
   }
   for (int64_t col0 = 0; col0 < p.P; col0 += BN) {
-    TileFor<TF>::type::run(static_cast<const TF*>(p.F), p.P, p.ld, row0, col0, smem);
+    Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
     for (int m = 0; m < kRowsPerWarp; ++m) {
       const int rr = warp + NW * m;
       const int i = static_cast<int>(row0 + rr);
@@ -706,14 +731,23 @@ __global__ void __launch_bounds__(NT) sampled_grad_features_kernel(SampledParams
 // ---------------------------------------------------------------------------------
 // Launch helpers.
 
+// Tile engine for a feature dtype code: fn(SimtTile{}) for float32, fn(WmmaTile<T>{}) for
+// bfloat16/float16, and TF32 tensor cores for kTF32 (float32 data).
 template <typename Fn>
-void dispatch_features(int fdtype, Fn&& fn) {
+void dispatch_tiles(int fdtype, Fn&& fn) {
   switch (fdtype) {
-    case kF32: return fn(float{});
-    case kBF16: return fn(__nv_bfloat16{});
-    case kF16: return fn(__half{});
+    case kF32: return fn(SimtTile{});
+    case kTF32: return fn(WmmaTile<float>{});
+    case kBF16: return fn(WmmaTile<__nv_bfloat16>{});
+    case kF16: return fn(WmmaTile<__half>{});
     default: fail("CUDA all-pairs kernels take float32, bfloat16 or float16 features");
   }
+}
+
+// Feature element type: fn(float{}), fn(__nv_bfloat16{}) or fn(__half{}).
+template <typename Fn>
+void dispatch_elements(int fdtype, Fn&& fn) {
+  dispatch_tiles(fdtype, [&](auto tile) { fn(typename decltype(tile)::Elem{}); });
 }
 
 void check_features(const AllPairsArgs& a) {
@@ -748,20 +782,20 @@ void loss_launch(const AllPairsArgs& a, const uint8_t* codes, double* loss, void
   const bool cut = std::isfinite(a.cutoff);
   if (codes) {
     if (cut)
-      launch(loss_kernel<float, kSNN, true, true>, grid, kLossSmem, s, "allpairs_cache_loss", p);
+      launch(loss_kernel<SimtTile, kSNN, true, true>, grid, kLossSmem, s, "allpairs_cache_loss", p);
     else
-      launch(loss_kernel<float, kSNN, true, false>, grid, kLossSmem, s, "allpairs_cache_loss", p);
+      launch(loss_kernel<SimtTile, kSNN, true, false>, grid, kLossSmem, s, "allpairs_cache_loss", p);
     return;
   }
   check_features(a);
-  dispatch_features(a.fdtype, [&](auto tag) {
+  dispatch_tiles(a.fdtype, [&](auto tile) {
     dispatch_distance(a.distance, [&](auto kind) {
-      using TF = decltype(tag);
+      using Tile = decltype(tile);
       constexpr int K = decltype(kind)::value;
       if (cut)
-        launch(loss_kernel<TF, K, false, true>, grid, kLossSmem, s, "allpairs_loss", p);
+        launch(loss_kernel<Tile, K, false, true>, grid, kLossSmem, s, "allpairs_loss", p);
       else
-        launch(loss_kernel<TF, K, false, false>, grid, kLossSmem, s, "allpairs_loss", p);
+        launch(loss_kernel<Tile, K, false, false>, grid, kLossSmem, s, "allpairs_loss", p);
     });
   });
 }
@@ -783,9 +817,9 @@ void allpairs_cache_build_cuda(const AllPairsArgs& a, uint8_t* codes, int device
   DeviceGuard guard(device);
   const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
   const CacheParams p{a.f, codes, a.P, a.ld, a.row_start, a.row_stop, Tc};
-  dispatch_features(a.fdtype, [&](auto tag) {
+  dispatch_tiles(a.fdtype, [&](auto tile) {
     dispatch_distance(a.distance, [&](auto kind) {
-      launch(cache_build_kernel<decltype(tag), decltype(kind)::value>, triangle_grid(Tr, Tc), kCsBytes,
+      launch(cache_build_kernel<decltype(tile), decltype(kind)::value>, triangle_grid(Tr, Tc), kCsBytes,
              as_stream(stream), "allpairs_cache_build", p);
     });
   });
@@ -800,9 +834,9 @@ void allpairs_grad_strip_cuda(const AllPairsArgs& a, int64_t k0, int64_t k1, voi
   const int64_t Tk = ceil_div(k1 - k0, BM), Tc = ceil_div(a.P - a.row_start, BN);
   const StripParams p{a.f,        static_cast<const float4*>(a.q), static_cast<float*>(G), a.P, a.ld, a.row_start,
                       a.row_stop, k0, k1, ldg, Tc, static_cast<float>(a.cutoff)};
-  dispatch_features(a.fdtype, [&](auto tag) {
+  dispatch_tiles(a.fdtype, [&](auto tile) {
     dispatch_distance(a.distance, [&](auto kind) {
-      launch(grad_strip_kernel<decltype(tag), decltype(kind)::value>, triangle_grid(Tk, Tc), kCsBytes,
+      launch(grad_strip_kernel<decltype(tile), decltype(kind)::value>, triangle_grid(Tk, Tc), kCsBytes,
              as_stream(stream), "allpairs_grad_strip", p);
     });
   });
@@ -815,8 +849,8 @@ void allpairs_knn_cuda(const AllPairsArgs& a, int k, void* dist, int64_t* index,
   const KnnParams p{a.f, static_cast<float*>(dist), index, a.P, a.ld, a.row_start, a.row_stop, a.distance, k};
   const dim3 grid(static_cast<unsigned>(ceil_div(a.row_stop - a.row_start, BM)));
   const size_t smem = kCsBytes + size_t(BM) * 32 * (sizeof(float) + sizeof(int));
-  dispatch_features(a.fdtype, [&](auto tag) {
-    launch(knn_kernel<decltype(tag)>, grid, smem, as_stream(stream), "allpairs_knn", p);
+  dispatch_tiles(a.fdtype, [&](auto tile) {
+    launch(knn_kernel<decltype(tile)>, grid, smem, as_stream(stream), "allpairs_knn", p);
   });
 }
 
@@ -836,7 +870,7 @@ void sampled_loss_cuda(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, dou
   DeviceGuard guard(device);
   const SampledParams p{a.f, static_cast<const float4*>(a.q), a.P, a.ld, n_pairs, key, static_cast<float>(a.cutoff)};
   const dim3 grid(blocks_for(n_pairs, NW));
-  dispatch_features(a.fdtype, [&](auto tag) {
+  dispatch_elements(a.fdtype, [&](auto tag) {
     dispatch_distance(a.distance, [&](auto kind) {
       launch(sampled_loss_kernel<decltype(tag), decltype(kind)::value>, grid, 0, as_stream(stream), "sampled_loss", p,
              loss, static_cast<float*>(grad_q));
@@ -850,7 +884,7 @@ void sampled_grad_features_cuda(const AllPairsArgs& a, uint64_t key, int64_t n_p
   check_features(a);
   DeviceGuard guard(device);
   const SampledParams p{a.f, static_cast<const float4*>(a.q), a.P, a.ld, n_pairs, key, static_cast<float>(a.cutoff)};
-  dispatch_features(a.fdtype, [&](auto tag) {
+  dispatch_elements(a.fdtype, [&](auto tag) {
     dispatch_distance(a.distance, [&](auto kind) {
       launch(sampled_grad_features_kernel<decltype(tag), decltype(kind)::value>, dim3(blocks_for(n_pairs, NW)), 0,
              as_stream(stream), "sampled_grad_features", p, static_cast<float>(scale), static_cast<float*>(grad_f));

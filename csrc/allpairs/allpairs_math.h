@@ -21,7 +21,8 @@ namespace allpairs {
 
 // Must match cryoorient/ops/allpairs.py (DISTANCES, FEATURE_CODES, CACHE_TILE).
 enum Distance : int { kSNN = 0, kSignless = 1 };
-enum FType : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3 };
+// kTF32: float32 features multiplied with TF32 tensor-core operands (CUDA only).
+enum FType : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3, kTF32 = 4 };
 
 // Distance cache layout: the upper triangle of pairs (i < j) with i in the row block
 // [s, e) and j in [s, P) is cut into kTile × kTile tiles (t, u), u ≥ t, of rows

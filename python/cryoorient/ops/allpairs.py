@@ -12,10 +12,12 @@ radians), which keeps only the short, reliable distances. ``rows=(start, stop)``
 sum to pairs whose i is in [start, stop) (all j > i): row blocks add up to the full loss, so
 the work can be split over GPUs.
 
-The CUDA kernels use tensor cores (WMMA) for bfloat16/float16 features and an exact fp32 SIMT
-product for float32 features; the CPU kernels take float32/float64 (bfloat16/float16 features
-are normalised in their own precision, then computed in float32). Quaternions are scalar-first
-and need not be unit; gradients flow to ``q`` and, when it requires grad, to ``features``.
+The CUDA kernels use tensor cores (WMMA) for bfloat16/float16 features; float32 features get an
+exact fp32 SIMT product (slow: cast to bfloat16 for speed), or TF32 tensor cores when
+``torch.backends.cuda.matmul.allow_tf32`` is True (cosines then carry ~1e-3 errors). The CPU
+kernels take float32/float64 (bfloat16/float16 features are normalised in their own precision,
+then computed in float32). Quaternions are scalar-first and need not be unit; gradients flow to
+``q`` and, when it requires grad, to ``features``.
 Near-coincident pairs (d < ~2e-3 rad in float32) get a damped gradient; see
 ``csrc/allpairs/allpairs_math.h``.
 """
@@ -42,6 +44,7 @@ from ._checks import (
 DISTANCES = {"snn": 0, "signless": 1}
 FEATURE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 FEATURE_DTYPES = tuple(FEATURE_CODES)
+TF32_CODE = 4  # float32 features multiplied with TF32 tensor-core operands (CUDA only)
 CACHE_TILE = 128
 # d = code·CODE_STEP, in float32 exactly as the kernels decode it.
 CODE_STEP = float(torch.tensor(math.pi, dtype=torch.float32) / 255)
@@ -112,6 +115,15 @@ def unit_features(features: Tensor, dtype: torch.dtype) -> Tensor:
     return f.contiguous()
 
 
+def kernel_code(f: Tensor) -> int:
+    """Feature code for the tile kernels: float32 on CUDA uses TF32 tensor cores when
+    ``torch.backends.cuda.matmul.allow_tf32`` is set (PyTorch's switch for float32 matmuls),
+    otherwise an exact fp32 product."""
+    if f.dtype == torch.float32 and f.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return TF32_CODE
+    return FEATURE_CODES[f.dtype]
+
+
 def unit_quaternions(q: Tensor, dtype: torch.dtype) -> Tensor:
     q = q.to(dtype)
     return (q / torch.linalg.vector_norm(q, dim=1, keepdim=True)).contiguous()
@@ -151,7 +163,7 @@ def _allpairs_loss(
     grad = torch.zeros_like(q)
     device, stream, threads = launch_args(q)
     _C.allpairs_loss(
-        f.data_ptr(), q.data_ptr(), q.shape[0], f.shape[1], f.shape[1], start, stop, FEATURE_CODES[f.dtype],
+        f.data_ptr(), q.data_ptr(), q.shape[0], f.shape[1], f.shape[1], start, stop, kernel_code(f),
         distance, cutoff, loss.data_ptr(), grad.data_ptr(), device, stream, threads,
     )
     return loss[0].to(q.dtype), grad
@@ -185,7 +197,7 @@ def _allpairs_grad_features(f: Tensor, q: Tensor, distance: int, cutoff: float, 
         k1 = min(P, k0 + rows)
         G = torch.empty(k1 - k0, ldg, dtype=gdtype, device=f.device)
         _C.allpairs_grad_strip(
-            f.data_ptr(), q.data_ptr(), P, ld, ld, start, stop, FEATURE_CODES[f.dtype], distance, cutoff, k0, k1,
+            f.data_ptr(), q.data_ptr(), P, ld, ld, start, stop, kernel_code(f), distance, cutoff, k0, k1,
             G.data_ptr(), ldg, device, stream, threads,
         )
         out[k0:k1] = G[:, :n].to(f.dtype) @ tail
@@ -281,7 +293,7 @@ def _allpairs_cache_build(f: Tensor, distance: int, start: int, stop: int) -> Te
     codes = torch.zeros(cache_bytes(P, start, stop), dtype=torch.uint8, device=f.device)
     device, stream, threads = launch_args(f)
     _C.allpairs_cache_build(
-        f.data_ptr(), P, ld, ld, start, stop, FEATURE_CODES[f.dtype], distance, codes.data_ptr(), device, stream,
+        f.data_ptr(), P, ld, ld, start, stop, kernel_code(f), distance, codes.data_ptr(), device, stream,
         threads,
     )
     return codes

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .._ext import _C, launch_args
 from ._checks import check_row_block
-from .allpairs import FEATURE_CODES, check_inputs, compute_dtypes, distance_code, unit_features
+from .allpairs import check_inputs, compute_dtypes, distance_code, kernel_code, unit_features
 
 MAX_K = 32
 
@@ -49,7 +49,7 @@ def _feature_knn(f: Tensor, k: int, distance: int, start: int, stop: int) -> tup
     index = torch.empty(stop - start, k, dtype=torch.int64, device=f.device)
     device, stream, threads = launch_args(f)
     _C.allpairs_knn(
-        f.data_ptr(), P, ld, ld, start, stop, FEATURE_CODES[f.dtype], distance, k, dist.data_ptr(), index.data_ptr(),
+        f.data_ptr(), P, ld, ld, start, stop, kernel_code(f), distance, k, dist.data_ptr(), index.data_ptr(),
         device, stream, threads,
     )
     return dist, index
