@@ -6,8 +6,9 @@
 One "epoch" is the loss over every pair i < j plus its gradient w.r.t. q (forward + backward,
 the op called through its Python wrapper with validate=False). CUDA times are medians of CUDA-
 event timings; cuBLAS rows time torch.mm over row chunks of the full P×P product (bf16, then
-fp32 with TF32 allowed) in the same process, and "ref" is cryoorient.ops._torch_impl.allpairs_loss
-(chunked plain PyTorch, forward + backward), eager and with its chunk function torch.compile'd.
+fp32 with TF32 allowed) in the same process, and "ref" is the plain-PyTorch reference
+(cryoorient.ops._torch_impl.allpairs_chunk_loss over row chunks, forward + backward chunk by
+chunk), eager and with the chunk function torch.compile'd.
 "Extra GB" is the peak memory the op allocates beyond its inputs (the cache itself excluded).
 """
 
@@ -73,6 +74,22 @@ def epoch(loss_fn, q):
     return run
 
 
+def reference_epoch(f, q, chunk_loss):
+    """Chunked plain-PyTorch loss + q-gradient, backward chunk by chunk (memory of one chunk)."""
+    fu = ref.unit_features(f)
+    x = q.clone().requires_grad_(True)
+
+    def run():
+        x.grad = None
+        qn = x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        qd = qn.detach().requires_grad_(True)
+        for a, b, mask in ref.pair_chunks(len(q), 0, len(q), device=q.device):
+            chunk_loss(fu[a:b], fu[a + 1 :], qd[a:b], qd[a + 1 :], mask, "snn", float("inf")).backward()
+        qn.backward(qd.grad)
+
+    return run
+
+
 def cublas_allpairs(f, rows=4096):
     """F·Fᵀ over all P² pairs, in row chunks written to one reused buffer."""
     ft = f.T
@@ -124,6 +141,13 @@ def main():
         flops = 2.0 * n_pairs * args.nf
         rows.append((f"fused loss+grad from features ({str(dtype)[6:]})", ms, extra_memory_gb(run, device),
                      f"{flops / ms / 1e9:.1f} TFLOP/s (triangle product)"))
+        if dtype == torch.float32 and cuda:
+            allow = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            ms = timed(run, args.reps, device)
+            torch.backends.cuda.matmul.allow_tf32 = allow
+            rows.append(("  same, allow_tf32 (TF32 tensor cores)", ms, float("nan"),
+                         f"{flops / ms / 1e9:.1f} TFLOP/s (triangle product)"))
         if dtype == dtypes[0]:
             base["fused"] = ms
             run_c = epoch(lambda x: ops.allpairs_loss(f, x, "snn", ("cutoff", 1.5), validate=False), q)
@@ -143,12 +167,11 @@ def main():
             run = epoch(lambda x: ops.sampled_feature_pair_loss(f, x, n_s, seed=1, validate=False), q)
             rows.append((f"sampled loss+grad, {n_s:.0e} pairs", timed(run, args.reps, device), extra_memory_gb(run, device), ""))
             if not args.skip_reference:
-                run = epoch(lambda x: ref.allpairs_loss(f, x, "snn"), q)
-                base["ref"] = timed(run, 1, device)
+                base["ref"] = timed(reference_epoch(f, q, ref.allpairs_chunk_loss), 1, device)
                 rows.append(("ref: chunked PyTorch, eager", base["ref"], float("nan"), ""))
                 compiled = torch.compile(ref.allpairs_chunk_loss, dynamic=True)
-                run = epoch(lambda x: ref.allpairs_loss(f, x, "snn", chunk_loss=compiled), q)
-                rows.append(("ref: chunked PyTorch, torch.compile", timed(run, 1, device), float("nan"), ""))
+                rows.append(("ref: chunked PyTorch, torch.compile", timed(reference_epoch(f, q, compiled), 1, device),
+                             float("nan"), ""))
 
     print(f"{'':46s} {'ms':>10s} {'extra GB':>9s} {'/cuBLAS bf16':>12s} {'/tf32':>7s} {'ref/this':>9s}")
     for name, ms, gb, note in rows:

@@ -113,3 +113,7 @@ def test_cache_bad_inputs():
         ops.allpairs_loss_cached(cache, torch.zeros_like(q))
     with pytest.raises(IndexError, match="rows"):
         ops.allpairs_distance_cache(f, rows=(-1, 10))
+    with pytest.raises(ValueError, match="uint8 tensor of"):
+        ops.DistanceCache(cache.codes[:-1], 50, (0, 50), "snn")
+    with pytest.raises(ValueError, match="distance"):
+        ops.DistanceCache(cache.codes, 50, (0, 50), "cos")

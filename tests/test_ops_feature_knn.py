@@ -17,7 +17,7 @@ def _assert_matches_topk(f, d, idx, k, distance="snn", rows=None, atol=1e-5, min
     assert d.shape == idx.shape == idx_r.shape and idx.dtype == torch.int64
     assert (idx == idx_r).float().mean() >= min_agree
     start = 0 if rows is None else rows[0]
-    fn = ref._unit_features(f).double()
+    fn = ref.unit_features(f).double()
     c = (fn[start : start + idx.shape[0], None, :] * fn[idx]).sum(-1)
     true = 2 * torch.acos((c if distance == "snn" else c.abs()).clamp(0, 1))
     torch.testing.assert_close(true, d_r.double(), rtol=0, atol=atol)  # each rank holds a correct distance

@@ -19,7 +19,7 @@ def qdist(q: Tensor, i: Tensor, j: Tensor) -> Tensor:
     return quat_distance(q[i.long()], q[j.long()])
 
 
-def _unit_features(features: Tensor) -> Tensor:
+def unit_features(features: Tensor) -> Tensor:
     """Unit rows, rounded to the features' dtype like the op's, then computed in float32/float64."""
     work = features.double() if features.dtype == torch.float64 else features.float()
     return (work / torch.linalg.vector_norm(work, dim=1, keepdim=True)).to(features.dtype).to(work.dtype)
@@ -34,13 +34,12 @@ def _cutoff(weight) -> float:
     return math.inf if weight is None else float(weight[1])
 
 
-def _pair_chunks(P: int, start: int, stop: int, chunk_elements: int):
-    """Row chunks [a, b) of the row block and the mask of pairs j > i within rows × columns [a + 1, P)."""
+def pair_chunks(P: int, start: int, stop: int, chunk_elements: int = 2**24, device=None):
+    """Row chunks [a, b) of the row block, each with the mask of pairs j > i among rows × columns [a + 1, P)."""
     step = max(1, chunk_elements // max(P, 1))
     for a in range(start, stop, step):
         b = min(stop, a + step)
-        mask = torch.ones(b - a, P - a - 1, dtype=torch.bool).triu()
-        yield a, b, mask
+        yield a, b, torch.ones(b - a, P - a - 1, dtype=torch.bool, device=device).triu()
 
 
 def allpairs_chunk_loss(
@@ -68,12 +67,12 @@ def allpairs_loss(
     """
     P = q.shape[0]
     start, stop = rows if rows is not None else (0, P)
-    f = _unit_features(features)
+    f = unit_features(features)
     qn = q / torch.linalg.vector_norm(q, dim=1, keepdim=True)
     cutoff = _cutoff(weight)
     total = q.new_zeros(())
-    for a, b, mask in _pair_chunks(P, start, stop, chunk_elements):
-        total = total + chunk_loss(f[a:b], f[a + 1 :], qn[a:b], qn[a + 1 :], mask.to(q.device), distance, cutoff)
+    for a, b, mask in pair_chunks(P, start, stop, chunk_elements, q.device):
+        total = total + chunk_loss(f[a:b], f[a + 1 :], qn[a:b], qn[a + 1 :], mask, distance, cutoff)
     return total
 
 
@@ -83,7 +82,7 @@ def allpairs_distance_cache(features: Tensor, distance: str = "snn", rows=None):
 
     P = features.shape[0]
     start, stop = rows if rows is not None else (0, P)
-    f = _unit_features(features)
+    f = unit_features(features)
     i, j = torch.triu_indices(P, P, 1, device=features.device)
     keep = (i >= start) & (i < stop)
     i, j = i[keep], j[keep]
@@ -111,7 +110,7 @@ def feature_knn(features: Tensor, k: int, distance: str = "snn", rows=None) -> t
     """Reference for ``cryoorient.ops.feature_knn``: top-k of the full cosine matrix."""
     P = features.shape[0]
     start, stop = rows if rows is not None else (0, P)
-    f = _unit_features(features)
+    f = unit_features(features)
     c = f[start:stop] @ f.T
     key = c if distance == "snn" else c.abs()
     key[torch.arange(stop - start), torch.arange(start, stop)] = -math.inf
@@ -155,7 +154,7 @@ def sampled_feature_pair_loss(
 ) -> Tensor:
     """Reference for ``cryoorient.ops.sampled_feature_pair_loss``."""
     i, j = sampled_pairs(q.shape[0], n_pairs, seed, epoch, device=q.device)
-    f = _unit_features(features)
+    f = unit_features(features)
     qn = q / torch.linalg.vector_norm(q, dim=1, keepdim=True)
     dp = _feature_distance((f[i] * f[j]).sum(1), distance).to(q.dtype)
     dq = 2 * torch.acos((qn[i] * qn[j]).sum(1).abs().clamp(max=1))

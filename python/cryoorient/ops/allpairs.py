@@ -142,9 +142,9 @@ def allpairs_loss(
 
     features: (P, n_f) float32/bfloat16/float16 (float64 on the CPU); q: (P, 4) float32/float64.
     Returns a 0-dim tensor of q's dtype, differentiable w.r.t. q and features. The q-gradient
-    is always computed in the same pass as the loss (the backward pass only scales it). ``validate=False`` skips
-    the value checks (finite features, no zero rows, valid quaternions), which cost one device
-    synchronisation on CUDA.
+    is always computed in the same pass as the loss (the backward pass only scales it).
+    ``validate=False`` skips the value checks (finite features, no zero rows, valid quaternions),
+    which cost one device synchronisation on CUDA.
     """
     features, q = check_inputs(features, q, validate)
     kind, cutoff = distance_code(distance), weight_cutoff(weight)
@@ -156,9 +156,7 @@ def allpairs_loss(
 
 
 @torch.library.custom_op("cryoorient::allpairs_loss", mutates_args=())
-def _allpairs_loss(
-    f: Tensor, q: Tensor, distance: int, cutoff: float, start: int, stop: int
-) -> tuple[Tensor, Tensor]:
+def _allpairs_loss(f: Tensor, q: Tensor, distance: int, cutoff: float, start: int, stop: int) -> tuple[Tensor, Tensor]:
     loss = torch.zeros(1, dtype=torch.float64, device=q.device)
     grad = torch.zeros_like(q)
     device, stream, threads = launch_args(q)
@@ -175,7 +173,7 @@ def _(f, q, distance, cutoff, start, stop):
 
 
 def _strip_rows(device: torch.device, P: int, width: int) -> int:
-    """Rows per gradient strip: at most 2 GiB of float32 on CUDA, 256 MiB on the CPU."""
+    """Rows per gradient strip: at most 2^29 entries (2 GiB of float32) on CUDA, 2^26 on the CPU."""
     budget = 2**29 if device.type == "cuda" else 2**26
     return max(1, min(P, budget // max(width, 1)))
 
@@ -246,6 +244,19 @@ class DistanceCache:
     num_projections: int
     rows: tuple[int, int]
     distance: str
+
+    def __post_init__(self):
+        distance_code(self.distance)
+        start, stop = check_row_block(self.rows, self.num_projections)
+        expected = cache_bytes(self.num_projections, start, stop)
+        if not (
+            isinstance(self.codes, Tensor)
+            and self.codes.dtype == torch.uint8
+            and self.codes.dim() == 1
+            and self.codes.numel() == expected
+            and self.codes.is_contiguous()
+        ):
+            raise ValueError(f"codes must be a contiguous 1-D uint8 tensor of {expected} bytes for this cache")
 
     def byte_offsets(self, i: Tensor, j: Tensor) -> Tensor:
         """Offsets into ``codes`` of the unordered pairs {i, j} (i ≠ j, min(i, j) in the row block)."""
@@ -325,9 +336,7 @@ def allpairs_loss_cached(cache: DistanceCache, q: Tensor, weight=None, *, valida
 
 
 @torch.library.custom_op("cryoorient::allpairs_cache_loss", mutates_args=())
-def _allpairs_cache_loss(
-    codes: Tensor, q: Tensor, start: int, stop: int, cutoff: float
-) -> tuple[Tensor, Tensor]:
+def _allpairs_cache_loss(codes: Tensor, q: Tensor, start: int, stop: int, cutoff: float) -> tuple[Tensor, Tensor]:
     loss = torch.zeros(1, dtype=torch.float64, device=q.device)
     grad = torch.zeros_like(q)
     device, stream, threads = launch_args(q)
