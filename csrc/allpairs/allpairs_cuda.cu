@@ -9,9 +9,10 @@
 // An epilogue then turns the tile into loss + gradient, cache bytes, k-NN updates or
 // gradient-strip entries; nothing of size P × P is stored.
 //
-// Triangle kernels (loss, cache) run on a grid (column chunk, row tile t) and visit
-// column tiles u ≥ t of their chunk (kChunk tiles), keeping the row quaternions and
-// row-gradient accumulators of tile t in shared memory across the chunk. Epilogue
+// Each CTA takes one row tile t and a chunk of kChunk column tiles (u ≥ t in the triangle
+// kernels), keeping the row quaternions and row-gradient sums of tile t in shared memory
+// across the chunk. Blocks are ordered so that CTAs running together share operands in
+// L2: groups of kRowGroup row tiles, chunk by chunk (see ChunkWork). Epilogue
 // thread layout: warp w takes rows w, w + 8, ..., lane l the 4 columns 4l..4l+3.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -37,7 +38,8 @@ constexpr int BM = kTile, BN = kTile, NT = 256, NW = NT / 32;
 constexpr int kRowsPerWarp = BM / NW;  // 16
 constexpr int CLD = BN + 4;            // row stride of the cosine tile (floats)
 constexpr size_t kCsBytes = size_t(BM) * CLD * sizeof(float);
-constexpr int kChunk = 8;  // column tiles per CTA in the triangle kernels
+constexpr int kChunk = 8;      // column tiles per CTA
+constexpr int kRowGroup = 32;  // row tiles per block group (L2 locality)
 constexpr unsigned kFull = 0xFFFFFFFFu;
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
@@ -67,6 +69,20 @@ __device__ __forceinline__ void axpy4(float4& y, float k, float4 x) {
   y.w = fmaf(k, x.w, y.w);
 }
 __device__ __forceinline__ float comp(float4 v, int x) { return x == 0 ? v.x : x == 1 ? v.y : x == 2 ? v.z : v.w; }
+
+// Work of block blockIdx.x of a grid from chunk_grid(Tr, Tc): row tile t and column tiles
+// [u_begin, u_end) (empty when the block falls outside the triangle or past the last row).
+struct ChunkWork {
+  int64_t t, u_begin, u_end;
+  __device__ ChunkWork(int64_t Tr, int64_t Tc, bool triangle) {
+    const int64_t M = ceil_div(Tc, kChunk), L = blockIdx.x;
+    const int64_t g = L / (kRowGroup * M), rem = L % (kRowGroup * M);
+    t = g * kRowGroup + rem % kRowGroup;
+    const int64_t m = rem / kRowGroup;
+    u_begin = triangle ? max(t, m * kChunk) : m * kChunk;
+    u_end = t < Tr ? min(Tc, (m + 1) * kChunk) : u_begin;
+  }
+};
 
 // ---------------------------------------------------------------------------------
 // Tile engines: Cs[r][c] = <F[row0 + r], F[col0 + c]> (rows ≥ P read as zeros) in the
@@ -259,7 +275,7 @@ struct LossParams {
   const void* F;
   const float4* q;
   const uint8_t* codes;
-  int64_t P, ld, s, e, Tc;
+  int64_t P, ld, s, e, Tr, Tc;
   float cutoff;
   double* loss;
   float* gq;  // P × 4
@@ -283,9 +299,8 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
   float4* rowq = colred + NW * BN;                              // [BM] row quaternions
   float4* rowacc = rowq + BM;                                   // [BM] row gradient sums
 
-  const int64_t t = blockIdx.y;
-  const int64_t u_begin = max(t, int64_t(blockIdx.x) * kChunk);
-  const int64_t u_end = min(p.Tc, int64_t(blockIdx.x + 1) * kChunk);
+  const ChunkWork work(p.Tr, p.Tc, true);
+  const int64_t t = work.t, u_begin = work.u_begin, u_end = work.u_end;
   if (u_begin >= u_end) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int64_t row0 = p.s + t * BM;
@@ -416,18 +431,17 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
 struct CacheParams {
   const void* F;
   uint8_t* codes;
-  int64_t P, ld, s, e, Tc;
+  int64_t P, ld, s, e, Tr, Tc;
 };
 
 template <typename Tile, int kKind>
 __global__ void __launch_bounds__(NT, 2) cache_build_kernel(CacheParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int64_t t = blockIdx.y;
-  const int64_t u_begin = max(t, int64_t(blockIdx.x) * kChunk);
-  const int64_t u_end = min(p.Tc, int64_t(blockIdx.x + 1) * kChunk);
+  const ChunkWork work(p.Tr, p.Tc, true);
+  const int64_t t = work.t;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t row0 = p.s + t * BM;
-  for (int64_t u = u_begin; u < u_end; ++u) {
+  for (int64_t u = work.u_begin; u < work.u_end; ++u) {
     const int64_t col0 = p.s + u * BN;
     Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
     uint8_t* tile = p.codes + tri_tile_index(t, u, p.Tc) * kTileBytes;
@@ -454,19 +468,18 @@ struct StripParams {
   const void* F;
   const float4* q;
   float* G;
-  int64_t P, ld, s, e, k0, k1, ldg, Tc;
+  int64_t P, ld, s, e, k0, k1, ldg, Tk, Tc;
   float cutoff;
 };
 
 template <typename Tile, int kKind>
 __global__ void __launch_bounds__(NT, 2) grad_strip_kernel(StripParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int64_t u_begin = int64_t(blockIdx.x) * kChunk;
-  const int64_t u_end = min(p.Tc, u_begin + kChunk);
+  const ChunkWork work(p.Tk, p.Tc, false);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t row0 = p.k0 + int64_t(blockIdx.y) * BM;
+  const int64_t row0 = p.k0 + work.t * BM;
   const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int64_t u = u_begin; u < u_end; ++u) {
+  for (int64_t u = work.u_begin; u < work.u_end; ++u) {
     const int64_t col0 = p.s + u * BN;
     Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
     const int64_t jj = col0 - p.s + 4 * lane;  // first of this thread's 4 columns, relative to s
@@ -764,9 +777,11 @@ void launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const ch
   cuda_check(cudaGetLastError(), what);
 }
 
-dim3 triangle_grid(int64_t Tr, int64_t Tc) {
-  if (Tr > 65535) fail("row block too large for the CUDA grid (more than 65535 row tiles)");
-  return dim3(static_cast<unsigned>(ceil_div(Tc, kChunk)), static_cast<unsigned>(Tr));
+// Blocks for ChunkWork: row tiles rounded up to whole groups, times column chunks.
+dim3 chunk_grid(int64_t Tr, int64_t Tc) {
+  const int64_t n = ceil_div(Tr, kRowGroup) * kRowGroup * ceil_div(Tc, kChunk);
+  if (n > INT_MAX) fail("too many projections for the CUDA grid");
+  return dim3(static_cast<unsigned>(n));
 }
 
 void loss_launch(const AllPairsArgs& a, const uint8_t* codes, double* loss, void* grad_q, int device,
@@ -775,9 +790,9 @@ void loss_launch(const AllPairsArgs& a, const uint8_t* codes, double* loss, void
   if (a.row_stop <= a.row_start) return;
   DeviceGuard guard(device);
   const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
-  const LossParams p{a.f,  static_cast<const float4*>(a.q),   codes, a.P, a.ld, a.row_start, a.row_stop,
-                     Tc,   static_cast<float>(a.cutoff), loss,  static_cast<float*>(grad_q)};
-  const dim3 grid = triangle_grid(Tr, Tc);
+  const LossParams p{a.f, static_cast<const float4*>(a.q),   codes, a.P, a.ld, a.row_start, a.row_stop, Tr,
+                     Tc,  static_cast<float>(a.cutoff), loss,  static_cast<float*>(grad_q)};
+  const dim3 grid = chunk_grid(Tr, Tc);
   const cudaStream_t s = as_stream(stream);
   const bool cut = std::isfinite(a.cutoff);
   if (codes) {
@@ -816,10 +831,10 @@ void allpairs_cache_build_cuda(const AllPairsArgs& a, uint8_t* codes, int device
   check_features(a);
   DeviceGuard guard(device);
   const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
-  const CacheParams p{a.f, codes, a.P, a.ld, a.row_start, a.row_stop, Tc};
+  const CacheParams p{a.f, codes, a.P, a.ld, a.row_start, a.row_stop, Tr, Tc};
   dispatch_tiles(a.fdtype, [&](auto tile) {
     dispatch_distance(a.distance, [&](auto kind) {
-      launch(cache_build_kernel<decltype(tile), decltype(kind)::value>, triangle_grid(Tr, Tc), kCsBytes,
+      launch(cache_build_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tr, Tc), kCsBytes,
              as_stream(stream), "allpairs_cache_build", p);
     });
   });
@@ -833,10 +848,10 @@ void allpairs_grad_strip_cuda(const AllPairsArgs& a, int64_t k0, int64_t k1, voi
   DeviceGuard guard(device);
   const int64_t Tk = ceil_div(k1 - k0, BM), Tc = ceil_div(a.P - a.row_start, BN);
   const StripParams p{a.f,        static_cast<const float4*>(a.q), static_cast<float*>(G), a.P, a.ld, a.row_start,
-                      a.row_stop, k0, k1, ldg, Tc, static_cast<float>(a.cutoff)};
+                      a.row_stop, k0, k1, ldg, Tk, Tc, static_cast<float>(a.cutoff)};
   dispatch_tiles(a.fdtype, [&](auto tile) {
     dispatch_distance(a.distance, [&](auto kind) {
-      launch(grad_strip_kernel<decltype(tile), decltype(kind)::value>, triangle_grid(Tk, Tc), kCsBytes,
+      launch(grad_strip_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tk, Tc), kCsBytes,
              as_stream(stream), "allpairs_grad_strip", p);
     });
   });
