@@ -13,5 +13,6 @@ inline T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
 void register_qdist(pybind11::module_& m);
 void register_align_loss(pybind11::module_& m);
 void register_pair_loss(pybind11::module_& m);
+void register_allpairs(pybind11::module_& m);
 
 }  // namespace cryoorient

@@ -61,4 +61,5 @@ PYBIND11_MODULE(_C, m) {
   cryoorient::register_qdist(m);
   cryoorient::register_align_loss(m);
   cryoorient::register_pair_loss(m);
+  cryoorient::register_allpairs(m);
 }

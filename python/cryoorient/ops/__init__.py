@@ -5,7 +5,21 @@ the same name in ``cryoorient.ops._torch_impl``.
 """
 
 from .align_loss import align_loss
+from .allpairs import DistanceCache, allpairs_distance_cache, allpairs_loss, allpairs_loss_cached
+from .feature_knn import feature_knn
 from .pair_loss import pair_loss
 from .qdist import qdist
+from .sampled_pairs import sampled_feature_pair_loss, sampled_pairs
 
-__all__ = ["align_loss", "pair_loss", "qdist"]
+__all__ = [
+    "DistanceCache",
+    "align_loss",
+    "allpairs_distance_cache",
+    "allpairs_loss",
+    "allpairs_loss_cached",
+    "feature_knn",
+    "pair_loss",
+    "qdist",
+    "sampled_feature_pair_loss",
+    "sampled_pairs",
+]

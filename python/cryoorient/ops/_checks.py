@@ -74,3 +74,27 @@ def check_values(name: str, t: Tensor, *, nonnegative: bool = False) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
     if bad_sign:
         raise ValueError(f"{name} contains negative values")
+
+
+def check_features(f: Tensor) -> None:
+    """Features must be finite with no all-zero row (cosines need a norm). Syncs once on CUDA."""
+    bad_finite = (~torch.isfinite(f)).any()
+    bad_zero = (f == 0).all(dim=1).any()
+    bad_finite, bad_zero = torch.stack([bad_finite, bad_zero]).tolist()
+    if bad_finite:
+        raise ValueError("features contain NaN or infinite values")
+    if bad_zero:
+        raise ValueError("features contain an all-zero row, whose cosine similarity is undefined")
+
+
+def check_row_block(rows, P: int) -> tuple[int, int]:
+    """rows = None (all) or (start, stop) with 0 <= start <= stop <= P; returns (start, stop)."""
+    if rows is None:
+        return 0, P
+    try:
+        start, stop = (int(r) for r in rows)
+    except (TypeError, ValueError):
+        raise TypeError(f"rows must be None or a (start, stop) pair of ints; got {rows!r}") from None
+    if not 0 <= start <= stop <= P:
+        raise IndexError(f"rows = ({start}, {stop}) must satisfy 0 <= start <= stop <= P = {P}")
+    return start, stop

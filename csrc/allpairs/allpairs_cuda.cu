@@ -1,0 +1,907 @@
+// CUDA all-pairs kernels.
+//
+// A CTA owns a 128 × 128 tile of pairs (rows row0.., columns col0..) at a time. The
+// tile engine computes the cosines Cs = F_rows · F_colsᵀ into shared memory:
+//   * bfloat16 / float16 features: tensor cores (WMMA 16×16×16, fp32 accumulation),
+//     3-stage cp.async pipeline over 64-byte k-slices;
+//   * float32 features: a plain fp32 SIMT tiled product (exact), or, for the kTF32 code
+//     (opt-in), the WMMA pipeline with TF32 operands (16×16×8).
+// An epilogue then turns the tile into loss + gradient, cache bytes, k-NN updates or
+// gradient-strip entries; nothing of size P × P is stored.
+//
+// Each CTA takes one row tile t and a chunk of kChunk column tiles (u ≥ t in the triangle
+// kernels), keeping the row quaternions and row-gradient sums of tile t in shared memory
+// across the chunk. Blocks are ordered so that CTAs running together share operands in
+// L2: groups of kRowGroup row tiles, chunk by chunk (see ChunkWork). Epilogue
+// thread layout: warp w takes rows w, w + 8, ..., lane l the 4 columns 4l..4l+3.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <type_traits>
+
+#include "allpairs/allpairs.h"
+#include "allpairs/allpairs_math.h"
+#include "cuda_utils.h"
+
+namespace cryoorient {
+using namespace allpairs;
+
+namespace {
+
+using namespace nvcuda;
+
+constexpr int BM = kTile, BN = kTile, NT = 256, NW = NT / 32;
+constexpr int kRowsPerWarp = BM / NW;  // 16
+constexpr int CLD = BN + 4;            // row stride of the cosine tile (floats)
+constexpr size_t kCsBytes = size_t(BM) * CLD * sizeof(float);
+constexpr int kChunk = 8;      // column tiles per CTA
+constexpr int kRowGroup = 32;  // row tiles per block group (L2 locality)
+constexpr unsigned kFull = 0xFFFFFFFFu;
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = pred ? 16 : 0;  // 0: fill the 16 bytes with zeros
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+__device__ __forceinline__ float dot4(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
+__device__ __forceinline__ void axpy4(float4& y, float k, float4 x) {
+  y.x = fmaf(k, x.x, y.x);
+  y.y = fmaf(k, x.y, y.y);
+  y.z = fmaf(k, x.z, y.z);
+  y.w = fmaf(k, x.w, y.w);
+}
+__device__ __forceinline__ float comp(float4 v, int x) { return x == 0 ? v.x : x == 1 ? v.y : x == 2 ? v.z : v.w; }
+
+// Work of block blockIdx.x of a grid from chunk_grid(Tr, Tc): row tile t and column tiles
+// [u_begin, u_end) (empty when the block falls outside the triangle or past the last row).
+struct ChunkWork {
+  int64_t t, u_begin, u_end;
+  __device__ ChunkWork(int64_t Tr, int64_t Tc, bool triangle) {
+    const int64_t M = ceil_div(Tc, kChunk), L = blockIdx.x;
+    const int64_t g = L / (kRowGroup * M), rem = L % (kRowGroup * M);
+    t = g * kRowGroup + rem % kRowGroup;
+    const int64_t m = rem / kRowGroup;
+    u_begin = triangle ? max(t, m * kChunk) : m * kChunk;
+    u_end = t < Tr ? min(Tc, (m + 1) * kChunk) : u_begin;
+  }
+};
+
+// ---------------------------------------------------------------------------------
+// Tile engines: Cs[r][c] = <F[row0 + r], F[col0 + c]> (rows ≥ P read as zeros) in the
+// first kCsBytes of smem. Each starts with __syncthreads (so the caller may still read
+// smem from the previous tile until then) and ends with one (Cs ready).
+
+// WMMA operand type and k-step: bf16/fp16 as 16×16×16, float as TF32 16×16×8.
+template <typename TF>
+struct MmaOperand {
+  using type = TF;
+  static constexpr int K = 16;
+};
+template <>
+struct MmaOperand<float> {
+  using type = wmma::precision::tf32;
+  static constexpr int K = 8;
+};
+
+template <typename TF>
+struct WmmaTile {
+  using Elem = TF;
+  static constexpr int V = 16 / sizeof(TF);                     // elements per 16-byte chunk
+  static constexpr int BK = 4 * V, LDS = BK + V, STAGES = 3;   // 64-byte k-slices, rows padded by 16 B
+  static constexpr int KS = MmaOperand<TF>::K;
+  static constexpr int kStage = (BM + BN) * LDS;  // elements
+  static_assert(size_t(STAGES) * kStage * sizeof(TF) <= kCsBytes, "pipeline buffers alias the cosine tile");
+
+  __device__ static void load_stage(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
+                                    int64_t k0, TF* As) {
+    TF* Bs = As + BM * LDS;
+#pragma unroll
+    for (int x = 0; x < (BM * 4) / NT; ++x) {  // 4 chunks per row
+      const int c = threadIdx.x + NT * x;
+      const int r = c >> 2, kc = (c & 3) * V;
+      const int64_t gr = row0 + r, gc = col0 + r;
+      cp_async16(As + r * LDS + kc, F + (gr < P ? gr : 0) * ld + k0 + kc, gr < P);
+      cp_async16(Bs + r * LDS + kc, F + (gc < P ? gc : 0) * ld + k0 + kc, gc < P);
+    }
+  }
+
+  template <typename Frag>
+  __device__ static void to_operand(Frag& f) {
+    if constexpr (std::is_same_v<TF, float>) {
+#pragma unroll
+      for (int t = 0; t < f.num_elements; ++t) f.x[t] = wmma::__float_to_tf32(f.x[t]);
+    }
+  }
+
+  __device__ static void run(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
+                             unsigned char* smem) {
+    using Op = typename MmaOperand<TF>::type;
+    TF* buf = reinterpret_cast<TF*>(smem);
+    float* Cs = reinterpret_cast<float*>(smem);
+    const int warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;  // warp tile 64 × 32
+    const int KT = static_cast<int>(ld / BK);
+    wmma::fragment<wmma::accumulator, 16, 16, KS, float> acc[4][2];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (s < KT) load_stage(F, P, ld, row0, col0, int64_t(s) * BK, buf + s * kStage);
+      cp_async_commit();
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+      cp_async_wait<STAGES - 2>();  // stage kt has landed (for this thread) ...
+      __syncthreads();              // ... for all threads; stage kt - 1 is free again
+      const int pre = kt + STAGES - 1;
+      if (pre < KT) load_stage(F, P, ld, row0, col0, int64_t(pre) * BK, buf + (pre % STAGES) * kStage);
+      cp_async_commit();
+      const TF* As = buf + (kt % STAGES) * kStage;
+      const TF* Bs = As + BM * LDS;
+#pragma unroll
+      for (int kk = 0; kk < BK; kk += KS) {
+        wmma::fragment<wmma::matrix_a, 16, 16, KS, Op, wmma::row_major> fa[4];
+        wmma::fragment<wmma::matrix_b, 16, 16, KS, Op, wmma::col_major> fb[2];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          wmma::load_matrix_sync(fa[i], As + (wm * 64 + i * 16) * LDS + kk, LDS);
+          to_operand(fa[i]);
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * LDS + kk, LDS);
+          to_operand(fb[j]);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done with the pipeline buffers that Cs overwrites
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        wmma::store_matrix_sync(Cs + (wm * 64 + i * 16) * CLD + wn * 32 + j * 16, acc[i][j], CLD,
+                                wmma::mem_row_major);
+    __syncthreads();
+  }
+};
+
+// Plain fp32 tiled product: 16 × 16 threads, each an 8 × 8 block of rows ty + 16·i
+// and columns tx + 16·j; k-slices of 16 staged transposed in shared memory.
+struct SimtTile {
+  using Elem = float;
+  static constexpr int BK = 16, LDT = BM + 4;
+  static_assert(2 * BK * LDT * sizeof(float) <= kCsBytes, "staging buffers alias the cosine tile");
+
+  __device__ static void run(const float* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
+                             unsigned char* smem) {
+    float* As = reinterpret_cast<float*>(smem);  // As[k][r] = F[row0 + r][k0 + k]
+    float* Bs = As + BK * LDT;
+    float* Cs = reinterpret_cast<float*>(smem);
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    float acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+    for (int64_t k0 = 0; k0 < ld; k0 += BK) {
+      __syncthreads();
+#pragma unroll
+      for (int x = 0; x < (BM * BK / 4) / NT; ++x) {  // float4 chunks: 4 per row of 16
+        const int c = tid + NT * x;
+        const int r = c >> 2, k4 = (c & 3) * 4;
+        const int64_t gr = row0 + r, gc = col0 + r;
+        const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+        const float4 va = gr < P ? __ldg(reinterpret_cast<const float4*>(F + gr * ld + k0 + k4)) : z;
+        const float4 vb = gc < P ? __ldg(reinterpret_cast<const float4*>(F + gc * ld + k0 + k4)) : z;
+        As[(k4 + 0) * LDT + r] = va.x;
+        As[(k4 + 1) * LDT + r] = va.y;
+        As[(k4 + 2) * LDT + r] = va.z;
+        As[(k4 + 3) * LDT + r] = va.w;
+        Bs[(k4 + 0) * LDT + r] = vb.x;
+        Bs[(k4 + 1) * LDT + r] = vb.y;
+        Bs[(k4 + 2) * LDT + r] = vb.z;
+        Bs[(k4 + 3) * LDT + r] = vb.w;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int k = 0; k < BK; ++k) {
+        float a[8], b[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) a[i] = As[k * LDT + ty + 16 * i];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) b[j] = Bs[k * LDT + tx + 16 * j];
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) Cs[(ty + 16 * i) * CLD + tx + 16 * j] = acc[i][j];
+    __syncthreads();
+  }
+};
+
+// Cosines of this thread's 4 columns in tile row rr.
+__device__ __forceinline__ float4 cs_row(const float* Cs, int rr, int lane) {
+  return *reinterpret_cast<const float4*>(Cs + rr * CLD + 4 * lane);
+}
+
+__device__ __forceinline__ void add4(float4& y, float4 x) {
+  y.x += x.x;
+  y.y += x.y;
+  y.z += x.z;
+  y.w += x.w;
+}
+
+// ---------------------------------------------------------------------------------
+// Loss + gradient (from features or from the cache).
+//
+// Per tile, thread (warp w, lane l) takes rows w + 8m (m < 16) × columns 4l..4l+3. The
+// gradient sums avoid per-row warp shuffles: each thread writes its partial sum for row
+// rr (over its 4 columns) into the cosine-tile slot it has just read, and its 4 column
+// partials to colred; after a barrier, two threads per row and one per column add the
+// partials up. Row sums stay in shared memory across the CTA's column chunk; column sums
+// go to global memory (atomics) after every tile.
+
+struct LossParams {
+  const void* F;
+  const float4* q;
+  const uint8_t* codes;
+  int64_t P, ld, s, e, Tr, Tc;
+  float cutoff;
+  double* loss;
+  float* gq;  // P × 4
+};
+
+// d_p of byte x of a cache word: the byte becomes float via 2^23 + byte, exactly.
+__device__ __forceinline__ float decode_byte(uint32_t w, int x) {
+  const float f = __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540u | x));
+  return (f - 8388608.0f) * kCodeStep;
+}
+
+constexpr size_t kLossSmem = kCsBytes + size_t(NW) * BN * sizeof(float4) + 2 * BM * sizeof(float4);
+
+// kCut: a finite weight cutoff (otherwise every pair has weight 1).
+template <typename Tile, int kKind, bool kCache, bool kCut>
+__global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ float wsum[NW];
+  float* Cs = reinterpret_cast<float*>(smem);                   // [BM][CLD] cosines, then row partials
+  float4* colred = reinterpret_cast<float4*>(smem + kCsBytes);  // [NW][4][32] column partials
+  float4* rowq = colred + NW * BN;                              // [BM] row quaternions
+  float4* rowacc = rowq + BM;                                   // [BM] row gradient sums
+
+  const ChunkWork work(p.Tr, p.Tc, true);
+  const int64_t t = work.t, u_begin = work.u_begin, u_end = work.u_end;
+  if (u_begin >= u_end) return;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int64_t row0 = p.s + t * BM;
+  const int nr = static_cast<int>(min(int64_t(BM), p.e - row0));
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (tid < BM) {
+    rowq[tid] = row0 + tid < p.P ? p.q[row0 + tid] : zero;
+    rowacc[tid] = zero;
+  }
+  __syncthreads();
+
+  // Cache words of this thread's rows in tile u, fetched one tile ahead.
+  uint32_t next[kRowsPerWarp];
+  auto fetch = [&](int64_t u) {
+    const uint8_t* tile = p.codes + tri_tile_index(t, u, p.Tc) * kTileBytes + warp * BN + 4 * lane;
+#pragma unroll
+    for (int m = 0; m < kRowsPerWarp; ++m) next[m] = __ldg(reinterpret_cast<const uint32_t*>(tile + NW * BN * m));
+  };
+  if (kCache) fetch(u_begin);
+
+  float loss = 0.0f;
+  for (int64_t u = u_begin; u < u_end; ++u) {
+    const int64_t col0 = p.s + u * BN;
+    uint32_t words[kRowsPerWarp];
+    if constexpr (kCache) {
+#pragma unroll
+      for (int m = 0; m < kRowsPerWarp; ++m) words[m] = next[m];
+      if (u + 1 < u_end) fetch(u + 1);
+    } else {
+      Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
+    }
+    const int nc = static_cast<int>(min(int64_t(BN), p.P - col0));
+    const bool diag = u == t;
+    float4 b[4], cacc[4];
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      b[x] = 4 * lane + x < nc ? p.q[col0 + 4 * lane + x] : zero;
+      cacc[x] = zero;
+    }
+    auto pairs = [&](auto interior) {
+      constexpr int kUnroll = kCache ? kRowsPerWarp : 2;  // cache words must stay in registers
+#pragma unroll kUnroll
+      for (int m = 0; m < kRowsPerWarp; ++m) {
+        const int rr = warp + NW * m;
+        const float4 a = rowq[rr];
+        float dp[4];
+        if constexpr (kCache) {
+#pragma unroll
+          for (int x = 0; x < 4; ++x) dp[x] = decode_byte(words[m], x);
+        } else {
+          const float4 c4 = cs_row(Cs, rr, lane);
+#pragma unroll
+          for (int x = 0; x < 4; ++x) dp[x] = feature_distance<kKind>(comp(c4, x));
+        }
+        float4 racc = zero;
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const int jc = 4 * lane + x;
+          bool valid = !kCut || dp[x] <= p.cutoff;
+          if (!decltype(interior)::value) valid = valid && rr < nr && jc < nc && (!diag || jc > rr);
+          float k;
+          const float l = pair_loss(dp[x], dot4(a, b[x]), &k);
+          if (valid) loss += l;
+          k = valid ? k : 0.0f;
+          axpy4(racc, k, b[x]);
+          axpy4(cacc[x], k, a);
+        }
+        *reinterpret_cast<float4*>(Cs + rr * CLD + 4 * lane) = racc;  // the slot just read
+      }
+    };
+    if (!diag && nr == BM && nc == BN)
+      pairs(std::true_type{});
+    else
+      pairs(std::false_type{});
+    {
+#pragma unroll
+      for (int x = 0; x < 4; ++x) colred[(warp * 4 + x) * 32 + lane] = cacc[x];
+      __syncthreads();
+      {  // row rr = tid / 2: half h adds 16 of its 32 partials, then the pair combines
+        const int rr = tid >> 1, h = tid & 1;
+        float4 sum = zero;
+#pragma unroll
+        for (int v = 0; v < 16; ++v) add4(sum, *reinterpret_cast<const float4*>(Cs + rr * CLD + (16 * h + v) * 4));
+        sum.x += __shfl_xor_sync(kFull, sum.x, 1);
+        sum.y += __shfl_xor_sync(kFull, sum.y, 1);
+        sum.z += __shfl_xor_sync(kFull, sum.z, 1);
+        sum.w += __shfl_xor_sync(kFull, sum.w, 1);
+        if (h == 0) add4(rowacc[rr], sum);
+      }
+      if (tid < nc) {  // column col0 + tid: lane tid / 4, slot tid % 4 of every warp
+        float4 sum = zero;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) add4(sum, colred[(w * 4 + (tid & 3)) * 32 + (tid >> 2)]);
+        float* g = p.gq + 4 * (col0 + tid);
+        atomicAdd(g + 0, 4.0f * sum.x);
+        atomicAdd(g + 1, 4.0f * sum.y);
+        atomicAdd(g + 2, 4.0f * sum.z);
+        atomicAdd(g + 3, 4.0f * sum.w);
+      }
+      if (kCache) __syncthreads();  // Cs and colred are rewritten by the next tile
+    }
+  }
+  {
+    __syncthreads();
+    if (tid < nr) {
+      float* g = p.gq + 4 * (row0 + tid);
+      const float4 v = rowacc[tid];
+      atomicAdd(g + 0, 4.0f * v.x);
+      atomicAdd(g + 1, 4.0f * v.y);
+      atomicAdd(g + 2, 4.0f * v.z);
+      atomicAdd(g + 3, 4.0f * v.w);
+    }
+  }
+  loss = warp_sum(loss);
+  if (lane == 0) wsum[warp] = loss;
+  __syncthreads();
+  if (tid == 0) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) total += wsum[w];
+    atomicAdd(p.loss, static_cast<double>(total));
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Cache build: tile (t, u) of cosines -> 16 KiB of codes.
+
+struct CacheParams {
+  const void* F;
+  uint8_t* codes;
+  int64_t P, ld, s, e, Tr, Tc;
+};
+
+template <typename Tile, int kKind>
+__global__ void __launch_bounds__(NT, 2) cache_build_kernel(CacheParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const ChunkWork work(p.Tr, p.Tc, true);
+  const int64_t t = work.t;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row0 = p.s + t * BM;
+  for (int64_t u = work.u_begin; u < work.u_end; ++u) {
+    const int64_t col0 = p.s + u * BN;
+    Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
+    uint8_t* tile = p.codes + tri_tile_index(t, u, p.Tc) * kTileBytes;
+    for (int m = 0; m < kRowsPerWarp; ++m) {
+      const int rr = warp + NW * m;
+      const int64_t i = row0 + rr;
+      const float4 c4 = cs_row(reinterpret_cast<const float*>(smem), rr, lane);
+      uint32_t word = 0;
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int64_t j = col0 + 4 * lane + x;
+        if (j > i && j < p.P && i < p.e)
+          word |= uint32_t(encode_distance(feature_distance<kKind>(comp(c4, x)))) << (8 * x);
+      }
+      *reinterpret_cast<uint32_t*>(tile + rr * BN + 4 * lane) = word;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Gradient strip: G[k - k0][j - s] = ∂L/∂c_kj over rows [k0, k1) × columns [s, P).
+
+struct StripParams {
+  const void* F;
+  const float4* q;
+  float* G;
+  int64_t P, ld, s, e, k0, k1, ldg, Tk, Tc;
+  float cutoff;
+};
+
+template <typename Tile, int kKind>
+__global__ void __launch_bounds__(NT, 2) grad_strip_kernel(StripParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const ChunkWork work(p.Tk, p.Tc, false);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row0 = p.k0 + work.t * BM;
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int64_t u = work.u_begin; u < work.u_end; ++u) {
+    const int64_t col0 = p.s + u * BN;
+    Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
+    const int64_t jj = col0 - p.s + 4 * lane;  // first of this thread's 4 columns, relative to s
+    float4 b[4];
+#pragma unroll
+    for (int x = 0; x < 4; ++x) b[x] = col0 + 4 * lane + x < p.P ? p.q[col0 + 4 * lane + x] : zero;
+    for (int m = 0; m < kRowsPerWarp; ++m) {
+      const int64_t k = row0 + warp + NW * m;
+      if (k >= p.k1) break;
+      const float4 a = p.q[k];
+      const float4 c4 = cs_row(reinterpret_cast<const float*>(smem), warp + NW * m, lane);
+      float g[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int64_t j = col0 + 4 * lane + x;
+        g[x] = 0.0f;
+        if (j < p.P && j != k && min(j, k) < p.e) {
+          float dd;
+          const float dp = feature_distance<kKind>(comp(c4, x), &dd);
+          if (dp <= p.cutoff) g[x] = 2.0f * (dp - orientation_distance(dot4(a, b[x]))) * dd;
+        }
+      }
+      if (jj < p.ldg)
+        *reinterpret_cast<float4*>(p.G + (k - p.k0) * p.ldg + jj) = make_float4(g[0], g[1], g[2], g[3]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// k nearest neighbours: one CTA per row tile sweeps every column tile; the sorted
+// lists (best first) live in shared memory, one row per warp at a time, lane l holding
+// entry l while a row is updated.
+
+struct KnnParams {
+  const void* F;
+  float* dist;
+  int64_t* index;
+  int64_t P, ld, r0, r1;
+  int kind, k;
+};
+
+template <typename Tile>
+__global__ void __launch_bounds__(NT) knn_kernel(KnnParams p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* keys = reinterpret_cast<float*>(smem + kCsBytes);  // [BM][32]
+  int* ids = reinterpret_cast<int*>(keys + BM * 32);        // [BM][32]
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, K = p.k;
+  const int64_t row0 = p.r0 + int64_t(blockIdx.x) * BM;
+  for (int idx = tid; idx < BM * 32; idx += NT) {
+    keys[idx] = -FLT_MAX;
+    ids[idx] = INT_MAX;
+  }
+  for (int64_t col0 = 0; col0 < p.P; col0 += BN) {
+    Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
+    for (int m = 0; m < kRowsPerWarp; ++m) {
+      const int rr = warp + NW * m;
+      const int i = static_cast<int>(row0 + rr);
+      if (row0 + rr >= p.r1) break;
+      const float4 c4 = cs_row(reinterpret_cast<const float*>(smem), rr, lane);
+      float* kr = keys + rr * 32;
+      int* ir = ids + rr * 32;
+      const float thk = kr[K - 1];
+      const int thi = ir[K - 1];
+      float key[4];
+      int jx[4];
+      bool cand[4];
+      bool any = false;
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const float c = comp(c4, x);
+        key[x] = p.kind == kSNN ? c : fabsf(c);
+        jx[x] = static_cast<int>(col0) + 4 * lane + x;
+        cand[x] = jx[x] < p.P && jx[x] != i && knn_before(key[x], jx[x], thk, thi);
+        any |= cand[x];
+      }
+      unsigned mask = __ballot_sync(kFull, any);
+      if (!mask) continue;
+      float lk = lane < K ? kr[lane] : -FLT_MAX;
+      int li = lane < K ? ir[lane] : INT_MAX;
+      while (mask) {
+        const int src = __ffs(mask) - 1;
+        mask &= mask - 1;
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const bool cv = __shfl_sync(kFull, int(cand[x]), src);
+          const float ck = __shfl_sync(kFull, key[x], src);
+          const int ci = __shfl_sync(kFull, jx[x], src);
+          const float tk = __shfl_sync(kFull, lk, K - 1);
+          const int ti = __shfl_sync(kFull, li, K - 1);
+          if (!cv || !knn_before(ck, ci, tk, ti)) continue;  // uniform across the warp
+          const int pos = __popc(__ballot_sync(kFull, lane < K && knn_before(lk, li, ck, ci)));
+          const float upk = __shfl_up_sync(kFull, lk, 1);
+          const int upi = __shfl_up_sync(kFull, li, 1);
+          if (lane == pos) {
+            lk = ck;
+            li = ci;
+          } else if (lane > pos) {
+            lk = upk;
+            li = upi;
+          }
+        }
+      }
+      if (lane < K) {
+        kr[lane] = lk;
+        ir[lane] = li;
+      }
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < BM * K; idx += NT) {
+    const int r = idx / K, m = idx % K;
+    if (row0 + r >= p.r1) continue;
+    const int64_t o = (row0 + r - p.r0) * K + m;
+    p.dist[o] = feature_distance<kSNN>(keys[r * 32 + m]);  // snn keys are c, signless |c|
+    p.index[o] = ids[r * 32 + m];
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Sampled pairs: one warp per pair; rows are read as 16-byte vectors.
+
+template <typename H2>
+__device__ __forceinline__ float2 to_float2(H2 v);
+template <>
+__device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) {
+  return __bfloat1622float2(v);
+}
+template <>
+__device__ __forceinline__ float2 to_float2(__half2 v) {
+  return __half22float2(v);
+}
+template <typename TF>
+struct Pair2;
+template <>
+struct Pair2<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+};
+template <>
+struct Pair2<__half> {
+  using type = __half2;
+};
+
+// 8 elements of a and b as floats.
+template <typename TF>
+__device__ __forceinline__ void load8(const TF* a, float* out) {
+  using H2 = typename Pair2<TF>::type;
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(a));
+  const H2* h = reinterpret_cast<const H2*>(&v);
+#pragma unroll
+  for (int x = 0; x < 4; ++x) {
+    const float2 f = to_float2(h[x]);
+    out[2 * x] = f.x;
+    out[2 * x + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void load4(const float* a, float* out) {
+  const float4 v = __ldg(reinterpret_cast<const float4*>(a));
+  out[0] = v.x;
+  out[1] = v.y;
+  out[2] = v.z;
+  out[3] = v.w;
+}
+
+template <typename TF>
+struct RowVec {
+  static constexpr int V = 8;
+  __device__ static void load(const TF* a, float* out) { load8(a, out); }
+};
+template <>
+struct RowVec<float> {
+  static constexpr int V = 4;
+  __device__ static void load(const float* a, float* out) { load4(a, out); }
+};
+
+template <typename TF>
+__device__ float warp_row_dot(const TF* a, const TF* b, int64_t ld) {
+  constexpr int V = RowVec<TF>::V;
+  float s = 0.0f;
+  for (int64_t c = int64_t(threadIdx.x & 31) * V; c < ld; c += 32 * V) {
+    float x[V], y[V];
+    RowVec<TF>::load(a + c, x);
+    RowVec<TF>::load(b + c, y);
+#pragma unroll
+    for (int v = 0; v < V; ++v) s = fmaf(x[v], y[v], s);
+  }
+  return warp_sum(s);
+}
+
+struct SampledParams {
+  const void* F;
+  const float4* q;
+  int64_t P, ld, n;
+  uint64_t key;
+  float cutoff;
+};
+
+__global__ void sampled_pairs_kernel(uint64_t key, int64_t P, int64_t n, int64_t* i, int64_t* j) {
+  for (int64_t m = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; m < n; m += int64_t(gridDim.x) * blockDim.x)
+    sampled_pair(key, m, P, i + m, j + m);
+}
+
+template <typename TF, int kKind>
+__global__ void __launch_bounds__(NT) sampled_loss_kernel(SampledParams p, double* loss_out, float* gq) {
+  __shared__ float wsum[NW];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t nwarps = int64_t(gridDim.x) * NW;
+  const TF* F = static_cast<const TF*>(p.F);
+  float loss = 0.0f;
+  for (int64_t n = int64_t(blockIdx.x) * NW + warp; n < p.n; n += nwarps) {
+    int64_t i, j;
+    sampled_pair(p.key, n, p.P, &i, &j);
+    const float dp = feature_distance<kKind>(warp_row_dot(F + i * p.ld, F + j * p.ld, p.ld));
+    if (!(dp <= p.cutoff)) continue;
+    const float4 a = p.q[i], b = p.q[j];
+    float k;
+    const float l = pair_loss(dp, dot4(a, b), &k);
+    if (lane == 0) loss += l;
+    if (lane < 4) {
+      atomicAdd(gq + 4 * i + lane, 4.0f * k * comp(b, lane));
+      atomicAdd(gq + 4 * j + lane, 4.0f * k * comp(a, lane));
+    }
+  }
+  if (lane == 0) wsum[warp] = loss;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) total += wsum[w];
+    atomicAdd(loss_out, static_cast<double>(total));
+  }
+}
+
+template <typename TF, int kKind>
+__global__ void __launch_bounds__(NT) sampled_grad_features_kernel(SampledParams p, float scale, float* gf) {
+  constexpr int V = RowVec<TF>::V;
+  const int lane = threadIdx.x & 31;
+  const int64_t nwarps = int64_t(gridDim.x) * NW;
+  const TF* F = static_cast<const TF*>(p.F);
+  for (int64_t n = int64_t(blockIdx.x) * NW + (threadIdx.x >> 5); n < p.n; n += nwarps) {
+    int64_t i, j;
+    sampled_pair(p.key, n, p.P, &i, &j);
+    const TF* fi = F + i * p.ld;
+    const TF* fj = F + j * p.ld;
+    float dd;
+    const float dp = feature_distance<kKind>(warp_row_dot(fi, fj, p.ld), &dd);
+    if (!(dp <= p.cutoff)) continue;
+    const float g = scale * 2.0f * (dp - orientation_distance(dot4(p.q[i], p.q[j]))) * dd;
+    if (g == 0.0f) continue;
+    for (int64_t c = int64_t(lane) * V; c < p.ld; c += 32 * V) {
+      float x[V], y[V];
+      RowVec<TF>::load(fi + c, x);
+      RowVec<TF>::load(fj + c, y);
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        atomicAdd(gf + i * p.ld + c + v, g * y[v]);
+        atomicAdd(gf + j * p.ld + c + v, g * x[v]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Launch helpers.
+
+// Tile engine for a feature dtype code: fn(SimtTile{}) for float32, fn(WmmaTile<T>{}) for
+// bfloat16/float16, and TF32 tensor cores for kTF32 (float32 data).
+template <typename Fn>
+void dispatch_tiles(int fdtype, Fn&& fn) {
+  switch (fdtype) {
+    case kF32: return fn(SimtTile{});
+    case kTF32: return fn(WmmaTile<float>{});
+    case kBF16: return fn(WmmaTile<__nv_bfloat16>{});
+    case kF16: return fn(WmmaTile<__half>{});
+    default: fail("CUDA all-pairs kernels take float32, bfloat16 or float16 features");
+  }
+}
+
+// Feature element type: fn(float{}), fn(__nv_bfloat16{}) or fn(__half{}).
+template <typename Fn>
+void dispatch_elements(int fdtype, Fn&& fn) {
+  dispatch_tiles(fdtype, [&](auto tile) { fn(typename decltype(tile)::Elem{}); });
+}
+
+void check_features(const AllPairsArgs& a) {
+  if (a.ld % 32 != 0) fail("CUDA all-pairs kernels need feature rows padded to a multiple of 32");
+  if (a.P >= (int64_t(1) << 31) - BN) fail("CUDA all-pairs kernels support P < 2^31");
+}
+
+template <typename Kernel, typename... Args>
+void launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const char* what, Args... args) {
+  if (smem > 48 * 1024)
+    cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+               what);
+  kernel<<<grid, NT, smem, stream>>>(args...);
+  cuda_check(cudaGetLastError(), what);
+}
+
+// Blocks for ChunkWork: row tiles rounded up to whole groups, times column chunks.
+dim3 chunk_grid(int64_t Tr, int64_t Tc) {
+  const int64_t n = ceil_div(Tr, kRowGroup) * kRowGroup * ceil_div(Tc, kChunk);
+  if (n > INT_MAX) fail("too many projections for the CUDA grid");
+  return dim3(static_cast<unsigned>(n));
+}
+
+void loss_launch(const AllPairsArgs& a, const uint8_t* codes, double* loss, void* grad_q, int device,
+                 std::uintptr_t stream) {
+  if (!grad_q) fail("the CUDA all-pairs loss needs a gradient buffer");
+  if (a.row_stop <= a.row_start) return;
+  DeviceGuard guard(device);
+  const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
+  const LossParams p{a.f, static_cast<const float4*>(a.q),   codes, a.P, a.ld, a.row_start, a.row_stop, Tr,
+                     Tc,  static_cast<float>(a.cutoff), loss,  static_cast<float*>(grad_q)};
+  const dim3 grid = chunk_grid(Tr, Tc);
+  const cudaStream_t s = as_stream(stream);
+  const bool cut = std::isfinite(a.cutoff);
+  if (codes) {
+    if (cut)
+      launch(loss_kernel<SimtTile, kSNN, true, true>, grid, kLossSmem, s, "allpairs_cache_loss", p);
+    else
+      launch(loss_kernel<SimtTile, kSNN, true, false>, grid, kLossSmem, s, "allpairs_cache_loss", p);
+    return;
+  }
+  check_features(a);
+  dispatch_tiles(a.fdtype, [&](auto tile) {
+    dispatch_distance(a.distance, [&](auto kind) {
+      using Tile = decltype(tile);
+      constexpr int K = decltype(kind)::value;
+      if (cut)
+        launch(loss_kernel<Tile, K, false, true>, grid, kLossSmem, s, "allpairs_loss", p);
+      else
+        launch(loss_kernel<Tile, K, false, false>, grid, kLossSmem, s, "allpairs_loss", p);
+    });
+  });
+}
+
+}  // namespace
+
+void allpairs_loss_cuda(const AllPairsArgs& a, double* loss, void* grad_q, int device, std::uintptr_t stream) {
+  loss_launch(a, nullptr, loss, grad_q, device, stream);
+}
+
+void allpairs_cache_loss_cuda(const AllPairsArgs& a, const uint8_t* codes, double* loss, void* grad_q, int device,
+                              std::uintptr_t stream) {
+  loss_launch(a, codes, loss, grad_q, device, stream);
+}
+
+void allpairs_cache_build_cuda(const AllPairsArgs& a, uint8_t* codes, int device, std::uintptr_t stream) {
+  if (a.row_stop <= a.row_start) return;
+  check_features(a);
+  DeviceGuard guard(device);
+  const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
+  const CacheParams p{a.f, codes, a.P, a.ld, a.row_start, a.row_stop, Tr, Tc};
+  dispatch_tiles(a.fdtype, [&](auto tile) {
+    dispatch_distance(a.distance, [&](auto kind) {
+      launch(cache_build_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tr, Tc), kCsBytes,
+             as_stream(stream), "allpairs_cache_build", p);
+    });
+  });
+}
+
+void allpairs_grad_strip_cuda(const AllPairsArgs& a, int64_t k0, int64_t k1, void* G, int64_t ldg, int device,
+                              std::uintptr_t stream) {
+  if (k1 <= k0) return;
+  check_features(a);
+  if (ldg % 4 != 0) fail("gradient strip stride must be a multiple of 4");
+  DeviceGuard guard(device);
+  const int64_t Tk = ceil_div(k1 - k0, BM), Tc = ceil_div(a.P - a.row_start, BN);
+  const StripParams p{a.f,        static_cast<const float4*>(a.q), static_cast<float*>(G), a.P, a.ld, a.row_start,
+                      a.row_stop, k0, k1, ldg, Tk, Tc, static_cast<float>(a.cutoff)};
+  dispatch_tiles(a.fdtype, [&](auto tile) {
+    dispatch_distance(a.distance, [&](auto kind) {
+      launch(grad_strip_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tk, Tc), kCsBytes,
+             as_stream(stream), "allpairs_grad_strip", p);
+    });
+  });
+}
+
+void allpairs_knn_cuda(const AllPairsArgs& a, int k, void* dist, int64_t* index, int device, std::uintptr_t stream) {
+  if (a.row_stop <= a.row_start) return;
+  check_features(a);
+  DeviceGuard guard(device);
+  const KnnParams p{a.f, static_cast<float*>(dist), index, a.P, a.ld, a.row_start, a.row_stop, a.distance, k};
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.row_stop - a.row_start, BM)));
+  const size_t smem = kCsBytes + size_t(BM) * 32 * (sizeof(float) + sizeof(int));
+  dispatch_tiles(a.fdtype, [&](auto tile) {
+    launch(knn_kernel<decltype(tile)>, grid, smem, as_stream(stream), "allpairs_knn", p);
+  });
+}
+
+void sampled_pairs_cuda(uint64_t key, int64_t P, int64_t n_pairs, int64_t* i, int64_t* j, int device,
+                        std::uintptr_t stream) {
+  if (n_pairs == 0) return;
+  DeviceGuard guard(device);
+  sampled_pairs_kernel<<<blocks_for(n_pairs, NT), NT, 0, as_stream(stream)>>>(key, P, n_pairs, i, j);
+  cuda_check(cudaGetLastError(), "sampled_pairs");
+}
+
+void sampled_loss_cuda(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, double* loss, void* grad_q, int device,
+                       std::uintptr_t stream) {
+  if (!grad_q) fail("the CUDA sampled loss needs a gradient buffer");
+  if (n_pairs == 0) return;
+  check_features(a);
+  DeviceGuard guard(device);
+  const SampledParams p{a.f, static_cast<const float4*>(a.q), a.P, a.ld, n_pairs, key, static_cast<float>(a.cutoff)};
+  const dim3 grid(blocks_for(n_pairs, NW));
+  dispatch_elements(a.fdtype, [&](auto tag) {
+    dispatch_distance(a.distance, [&](auto kind) {
+      launch(sampled_loss_kernel<decltype(tag), decltype(kind)::value>, grid, 0, as_stream(stream), "sampled_loss", p,
+             loss, static_cast<float*>(grad_q));
+    });
+  });
+}
+
+void sampled_grad_features_cuda(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, double scale, void* grad_f,
+                                int device, std::uintptr_t stream) {
+  if (n_pairs == 0) return;
+  check_features(a);
+  DeviceGuard guard(device);
+  const SampledParams p{a.f, static_cast<const float4*>(a.q), a.P, a.ld, n_pairs, key, static_cast<float>(a.cutoff)};
+  dispatch_elements(a.fdtype, [&](auto tag) {
+    dispatch_distance(a.distance, [&](auto kind) {
+      launch(sampled_grad_features_kernel<decltype(tag), decltype(kind)::value>, dim3(blocks_for(n_pairs, NW)), 0,
+             as_stream(stream), "sampled_grad_features", p, static_cast<float>(scale), static_cast<float*>(grad_f));
+    });
+  });
+}
+
+}  // namespace cryoorient
