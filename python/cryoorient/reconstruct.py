@@ -59,7 +59,7 @@ class FourierInserter:
     def insert(self, images: Tensor, rotations: Tensor, ctf: Optional[Tensor] = None) -> None:
         """Add a batch: images (B, n, n) real, rotations (B, 3, 3) RELION A, ctf (B, n_pad, n_pad//2+1) or None."""
         B, n = images.shape[0], self.n
-        p, off = self.p, (self.p - self.n) // 2
+        p, off = self.p, self.p // 2 - self.n // 2  # centre n//2 -> p//2 (odd n too)
         padded = torch.zeros(B, p, p, dtype=torch.float32, device=self.device)
         padded[:, off : off + n, off : off + n] = images.to(self.device, torch.float32)
         # Centre pixel n//2 sits at p//2 after padding; move it to index 0 before the FFT.
@@ -98,7 +98,7 @@ class FourierInserter:
         re_f, im_f, w_f = re + flip(re), im - flip(im), w + flip(w)
         spec = torch.complex(re_f, im_f) / w_f.clamp_min(self.floor)
         vol = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(spec)).real)
-        off = (p - n) // 2
+        off = p // 2 - n // 2
         vol = vol[off : off + n, off : off + n, off : off + n]
         x = (torch.arange(n, device=vol.device, dtype=torch.float32) - n // 2) / p
         s = torch.sinc(x) ** 2
