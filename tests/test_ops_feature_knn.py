@@ -59,7 +59,10 @@ def test_knn_recovers_neighbours_of_quaternion_features():
 def test_cuda_knn_large(dtype):
     f = _features(5000, 96, seed=3, dtype=dtype)
     d, idx = ops.feature_knn(f.cuda(), 32, "signless")
-    _assert_matches_topk(f, d, idx, 32, "signless", min_agree=0.99)
+    # Half-precision products are exact, but their float32 sums over n_f = 96 terms round
+    # at ~1e-6 relative, which 2·arccos turns into ~1e-5 rad: near-ties may swap at that scale.
+    atol = 1e-5 if dtype == torch.float32 else 1e-4
+    _assert_matches_topk(f, d, idx, 32, "signless", atol=atol, min_agree=0.99)
 
 
 def test_knn_bad_inputs():
