@@ -25,18 +25,19 @@ import torch
 class DemoSettings:
     """Sizes in pixels, lengths in Å, SNR in dB, times in seconds."""
 
-    box: int = 40
-    voxel_size: float = 3.0
-    resolution: float = 8.0
+    box: int = 32
+    voxel_size: float = 3.75
+    resolution: float = 9.0
     n_test: int = 1000
-    snr_db: float | None = 0.0
+    snr_db: float | None = None
     arch: str = "paper"
     widths: tuple = (16, 32, 64, 128, 128, 256, 256)
-    train_epochs: int = 12
+    train_epochs: int = 40
     train_steps_per_epoch: int = 50
     batch_size: int = 128
     recover_restarts: int = 4
     recover_steps: int = 1500
+    cutoff: float | None = None
     seed: int = 0
 
     @classmethod
@@ -94,7 +95,7 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
     t0 = time.perf_counter()
     features = image_features(model, data.images, progress=progress)
     result = recover_from_features(model, features, restarts=s.recover_restarts, steps=s.recover_steps,
-                                   seed=s.seed, device=device, progress=progress)
+                                   cutoff=s.cutoff, seed=s.seed, device=device, progress=progress)
     result.plot(str(out / "recovery_loss.png"))
     write_recovered_star(data.particles, result.orientations, out / "recovered.star")
     times["recover"] = time.perf_counter() - t0

@@ -30,14 +30,28 @@ def image_features(model, images, *, batch_size: int = 512, progress: bool = Fal
     return torch.cat(chunks)
 
 
+DENSE_LIMIT = 8192  # up to this many projections d̂ is computed once for all pairs (≤ 256 MiB)
+
+
 def recover_from_features(model, features: Tensor, **options) -> RecoveryResult:
-    """Recover orientations with d̂_ij = model.distance(f_i, f_j) (options: see ``recover_orientations``)."""
+    """Recover orientations with d̂_ij = model.distance(f_i, f_j) (options: see ``recover_orientations``).
+
+    Up to ``DENSE_LIMIT`` projections the distance matrix is computed once (in row blocks)
+    and looked up; beyond, d̂ is computed for each sampled batch of pairs.
+    """
     f = features
+    P = f.shape[0]
+    if P <= DENSE_LIMIT:
+        D = torch.cat([model.pairwise_distance(f[s : s + 1024], f) for s in range(0, P, 1024)])
 
-    def distance(i: Tensor, j: Tensor) -> Tensor:
-        return model.distance(f[i.to(f.device)], f[j.to(f.device)]).to(i.device)
+        def distance(i: Tensor, j: Tensor) -> Tensor:
+            return D[i.to(D.device), j.to(D.device)].to(i.device)
+    else:
 
-    return recover_orientations(DistanceFunction(distance, f.shape[0]), **options)
+        def distance(i: Tensor, j: Tensor) -> Tensor:
+            return model.distance(f[i.to(f.device)], f[j.to(f.device)]).to(i.device)
+
+    return recover_orientations(DistanceFunction(distance, P), **options)
 
 
 def write_recovered_star(particles, q: Tensor, path, overwrite: bool = False) -> Path:
