@@ -17,6 +17,10 @@ except ImportError as err:  # pragma: no cover - depends on the installation
         f"({err}). Install the package with `pip install .` from the source tree."
     ) from err
 
+# PyTorch's current CUDA stream of a device as a raw handle, without building a Stream object
+# (the function inductor's generated code uses; absent from CPU-only builds).
+_current_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
 FLOAT_CODES = {torch.float32: 0, torch.float64: 1}
 INDEX_CODES = {torch.int32: 0, torch.int64: 1}
 
@@ -34,5 +38,8 @@ def launch_args(t: torch.Tensor) -> tuple[int, int, int]:
                 "cryoorient was built without CUDA kernels; reinstall on a machine with nvcc "
                 "(CRYOORIENT_CUDA=ON) or move the tensors to the CPU"
             )
-        return t.device.index, torch.cuda.current_stream(t.device).cuda_stream, 1
+        index = t.get_device()
+        if _current_raw_stream is not None:
+            return index, _current_raw_stream(index), 1
+        return index, torch.cuda.current_stream(index).cuda_stream, 1
     return -1, 0, torch.get_num_threads()

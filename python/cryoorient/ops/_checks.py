@@ -23,11 +23,15 @@ def check_tensor(name: str, t: object, dtypes, shape: tuple) -> Tensor:
 
 
 def check_same_device(**tensors: Tensor) -> torch.device:
-    devices = {name: t.device for name, t in tensors.items() if t is not None}
-    first = next(iter(devices.values()))
-    if any(d != first for d in devices.values()):
-        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"all inputs must be on one device; got {listing}")
+    first = None
+    for t in tensors.values():
+        if t is None:
+            continue
+        if first is None:
+            first = t.device
+        elif t.device != first:
+            listing = ", ".join(f"{n} on {t.device}" for n, t in tensors.items() if t is not None)
+            raise ValueError(f"all inputs must be on one device; got {listing}")
     return first
 
 

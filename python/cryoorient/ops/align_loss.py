@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .._ext import FLOAT_CODES, _C, launch_args
 from ._checks import FLOATS, check_quaternions, check_same_device, check_tensor, check_values
+from ._direct import autograd_function, call, direct
 
 
 def align_loss(
@@ -64,11 +65,12 @@ def align_loss(
         if group is not None:
             check_quaternions(group, "group")
     need_grad = angles.requires_grad and torch.is_grad_enabled()
+    if direct(angles, reflect, q_true, q_est, group):
+        return call(_AlignLoss, angles, reflect, q_true, q_est, group, need_grad)[0]
     return _align_loss(angles, reflect, q_true, q_est, group, need_grad)[0]
 
 
-@torch.library.custom_op("cryoorient::align_loss", mutates_args=())
-def _align_loss(
+def _align_loss_impl(
     angles: Tensor, reflect: Tensor, q_true: Tensor, q_est: Tensor, group: Optional[Tensor], need_grad: bool
 ) -> tuple[Tensor, Tensor]:
     K, P = angles.shape[0], q_true.shape[0]
@@ -87,20 +89,13 @@ def _align_loss(
     return loss, grad
 
 
+_align_loss = torch.library.custom_op("cryoorient::align_loss", _align_loss_impl, mutates_args=())
+
+
 @_align_loss.register_fake
 def _(angles, reflect, q_true, q_est, group, need_grad):
     K = angles.shape[0]
     return angles.new_empty(K), angles.new_empty(K if need_grad else 0, 6)
-
-
-@torch.library.custom_op("cryoorient::align_loss_backward", mutates_args=())
-def _align_loss_backward(grad_loss: Tensor, grad_angles: Tensor) -> Tensor:
-    return grad_loss[:, None] * grad_angles
-
-
-@_align_loss_backward.register_fake
-def _(grad_loss, grad_angles):
-    return torch.empty_like(grad_angles)
 
 
 def _setup_context(ctx, inputs, output):
@@ -115,7 +110,8 @@ def _backward(ctx, grad_loss, _grad_unused):
         raise RuntimeError("align_loss was evaluated without its gradient (angles did not require grad)")
     if torch.is_grad_enabled():
         raise RuntimeError("align_loss is differentiable once: double backward (create_graph=True) is not supported")
-    return _align_loss_backward(grad_loss.contiguous(), grad_angles), None, None, None, None, None
+    return grad_loss[:, None] * grad_angles, None, None, None, None, None
 
 
 _align_loss.register_autograd(_backward, setup_context=_setup_context)
+_AlignLoss = autograd_function("_AlignLoss", _align_loss_impl, _setup_context, _backward)

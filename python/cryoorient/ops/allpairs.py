@@ -39,6 +39,7 @@ from ._checks import (
     check_same_device,
     check_tensor,
 )
+from ._direct import autograd_function, call, direct, in_direct_backward
 
 # Must match csrc/allpairs/allpairs_math.h.
 DISTANCES = {"snn": 0, "signless": 1}
@@ -151,12 +152,14 @@ def allpairs_loss(
     start, stop = check_row_block(rows, q.shape[0])
     fdtype, qdtype = compute_dtypes(features, q)
     f, qn = unit_features(features, fdtype), unit_quaternions(q, qdtype)
-    loss, _ = _allpairs_loss(f, qn, kind, cutoff, start, stop)
+    if direct(features, q):
+        loss = call(_AllPairsLoss, f, qn, kind, cutoff, start, stop)[0]
+    else:
+        loss = _allpairs_loss(f, qn, kind, cutoff, start, stop)[0]
     return loss.to(q.dtype)
 
 
-@torch.library.custom_op("cryoorient::allpairs_loss", mutates_args=())
-def _allpairs_loss(f: Tensor, q: Tensor, distance: int, cutoff: float, start: int, stop: int) -> tuple[Tensor, Tensor]:
+def _allpairs_loss_impl(f: Tensor, q: Tensor, distance: int, cutoff: float, start: int, stop: int) -> tuple[Tensor, Tensor]:
     loss = torch.zeros(1, dtype=torch.float64, device=q.device)
     grad = torch.zeros_like(q)
     device, stream, threads = launch_args(q)
@@ -165,6 +168,9 @@ def _allpairs_loss(f: Tensor, q: Tensor, distance: int, cutoff: float, start: in
         distance, cutoff, loss.data_ptr(), grad.data_ptr(), device, stream, threads,
     )
     return loss[0].to(q.dtype), grad
+
+
+_allpairs_loss = torch.library.custom_op("cryoorient::allpairs_loss", _allpairs_loss_impl, mutates_args=())
 
 
 @_allpairs_loss.register_fake
@@ -178,8 +184,7 @@ def _strip_rows(device: torch.device, P: int, width: int) -> int:
     return max(1, min(P, budget // max(width, 1)))
 
 
-@torch.library.custom_op("cryoorient::allpairs_grad_features", mutates_args=())
-def _allpairs_grad_features(f: Tensor, q: Tensor, distance: int, cutoff: float, start: int, stop: int) -> Tensor:
+def _allpairs_grad_features_impl(f: Tensor, q: Tensor, distance: int, cutoff: float, start: int, stop: int) -> Tensor:
     """∂L/∂f (unit rows): per strip of rows k, a kernel writes G[k, j] = ∂L/∂cos_kj, then G·f."""
     P, ld = f.shape
     out = torch.zeros_like(f)
@@ -202,6 +207,11 @@ def _allpairs_grad_features(f: Tensor, q: Tensor, distance: int, cutoff: float, 
     return out
 
 
+_allpairs_grad_features = torch.library.custom_op(
+    "cryoorient::allpairs_grad_features", _allpairs_grad_features_impl, mutates_args=()
+)
+
+
 @_allpairs_grad_features.register_fake
 def _(f, q, distance, cutoff, start, stop):
     return torch.empty_like(f)
@@ -219,11 +229,13 @@ def _loss_backward(ctx, grad_loss, _grad_grad):
     if ctx.needs_input_grad[1]:
         gq = grad_loss.to(grad_q.dtype) * grad_q
     if ctx.needs_input_grad[0]:
-        gf = grad_loss.to(f.dtype) * _allpairs_grad_features(f, q, *ctx.args)
+        grad_features = _allpairs_grad_features_impl if in_direct_backward(ctx) else _allpairs_grad_features
+        gf = grad_loss.to(f.dtype) * grad_features(f, q, *ctx.args)
     return gf, gq, None, None, None, None
 
 
 _allpairs_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
+_AllPairsLoss = autograd_function("_AllPairsLoss", _allpairs_loss_impl, _loss_setup, _loss_backward)
 
 
 # ---------------------------------------------------------------------------------------
@@ -331,12 +343,12 @@ def allpairs_loss_cached(cache: DistanceCache, q: Tensor, weight=None, *, valida
     cutoff = weight_cutoff(weight)
     qdtype = torch.float32 if q.device.type == "cuda" else q.dtype
     qn = unit_quaternions(q, qdtype)
-    loss, _ = _allpairs_cache_loss(cache.codes, qn, cache.rows[0], cache.rows[1], cutoff)
+    args = (cache.codes, qn, cache.rows[0], cache.rows[1], cutoff)
+    loss = call(_AllPairsCacheLoss, *args)[0] if direct(cache.codes, q) else _allpairs_cache_loss(*args)[0]
     return loss.to(q.dtype)
 
 
-@torch.library.custom_op("cryoorient::allpairs_cache_loss", mutates_args=())
-def _allpairs_cache_loss(codes: Tensor, q: Tensor, start: int, stop: int, cutoff: float) -> tuple[Tensor, Tensor]:
+def _allpairs_cache_loss_impl(codes: Tensor, q: Tensor, start: int, stop: int, cutoff: float) -> tuple[Tensor, Tensor]:
     loss = torch.zeros(1, dtype=torch.float64, device=q.device)
     grad = torch.zeros_like(q)
     device, stream, threads = launch_args(q)
@@ -345,6 +357,11 @@ def _allpairs_cache_loss(codes: Tensor, q: Tensor, start: int, stop: int, cutoff
         grad.data_ptr(), device, stream, threads,
     )
     return loss[0].to(q.dtype), grad
+
+
+_allpairs_cache_loss = torch.library.custom_op(
+    "cryoorient::allpairs_cache_loss", _allpairs_cache_loss_impl, mutates_args=()
+)
 
 
 @_allpairs_cache_loss.register_fake
@@ -362,3 +379,4 @@ def _cache_backward(ctx, grad_loss, _grad_grad):
 
 
 _allpairs_cache_loss.register_autograd(_cache_backward, setup_context=_cache_setup)
+_AllPairsCacheLoss = autograd_function("_AllPairsCacheLoss", _allpairs_cache_loss_impl, _cache_setup, _cache_backward)

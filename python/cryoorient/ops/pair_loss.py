@@ -18,6 +18,7 @@ from ._checks import (
     check_tensor,
     check_values,
 )
+from ._direct import autograd_function, call, direct, in_direct_backward
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -66,8 +67,9 @@ def pair_loss(
         if weight is not None:
             check_values("weight", weight, nonnegative=True)
     fuse = reduction != "none" and q.requires_grad and torch.is_grad_enabled()
-    loss, _ = _pair_loss(q, i, j, target, weight, reduction, fuse)
-    return loss
+    if direct(q, i, j, target, weight):
+        return call(_PairLoss, q, i, j, target, weight, reduction, fuse)[0]
+    return _pair_loss(q, i, j, target, weight, reduction, fuse)[0]
 
 
 def _scale(reduction: str, M: int) -> float:
@@ -80,8 +82,7 @@ def _ptr(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-@torch.library.custom_op("cryoorient::pair_loss", mutates_args=())
-def _pair_loss(
+def _pair_loss_impl(
     q: Tensor, i: Tensor, j: Tensor, target: Tensor, weight: Tensor | None, reduction: str, fuse: bool
 ) -> tuple[Tensor, Tensor]:
     """(loss, ∂loss/∂q if fuse else an empty tensor)."""
@@ -100,14 +101,16 @@ def _pair_loss(
     return out, grad_q
 
 
+_pair_loss = torch.library.custom_op("cryoorient::pair_loss", _pair_loss_impl, mutates_args=())
+
+
 @_pair_loss.register_fake
 def _(q, i, j, target, weight, reduction, fuse):
     out = q.new_empty(i.shape[0]) if reduction == "none" else q.new_empty(())
     return out, q.new_empty(q.shape) if fuse else q.new_empty(0)
 
 
-@torch.library.custom_op("cryoorient::pair_loss_backward", mutates_args=())
-def _pair_loss_backward(
+def _pair_loss_backward_impl(
     grad: Tensor,
     q: Tensor,
     i: Tensor,
@@ -135,6 +138,11 @@ def _pair_loss_backward(
     return grad_q, grad_t, grad_w
 
 
+_pair_loss_backward = torch.library.custom_op(
+    "cryoorient::pair_loss_backward", _pair_loss_backward_impl, mutates_args=()
+)
+
+
 @_pair_loss_backward.register_fake
 def _(grad, q, i, j, target, weight, reduction, need_q, need_target, need_weight):
     M = i.shape[0]
@@ -159,7 +167,8 @@ def _backward(ctx, grad, _grad_fused):
     if need_q and ctx.fuse:
         grad_q, need_q = grad_fused * grad, False
     if need_q or need_target or need_weight:
-        gq, gt, gw = _pair_loss_backward(
+        backward = _pair_loss_backward_impl if in_direct_backward(ctx) else _pair_loss_backward
+        gq, gt, gw = backward(
             grad.contiguous(), q, i, j, target, weight, ctx.reduction, need_q, need_target, need_weight
         )
         grad_q = gq if need_q else grad_q
@@ -169,3 +178,4 @@ def _backward(ctx, grad, _grad_fused):
 
 
 _pair_loss.register_autograd(_backward, setup_context=_setup_context)
+_PairLoss = autograd_function("_PairLoss", _pair_loss_impl, _setup_context, _backward)

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .._ext import FLOAT_CODES, INDEX_CODES, _C, launch_args
 from ._checks import FLOATS, INDICES, check_pair_indices, check_quaternions, check_same_device, check_tensor
+from ._direct import autograd_function, call, direct, in_direct_backward
 
 
 def qdist(q: Tensor, i: Tensor, j: Tensor, *, validate: bool = True) -> Tensor:
@@ -28,11 +29,12 @@ def qdist(q: Tensor, i: Tensor, j: Tensor, *, validate: bool = True) -> Tensor:
     if validate and not torch.compiler.is_compiling():
         check_pair_indices(i, j, q.shape[0])
         check_quaternions(q)
+    if direct(q, i, j):
+        return call(_QDist, q, i, j)
     return _qdist(q, i, j)
 
 
-@torch.library.custom_op("cryoorient::qdist", mutates_args=())
-def _qdist(q: Tensor, i: Tensor, j: Tensor) -> Tensor:
+def _qdist_impl(q: Tensor, i: Tensor, j: Tensor) -> Tensor:
     out = q.new_empty(i.shape[0])
     device, stream, threads = launch_args(q)
     _C.qdist_forward(
@@ -42,13 +44,15 @@ def _qdist(q: Tensor, i: Tensor, j: Tensor) -> Tensor:
     return out
 
 
+_qdist = torch.library.custom_op("cryoorient::qdist", _qdist_impl, mutates_args=())
+
+
 @_qdist.register_fake
 def _(q: Tensor, i: Tensor, j: Tensor) -> Tensor:
     return q.new_empty(i.shape[0])
 
 
-@torch.library.custom_op("cryoorient::qdist_backward", mutates_args=())
-def _qdist_backward(grad: Tensor, q: Tensor, i: Tensor, j: Tensor) -> Tensor:
+def _qdist_backward_impl(grad: Tensor, q: Tensor, i: Tensor, j: Tensor) -> Tensor:
     grad_q = torch.zeros_like(q)
     device, stream, threads = launch_args(q)
     _C.qdist_backward(
@@ -56,6 +60,9 @@ def _qdist_backward(grad: Tensor, q: Tensor, i: Tensor, j: Tensor) -> Tensor:
         FLOAT_CODES[q.dtype], INDEX_CODES[i.dtype], device, stream, threads,
     )
     return grad_q
+
+
+_qdist_backward = torch.library.custom_op("cryoorient::qdist_backward", _qdist_backward_impl, mutates_args=())
 
 
 @_qdist_backward.register_fake
@@ -70,7 +77,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     q, i, j = ctx.saved_tensors
-    return _qdist_backward(grad.contiguous(), q, i, j), None, None
+    backward = _qdist_backward_impl if in_direct_backward(ctx) else _qdist_backward
+    return backward(grad.contiguous(), q, i, j), None, None
 
 
 _qdist.register_autograd(_backward, setup_context=_setup_context)
+_QDist = autograd_function("_QDist", _qdist_impl, _setup_context, _backward)
