@@ -16,9 +16,13 @@ def test_default_density_is_deterministic_centred_and_positive():
 
 def test_pseudo_molecule_is_chain_like_and_has_no_symmetry():
     xyz, w = pseudo_molecule(seed=0)
+    from cryoorient.phantom import DOMAINS, RADII
+
     chain = xyz[:500]
     steps = np.linalg.norm(np.diff(chain, axis=0), axis=1)
-    np.testing.assert_allclose(steps, 3.8, rtol=1e-9)
+    assert np.sum(np.abs(steps - 3.8) < 1e-9) == 500 - len(DOMAINS)  # one chain break between domains
+    in_domain = np.linalg.norm(chain[:, None] - DOMAINS[None], axis=2) <= RADII + 1e-9
+    assert in_domain.any(1).mean() > 0.95 and (in_domain.sum(0) > 50).all()
     centred = xyz - np.average(xyz, axis=0, weights=w)
     # No rotation or reflection of 200 random ones maps the atoms onto themselves.
     R = quat_to_matrix(random_quaternions(200, generator=1, dtype=__import__("torch").float64)).numpy()

@@ -26,13 +26,13 @@ class DemoSettings:
     """Sizes in pixels, lengths in Å, SNR in dB, times in seconds."""
 
     box: int = 32
-    voxel_size: float = 3.75
-    resolution: float = 9.0
+    voxel_size: float = 4.0
+    resolution: float = 8.0
     n_test: int = 1000
     snr_db: float | None = None
     arch: str = "paper"
     widths: tuple = (16, 32, 64, 128, 128, 256, 256)
-    train_epochs: int = 40
+    train_epochs: int = 60
     train_steps_per_epoch: int = 50
     batch_size: int = 128
     recover_restarts: int = 4

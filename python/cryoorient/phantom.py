@@ -1,9 +1,10 @@
 """cryoorient's built-in density: a deterministic, asymmetric pseudo-molecule.
 
 The main job (``cryoorient demo``) needs a map without any download. This one is a
-compact chain of pseudo-atoms (3.8 Å steps, like Cα atoms) wandering inside an
-ellipsoid of semi-axes 26 × 19 × 14 Å, plus three dense "cofactor" clusters placed
-off-centre, so that no rotation or reflection maps it onto itself. It is rendered
+chain of pseudo-atoms (3.8 Å steps, like Cα atoms) folded into three domains of
+different sizes (spheres of radius 17, 13 and 10 Å arranged in an L), plus three dense
+"cofactor" clusters, so that no rotation or reflection maps it onto itself and its
+projections differ clearly between views. It is rendered
 with :func:`cryoorient.io.density_from_atoms` (Gaussian atoms, σ = resolution/(π√2)).
 """
 
@@ -13,25 +14,36 @@ import numpy as np
 
 from .io import density_from_atoms
 
-SEMI_AXES = np.array([26.0, 19.0, 14.0])  # Å
-CLUSTERS = np.array([[14.0, 6.0, -4.0], [-10.0, -9.0, 6.0], [2.0, 12.0, 8.0]])  # Å
+DOMAINS = np.array([[0.0, 0.0, 0.0], [26.0, 4.0, 0.0], [-4.0, 22.0, 8.0]])  # domain centres, Å
+RADII = np.array([17.0, 13.0, 10.0])  # Å
+CLUSTERS = np.array([[10.0, -8.0, 10.0], [30.0, 10.0, -6.0], [-8.0, 26.0, 14.0]])  # Å
 
 
 def pseudo_molecule(n_residues: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Atom positions (n, 3) as (x, y, z) in Å and weights (electron counts)."""
+    """Atom positions (n, 3) as (x, y, z) in Å and weights (electron counts).
+
+    The chain is split over the domains in proportion to their volumes; each segment
+    starts at its domain's centre and walks (3.8 Å steps, no step back onto the last
+    atoms) without leaving its sphere.
+    """
     if n_residues < 10:
         raise ValueError(f"n_residues must be at least 10; got {n_residues}")
     rng = np.random.default_rng(seed)
+    share = RADII**3 / np.sum(RADII**3)
+    bounds = np.concatenate([[0], np.cumsum(np.round(share * n_residues)).astype(int)])
+    bounds[-1] = n_residues
     xyz = np.zeros((n_residues, 3))
-    for k in range(1, n_residues):
-        for _ in range(100):  # rejection: stay inside the ellipsoid, avoid the last atoms
-            step = rng.normal(size=3)
-            cand = xyz[k - 1] + 3.8 * step / np.linalg.norm(step)
-            inside = np.sum((cand / SEMI_AXES) ** 2) <= 1.0
-            clash = k > 2 and np.min(np.linalg.norm(xyz[max(0, k - 12) : k - 1] - cand, axis=1)) < 3.8
-            if inside and not clash:
-                break
-        xyz[k] = cand
+    for d, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        xyz[lo] = DOMAINS[d]
+        for k in range(lo + 1, hi):
+            for _ in range(100):  # rejection: stay inside the domain, avoid the last atoms
+                step = rng.normal(size=3)
+                cand = xyz[k - 1] + 3.8 * step / np.linalg.norm(step)
+                inside = np.linalg.norm(cand - DOMAINS[d]) <= RADII[d]
+                clash = k > lo + 2 and np.min(np.linalg.norm(xyz[max(lo, k - 12) : k - 1] - cand, axis=1)) < 3.8
+                if inside and not clash:
+                    break
+            xyz[k] = cand
     weights = np.full(n_residues, 6.0 * 7.0)  # ~ one residue's electrons on its Cα
     extra = [c + rng.normal(scale=1.5, size=(12, 3)) for c in CLUSTERS]
     xyz = np.concatenate([xyz, *extra])

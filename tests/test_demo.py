@@ -1,0 +1,23 @@
+import json
+import math
+
+from cryoorient.cli import main
+
+
+def test_quick_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "-o", str(out), "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    voxel = summary["settings"]["voxel_size"]
+    assert summary["fsc05_true_orientations_A"] < 1.5 * 2 * voxel  # the map from true orientations is sharp
+    assert math.isfinite(summary["E_OR_rad"])  # the quick run is too small to be accurate
+    report = (out / "report.md").read_text()
+    for png in ("training/distances.png", "training/loss.png", "recovery_loss.png", "errors.png", "fsc.png",
+                "slices.png"):
+        assert png in report and (out / png).stat().st_size > 0
+    for f in ("truth.mrc", "reconstruction.mrc", "recovered.star", "data/particles.star"):
+        assert (out / f).exists()
+    assert "Report:" in capsys.readouterr().out
+    # never overwrite without being asked
+    assert main(["demo", "--quick", "-o", str(out), "-q"]) == 2
+    assert "--force" in capsys.readouterr().err
