@@ -1,0 +1,430 @@
+"""Orientation refinement by projection matching, gold-standard.
+
+Starting from approximate orientations (such as recovered ones, errors of 0.1–0.3 rad),
+each round
+
+1. reconstructs: the particles are split once into two random halves; each half is
+   reconstructed on its own (:class:`cryoorient.reconstruct.FourierInserter`), the FSC
+   between the two half maps gives the resolution at FSC = 0.143, and every comparison
+   of the round is limited to Fourier radii up to that resolution (a hard low-pass of
+   each half map, so the references carry no noise to fit);
+2. searches locally: each particle is compared with projections of *its own* half map
+   at K orientations ``δq·q`` around its current ``q`` (``δq`` on a cubic lattice of
+   rotation vectors filling a ball of radius r) and on a grid of in-plane shifts around
+   its current shift. The score is the normalised cross-correlation (NCC) in Fourier
+   space of the image with the CTF-modulated projection. The best candidate is polished
+   by a parabola through its neighbours along each lattice axis and each shift axis.
+   The radius and the shift step shrink by ``shrink`` every round.
+
+After the last round the half maps are reconstructed once more from the final
+orientations; :class:`RefineResult` holds them, their FSC and resolution, and the
+full map low-pass filtered at that resolution.
+
+Conventions (those of :mod:`cryoorient.project` and :mod:`cryoorient.reconstruct`):
+images (N, n, n) are [y, x] with their centre at pixel n//2; an orientation is the
+scalar-first quaternion of RELION's matrix A, image(x, y) = ∫ V(Aᵀ(x, y, z)) dz, so
+candidates ``δq·q`` rotate in the particle frame; a shift t = (x, y) in pixels moves the
+projection by +t in the image (:mod:`cryoorient.shift`), hence RELION's
+``rlnOriginX/YAngst`` = −t · pixel size. Angles are in radians, resolutions in Å.
+
+Handedness: the maps are reconstructed from the given orientations, so orientations of
+the mirror image of the particle refine just as well and give the mirror-image map.
+Orientations A of a map V and ``M A M`` (M = diag(1, 1, −1)) of its mirror V(x, y, −z)
+give identical images (:func:`mirror_orientations`, :func:`mirror_map`). Given a
+``reference`` map in the frame of the orientations up to that mirror (for example the
+map the orientations were estimated against, or the truth in a simulation), the result
+records which hand the refined map has (:attr:`RefineResult.handedness_flipped`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .fsc import FSCResult, fsc
+from .geometry import quat_distance, quat_multiply, quat_normalize, quat_to_matrix
+from .project import FourierProjector
+from .reconstruct import FourierInserter
+from .shift import shift_images
+
+__all__ = ["refine", "RefineResult", "RoundStats", "mirror_map", "mirror_orientations"]
+
+#: ``ctf(indices, size)`` -> real CTFs (B, size, size // 2 + 1) of particles ``indices`` (B,)
+#: on the ``rfft2`` grid of an image of edge ``size`` at the particles' pixel size.
+CTFSource = Callable[[Tensor, int], Tensor]
+
+
+@dataclass
+class RoundStats:
+    """One refinement round: the search it made and the half maps it searched against."""
+
+    radius: float  # radius of the orientation search ball, rad
+    shift_step: float  # spacing of the shift grid, pixels
+    resolution: float  # FSC-0.143 resolution of the half maps searched against, Å
+    band: float  # Fourier radius the scores used, in pixels of the box (1/(n·pixel size))
+    mean_score: float  # mean NCC of the chosen candidates
+    mean_rotation: float  # mean rotation applied to the orientations, rad
+    mean_shift: float  # mean length of the shift changes, pixels
+
+
+@dataclass
+class RefineResult:
+    """Refined orientations and shifts, the final maps and the history of the rounds."""
+
+    quaternions: Tensor  # (N, 4) float64, RELION A, w >= 0
+    shifts: Tensor  # (N, 2) float64, pixels (x, y); RELION origin = -shifts · pixel_size
+    scores: Tensor  # (N,) NCC of each particle in the last round
+    half: Tensor  # (N,) int64, the gold-standard half set (0 or 1) of each particle
+    half_maps: Tensor  # (2, n, n, n) float32, unfiltered, from the final orientations
+    map: Tensor  # (n, n, n) float32, all particles, low-pass filtered at ``resolution``
+    fsc: FSCResult  # FSC between the final half maps
+    resolution: float  # Å, at FSC = 0.143
+    pixel_size: float  # Å
+    rounds: list[RoundStats] = field(default_factory=list)
+    handedness_flipped: Optional[bool] = None  # True: ``map`` is the mirror of the reference
+    reference_fsc: Optional[tuple[float, float]] = None  # mean FSC to ``resolution``: (map, mirrored map) vs reference
+
+    @property
+    def origins_angst(self) -> Tensor:
+        """RELION ``rlnOriginX/YAngst`` (N, 2): ``-shifts · pixel_size``."""
+        return -self.shifts * self.pixel_size
+
+
+def mirror_map(volume: Tensor) -> Tensor:
+    """The mirror image V(x, y, -z) of a cubic [z, y, x] map about its centre voxel n//2."""
+    return torch.roll(torch.flip(volume, dims=(0,)), shifts=1 if volume.shape[0] % 2 == 0 else 0, dims=0)
+
+
+def mirror_orientations(q: Tensor) -> Tensor:
+    """Orientations of the mirrored map V(x, y, -z) giving the same images: A -> M A M, M = diag(1, 1, -1).
+
+    For quaternions (..., 4) that is (w, x, y, z) -> (w, -x, -y, z).
+    """
+    return q * q.new_tensor([1.0, -1.0, -1.0, 1.0])
+
+
+def _rotvec_to_quat(v: Tensor) -> Tensor:
+    """Unit quaternions (..., 4) of rotation vectors v (..., 3) (axis · angle, radians)."""
+    a = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    small = a < 1e-4
+    s = torch.where(small, 0.5 - a * a / 48.0, torch.sin(a / 2) / torch.where(small, 1.0, a))
+    return torch.cat([torch.cos(a / 2), v * s], dim=-1)
+
+
+def _grid(m: int, dim: int, ball: bool) -> tuple[Tensor, Tensor]:
+    """Integer points (K, dim) of a ball (or cube) of radius m, origin first, and the index of
+    each point's neighbours (K, dim, 2) at -1/+1 along every axis (-1 where outside)."""
+    r = torch.arange(-m, m + 1)
+    pts = torch.cartesian_prod(*([r] * dim)).reshape(-1, dim)
+    if ball:
+        pts = pts[(pts * pts).sum(1) <= m * m]
+    pts = pts[torch.argsort((pts * pts).sum(1), stable=True)]
+    where = {tuple(p.tolist()): i for i, p in enumerate(pts)}
+    nb = torch.full((len(pts), dim, 2), -1, dtype=torch.long)
+    for i, p in enumerate(pts.tolist()):
+        for a in range(dim):
+            for side, d in enumerate((-1, 1)):
+                p2 = list(p)
+                p2[a] += d
+                nb[i, a, side] = where.get(tuple(p2), -1)
+    return pts.to(torch.float64), nb
+
+
+def _parabola_peak(fm: Tensor, f0: Tensor, fp: Tensor, ok: Tensor) -> Tensor:
+    """Offset in (-1/2, 1/2) of the vertex of the parabola through (-1, fm), (0, f0), (1, fp); 0 where not ``ok``."""
+    den = fm - 2 * f0 + fp
+    ok = ok & (den < 0)
+    off = 0.5 * (fm - fp) / torch.where(ok, den, -1.0)
+    return torch.where(ok, off.clamp(-0.5, 0.5), 0.0)
+
+
+class _Band:
+    """The rfft2 pixels of an n-box with 0 < |k| <= band and their correlation weights."""
+
+    def __init__(self, n: int, band: float, device):
+        ky = torch.fft.fftfreq(n, d=1.0 / n, device=device)
+        kx = torch.fft.rfftfreq(n, d=1.0 / n, device=device)
+        KY, KX = torch.meshgrid(ky, kx, indexing="ij")
+        r = torch.sqrt(KX * KX + KY * KY).flatten()
+        self.pix = torch.nonzero((r > 0) & (r <= band)).squeeze(1)
+        kx, ky = KX.flatten()[self.pix], KY.flatten()[self.pix]
+        # each kx > 0 pixel stands for itself and its Hermitian partner
+        self.weight = torch.where(kx > 0, 2.0, 1.0)
+        self.freq = torch.stack([kx, ky], 1) / n  # cycles per pixel (x, y)
+        self.centre = self.ramp(torch.full((1, 2), -float(n // 2), device=device))[0]
+
+    def ramp(self, t: Tensor) -> Tensor:
+        """Phase factors (B, P) moving image content by t (B, 2) pixels."""
+        angle = -2 * math.pi * (t.float() @ self.freq.T)
+        return torch.polar(torch.ones_like(angle), angle)
+
+    def spectra(self, images: Tensor) -> Tensor:
+        """Band of the images' transforms (B, P), phase origin moved to the centre pixel n//2."""
+        return torch.fft.rfft2(images).flatten(1)[:, self.pix] * self.centre
+
+
+class _Search:
+    """One round's candidate orientations and shifts, and the scoring of a batch against one half map."""
+
+    def __init__(self, band: _Band, radius: float, lattice: int, shift_step: float, shift_grid: int, device):
+        self.band = band
+        self.h, self.step = radius / lattice, shift_step
+        pts, self.rot_nb = _grid(lattice, 3, ball=True)
+        self.rot_pts = pts.to(device)
+        self.dq = _rotvec_to_quat(self.rot_pts * self.h)  # (K, 4) float64
+        offs, self.shift_nb = _grid(shift_grid, 2, ball=False)
+        self.offsets = offs.to(device) * shift_step
+        self.rot_nb, self.shift_nb = self.rot_nb.to(device), self.shift_nb.to(device)
+        phase = 2 * math.pi * (band.freq @ self.offsets.float().T)  # (P, S)
+        # Re(Q · e^{-iφ}) = Re Q cos φ + Im Q sin φ
+        self.E = torch.cat([torch.cos(phase), torch.sin(phase)], 0)
+
+    @property
+    def size(self) -> int:
+        return self.dq.shape[0]
+
+    def run(self, proj: FourierProjector, images: Tensor, ctf: Optional[Tensor], q: Tensor, t: Tensor):
+        """Best (polished) orientations (B, 4), shifts (B, 2) and their NCC (B,) for one batch."""
+        b = self.band
+        B, K, S = images.shape[0], self.size, self.offsets.shape[0]
+        x = b.spectra(images)
+        xnorm = torch.sqrt((b.weight * x.real.square() + b.weight * x.imag.square()).sum(1, keepdim=True))
+        g = x.conj() * b.ramp(t) * (b.weight / xnorm.clamp_min(1e-30))
+        cand = quat_multiply(self.dq[None], q[:, None])  # (B, K, 4): δq · q
+        spec = proj.slices(cand.reshape(-1, 4).float()).flatten(1)[:, b.pix].view(B, K, -1)
+        if ctf is not None:
+            spec = spec * ctf[:, None]
+        pnorm = torch.sqrt((b.weight * (spec.real.square() + spec.imag.square())).sum(2, keepdim=True))
+        prod = g[:, None] * spec / pnorm.clamp_min(1e-30)
+        scores = torch.cat([prod.real, prod.imag], 2) @ self.E  # (B, K, S)
+
+        best = scores.flatten(1).argmax(1)
+        j, s = best // S, best % S
+        rows = torch.arange(B, device=scores.device)
+        f0 = scores[rows, j, s]
+        # rotation: parabola along each lattice axis through the best-shift profile
+        prof = scores.amax(2)
+        nb = self.rot_nb[j]  # (B, 3, 2)
+        fn = prof.gather(1, nb.clamp_min(0).flatten(1)).view(B, 3, 2)
+        d_rot = _parabola_peak(fn[..., 0], f0[:, None], fn[..., 1], (nb >= 0).all(-1))
+        v = (self.rot_pts[j] + d_rot.double()) * self.h
+        q_new = quat_normalize(quat_multiply(_rotvec_to_quat(v), q))
+        # shift: parabola along x and y at the best orientation
+        sj = scores[rows, j]  # (B, S)
+        nbs = self.shift_nb[s]  # (B, 2, 2)
+        fs = sj.gather(1, nbs.clamp_min(0).flatten(1)).view(B, 2, 2)
+        d_s = _parabola_peak(fs[..., 0], f0[:, None], fs[..., 1], (nbs >= 0).all(-1))
+        t_new = t + self.offsets[s] + d_s.double() * self.step
+        return q_new, t_new, f0
+
+
+def _positive_w(q: Tensor) -> Tensor:
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def _load(images, idx: Tensor, device) -> Tensor:
+    if torch.is_tensor(images):
+        x = images[idx.to(images.device)]
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(images[idx.cpu().numpy()]))
+    x = x.to(device=device, dtype=torch.float32)
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = idx[~finite.cpu()][0].item()
+        raise ValueError(f"image {bad} contains NaN or infinite values")
+    return x
+
+
+def _load_ctf(ctf: CTFSource, idx: Tensor, size: int, device) -> Tensor:
+    c = torch.as_tensor(ctf(idx, size))
+    want = (len(idx), size, size // 2 + 1)
+    if tuple(c.shape) != want:
+        raise ValueError(f"ctf(indices, {size}) must return shape {want}; got {tuple(c.shape)}")
+    return c.to(device=device, dtype=torch.float32)
+
+
+def _as_float64(x, name: str, shape: tuple[int, int]) -> Tensor:
+    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).detach().to("cpu", torch.float64)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}; got {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t
+
+
+def _lowpass(volume: Tensor, band: float, width: float = 2.0) -> Tensor:
+    """Low-pass filter a cubic map with a raised-cosine edge of ``width`` shells ending at radius ``band``."""
+    n = volume.shape[0]
+    k = torch.fft.fftfreq(n, d=1.0 / n, device=volume.device)
+    kx = torch.fft.rfftfreq(n, d=1.0 / n, device=volume.device)
+    r = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
+    edge = ((band - r) / width).clamp(0, 1)
+    filt = 0.5 - 0.5 * torch.cos(math.pi * edge)
+    return torch.fft.irfftn(torch.fft.rfftn(volume) * filt, s=volume.shape)
+
+
+class _Reconstructor:
+    """Gold-standard half maps from the current orientations and shifts."""
+
+    def __init__(self, images, half, ctf, n, pad, device, batch_size):
+        self.images, self.half, self.ctf = images, half, ctf
+        self.n, self.pad, self.device, self.batch = n, pad, device, batch_size
+
+    def inserters(self, q: Tensor, t: Tensor) -> list[FourierInserter]:
+        out = []
+        for h in (0, 1):
+            ins = FourierInserter(self.n, pad=self.pad, device=self.device)
+            for idx in torch.nonzero(self.half == h).squeeze(1).split(self.batch):
+                img = shift_images(_load(self.images, idx, self.device), -t[idx].to(self.device, torch.float32))
+                c = None if self.ctf is None else _load_ctf(self.ctf, idx, self.pad * self.n, self.device)
+                ins.insert(img, quat_to_matrix(q[idx].to(self.device)).float(), c)
+            out.append(ins)
+        return out
+
+
+def refine(
+    images,
+    q_init,
+    *,
+    shifts=None,
+    ctf: Optional[CTFSource] = None,
+    rounds: int = 5,
+    pixel_size: float = 1.0,
+    radius: float = 0.25,
+    shrink: float = 0.5,
+    lattice: int = 2,
+    shift_step: float = 1.0,
+    shift_grid: int = 2,
+    max_shift: Optional[float] = None,
+    min_band: float = 4.0,
+    reference=None,
+    pad: int = 2,
+    interpolation: str = "linear",
+    batch_size: Optional[int] = None,
+    seed: int = 0,
+    device=None,
+    progress: bool = True,
+) -> RefineResult:
+    """Refine orientations (and in-plane shifts) of ``images`` by gold-standard projection matching.
+
+    ``images``: (N, n, n) particle images (tensor, numpy array or memmap; read in batches).
+    ``q_init``: (N, 4) starting orientations (scalar-first quaternions of RELION's A).
+    ``shifts``: (N, 2) starting shifts in pixels (default 0). ``ctf``: a :data:`CTFSource`,
+    or None for CTF-free images. ``pixel_size`` (Å) only scales the reported resolutions.
+
+    Search, round i (from 0): orientations ``δq·q`` with ``δq = exp(v)``, v on a cubic
+    lattice of spacing ``radius·shrink^i / lattice`` within the ball of radius
+    ``radius·shrink^i`` (``lattice`` = 2: 33 candidates); shifts on a (2·shift_grid + 1)²
+    grid of spacing ``shift_step·shrink^i`` pixels around the current shift, kept within
+    ``±max_shift`` pixels (default n/4). Scores use Fourier radii up to the half maps'
+    FSC-0.143 resolution, but at least ``min_band`` pixels.
+
+    ``reference``: optional (n, n, n) map in the orientations' frame up to a mirror: the
+    result then says whether the refined map is its mirror image (module docstring).
+    ``pad``: Fourier oversampling of reconstruction and projection; ``interpolation``
+    of the projector (``"linear"`` or ``"cubic"``); ``batch_size``: particles per search
+    batch (default: by a memory budget, larger on CUDA); ``seed``: the half-set split;
+    ``device``: where to compute (default CUDA if available).
+    """
+    shape = tuple(images.shape) if hasattr(images, "shape") else None
+    if shape is None or len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"images must be a stack of square images (N, n, n); got shape {shape}")
+    N, n = shape[0], shape[1]
+    if N < 4:
+        raise ValueError(f"refinement needs at least 4 images (two per half set); got {N}")
+    if n < 8:
+        raise ValueError(f"images must be at least 8 pixels wide; got {n}")
+    q = _as_float64(q_init, "q_init", (N, 4))
+    if bool((torch.linalg.vector_norm(q, dim=1) == 0).any()):
+        raise ValueError("q_init contains zero quaternions")
+    q = _positive_w(quat_normalize(q))
+    t = torch.zeros(N, 2, dtype=torch.float64) if shifts is None else _as_float64(shifts, "shifts", (N, 2))
+    if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative integer; got {rounds!r}")
+    for name, value in (("pixel_size", pixel_size), ("radius", radius), ("shift_step", shift_step)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number; got {value!r}")
+    if not 0 < shrink <= 1:
+        raise ValueError(f"shrink must be in (0, 1]; got {shrink!r}")
+    if int(lattice) != lattice or lattice < 1 or int(shift_grid) != shift_grid or shift_grid < 0:
+        raise ValueError(f"lattice must be an integer >= 1 and shift_grid >= 0; got {lattice!r}, {shift_grid!r}")
+    max_shift = n / 4 if max_shift is None else float(max_shift)
+    if not (math.isfinite(max_shift) and max_shift >= 0):
+        raise ValueError(f"max_shift must be a non-negative number of pixels; got {max_shift!r}")
+    ref = None
+    if reference is not None:
+        ref = torch.as_tensor(np.asarray(reference) if not torch.is_tensor(reference) else reference).float().cpu()
+        if tuple(ref.shape) != (n, n, n):
+            raise ValueError(f"reference must be a ({n}, {n}, {n}) map to match the images; got {tuple(ref.shape)}")
+        if not bool(torch.isfinite(ref).all()):
+            raise ValueError("reference map contains NaN or infinite values")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(int(seed)))
+    half = torch.zeros(N, dtype=torch.long)
+    half[perm[N // 2 :]] = 1
+    K = (2 * lattice + 1) ** 3
+    if batch_size is None:
+        budget = 1 << (26 if device.type == "cuda" else 21)  # candidate Fourier pixels held at once
+        batch_size = max(1, budget // (K * n * (n // 2 + 1)))
+    recon = _Reconstructor(images, half, ctf, n, pad, device, max(batch_size, 64))
+
+    def half_maps():
+        ins = recon.inserters(q, t)
+        maps = torch.stack([i.volume() for i in ins])
+        curve = fsc(maps[0], maps[1], pixel_size)
+        res = curve.resolution(0.143)
+        band = min(max(n * pixel_size / res, min_band), n // 2 - 1)
+        return ins, maps, curve, res, band
+
+    history: list[RoundStats] = []
+    scores = torch.full((N,), float("nan"), dtype=torch.float64)
+    bar = tqdm(range(int(rounds)), desc="refine", unit="round", disable=not progress)
+    for i in bar:
+        _, maps, _, res, band = half_maps()
+        search = _Search(_Band(n, band, device), radius * shrink**i, lattice, shift_step * shrink**i, shift_grid, device)
+        q_old, t_old = q.clone(), t.clone()
+        for h in (0, 1):
+            proj = FourierProjector(maps[h], pad=pad, interpolation=interpolation)
+            for idx in torch.nonzero(half == h).squeeze(1).split(batch_size):
+                img = _load(images, idx, device)
+                c = None if ctf is None else _load_ctf(ctf, idx, n, device)
+                qb, tb, sb = search.run(proj, img, c, q[idx].to(device), t[idx].to(device))
+                q[idx] = _positive_w(qb).cpu()
+                t[idx] = tb.cpu().clamp(-max_shift, max_shift)
+                scores[idx] = sb.double().cpu()
+            del proj
+        stats = RoundStats(
+            radius=radius * shrink**i,
+            shift_step=shift_step * shrink**i,
+            resolution=res,
+            band=band,
+            mean_score=float(scores.mean()),
+            mean_rotation=float(quat_distance(q, q_old).mean()),
+            mean_shift=float(torch.linalg.vector_norm(t - t_old, dim=1).mean()),
+        )
+        history.append(stats)
+        bar.set_postfix(res=f"{res:.2f}", ncc=f"{stats.mean_score:.4f}", moved=f"{stats.mean_rotation:.4f}")
+
+    ins, maps, curve, res, band = half_maps()
+    full = FourierInserter(n, pad=pad, device=device)
+    full.data = ins[0].data + ins[1].data
+    full.weight = ins[0].weight + ins[1].weight
+    final = _lowpass(full.volume(), band).cpu()
+    result = RefineResult(
+        quaternions=q, shifts=t, scores=scores, half=half, half_maps=maps.cpu(), map=final, fsc=curve,
+        resolution=res, pixel_size=float(pixel_size), rounds=history,
+    )
+    if ref is not None:
+        keep = max(3, int(np.searchsorted(curve.frequency, 1.0 / res, side="right")))
+        same = float(np.mean(fsc(final, ref, pixel_size).fsc[:keep]))
+        mirrored = float(np.mean(fsc(mirror_map(final), ref, pixel_size).fsc[:keep]))
+        result.reference_fsc = (same, mirrored)
+        result.handedness_flipped = mirrored > same
+    return result
