@@ -70,6 +70,7 @@ def perturb(q, mean_angle, seed):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--map", type=Path, default=MAP)
     ap.add_argument("--n", type=int, default=1650)
     ap.add_argument("--box", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
@@ -83,7 +84,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    vol, voxel = read_map(MAP, pad_to_cube=True)
+    vol, voxel = read_map(args.map, pad_to_cube=True)
     n0 = vol.shape[0]
     vol = resample(torch.from_numpy(vol), args.box)
     pixel = voxel * n0 / args.box

@@ -64,13 +64,14 @@ CTFSource = Callable[[Tensor, int], Tensor]
 class RoundStats:
     """One refinement round: the search it made and the half maps it searched against."""
 
-    radius: float  # radius of the orientation search ball, rad
-    shift_step: float  # spacing of the shift grid, pixels
+    radius: float  # mean radius of the particles' orientation search balls, rad
+    shift_step: float  # mean spacing of the particles' shift grids, pixels
     resolution: float  # FSC-0.143 resolution of the half maps searched against, Å
     band: float  # Fourier radius the scores used, in pixels of the box (1/(n·pixel size))
     mean_score: float  # mean NCC of the chosen candidates
     mean_rotation: float  # mean rotation applied to the orientations, rad
     mean_shift: float  # mean length of the shift changes, pixels
+    at_boundary: float  # fraction of particles whose best orientation lay in the outer shell of its ball
 
 
 @dataclass
@@ -170,39 +171,41 @@ class _Band:
 
 
 class _Search:
-    """One round's candidate orientations and shifts, and the scoring of a batch against one half map."""
+    """Candidate orientations and shifts around each particle's current estimate, scored against one half map.
 
-    def __init__(self, band: _Band, radius: float, lattice: int, shift_step: float, shift_grid: int, device):
-        self.band = band
-        self.h, self.step = radius / lattice, shift_step
+    Particle b is searched on a lattice of rotation vectors of spacing ``radius_b / lattice``
+    (ball of radius ``radius_b``) and on a shift grid of spacing ``step_b``.
+    """
+
+    def __init__(self, band: _Band, lattice: int, shift_grid: int, device):
+        self.band, self.lattice = band, lattice
         pts, self.rot_nb = _grid(lattice, 3, ball=True)
         self.rot_pts = pts.to(device)
-        self.dq = _rotvec_to_quat(self.rot_pts * self.h)  # (K, 4) float64
         offs, self.shift_nb = _grid(shift_grid, 2, ball=False)
-        self.offsets = offs.to(device) * shift_step
+        self.offsets = offs.to(device)
         self.rot_nb, self.shift_nb = self.rot_nb.to(device), self.shift_nb.to(device)
-        phase = 2 * math.pi * (band.freq @ self.offsets.float().T)  # (P, S)
-        # Re(Q · e^{-iφ}) = Re Q cos φ + Im Q sin φ
-        self.E = torch.cat([torch.cos(phase), torch.sin(phase)], 0)
+        self.phase = 2 * math.pi * (band.freq @ self.offsets.float().T)  # (P, S) per pixel of step
 
-    @property
-    def size(self) -> int:
-        return self.dq.shape[0]
-
-    def run(self, proj: FourierProjector, images: Tensor, ctf: Optional[Tensor], q: Tensor, t: Tensor):
-        """Best (polished) orientations (B, 4), shifts (B, 2) and their NCC (B,) for one batch."""
+    def run(self, proj: FourierProjector, images: Tensor, ctf: Optional[Tensor], q: Tensor, t: Tensor,
+            radius: Tensor, step: Tensor):
+        """For one batch: polished orientations (B, 4), shifts (B, 2), their NCC (B,), and whether the best
+        orientation lay within ``lattice - 1/2`` lattice steps of the centre and the best shift off the
+        edge of its grid (B,) (if not, the particle may need a search as wide again)."""
         b = self.band
-        B, K, S = images.shape[0], self.size, self.offsets.shape[0]
+        B, K, S = images.shape[0], self.rot_pts.shape[0], self.offsets.shape[0]
         x = b.spectra(images)
-        xnorm = torch.sqrt((b.weight * x.real.square() + b.weight * x.imag.square()).sum(1, keepdim=True))
+        xnorm = torch.sqrt((b.weight * (x.real.square() + x.imag.square())).sum(1, keepdim=True))
         g = x.conj() * b.ramp(t) * (b.weight / xnorm.clamp_min(1e-30))
-        cand = quat_multiply(self.dq[None], q[:, None])  # (B, K, 4): δq · q
+        h = (radius / self.lattice)[:, None, None]
+        cand = quat_multiply(_rotvec_to_quat(self.rot_pts[None] * h), q[:, None])  # (B, K, 4): δq · q
         spec = proj.slices(cand.reshape(-1, 4).float()).flatten(1)[:, b.pix].view(B, K, -1)
         if ctf is not None:
             spec = spec * ctf[:, None]
         pnorm = torch.sqrt((b.weight * (spec.real.square() + spec.imag.square())).sum(2, keepdim=True))
         prod = g[:, None] * spec / pnorm.clamp_min(1e-30)
-        scores = torch.cat([prod.real, prod.imag], 2) @ self.E  # (B, K, S)
+        # Re(Q · e^{-iφ}) = Re Q cos φ + Im Q sin φ, φ = 2π step (offset · k)
+        phase = self.phase[None] * step[:, None, None].float()
+        scores = torch.bmm(torch.cat([prod.real, prod.imag], 2), torch.cat([torch.cos(phase), torch.sin(phase)], 1))
 
         best = scores.flatten(1).argmax(1)
         j, s = best // S, best % S
@@ -213,15 +216,16 @@ class _Search:
         nb = self.rot_nb[j]  # (B, 3, 2)
         fn = prof.gather(1, nb.clamp_min(0).flatten(1)).view(B, 3, 2)
         d_rot = _parabola_peak(fn[..., 0], f0[:, None], fn[..., 1], (nb >= 0).all(-1))
-        v = (self.rot_pts[j] + d_rot.double()) * self.h
+        v = (self.rot_pts[j] + d_rot.double()) * h[:, 0]
         q_new = quat_normalize(quat_multiply(_rotvec_to_quat(v), q))
         # shift: parabola along x and y at the best orientation
-        sj = scores[rows, j]  # (B, S)
         nbs = self.shift_nb[s]  # (B, 2, 2)
-        fs = sj.gather(1, nbs.clamp_min(0).flatten(1)).view(B, 2, 2)
-        d_s = _parabola_peak(fs[..., 0], f0[:, None], fs[..., 1], (nbs >= 0).all(-1))
-        t_new = t + self.offsets[s] + d_s.double() * self.step
-        return q_new, t_new, f0
+        fs = scores[rows, j].gather(1, nbs.clamp_min(0).flatten(1)).view(B, 2, 2)
+        shift_inside = (nbs >= 0).all(-1)
+        d_s = _parabola_peak(fs[..., 0], f0[:, None], fs[..., 1], shift_inside)
+        t_new = t + (self.offsets[s] + d_s.double()) * step[:, None]
+        rot_inside = self.rot_pts[j].square().sum(1) < (self.lattice - 0.5) ** 2
+        return q_new, t_new, f0, rot_inside, shift_inside.all(1)
 
 
 def _positive_w(q: Tensor) -> Tensor:
@@ -295,6 +299,7 @@ def refine(
     shifts=None,
     ctf: Optional[CTFSource] = None,
     rounds: int = 5,
+    passes: int = 2,
     pixel_size: float = 1.0,
     radius: float = 0.25,
     shrink: float = 0.5,
@@ -347,6 +352,8 @@ def refine(
     t = torch.zeros(N, 2, dtype=torch.float64) if shifts is None else _as_float64(shifts, "shifts", (N, 2))
     if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 0:
         raise ValueError(f"rounds must be a non-negative integer; got {rounds!r}")
+    if isinstance(passes, bool) or int(passes) != passes or passes < 1:
+        raise ValueError(f"passes must be a positive integer; got {passes!r}")
     for name, value in (("pixel_size", pixel_size), ("radius", radius), ("shift_step", shift_step)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number; got {value!r}")
@@ -384,30 +391,41 @@ def refine(
         return ins, maps, curve, res, band
 
     history: list[RoundStats] = []
+    r = torch.full((N,), float(radius), dtype=torch.float64)  # per-particle search radius, rad
+    step = torch.full((N,), float(shift_step), dtype=torch.float64)  # per-particle shift step, pixels
     scores = torch.full((N,), float("nan"), dtype=torch.float64)
     bar = tqdm(range(int(rounds)), desc="refine", unit="round", disable=not progress)
     for i in bar:
         _, maps, _, res, band = half_maps()
-        search = _Search(_Band(n, band, device), radius * shrink**i, lattice, shift_step * shrink**i, shift_grid, device)
-        q_old, t_old = q.clone(), t.clone()
+        search = _Search(_Band(n, band, device), lattice, shift_grid, device)
+        q_old, t_old, r_old, step_old = q.clone(), t.clone(), r.clone(), step.clone()
+        inside = torch.zeros(N, dtype=torch.bool)
         for h in (0, 1):
             proj = FourierProjector(maps[h], pad=pad, interpolation=interpolation)
             for idx in torch.nonzero(half == h).squeeze(1).split(batch_size):
                 img = _load(images, idx, device)
                 c = None if ctf is None else _load_ctf(ctf, idx, n, device)
-                qb, tb, sb = search.run(proj, img, c, q[idx].to(device), t[idx].to(device))
-                q[idx] = _positive_w(qb).cpu()
-                t[idx] = tb.cpu().clamp(-max_shift, max_shift)
-                scores[idx] = sb.double().cpu()
+                for _ in range(passes):
+                    qb, tb, sb, rot_in, shift_in = search.run(
+                        proj, img, c, q[idx].to(device), t[idx].to(device), r[idx].to(device), step[idx].to(device)
+                    )
+                    q[idx] = _positive_w(qb).cpu()
+                    t[idx] = tb.cpu().clamp(-max_shift, max_shift)
+                    scores[idx] = sb.double().cpu()
+                    inside[idx] = rot_in.cpu()
+                    # trust region: narrower after an inner optimum, wider (up to the start) after an outer one
+                    r[idx] = torch.where(rot_in.cpu(), r[idx] * shrink, (r[idx] / shrink).clamp(max=radius))
+                    step[idx] = torch.where(shift_in.cpu(), step[idx] * shrink, (step[idx] / shrink).clamp(max=shift_step))
             del proj
         stats = RoundStats(
-            radius=radius * shrink**i,
-            shift_step=shift_step * shrink**i,
+            radius=float(r_old.mean()),
+            shift_step=float(step_old.mean()),
             resolution=res,
             band=band,
             mean_score=float(scores.mean()),
             mean_rotation=float(quat_distance(q, q_old).mean()),
             mean_shift=float(torch.linalg.vector_norm(t - t_old, dim=1).mean()),
+            at_boundary=float(1 - inside.double().mean()),
         )
         history.append(stats)
         bar.set_postfix(res=f"{res:.2f}", ncc=f"{stats.mean_score:.4f}", moved=f"{stats.mean_rotation:.4f}")
