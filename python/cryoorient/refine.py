@@ -200,7 +200,7 @@ class _Search:
         cand = quat_multiply(_rotvec_to_quat(self.rot_pts[None] * h), q[:, None])  # (B, K, 4): δq · q
         spec = proj.slices(cand.reshape(-1, 4).float()).flatten(1)[:, b.pix].view(B, K, -1)
         if ctf is not None:
-            spec = spec * ctf[:, None]
+            spec = spec * ctf.flatten(1)[:, b.pix][:, None]
         pnorm = torch.sqrt((b.weight * (spec.real.square() + spec.imag.square())).sum(2, keepdim=True))
         prod = g[:, None] * spec / pnorm.clamp_min(1e-30)
         # Re(Q · e^{-iφ}) = Re Q cos φ + Im Q sin φ, φ = 2π step (offset · k)
@@ -276,14 +276,14 @@ def _lowpass(volume: Tensor, band: float, width: float = 2.0) -> Tensor:
 class _Reconstructor:
     """Gold-standard half maps from the current orientations and shifts."""
 
-    def __init__(self, images, half, ctf, n, pad, device, batch_size):
+    def __init__(self, images, half, ctf, n, pad, weight_floor, device, batch_size):
         self.images, self.half, self.ctf = images, half, ctf
-        self.n, self.pad, self.device, self.batch = n, pad, device, batch_size
+        self.n, self.pad, self.floor, self.device, self.batch = n, pad, weight_floor, device, batch_size
 
     def inserters(self, q: Tensor, t: Tensor) -> list[FourierInserter]:
         out = []
         for h in (0, 1):
-            ins = FourierInserter(self.n, pad=self.pad, device=self.device)
+            ins = FourierInserter(self.n, pad=self.pad, device=self.device, weight_floor=self.floor)
             for idx in torch.nonzero(self.half == h).squeeze(1).split(self.batch):
                 img = shift_images(_load(self.images, idx, self.device), -t[idx].to(self.device, torch.float32))
                 c = None if self.ctf is None else _load_ctf(self.ctf, idx, self.pad * self.n, self.device)
@@ -310,6 +310,7 @@ def refine(
     min_band: float = 4.0,
     reference=None,
     pad: int = 2,
+    weight_floor: float = 0.01,
     interpolation: str = "linear",
     batch_size: Optional[int] = None,
     seed: int = 0,
@@ -332,7 +333,11 @@ def refine(
 
     ``reference``: optional (n, n, n) map in the orientations' frame up to a mirror: the
     result then says whether the refined map is its mirror image (module docstring).
-    ``pad``: Fourier oversampling of reconstruction and projection; ``interpolation``
+    ``pad``: Fourier oversampling of reconstruction and projection; ``weight_floor``: the
+    least (CTF²-)weight a Fourier voxel of a reconstruction is divided by (see
+    :class:`~cryoorient.reconstruct.FourierInserter`; one image's weight is about 1, and a
+    floor near that attenuates sparsely sampled voxels differently for each orientation,
+    which biases the search); ``interpolation``
     of the projector (``"linear"`` or ``"cubic"``); ``batch_size``: particles per search
     batch (default: by a memory budget, larger on CUDA); ``seed``: the half-set split;
     ``device``: where to compute (default CUDA if available).
@@ -380,7 +385,7 @@ def refine(
     if batch_size is None:
         budget = 1 << (26 if device.type == "cuda" else 21)  # candidate Fourier pixels held at once
         batch_size = max(1, budget // (K * n * (n // 2 + 1)))
-    recon = _Reconstructor(images, half, ctf, n, pad, device, max(batch_size, 64))
+    recon = _Reconstructor(images, half, ctf, n, pad, weight_floor, device, max(batch_size, 64))
 
     def half_maps():
         ins = recon.inserters(q, t)
@@ -431,7 +436,7 @@ def refine(
         bar.set_postfix(res=f"{res:.2f}", ncc=f"{stats.mean_score:.4f}", moved=f"{stats.mean_rotation:.4f}")
 
     ins, maps, curve, res, band = half_maps()
-    full = FourierInserter(n, pad=pad, device=device)
+    full = FourierInserter(n, pad=pad, device=device, weight_floor=weight_floor)
     full.data = ins[0].data + ins[1].data
     full.weight = ins[0].weight + ins[1].weight
     final = _lowpass(full.volume(), band).cpu()
