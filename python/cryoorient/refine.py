@@ -14,7 +14,10 @@ each round
    its current shift. The score is the normalised cross-correlation (NCC) in Fourier
    space of the image with the CTF-modulated projection. The best candidate is polished
    by a parabola through its neighbours along each lattice axis and each shift axis.
-   The radius and the shift step shrink by ``shrink`` every round.
+   Each particle's radius and shift step follow a trust region: they shrink after an
+   optimum well inside the search grid and grow back (up to the start) after one on its
+   outer shell, so particles far from the optimum keep wide steps while the others
+   narrow down.
 
 After the last round the half maps are reconstructed once more from the final
 orientations; :class:`RefineResult` holds them, their FSC and resolution, and the
@@ -324,11 +327,15 @@ def refine(
     ``shifts``: (N, 2) starting shifts in pixels (default 0). ``ctf``: a :data:`CTFSource`,
     or None for CTF-free images. ``pixel_size`` (Å) only scales the reported resolutions.
 
-    Search, round i (from 0): orientations ``δq·q`` with ``δq = exp(v)``, v on a cubic
-    lattice of spacing ``radius·shrink^i / lattice`` within the ball of radius
-    ``radius·shrink^i`` (``lattice`` = 2: 33 candidates); shifts on a (2·shift_grid + 1)²
-    grid of spacing ``shift_step·shrink^i`` pixels around the current shift, kept within
-    ``±max_shift`` pixels (default n/4). Scores use Fourier radii up to the half maps'
+    Search: particle b has its own radius r_b (from ``radius``, rad) and shift step s_b
+    (from ``shift_step``, pixels). A pass scores the orientations ``δq·q_b``, ``δq = exp(v)``
+    with v on the cubic lattice of spacing ``r_b / lattice`` in the ball of radius r_b
+    (``lattice`` = 2: 33 candidates), each at the (2·shift_grid + 1)² shifts ``t_b + s_b·(i, j)``
+    (shifts kept within ``±max_shift`` pixels, default n/4), and polishes the best by
+    parabolas. Trust region: r_b shrinks by ``shrink`` after an optimum within
+    ``lattice - 1/2`` steps of the centre and grows by ``1/shrink`` (up to ``radius``) after
+    one further out; s_b likewise with the edge of the shift grid. Each round makes
+    ``passes`` passes against its half maps. Scores use Fourier radii up to the half maps'
     FSC-0.143 resolution, but at least ``min_band`` pixels.
 
     ``reference``: optional (n, n, n) map in the orientations' frame up to a mirror: the
@@ -359,7 +366,8 @@ def refine(
         raise ValueError(f"rounds must be a non-negative integer; got {rounds!r}")
     if isinstance(passes, bool) or int(passes) != passes or passes < 1:
         raise ValueError(f"passes must be a positive integer; got {passes!r}")
-    for name, value in (("pixel_size", pixel_size), ("radius", radius), ("shift_step", shift_step)):
+    for name, value in (("pixel_size", pixel_size), ("radius", radius), ("shift_step", shift_step),
+                        ("weight_floor", weight_floor)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number; got {value!r}")
     if not 0 < shrink <= 1:
