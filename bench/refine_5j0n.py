@@ -98,7 +98,9 @@ def main() -> None:
     q0 = perturb(q_true, args.start_error, seed=1)
     e0 = orientation_error(q_true, q0)
 
-    rows = []
+    header = (f"{'noise':>10} {'E_OR start':>10} {'E_OR end':>9} {'frame':>7} {'target':>7} {'res (Å)':>8} "
+              f"{'res truth':>9} {'within 10%':>10} {'time (s)':>9}  resolution per round (Å)   mirrored")
+    print("\n" + header, flush=True)
     for name in args.noise:
         s2 = NOISE[name]
         g = torch.Generator().manual_seed(2)
@@ -117,13 +119,9 @@ def main() -> None:
         if not args.skip_truth:
             truth_res = refine(images, q_true, rounds=0, pixel_size=pixel, device=args.device, progress=False).resolution
         per_round = " ".join(f"{r.resolution:.1f}" for r in res.rounds) + f" {res.resolution:.1f}"
-        rows.append((name, e0, e1, e1_frame, TARGET[name], res.resolution, truth_res, dt, per_round, res.handedness_flipped))
-
-    print(f"\n{'noise':>10} {'E_OR start':>10} {'E_OR end':>9} {'frame':>7} {'target':>7} {'res (Å)':>8} {'res truth':>9} "
-          f"{'within 10%':>10} {'time (s)':>9}  resolution per round (Å)   mirrored")
-    for name, e0, e1, e1f, tgt, r, rt, dt, per_round, flip in rows:
-        ok = "-" if math.isnan(rt) else ("yes" if r <= 1.1 * rt else "no")
-        print(f"{name:>10} {e0:10.4f} {e1:9.4f} {e1f:7.4f} {tgt:7.2f} {r:8.2f} {rt:9.2f} {ok:>10} {dt:9.1f}  {per_round}   {flip}")
+        ok = "-" if math.isnan(truth_res) else ("yes" if res.resolution <= 1.1 * truth_res else "no")
+        print(f"{name:>10} {e0:10.4f} {e1:9.4f} {e1_frame:7.4f} {TARGET[name]:7.2f} {res.resolution:8.2f} "
+              f"{truth_res:9.2f} {ok:>10} {dt:9.1f}  {per_round}   {res.handedness_flipped}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ each round
    at K orientations ``δq·q`` around its current ``q`` (``δq`` on a cubic lattice of
    rotation vectors filling a ball of radius r) and on a grid of in-plane shifts around
    its current shift. The score is the normalised cross-correlation (NCC) in Fourier
-   space of the image with the CTF-modulated projection. The best candidate is polished
+   space of the image with the CTF-modulated projection, each Fourier shell of which is
+   weighted by sqrt(FSC) of the half maps (a half map's expected correlation with the
+   truth, so that unreliable shells count for less). The best candidate is polished
    by a parabola through its neighbours along each lattice axis and each shift axis.
    Each particle's radius and shift step follow a trust region: they shrink after an
    optimum well inside the search grid and grow back (up to the start) after one on its
@@ -149,9 +151,11 @@ def _parabola_peak(fm: Tensor, f0: Tensor, fp: Tensor, ok: Tensor) -> Tensor:
 
 
 class _Band:
-    """The rfft2 pixels of an n-box with 0 < |k| <= band and their correlation weights."""
+    """The rfft2 pixels of an n-box with 0 < |k| <= band, their correlation weights, and the
+    reference filter sqrt(FSC) per shell (``fsc_curve`` of shells 1, 2, ...): a half map's
+    expected correlation with the truth, so unreliable shells count for less."""
 
-    def __init__(self, n: int, band: float, device):
+    def __init__(self, n: int, band: float, fsc_curve: np.ndarray, device):
         ky = torch.fft.fftfreq(n, d=1.0 / n, device=device)
         kx = torch.fft.rfftfreq(n, d=1.0 / n, device=device)
         KY, KX = torch.meshgrid(ky, kx, indexing="ij")
@@ -162,6 +166,8 @@ class _Band:
         self.weight = torch.where(kx > 0, 2.0, 1.0)
         self.freq = torch.stack([kx, ky], 1) / n  # cycles per pixel (x, y)
         self.centre = self.ramp(torch.full((1, 2), -float(n // 2), device=device))[0]
+        shell = torch.round(r[self.pix]).long().clamp(1, len(fsc_curve)) - 1
+        self.filter = torch.as_tensor(np.sqrt(np.clip(fsc_curve, 0.0, 1.0)), dtype=torch.float32, device=device)[shell]
 
     def ramp(self, t: Tensor) -> Tensor:
         """Phase factors (B, P) moving image content by t (B, 2) pixels."""
@@ -202,8 +208,8 @@ class _Search:
         h = (radius / self.lattice)[:, None, None]
         cand = quat_multiply(_rotvec_to_quat(self.rot_pts[None] * h), q[:, None])  # (B, K, 4): δq · q
         spec = proj.slices(cand.reshape(-1, 4).float()).flatten(1)[:, b.pix].view(B, K, -1)
-        if ctf is not None:
-            spec = spec * ctf.flatten(1)[:, b.pix][:, None]
+        filt = b.filter if ctf is None else b.filter * ctf.flatten(1)[:, b.pix][:, None]
+        spec = spec * filt
         pnorm = torch.sqrt((b.weight * (spec.real.square() + spec.imag.square())).sum(2, keepdim=True))
         prod = g[:, None] * spec / pnorm.clamp_min(1e-30)
         # Re(Q · e^{-iφ}) = Re Q cos φ + Im Q sin φ, φ = 2π step (offset · k)
@@ -409,8 +415,8 @@ def refine(
     scores = torch.full((N,), float("nan"), dtype=torch.float64)
     bar = tqdm(range(int(rounds)), desc="refine", unit="round", disable=not progress)
     for i in bar:
-        _, maps, _, res, band = half_maps()
-        search = _Search(_Band(n, band, device), lattice, shift_grid, device)
+        _, maps, curve, res, band = half_maps()
+        search = _Search(_Band(n, band, curve.fsc, device), lattice, shift_grid, device)
         q_old, t_old, r_old, step_old = q.clone(), t.clone(), r.clone(), step.clone()
         inside = torch.zeros(N, dtype=torch.bool)
         for h in (0, 1):
