@@ -306,15 +306,14 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         def ctf(indices, size):  # noqa: E306
             return particle_ctf(particles, indices.cpu().numpy(), size)
     result = refine(images, q0, shifts=shifts, ctf=ctf, rounds=args.rounds, pixel_size=pixel, reference=volume,
-                    device=None if args.device == "auto" else args.device)
+                    align_reference=not args.same_frame, device=None if args.device == "auto" else args.device)
 
     print(f"{'round':>5} {'res (Å)':>8} {'radius':>8} {'NCC':>8} {'moved (rad)':>11} {'shift (px)':>10}")
     for i, r in enumerate(result.rounds, 1):
         print(f"{i:5d} {r.resolution:8.2f} {r.radius:8.4f} {r.mean_score:8.4f} {r.mean_rotation:11.4f} {r.mean_shift:10.3f}")
-    same, mirrored = result.reference_fsc
     print(f"final resolution (FSC 0.143): {result.resolution:.2f} Å")
     print(f"handedness: the refined map is {'the MIRROR IMAGE of' if result.handedness_flipped else 'the same hand as'} "
-          f"{args.map} (mean FSC {same:.3f} as is, {mirrored:.3f} mirrored)")
+          f"{args.map} (mean FSC {result.reference_fsc:.3f} in its hand)")
     out = particles.copy()
     rot, tilt, psi = quat_to_euler(result.quaternions)
     out.rot, out.tilt, out.psi = rot.numpy(), tilt.numpy(), psi.numpy()
@@ -334,14 +333,16 @@ def _add_refine(sub) -> None:
         help="refine particle orientations and shifts by gold-standard projection matching",
         description="Refine the orientations (rlnAngleRot/Tilt/Psi) and origins of particles by alternating "
         "half-set reconstruction and local projection matching. The maps are reconstructed from the particles; "
-        "--map (same box and pixel size, same frame up to a mirror) is the reference the refined map's "
-        "handedness is reported against.",
+        "--map (same box and pixel size, any frame) is the reference the refined map's handedness is "
+        "reported against.",
     )
     p.add_argument("particles", help="RELION STAR file with starting orientations")
     p.add_argument("--map", required=True, help="reference map (MRC) for the handedness check")
     p.add_argument("-o", "--output", required=True, help="refined STAR file (RELION 3.1)")
     p.add_argument("--output-map", help="also write the refined map, low-pass filtered at its resolution (MRC)")
     p.add_argument("--rounds", type=int, default=5, help="reconstruction/search rounds (default 5)")
+    p.add_argument("--same-frame", action="store_true",
+                   help="--map is in the orientations' frame (skip the rotational alignment of the handedness check)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=_cmd_refine)

@@ -35,10 +35,13 @@ projection by +t in the image (:mod:`cryoorient.shift`), hence RELION's
 Handedness: the maps are reconstructed from the given orientations, so orientations of
 the mirror image of the particle refine just as well and give the mirror-image map.
 Orientations A of a map V and ``M A M`` (M = diag(1, 1, −1)) of its mirror V(x, y, −z)
-give identical images (:func:`mirror_orientations`, :func:`mirror_map`). Given a
-``reference`` map in the frame of the orientations up to that mirror (for example the
-map the orientations were estimated against, or the truth in a simulation), the result
-records which hand the refined map has (:attr:`RefineResult.handedness_flipped`).
+give identical images (:func:`mirror_orientations`, :func:`cryoorient.maps.mirror`).
+Given a ``reference`` map, the result records which hand the refined map has
+(:attr:`RefineResult.handedness_flipped`): by the FSC of the map and of its mirror with
+the reference when both are in the orientations' frame (the map the orientations were
+estimated against, the truth of a simulation started from it), or after a global
+rotational alignment of both hands (:func:`cryoorient.maps.align_map`) with
+``align_reference=True`` (a reference in any frame).
 """
 
 from __future__ import annotations
@@ -54,11 +57,12 @@ from tqdm.auto import tqdm
 
 from .fsc import FSCResult, fsc
 from .geometry import quat_distance, quat_multiply, quat_normalize, quat_to_matrix
+from .maps import align_map, lowpass, mirror
 from .project import FourierProjector
 from .reconstruct import FourierInserter
 from .shift import shift_images
 
-__all__ = ["refine", "RefineResult", "RoundStats", "mirror_map", "mirror_orientations"]
+__all__ = ["refine", "RefineResult", "RoundStats", "mirror_orientations"]
 
 #: ``ctf(indices, size)`` -> real CTFs (B, size, size // 2 + 1) of particles ``indices`` (B,)
 #: on the ``rfft2`` grid of an image of edge ``size`` at the particles' pixel size.
@@ -93,18 +97,13 @@ class RefineResult:
     resolution: float  # Å, at FSC = 0.143
     pixel_size: float  # Å
     rounds: list[RoundStats] = field(default_factory=list)
-    handedness_flipped: Optional[bool] = None  # True: ``map`` is the mirror of the reference
-    reference_fsc: Optional[tuple[float, float]] = None  # mean FSC to ``resolution``: (map, mirrored map) vs reference
+    handedness_flipped: Optional[bool] = None  # True: ``map`` is the mirror image of the reference
+    reference_fsc: Optional[float] = None  # mean FSC (shells to ``resolution``) of the map, in the reference's hand, vs it
 
     @property
     def origins_angst(self) -> Tensor:
         """RELION ``rlnOriginX/YAngst`` (N, 2): ``-shifts · pixel_size``."""
         return -self.shifts * self.pixel_size
-
-
-def mirror_map(volume: Tensor) -> Tensor:
-    """The mirror image V(x, y, -z) of a cubic [z, y, x] map about its centre voxel n//2."""
-    return torch.roll(torch.flip(volume, dims=(0,)), shifts=1 if volume.shape[0] % 2 == 0 else 0, dims=0)
 
 
 def mirror_orientations(q: Tensor) -> Tensor:
@@ -271,17 +270,6 @@ def _as_float64(x, name: str, shape: tuple[int, int]) -> Tensor:
     return t
 
 
-def _lowpass(volume: Tensor, band: float, width: float = 2.0) -> Tensor:
-    """Low-pass filter a cubic map with a raised-cosine edge of ``width`` shells ending at radius ``band``."""
-    n = volume.shape[0]
-    k = torch.fft.fftfreq(n, d=1.0 / n, device=volume.device)
-    kx = torch.fft.rfftfreq(n, d=1.0 / n, device=volume.device)
-    r = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
-    edge = ((band - r) / width).clamp(0, 1)
-    filt = 0.5 - 0.5 * torch.cos(math.pi * edge)
-    return torch.fft.irfftn(torch.fft.rfftn(volume) * filt, s=volume.shape)
-
-
 class _Reconstructor:
     """Gold-standard half maps from the current orientations and shifts."""
 
@@ -318,6 +306,7 @@ def refine(
     max_shift: Optional[float] = None,
     min_band: float = 4.0,
     reference=None,
+    align_reference: bool = False,
     pad: int = 2,
     weight_floor: float = 0.01,
     interpolation: str = "linear",
@@ -344,8 +333,9 @@ def refine(
     ``passes`` passes against its half maps. Scores use Fourier radii up to the half maps'
     FSC-0.143 resolution, but at least ``min_band`` pixels.
 
-    ``reference``: optional (n, n, n) map in the orientations' frame up to a mirror: the
-    result then says whether the refined map is its mirror image (module docstring).
+    ``reference``: optional (n, n, n) map; the result then says whether the refined map is
+    its mirror image (module docstring). The reference is taken to be in the orientations'
+    frame up to a mirror, or in any frame with ``align_reference``.
     ``pad``: Fourier oversampling of reconstruction and projection; ``weight_floor``: the
     least (CTF²-)weight a Fourier voxel of a reconstruction is divided by (see
     :class:`~cryoorient.reconstruct.FourierInserter`; one image's weight is about 1, and a
@@ -453,15 +443,21 @@ def refine(
     full = FourierInserter(n, pad=pad, device=device, weight_floor=weight_floor)
     full.data = ins[0].data + ins[1].data
     full.weight = ins[0].weight + ins[1].weight
-    final = _lowpass(full.volume(), band).cpu()
+    final = lowpass(full.volume(), pixel_size, n * pixel_size / band).cpu()
     result = RefineResult(
         quaternions=q, shifts=t, scores=scores, half=half, half_maps=maps.cpu(), map=final, fsc=curve,
         resolution=res, pixel_size=float(pixel_size), rounds=history,
     )
     if ref is not None:
         keep = max(3, int(np.searchsorted(curve.frequency, 1.0 / res, side="right")))
-        same = float(np.mean(fsc(final, ref, pixel_size).fsc[:keep]))
-        mirrored = float(np.mean(fsc(mirror_map(final), ref, pixel_size).fsc[:keep]))
-        result.reference_fsc = (same, mirrored)
-        result.handedness_flipped = mirrored > same
+
+        def agreement(m):
+            return float(np.mean(fsc(m, ref, pixel_size).fsc[:keep]))
+
+        if align_reference:
+            aligned = align_map(final, ref)
+            result.handedness_flipped, result.reference_fsc = aligned.mirrored, agreement(aligned.aligned)
+        else:
+            same, mirrored = agreement(final), agreement(mirror(final))
+            result.handedness_flipped, result.reference_fsc = mirrored > same, max(same, mirrored)
     return result
