@@ -301,6 +301,83 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _cmd_refine(args: argparse.Namespace) -> int:
+    import torch
+
+    from .geometry import euler_to_quat, quat_to_euler
+    from .io import read_map, read_particle_images, read_star, write_map, write_star
+    from .reconstruct import particle_ctf
+    from .refine import refine
+
+    _refuse_existing(Path(args.output), args.force)
+    if args.output_map:
+        _refuse_existing(Path(args.output_map), args.force)
+    particles = read_star(args.particles)
+    if len(particles) == 0:
+        raise ValueError(f"'{args.particles}' holds no particles")
+    angles = particles.angles
+    if angles is None:
+        raise ValueError(f"'{args.particles}' has no rlnAngleRot/Tilt/Psi: refinement starts from given orientations")
+    pixel = particles.pixel_size
+    if pixel is None or not np.allclose(pixel, pixel[0], rtol=1e-4):
+        raise ValueError("particles need one pixel size (rlnImagePixelSize) for all optics groups")
+    pixel = float(pixel[0])
+    volume, voxel = read_map(args.map, pad_to_cube=True)
+    images = read_particle_images(particles)
+    if volume.shape[0] != images.shape[-1]:
+        raise ValueError(f"map box {volume.shape[0]} differs from the particle box {images.shape[-1]}")
+    if abs(voxel - pixel) > 0.01 * pixel:
+        raise ValueError(f"map voxel size {voxel:.4f} Å differs from the particle pixel size {pixel:.4f} Å")
+    q0 = euler_to_quat(*torch.from_numpy(angles).T)
+    origins = [np.zeros(len(particles)) if o is None else o for o in (particles.origin_x_angst, particles.origin_y_angst)]
+    shifts = -torch.from_numpy(np.stack(origins, 1)) / pixel
+    ctf = None
+    if particles.defocus_u is not None:
+        def ctf(indices, size):  # noqa: E306
+            return particle_ctf(particles, indices.cpu().numpy(), size)
+    result = refine(images, q0, shifts=shifts, ctf=ctf, rounds=args.rounds, pixel_size=pixel, reference=volume,
+                    align_reference=not args.same_frame, device=None if args.device == "auto" else args.device)
+
+    print(f"{'round':>5} {'res (Å)':>8} {'radius':>8} {'NCC':>8} {'moved (rad)':>11} {'shift (px)':>10}")
+    for i, r in enumerate(result.rounds, 1):
+        print(f"{i:5d} {r.resolution:8.2f} {r.radius:8.4f} {r.mean_score:8.4f} {r.mean_rotation:11.4f} {r.mean_shift:10.3f}")
+    print(f"final resolution (FSC 0.143): {result.resolution:.2f} Å")
+    print(f"handedness: the refined map is {'the MIRROR IMAGE of' if result.handedness_flipped else 'the same hand as'} "
+          f"{args.map} (mean FSC {result.reference_fsc:.3f} in its hand)")
+    out = particles.copy()
+    rot, tilt, psi = quat_to_euler(result.quaternions)
+    out.rot, out.tilt, out.psi = rot.numpy(), tilt.numpy(), psi.numpy()
+    out.origin_x_angst, out.origin_y_angst = result.origins_angst.numpy().T
+    out.data["rlnRandomSubset"] = result.half.numpy() + 1
+    write_star(args.output, out, overwrite=args.force)
+    print(f"wrote {args.output}")
+    if args.output_map:
+        write_map(args.output_map, result.map.numpy(), pixel, overwrite=args.force)
+        print(f"wrote {args.output_map}")
+    return 0
+
+
+def _add_refine(sub) -> None:
+    p = sub.add_parser(
+        "refine",
+        help="refine particle orientations and shifts by gold-standard projection matching",
+        description="Refine the orientations (rlnAngleRot/Tilt/Psi) and origins of particles by alternating "
+        "half-set reconstruction and local projection matching. The maps are reconstructed from the particles; "
+        "--map (same box and pixel size, any frame) is the reference the refined map's handedness is "
+        "reported against.",
+    )
+    p.add_argument("particles", help="RELION STAR file with starting orientations")
+    p.add_argument("--map", required=True, help="reference map (MRC) for the handedness check")
+    p.add_argument("-o", "--output", required=True, help="refined STAR file (RELION 3.1)")
+    p.add_argument("--output-map", help="also write the refined map, low-pass filtered at its resolution (MRC)")
+    p.add_argument("--rounds", type=int, default=5, help="reconstruction/search rounds (default 5)")
+    p.add_argument("--same-frame", action="store_true",
+                   help="--map is in the orientations' frame (skip the rotational alignment of the handedness check)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(func=_cmd_refine)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryoorient", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_reconstruct(sub)
     _add_train(sub)
+    _add_refine(sub)
     return parser
 
 

@@ -1,0 +1,463 @@
+"""Orientation refinement by projection matching, gold-standard.
+
+Starting from approximate orientations (such as recovered ones, errors of 0.1–0.3 rad),
+each round
+
+1. reconstructs: the particles are split once into two random halves; each half is
+   reconstructed on its own (:class:`cryoorient.reconstruct.FourierInserter`), the FSC
+   between the two half maps gives the resolution at FSC = 0.143, and every comparison
+   of the round is limited to Fourier radii up to that resolution (a hard low-pass of
+   each half map, so the references carry no noise to fit);
+2. searches locally: each particle is compared with projections of *its own* half map
+   at K orientations ``δq·q`` around its current ``q`` (``δq`` on a cubic lattice of
+   rotation vectors filling a ball of radius r) and on a grid of in-plane shifts around
+   its current shift. The score is the normalised cross-correlation (NCC) in Fourier
+   space of the image with the CTF-modulated projection, each Fourier shell of which is
+   weighted by sqrt(FSC) of the half maps (a half map's expected correlation with the
+   truth, so that unreliable shells count for less). The best candidate is polished
+   by a parabola through its neighbours along each lattice axis and each shift axis.
+   Each particle's radius and shift step follow a trust region: they shrink after an
+   optimum well inside the search grid and grow back (up to the start) after one on its
+   outer shell, so particles far from the optimum keep wide steps while the others
+   narrow down.
+
+After the last round the half maps are reconstructed once more from the final
+orientations; :class:`RefineResult` holds them, their FSC and resolution, and the
+full map low-pass filtered at that resolution.
+
+Conventions (those of :mod:`cryoorient.project` and :mod:`cryoorient.reconstruct`):
+images (N, n, n) are [y, x] with their centre at pixel n//2; an orientation is the
+scalar-first quaternion of RELION's matrix A, image(x, y) = ∫ V(Aᵀ(x, y, z)) dz, so
+candidates ``δq·q`` rotate in the particle frame; a shift t = (x, y) in pixels moves the
+projection by +t in the image (:mod:`cryoorient.shift`), hence RELION's
+``rlnOriginX/YAngst`` = −t · pixel size. Angles are in radians, resolutions in Å.
+
+Handedness: the maps are reconstructed from the given orientations, so orientations of
+the mirror image of the particle refine just as well and give the mirror-image map.
+Orientations A of a map V and ``M A M`` (M = diag(1, 1, −1)) of its mirror V(x, y, −z)
+give identical images (:func:`mirror_orientations`, :func:`cryoorient.maps.mirror`).
+Given a ``reference`` map, the result records which hand the refined map has
+(:attr:`RefineResult.handedness_flipped`): by the FSC of the map and of its mirror with
+the reference when both are in the orientations' frame (the map the orientations were
+estimated against, the truth of a simulation started from it), or after a global
+rotational alignment of both hands (:func:`cryoorient.maps.align_map`) with
+``align_reference=True`` (a reference in any frame).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .fsc import FSCResult, fsc
+from .geometry import quat_distance, quat_multiply, quat_normalize, quat_to_matrix
+from .maps import align_map, lowpass, mirror
+from .project import FourierProjector
+from .reconstruct import FourierInserter
+from .shift import shift_images
+
+__all__ = ["refine", "RefineResult", "RoundStats", "mirror_orientations"]
+
+#: ``ctf(indices, size)`` -> real CTFs (B, size, size // 2 + 1) of particles ``indices`` (B,)
+#: on the ``rfft2`` grid of an image of edge ``size`` at the particles' pixel size.
+CTFSource = Callable[[Tensor, int], Tensor]
+
+
+@dataclass
+class RoundStats:
+    """One refinement round: the search it made and the half maps it searched against."""
+
+    radius: float  # mean radius of the particles' orientation search balls, rad
+    shift_step: float  # mean spacing of the particles' shift grids, pixels
+    resolution: float  # FSC-0.143 resolution of the half maps searched against, Å
+    band: float  # Fourier radius the scores used, in pixels of the box (1/(n·pixel size))
+    mean_score: float  # mean NCC of the chosen candidates
+    mean_rotation: float  # mean rotation applied to the orientations, rad
+    mean_shift: float  # mean length of the shift changes, pixels
+    at_boundary: float  # fraction of particles whose best orientation lay in the outer shell of its ball
+
+
+@dataclass
+class RefineResult:
+    """Refined orientations and shifts, the final maps and the history of the rounds."""
+
+    quaternions: Tensor  # (N, 4) float64, RELION A, w >= 0
+    shifts: Tensor  # (N, 2) float64, pixels (x, y); RELION origin = -shifts · pixel_size
+    scores: Tensor  # (N,) NCC of each particle in the last round
+    half: Tensor  # (N,) int64, the gold-standard half set (0 or 1) of each particle
+    half_maps: Tensor  # (2, n, n, n) float32, unfiltered, from the final orientations
+    map: Tensor  # (n, n, n) float32, all particles, low-pass filtered at ``resolution``
+    fsc: FSCResult  # FSC between the final half maps
+    resolution: float  # Å, at FSC = 0.143
+    pixel_size: float  # Å
+    rounds: list[RoundStats] = field(default_factory=list)
+    handedness_flipped: Optional[bool] = None  # True: ``map`` is the mirror image of the reference
+    reference_fsc: Optional[float] = None  # mean FSC (shells to ``resolution``) of the map, in the reference's hand, vs it
+
+    @property
+    def origins_angst(self) -> Tensor:
+        """RELION ``rlnOriginX/YAngst`` (N, 2): ``-shifts · pixel_size``."""
+        return -self.shifts * self.pixel_size
+
+
+def mirror_orientations(q: Tensor) -> Tensor:
+    """Orientations of the mirrored map V(x, y, -z) giving the same images: A -> M A M, M = diag(1, 1, -1).
+
+    For quaternions (..., 4) that is (w, x, y, z) -> (w, -x, -y, z).
+    """
+    return q * q.new_tensor([1.0, -1.0, -1.0, 1.0])
+
+
+def _rotvec_to_quat(v: Tensor) -> Tensor:
+    """Unit quaternions (..., 4) of rotation vectors v (..., 3) (axis · angle, radians)."""
+    a = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    small = a < 1e-4
+    s = torch.where(small, 0.5 - a * a / 48.0, torch.sin(a / 2) / torch.where(small, 1.0, a))
+    return torch.cat([torch.cos(a / 2), v * s], dim=-1)
+
+
+def _grid(m: int, dim: int, ball: bool) -> tuple[Tensor, Tensor]:
+    """Integer points (K, dim) of a ball (or cube) of radius m, origin first, and the index of
+    each point's neighbours (K, dim, 2) at -1/+1 along every axis (-1 where outside)."""
+    r = torch.arange(-m, m + 1)
+    pts = torch.cartesian_prod(*([r] * dim)).reshape(-1, dim)
+    if ball:
+        pts = pts[(pts * pts).sum(1) <= m * m]
+    pts = pts[torch.argsort((pts * pts).sum(1), stable=True)]
+    where = {tuple(p.tolist()): i for i, p in enumerate(pts)}
+    nb = torch.full((len(pts), dim, 2), -1, dtype=torch.long)
+    for i, p in enumerate(pts.tolist()):
+        for a in range(dim):
+            for side, d in enumerate((-1, 1)):
+                p2 = list(p)
+                p2[a] += d
+                nb[i, a, side] = where.get(tuple(p2), -1)
+    return pts.to(torch.float64), nb
+
+
+def _parabola_peak(fm: Tensor, f0: Tensor, fp: Tensor, ok: Tensor) -> Tensor:
+    """Offset in (-1/2, 1/2) of the vertex of the parabola through (-1, fm), (0, f0), (1, fp); 0 where not ``ok``."""
+    den = fm - 2 * f0 + fp
+    ok = ok & (den < 0)
+    off = 0.5 * (fm - fp) / torch.where(ok, den, -1.0)
+    return torch.where(ok, off.clamp(-0.5, 0.5), 0.0)
+
+
+class _Band:
+    """The rfft2 pixels of an n-box with 0 < |k| <= band, their correlation weights, and the
+    reference filter sqrt(FSC) per shell (``fsc_curve`` of shells 1, 2, ...): a half map's
+    expected correlation with the truth, so unreliable shells count for less."""
+
+    def __init__(self, n: int, band: float, fsc_curve: np.ndarray, device):
+        ky = torch.fft.fftfreq(n, d=1.0 / n, device=device)
+        kx = torch.fft.rfftfreq(n, d=1.0 / n, device=device)
+        KY, KX = torch.meshgrid(ky, kx, indexing="ij")
+        r = torch.sqrt(KX * KX + KY * KY).flatten()
+        self.pix = torch.nonzero((r > 0) & (r <= band)).squeeze(1)
+        kx, ky = KX.flatten()[self.pix], KY.flatten()[self.pix]
+        # each kx > 0 pixel stands for itself and its Hermitian partner
+        self.weight = torch.where(kx > 0, 2.0, 1.0)
+        self.freq = torch.stack([kx, ky], 1) / n  # cycles per pixel (x, y)
+        self.centre = self.ramp(torch.full((1, 2), -float(n // 2), device=device))[0]
+        shell = torch.round(r[self.pix]).long().clamp(1, len(fsc_curve)) - 1
+        self.filter = torch.as_tensor(np.sqrt(np.clip(fsc_curve, 0.0, 1.0)), dtype=torch.float32, device=device)[shell]
+
+    def ramp(self, t: Tensor) -> Tensor:
+        """Phase factors (B, P) moving image content by t (B, 2) pixels."""
+        angle = -2 * math.pi * (t.float() @ self.freq.T)
+        return torch.polar(torch.ones_like(angle), angle)
+
+    def spectra(self, images: Tensor) -> Tensor:
+        """Band of the images' transforms (B, P), phase origin moved to the centre pixel n//2."""
+        return torch.fft.rfft2(images).flatten(1)[:, self.pix] * self.centre
+
+
+class _Search:
+    """Candidate orientations and shifts around each particle's current estimate, scored against one half map.
+
+    Particle b is searched on a lattice of rotation vectors of spacing ``radius_b / lattice``
+    (ball of radius ``radius_b``) and on a shift grid of spacing ``step_b``.
+    """
+
+    def __init__(self, band: _Band, lattice: int, shift_grid: int, device):
+        self.band, self.lattice = band, lattice
+        pts, self.rot_nb = _grid(lattice, 3, ball=True)
+        self.rot_pts = pts.to(device)
+        offs, self.shift_nb = _grid(shift_grid, 2, ball=False)
+        self.offsets = offs.to(device)
+        self.rot_nb, self.shift_nb = self.rot_nb.to(device), self.shift_nb.to(device)
+        self.phase = 2 * math.pi * (band.freq @ self.offsets.float().T)  # (P, S) per pixel of step
+
+    def run(self, proj: FourierProjector, images: Tensor, ctf: Optional[Tensor], q: Tensor, t: Tensor,
+            radius: Tensor, step: Tensor):
+        """For one batch: polished orientations (B, 4), shifts (B, 2), their NCC (B,), and whether the best
+        orientation lay within ``lattice - 1/2`` lattice steps of the centre and the best shift off the
+        edge of its grid (B,) (if not, the particle may need a search as wide again)."""
+        b = self.band
+        B, K, S = images.shape[0], self.rot_pts.shape[0], self.offsets.shape[0]
+        x = b.spectra(images)
+        xnorm = torch.sqrt((b.weight * (x.real.square() + x.imag.square())).sum(1, keepdim=True))
+        g = x.conj() * b.ramp(t) * (b.weight / xnorm.clamp_min(1e-30))
+        h = (radius / self.lattice)[:, None, None]
+        cand = quat_multiply(_rotvec_to_quat(self.rot_pts[None] * h), q[:, None])  # (B, K, 4): δq · q
+        spec = proj.slices(cand.reshape(-1, 4).float()).flatten(1)[:, b.pix].view(B, K, -1)
+        filt = b.filter if ctf is None else b.filter * ctf.flatten(1)[:, b.pix][:, None]
+        spec = spec * filt
+        pnorm = torch.sqrt((b.weight * (spec.real.square() + spec.imag.square())).sum(2, keepdim=True))
+        prod = g[:, None] * spec / pnorm.clamp_min(1e-30)
+        # Re(Q · e^{-iφ}) = Re Q cos φ + Im Q sin φ, φ = 2π step (offset · k)
+        phase = self.phase[None] * step[:, None, None].float()
+        scores = torch.bmm(torch.cat([prod.real, prod.imag], 2), torch.cat([torch.cos(phase), torch.sin(phase)], 1))
+
+        best = scores.flatten(1).argmax(1)
+        j, s = best // S, best % S
+        rows = torch.arange(B, device=scores.device)
+        f0 = scores[rows, j, s]
+        # rotation: parabola along each lattice axis through the best-shift profile
+        prof = scores.amax(2)
+        nb = self.rot_nb[j]  # (B, 3, 2)
+        fn = prof.gather(1, nb.clamp_min(0).flatten(1)).view(B, 3, 2)
+        d_rot = _parabola_peak(fn[..., 0], f0[:, None], fn[..., 1], (nb >= 0).all(-1))
+        v = (self.rot_pts[j] + d_rot.double()) * h[:, 0]
+        q_new = quat_normalize(quat_multiply(_rotvec_to_quat(v), q))
+        # shift: parabola along x and y at the best orientation
+        nbs = self.shift_nb[s]  # (B, 2, 2)
+        fs = scores[rows, j].gather(1, nbs.clamp_min(0).flatten(1)).view(B, 2, 2)
+        shift_inside = (nbs >= 0).all(-1)
+        d_s = _parabola_peak(fs[..., 0], f0[:, None], fs[..., 1], shift_inside)
+        t_new = t + (self.offsets[s] + d_s.double()) * step[:, None]
+        rot_inside = self.rot_pts[j].square().sum(1) < (self.lattice - 0.5) ** 2
+        return q_new, t_new, f0, rot_inside, shift_inside.all(1)
+
+
+def _positive_w(q: Tensor) -> Tensor:
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def _load(images, idx: Tensor, device) -> Tensor:
+    if torch.is_tensor(images):
+        x = images[idx.to(images.device)]
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(images[idx.cpu().numpy()]))
+    x = x.to(device=device, dtype=torch.float32)
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = idx[~finite.cpu()][0].item()
+        raise ValueError(f"image {bad} contains NaN or infinite values")
+    return x
+
+
+def _load_ctf(ctf: CTFSource, idx: Tensor, size: int, device) -> Tensor:
+    c = torch.as_tensor(ctf(idx, size))
+    want = (len(idx), size, size // 2 + 1)
+    if tuple(c.shape) != want:
+        raise ValueError(f"ctf(indices, {size}) must return shape {want}; got {tuple(c.shape)}")
+    return c.to(device=device, dtype=torch.float32)
+
+
+def _as_float64(x, name: str, shape: tuple[int, int]) -> Tensor:
+    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).detach().to("cpu", torch.float64)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}; got {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t
+
+
+class _Reconstructor:
+    """Gold-standard half maps from the current orientations and shifts."""
+
+    def __init__(self, images, half, ctf, n, pad, weight_floor, device, batch_size):
+        self.images, self.half, self.ctf = images, half, ctf
+        self.n, self.pad, self.floor, self.device, self.batch = n, pad, weight_floor, device, batch_size
+
+    def inserters(self, q: Tensor, t: Tensor) -> list[FourierInserter]:
+        out = []
+        for h in (0, 1):
+            ins = FourierInserter(self.n, pad=self.pad, device=self.device, weight_floor=self.floor)
+            for idx in torch.nonzero(self.half == h).squeeze(1).split(self.batch):
+                img = shift_images(_load(self.images, idx, self.device), -t[idx].to(self.device, torch.float32))
+                c = None if self.ctf is None else _load_ctf(self.ctf, idx, self.pad * self.n, self.device)
+                ins.insert(img, quat_to_matrix(q[idx].to(self.device)).float(), c)
+            out.append(ins)
+        return out
+
+
+def refine(
+    images,
+    q_init,
+    *,
+    shifts=None,
+    ctf: Optional[CTFSource] = None,
+    rounds: int = 5,
+    passes: int = 2,
+    pixel_size: float = 1.0,
+    radius: float = 0.25,
+    shrink: float = 0.5,
+    lattice: int = 2,
+    shift_step: float = 1.0,
+    shift_grid: int = 2,
+    max_shift: Optional[float] = None,
+    min_band: float = 4.0,
+    reference=None,
+    align_reference: bool = False,
+    pad: int = 2,
+    weight_floor: float = 0.01,
+    interpolation: str = "linear",
+    batch_size: Optional[int] = None,
+    seed: int = 0,
+    device=None,
+    progress: bool = True,
+) -> RefineResult:
+    """Refine orientations (and in-plane shifts) of ``images`` by gold-standard projection matching.
+
+    ``images``: (N, n, n) particle images (tensor, numpy array or memmap; read in batches).
+    ``q_init``: (N, 4) starting orientations (scalar-first quaternions of RELION's A).
+    ``shifts``: (N, 2) starting shifts in pixels (default 0). ``ctf``: a :data:`CTFSource`,
+    or None for CTF-free images. ``pixel_size`` (Å) only scales the reported resolutions.
+
+    Search: particle b has its own radius r_b (from ``radius``, rad) and shift step s_b
+    (from ``shift_step``, pixels). A pass scores the orientations ``δq·q_b``, ``δq = exp(v)``
+    with v on the cubic lattice of spacing ``r_b / lattice`` in the ball of radius r_b
+    (``lattice`` = 2: 33 candidates), each at the (2·shift_grid + 1)² shifts ``t_b + s_b·(i, j)``
+    (shifts kept within ``±max_shift`` pixels, default n/4), and polishes the best by
+    parabolas. Trust region: r_b shrinks by ``shrink`` after an optimum within
+    ``lattice - 1/2`` steps of the centre and grows by ``1/shrink`` (up to ``radius``) after
+    one further out; s_b likewise with the edge of the shift grid. Each round makes
+    ``passes`` passes against its half maps. Scores use Fourier radii up to the half maps'
+    FSC-0.143 resolution, but at least ``min_band`` pixels.
+
+    ``reference``: optional (n, n, n) map; the result then says whether the refined map is
+    its mirror image (module docstring). The reference is taken to be in the orientations'
+    frame up to a mirror, or in any frame with ``align_reference``.
+    ``pad``: Fourier oversampling of reconstruction and projection; ``weight_floor``: the
+    least (CTF²-)weight a Fourier voxel of a reconstruction is divided by (see
+    :class:`~cryoorient.reconstruct.FourierInserter`; one image's weight is about 1, and a
+    floor near that attenuates sparsely sampled voxels differently for each orientation,
+    which biases the search); ``interpolation``
+    of the projector (``"linear"`` or ``"cubic"``); ``batch_size``: particles per search
+    batch (default: by a memory budget, larger on CUDA); ``seed``: the half-set split;
+    ``device``: where to compute (default CUDA if available).
+    """
+    shape = tuple(images.shape) if hasattr(images, "shape") else None
+    if shape is None or len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"images must be a stack of square images (N, n, n); got shape {shape}")
+    N, n = shape[0], shape[1]
+    if N < 4:
+        raise ValueError(f"refinement needs at least 4 images (two per half set); got {N}")
+    if n < 8:
+        raise ValueError(f"images must be at least 8 pixels wide; got {n}")
+    q = _as_float64(q_init, "q_init", (N, 4))
+    if bool((torch.linalg.vector_norm(q, dim=1) == 0).any()):
+        raise ValueError("q_init contains zero quaternions")
+    q = _positive_w(quat_normalize(q))
+    t = torch.zeros(N, 2, dtype=torch.float64) if shifts is None else _as_float64(shifts, "shifts", (N, 2))
+    if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative integer; got {rounds!r}")
+    if isinstance(passes, bool) or int(passes) != passes or passes < 1:
+        raise ValueError(f"passes must be a positive integer; got {passes!r}")
+    for name, value in (("pixel_size", pixel_size), ("radius", radius), ("shift_step", shift_step),
+                        ("weight_floor", weight_floor)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number; got {value!r}")
+    if not 0 < shrink <= 1:
+        raise ValueError(f"shrink must be in (0, 1]; got {shrink!r}")
+    if int(lattice) != lattice or lattice < 1 or int(shift_grid) != shift_grid or shift_grid < 0:
+        raise ValueError(f"lattice must be an integer >= 1 and shift_grid >= 0; got {lattice!r}, {shift_grid!r}")
+    max_shift = n / 4 if max_shift is None else float(max_shift)
+    if not (math.isfinite(max_shift) and max_shift >= 0):
+        raise ValueError(f"max_shift must be a non-negative number of pixels; got {max_shift!r}")
+    ref = None
+    if reference is not None:
+        ref = torch.as_tensor(np.asarray(reference) if not torch.is_tensor(reference) else reference).float().cpu()
+        if tuple(ref.shape) != (n, n, n):
+            raise ValueError(f"reference must be a ({n}, {n}, {n}) map to match the images; got {tuple(ref.shape)}")
+        if not bool(torch.isfinite(ref).all()):
+            raise ValueError("reference map contains NaN or infinite values")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(int(seed)))
+    half = torch.zeros(N, dtype=torch.long)
+    half[perm[N // 2 :]] = 1
+    K = (2 * lattice + 1) ** 3
+    if batch_size is None:
+        budget = 1 << (26 if device.type == "cuda" else 21)  # candidate Fourier pixels held at once
+        batch_size = max(1, budget // (K * n * (n // 2 + 1)))
+    recon = _Reconstructor(images, half, ctf, n, pad, weight_floor, device, max(batch_size, 64))
+
+    def half_maps():
+        ins = recon.inserters(q, t)
+        maps = torch.stack([i.volume() for i in ins])
+        curve = fsc(maps[0], maps[1], pixel_size)
+        res = curve.resolution(0.143)
+        band = min(max(n * pixel_size / res, min_band), n // 2 - 1)
+        return ins, maps, curve, res, band
+
+    history: list[RoundStats] = []
+    r = torch.full((N,), float(radius), dtype=torch.float64)  # per-particle search radius, rad
+    step = torch.full((N,), float(shift_step), dtype=torch.float64)  # per-particle shift step, pixels
+    scores = torch.full((N,), float("nan"), dtype=torch.float64)
+    bar = tqdm(range(int(rounds)), desc="refine", unit="round", disable=not progress)
+    for i in bar:
+        _, maps, curve, res, band = half_maps()
+        search = _Search(_Band(n, band, curve.fsc, device), lattice, shift_grid, device)
+        q_old, t_old, r_old, step_old = q.clone(), t.clone(), r.clone(), step.clone()
+        inside = torch.zeros(N, dtype=torch.bool)
+        for h in (0, 1):
+            proj = FourierProjector(maps[h], pad=pad, interpolation=interpolation)
+            for idx in torch.nonzero(half == h).squeeze(1).split(batch_size):
+                img = _load(images, idx, device)
+                c = None if ctf is None else _load_ctf(ctf, idx, n, device)
+                for _ in range(passes):
+                    qb, tb, sb, rot_in, shift_in = search.run(
+                        proj, img, c, q[idx].to(device), t[idx].to(device), r[idx].to(device), step[idx].to(device)
+                    )
+                    q[idx] = _positive_w(qb).cpu()
+                    t[idx] = tb.cpu().clamp(-max_shift, max_shift)
+                    scores[idx] = sb.double().cpu()
+                    inside[idx] = rot_in.cpu()
+                    # trust region: narrower after an inner optimum, wider (up to the start) after an outer one
+                    r[idx] = torch.where(rot_in.cpu(), r[idx] * shrink, (r[idx] / shrink).clamp(max=radius))
+                    step[idx] = torch.where(shift_in.cpu(), step[idx] * shrink, (step[idx] / shrink).clamp(max=shift_step))
+            del proj
+        stats = RoundStats(
+            radius=float(r_old.mean()),
+            shift_step=float(step_old.mean()),
+            resolution=res,
+            band=band,
+            mean_score=float(scores.mean()),
+            mean_rotation=float(quat_distance(q, q_old).mean()),
+            mean_shift=float(torch.linalg.vector_norm(t - t_old, dim=1).mean()),
+            at_boundary=float(1 - inside.double().mean()),
+        )
+        history.append(stats)
+        bar.set_postfix(res=f"{res:.2f}", ncc=f"{stats.mean_score:.4f}", moved=f"{stats.mean_rotation:.4f}")
+
+    ins, maps, curve, res, band = half_maps()
+    full = FourierInserter(n, pad=pad, device=device, weight_floor=weight_floor)
+    full.data = ins[0].data + ins[1].data
+    full.weight = ins[0].weight + ins[1].weight
+    final = lowpass(full.volume(), pixel_size, n * pixel_size / band).cpu()
+    result = RefineResult(
+        quaternions=q, shifts=t, scores=scores, half=half, half_maps=maps.cpu(), map=final, fsc=curve,
+        resolution=res, pixel_size=float(pixel_size), rounds=history,
+    )
+    if ref is not None:
+        keep = max(3, int(np.searchsorted(curve.frequency, 1.0 / res, side="right")))
+
+        def agreement(m):
+            return float(np.mean(fsc(m, ref, pixel_size).fsc[:keep]))
+
+        if align_reference:
+            aligned = align_map(final, ref)
+            result.handedness_flipped, result.reference_fsc = aligned.mirrored, agreement(aligned.aligned)
+        else:
+            same, mirrored = agreement(final), agreement(mirror(final))
+            result.handedness_flipped, result.reference_fsc = mirrored > same, max(same, mirrored)
+    return result

@@ -1,0 +1,184 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from _eor_helpers import mean_error
+from cryoorient.cli import main
+from cryoorient.ctf import ctf_2d
+from cryoorient.geometry import euler_to_quat, quat_multiply, quat_to_euler, random_quaternions
+from cryoorient.io import Particles, read_star, write_map, write_stack, write_star
+from cryoorient.phantom import default_density
+from cryoorient.project import project_real
+from cryoorient.maps import mirror
+from cryoorient.refine import _rotvec_to_quat, mirror_orientations, refine
+from cryoorient.shift import shift_images
+
+N_IMAGES, BOX, VOXEL = 300, 32, 4.0
+
+
+def _perturb(q, mean_angle, seed):
+    """Rotate each orientation by a random rotation vector of mean length ``mean_angle`` (rad)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(q.shape[0], 3, generator=g, dtype=torch.float64) * (mean_angle / (2 * math.sqrt(2 / math.pi)))
+    return quat_multiply(_rotvec_to_quat(v), q)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A clean phantom, its real-space projections at random orientations, shifted by up to 1.5 px."""
+    vol = torch.from_numpy(default_density(box_size=BOX, voxel_size=VOXEL, resolution=10.0)).double()
+    q = random_quaternions(N_IMAGES, generator=1, dtype=torch.float64)
+    t = (torch.rand(N_IMAGES, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 - 1) * 1.5
+    images = shift_images(project_real(vol, q), t).float()
+    return vol.float(), q, t, images
+
+
+def test_refinement_recovers_perturbed_orientations_and_shifts(toy):
+    vol, q, t, images = toy
+    q0 = _perturb(q, 0.2, seed=2)
+    start = mean_error(q, q0)
+    assert 0.17 < start < 0.23
+    res = refine(images, q0, rounds=4, pixel_size=VOXEL, progress=False, device="cpu")
+    end = mean_error(q, res.quaternions)
+    assert end < 0.05 < start, (start, end)
+    assert torch.linalg.vector_norm(res.shifts - t, dim=1).mean() < 0.3
+    # the first round's map is blurred by the start errors; the last one is not
+    assert res.rounds[0].mean_score < res.rounds[-1].mean_score
+    assert res.rounds[0].radius == 0.25 and res.rounds[-1].radius < 0.1
+    assert res.resolution <= res.rounds[0].resolution
+    assert res.half_maps.shape == (2, BOX, BOX, BOX) and res.map.shape == (BOX, BOX, BOX)
+    assert set(res.half.tolist()) == {0, 1} and abs(int(res.half.sum()) - N_IMAGES // 2) <= 1
+    assert torch.allclose(res.origins_angst, -res.shifts * VOXEL)
+    # the refined map is the phantom (same hand)
+    corr = np.corrcoef(res.map.flatten().numpy(), vol.flatten().numpy())[0, 1]
+    assert corr > 0.9
+    assert res.handedness_flipped is None
+
+
+def test_mirrored_orientations_give_the_same_images_of_the_mirrored_map(toy):
+    vol = toy[0].double()
+    q = random_quaternions(5, generator=7, dtype=torch.float64)
+    a = project_real(vol, q)
+    b = project_real(mirror(vol).double(), mirror_orientations(q))
+    assert torch.allclose(a, b, atol=1e-5 * a.abs().max())
+    assert not torch.allclose(a, project_real(mirror(vol).double(), q), atol=1e-2 * a.abs().max())
+
+
+def test_handedness_is_reported_against_a_reference(toy):
+    vol, q, t, images = toy
+    same = refine(images, q, shifts=t, rounds=0, pixel_size=VOXEL, reference=vol, progress=False)
+    assert same.handedness_flipped is False and same.reference_fsc > 0.8
+    # orientations of the mirror image reconstruct the mirrored map
+    mirrored = refine(images, mirror_orientations(q), shifts=t, rounds=0, pixel_size=VOXEL, reference=vol,
+                      progress=False)
+    assert mirrored.handedness_flipped is True and mirrored.reference_fsc > 0.8
+    assert mirrored.rounds == [] and mirrored.resolution == pytest.approx(same.resolution, rel=0.05)
+
+
+@pytest.mark.slow
+def test_handedness_against_a_reference_in_another_frame(toy):
+    vol, q, t, images = toy
+    turn = random_quaternions(1, generator=9, dtype=torch.float64)
+    res = refine(images, quat_multiply(mirror_orientations(q), turn), shifts=t, rounds=0, pixel_size=VOXEL,
+                 reference=vol, align_reference=True, progress=False)
+    assert res.handedness_flipped is True and res.reference_fsc > 0.8
+
+
+def test_refinement_with_ctf(toy):
+    vol, q, t, _ = toy
+    n = 100
+    du = torch.linspace(5000.0, 20000.0, n, dtype=torch.float64)
+
+    def ctf(idx, size):
+        return ctf_2d(size, VOXEL, du[idx], voltage=300.0, cs=2.7, amplitude_contrast=0.1)
+
+    images = torch.fft.irfft2(torch.fft.rfft2(project_real(vol.double(), q[:n]).float()) * ctf(torch.arange(n), BOX),
+                              s=(BOX, BOX))
+    q0 = _perturb(q[:n], 0.1, seed=4)
+    res = refine(images, q0, ctf=ctf, rounds=3, pixel_size=VOXEL, progress=False)
+    assert mean_error(q[:n], res.quaternions) < 0.5 * mean_error(q[:n], q0)
+
+
+@pytest.mark.cuda
+def test_refinement_on_cuda_matches_the_cpu(toy):
+    vol, q, t, images = toy
+    q0 = _perturb(q, 0.1, seed=6)
+    kw = dict(shifts=t, rounds=2, pixel_size=VOXEL, progress=False)
+    gpu = refine(images, q0, device="cuda", **kw)
+    cpu = refine(images, q0, device="cpu", **kw)
+    assert mean_error(q, gpu.quaternions) < 0.5 * mean_error(q, q0)
+    assert mean_error(cpu.quaternions, gpu.quaternions) < 0.01
+    assert gpu.resolution == pytest.approx(cpu.resolution, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda im, q: (im, q[:-1]), r"q_init must have shape \(300, 4\)"),
+        (lambda im, q: (im[:, :, :-1], q), "square images"),
+        (lambda im, q: (im[0], q), "square images"),
+        (lambda im, q: (torch.where(torch.arange(300)[:, None, None] == 17, float("nan"), im), q), "image 17"),
+        (lambda im, q: (im, torch.where(torch.arange(300)[:, None] == 3, float("nan"), q)), "q_init contains NaN"),
+        (lambda im, q: (im, torch.zeros_like(q)), "zero quaternions"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(toy, change, message):
+    _, q, _, images = toy
+    im, qq = change(images, q)
+    with pytest.raises(ValueError, match=message):
+        refine(im, qq, rounds=1, progress=False)
+
+
+def test_bad_options_raise_clear_errors(toy):
+    vol, q, _, images = toy
+    with pytest.raises(ValueError, match="rounds"):
+        refine(images, q, rounds=-1, progress=False)
+    with pytest.raises(ValueError, match="shifts must have shape"):
+        refine(images, q, shifts=torch.zeros(5, 2), progress=False)
+    with pytest.raises(ValueError, match="reference must be a"):
+        refine(images, q, reference=vol[:-1], progress=False)
+    with pytest.raises(ValueError, match="must return shape"):
+        refine(images, q, ctf=lambda idx, size: torch.ones(len(idx), size, size), rounds=0, progress=False)
+
+
+def test_cli_refines_a_star_file(toy, tmp_path, capsys):
+    vol, q, t, images = toy
+    n = 120
+    write_stack(tmp_path / "particles.mrcs", images[:n].numpy(), pixel_size=VOXEL)
+    write_map(tmp_path / "initial.mrc", vol.numpy(), voxel_size=VOXEL)
+    q0 = _perturb(q[:n], 0.1, seed=5)
+    rot, tilt, psi = (a.numpy() for a in quat_to_euler(q0))
+    star = tmp_path / "particles.star"
+    origin = -t[:n].numpy() * VOXEL  # RELION origins (Å) of the true shifts
+    write_star(star, Particles.create("particles.mrcs", np.arange(n), VOXEL, BOX, root=tmp_path, rot=rot, tilt=tilt,
+                                      psi=psi, origin_x_angst=origin[:, 0], origin_y_angst=origin[:, 1]))
+    out = tmp_path / "refined.star"
+    args = ["refine", str(star), "--map", str(tmp_path / "initial.mrc"), "-o", str(out), "--rounds", "2",
+            "--device", "cpu", "--same-frame"]
+    assert main(args + ["--output-map", str(tmp_path / "refined.mrc")]) == 0
+    text = capsys.readouterr().out
+    assert "same hand" in text and "final resolution" in text
+    refined = read_star(out)
+    assert len(refined) == n and refined.image_names[0].endswith("@particles.mrcs")
+    q1 = euler_to_quat(*(torch.from_numpy(a) for a in refined.angles.T))
+    assert mean_error(q[:n], q1) < 0.6 * mean_error(q[:n], q0)
+    origin = torch.from_numpy(np.stack([refined.origin_x_angst, refined.origin_y_angst], 1))
+    assert torch.linalg.vector_norm(origin / -VOXEL - t[:n], dim=1).mean() < 0.2
+    assert sorted(set(refined.data["rlnRandomSubset"])) == [1, 2]
+    assert (tmp_path / "refined.mrc").exists()
+    # no overwrite without --force
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(args + ["--rounds", "0", "--force"]) == 0
+
+
+def test_cli_rejects_particles_without_orientations(toy, tmp_path, capsys):
+    vol, _, _, images = toy
+    write_stack(tmp_path / "p.mrcs", images[:8].numpy(), pixel_size=VOXEL)
+    write_map(tmp_path / "m.mrc", vol.numpy(), voxel_size=VOXEL)
+    write_star(tmp_path / "p.star", Particles.create("p.mrcs", np.arange(8), VOXEL, BOX, root=tmp_path))
+    assert main(["refine", str(tmp_path / "p.star"), "--map", str(tmp_path / "m.mrc"), "-o",
+                 str(tmp_path / "o.star")]) == 2
+    assert "rlnAngleRot" in capsys.readouterr().err
