@@ -13,6 +13,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert math.isfinite(summary["E_OR_rad"])  # the quick run is too small to be accurate
     report = (out / "report.md").read_text()
     for png in ("training/distances.png", "training/loss.png", "recovery_loss.png", "errors.png", "fsc.png",
+                "errors_refined.png",
                 "slices.png"):
         assert png in report and (out / png).stat().st_size > 0
     for f in ("truth.mrc", "reconstruction.mrc", "recovered.star", "data/particles.star"):

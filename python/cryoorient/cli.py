@@ -178,6 +178,7 @@ def _read_particles(path: str):
 def _cmd_recover(args: argparse.Namespace) -> int:
     from .io import read_particle_images
     from .model import SiameseNet
+    from .frame import resolve_frame
     from .pipeline import image_features, recover_from_features, write_recovered_star
 
     out = Path(args.output)
@@ -188,7 +189,13 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     features = image_features(model, images, progress=not args.quiet)
     result = recover_from_features(model, features, restarts=args.restarts, steps=args.steps, cutoff=args.cutoff,
                                    seed=args.seed, device=args.device, progress=not args.quiet)
-    write_recovered_star(particles, result.orientations, out, overwrite=args.force)
+    q = result.orientations
+    if args.resolve_frame:
+        frame = resolve_frame(images, q, seed=args.seed, device=args.device)
+        q = frame.quaternions
+        print(f"image frame resolved: cross-validated NCC {frame.score:.3f} (as recovered: "
+              f"{frame.score_uncorrected:.3f})")
+    write_recovered_star(particles, q, out, overwrite=args.force)
     plot = out.with_name(out.stem + "_loss.png")
     result.plot(str(plot))
     print(f"recovered {len(particles)} orientations: L_OR {result.loss:.4f} rad² (restart {result.restart}, "
@@ -202,8 +209,9 @@ def _add_recover(sub) -> None:
         "recover", help="recover particle orientations from the images with a trained Siamese network",
         description="Estimate distances between projections with the Siamese network, then find the orientations "
         "whose pairwise distances match (L_OR). Writes a RELION 3.1 STAR with rlnAngleRot/Tilt/Psi (degrees) and "
-        "origins set to 0. The recovered frame (a global rotation) and handedness are arbitrary; L_OR is the "
-        "accuracy proxy when no ground truth exists.",
+        "origins set to 0. Distances leave a global O(4) ambiguity; the part that the images can see is then fixed "
+        "(--resolve-frame), so the remaining global rotation of the map and its handedness are arbitrary. L_OR is "
+        "the accuracy proxy when no ground truth exists.",
     )
     p.add_argument("particles", help="RELION STAR file or a bare .mrcs stack")
     p.add_argument("--model", required=True, help="trained network (.pt from `cryoorient train`)")
@@ -212,6 +220,9 @@ def _add_recover(sub) -> None:
     p.add_argument("--steps", type=int, default=2000, help="maximum optimisation steps (default 2000)")
     p.add_argument("--cutoff", type=float, default=None,
                    help="trust only estimated distances below this (radians), with a spreading term (default: all)")
+    p.add_argument("--resolve-frame", action=argparse.BooleanOptionalAction, default=True,
+                   help="fix the part of the global ambiguity that the images can see (a rotation of every image "
+                   "frame), so that the orientations reconstruct a sharp map (default yes)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--force", action="store_true", help="overwrite the output")

@@ -3,10 +3,13 @@
 1. the built-in asymmetric pseudo-molecule (:mod:`cryoorient.phantom`) is the ground truth;
 2. a test dataset is simulated (.mrcs + RELION STAR with the true angles);
 3. a Siamese network learns d̂_p from fresh projections of the same map (on the fly);
-4. orientations of the test images are recovered from d̂_p alone (L_OR, eq. 4);
+4. orientations of the test images are recovered from d̂_p alone (L_OR, eq. 4), and the
+   part of the global ambiguity that the images can see is fixed (:mod:`cryoorient.frame`);
 5. they are aligned to the truth (E_OR, eqs. 5–6) and the map is reconstructed and
    compared with the truth (FSC, after aligning the map: its frame and hand are arbitrary);
-6. ``report.md`` with PNG plots summarises it.
+6. the orientations are refined by projection matching (:mod:`cryoorient.refine`) and
+   evaluated again;
+7. ``report.md`` with PNG plots summarises it.
 """
 
 from __future__ import annotations
@@ -38,19 +41,22 @@ class DemoSettings:
     recover_restarts: int = 4
     recover_steps: int = 1500
     cutoff: float | None = None
+    refine_rounds: int = 3
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "DemoSettings":
         """A reduced run (about a minute on a laptop CPU) for tests."""
         return cls(box=24, voxel_size=5.0, resolution=12.0, n_test=200, snr_db=None, widths=(8, 16, 32, 32, 64, 64, 64),
-                   train_epochs=3, train_steps_per_epoch=20, batch_size=64, recover_restarts=2, recover_steps=400)
+                   train_epochs=3, train_steps_per_epoch=20, batch_size=64, recover_restarts=2, recover_steps=400,
+                   refine_rounds=1)
 
 
 def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force: bool = False,
              progress: bool = True) -> dict:
     """Run the demo into ``out_dir`` (refused if it exists, unless ``force``); returns the summary."""
     from .align import align_orientations, plot_error_histogram
+    from .frame import resolve_frame
     from .fsc import fsc, plot_fsc
     from .io import read_star, write_map
     from .maps import align_map
@@ -58,6 +64,7 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
     from .phantom import default_density
     from .pipeline import image_features, recover_from_features, write_recovered_star
     from .reconstruct import reconstruct_particles
+    from .refine import refine
     from .simulate import SimulationSettings, load_dataset, simulate
     from .train import OnTheFlySource, ProjectionRenderer, TrainConfig, Trainer
 
@@ -97,12 +104,14 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
     result = recover_from_features(model, features, restarts=s.recover_restarts, steps=s.recover_steps,
                                    cutoff=s.cutoff, seed=s.seed, device=device, progress=progress)
     result.plot(str(out / "recovery_loss.png"))
-    write_recovered_star(data.particles, result.orientations, out / "recovered.star")
+    frame = resolve_frame(data.images, result.orientations, seed=s.seed, device=device)
+    q_rec = frame.quaternions
+    write_recovered_star(data.particles, q_rec, out / "recovered.star")
     times["recover"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     q_true = data.params.quaternions
-    alignment = align_orientations(q_true, result.orientations)
+    alignment = align_orientations(q_true, q_rec)
     plot_error_histogram(out / "errors.png", alignment, title="Orientation error after alignment")
     times["evaluate"] = time.perf_counter() - t0
 
@@ -117,6 +126,16 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
     _plot_slices(out / "slices.png", truth, aligned.aligned.numpy(), truth_recon.numpy())
     times["reconstruct"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    refined = refine(data.images, q_rec, rounds=s.refine_rounds, pixel_size=s.voxel_size,
+                     reference=truth, align_reference=True, device=device, progress=progress)
+    refined_alignment = align_orientations(q_true, refined.quaternions)
+    refined_map = align_map(refined.map, torch.from_numpy(truth))
+    refined_curve = fsc(refined_map.aligned, truth, s.voxel_size)
+    write_map(out / "refined.mrc", refined_map.aligned.numpy(), s.voxel_size)
+    plot_error_histogram(out / "errors_refined.png", refined_alignment, title="Orientation error after refinement")
+    times["refine"] = time.perf_counter() - t0
+
     summary.update({
         "E_OR_rad": alignment.error,
         "E_OR_deg": alignment.error_deg,
@@ -128,6 +147,10 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
         "fsc0143_A": curve.resolution(0.143),
         "fsc05_true_orientations_A": curve_true.resolution(0.5),
         "map_hand_flipped": aligned.mirrored,
+        "refined_E_OR_rad": refined_alignment.error,
+        "refined_median_error_rad": float(refined_alignment.errors.median()),
+        "refined_fsc05_A": refined_curve.resolution(0.5),
+        "refined_fsc0143_A": refined_curve.resolution(0.143),
         "seconds": times,
     })
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -176,6 +199,9 @@ def _write_report(path: Path, s: dict, train_summary: dict) -> None:
         f"| final L_OR (accuracy proxy without ground truth) | {s['L_OR']:.4f} rad² |",
         f"| FSC 0.5 / 0.143 vs truth, recovered orientations | {s['fsc05_A']:.1f} / {s['fsc0143_A']:.1f} Å |",
         f"| FSC 0.5 vs truth, true orientations | {s['fsc05_true_orientations_A']:.1f} Å |",
+        f"| after {s['settings']['refine_rounds']} rounds of refinement: E_OR (median) | "
+        f"{s['refined_E_OR_rad']:.3f} ({s['refined_median_error_rad']:.3f}) rad |",
+        f"| after refinement: FSC 0.5 / 0.143 vs truth | {s['refined_fsc05_A']:.1f} / {s['refined_fsc0143_A']:.1f} Å |",
         "",
         "Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()) + f"; total {sum(t.values()):.0f}.",
         "",
@@ -196,6 +222,10 @@ def _write_report(path: Path, s: dict, train_summary: dict) -> None:
         "![FSC](fsc.png)",
         "",
         "![central slices](slices.png)",
+        "",
+        "## Refinement",
+        "",
+        "![per-projection error after refinement](errors_refined.png)",
         "",
     ]
     path.write_text("\n".join(lines))
