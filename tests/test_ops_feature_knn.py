@@ -61,7 +61,7 @@ def test_cuda_knn_large(dtype):
     d, idx = ops.feature_knn(f.cuda(), 32, "signless")
     # Half-precision products are exact, but their float32 sums over n_f = 96 terms round
     # at ~1e-6 relative, which 2·arccos turns into ~1e-5 rad: near-ties may swap at that scale.
-    atol = 1e-5 if dtype == torch.float32 else 1e-4
+    atol = 1e-5 if dtype == torch.float32 else 3e-4
     _assert_matches_topk(f, d, idx, 32, "signless", atol=atol, min_agree=0.99)
 
 
