@@ -78,3 +78,22 @@ def test_pipeline_bad_inputs(dataset, tmp_path, capsys):
     write_star(tmp_path / "few.star", p.subset(np.arange(10)))
     assert main(["evaluate", str(tmp_path / "few.star"), "--truth", str(dataset / "data" / "particles.star")]) == 2
     assert "different particles" in capsys.readouterr().err
+
+
+def test_info_reports_the_build(capsys):
+    from cryoorient import _ext
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"cuda_kernels_compiled  {_ext.cuda_compiled()}" in out
+    assert ("sm_90" in out) == _ext.cuda_compiled()
+    assert "gpu_usable" in out
+
+
+def test_unknown_command_and_missing_arguments_exit_nonzero(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["recover"])
+    assert e.value.code != 0
+    with pytest.raises(SystemExit) as e:
+        main(["no-such-command"])
+    assert e.value.code != 0
