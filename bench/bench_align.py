@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from _timing import cuda_median_ms
+
 from cryoorient import ops
 from cryoorient.align import align_orientations, aligned_errors
 from cryoorient.ops import _torch_impl as ref
@@ -28,21 +30,6 @@ from cryoorient.ops import _torch_impl as ref
 HBM = 3.35e12
 FP32 = 67e12
 FLOP_PER_EVAL = 160
-
-
-def cuda_median_ms(fn, reps: int, warmup: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def wall_median_s(fn, reps: int) -> float:

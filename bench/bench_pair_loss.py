@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from _timing import cuda_median_ms
+
 from cryoorient import ops
 from cryoorient.ops import _torch_impl as ref
 
@@ -43,21 +45,6 @@ def fwd_bwd(loss_fn, q, i, j, t):
     return step
 
 
-def time_cuda(step, reps: int) -> float:
-    for _ in range(5):
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        step()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
 def time_cuda_graph(step, reps: int) -> float:
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -68,7 +55,7 @@ def time_cuda_graph(step, reps: int) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    return time_cuda(graph.replay, reps)
+    return cuda_median_ms(graph.replay, reps)
 
 
 def time_cpu(step, reps: int) -> float:
