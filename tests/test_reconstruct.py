@@ -88,3 +88,12 @@ def test_fsc_of_identical_maps_is_one_and_of_noise_is_low():
     assert np.abs(fsc(a, b, 1.0).fsc[3:]).max() < 0.2
     with pytest.raises(ValueError, match="cubic"):
         fsc(truth, truth[:-1], 1.0)
+
+
+@pytest.mark.parametrize("n", [16, 15])
+def test_axis_aligned_views_stay_inside_the_grid(n):
+    # identity and quarter-turn views put samples exactly on the last Fourier plane
+    q = torch.tensor([[1.0, 0, 0, 0], [0.5**0.5, 0.5**0.5, 0, 0], [0.5**0.5, 0, 0.5**0.5, 0]]).repeat(4, 1)
+    images = torch.randn(q.shape[0], n, n)
+    vol = reconstruct(images, q, progress=False)
+    assert vol.shape == (n, n, n) and torch.isfinite(vol).all()

@@ -91,7 +91,10 @@ def resolve_frame(images, q: Tensor, *, n_images: int = 300, size: int = 24, n_c
         raise ValueError(f"need at least 20 images to resolve the frame; got {N}")
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(N, generator=gen)[: min(n_images, N)].sort().values
-    imgs = torch.as_tensor(np.asarray(images[pick.numpy()], dtype=np.float32)).to(device)
+    if torch.is_tensor(images):
+        imgs = images[pick.to(images.device)].to(device=device, dtype=torch.float32)
+    else:
+        imgs = torch.as_tensor(np.asarray(images[pick.numpy()], dtype=np.float32)).to(device)
     imgs = _downsample(imgs, size)
     half = (torch.arange(len(pick)) % 2).to(device)
     q0 = quat_normalize(q.detach().to(device=device, dtype=torch.float32))[pick.to(device)]

@@ -72,7 +72,9 @@ class FourierInserter:
         # 3D coordinates A^T (kx, ky, 0): (B, Npix, 3) as (x, y, z)
         k3 = torch.einsum("pc,bcd->bpd", self._k2, rotations[:, :2, :].to(self.device, torch.float32))
         g = k3 + p // 2  # grid coordinates, centre at p//2
-        g0 = torch.floor(g)
+        # Lower corners; clamped so that a sample exactly on the last plane (an axis-aligned
+        # view at the cut-off radius) puts its full weight on it instead of indexing past it.
+        g0 = torch.floor(g).clamp(0, p - 2)
         t = g - g0
         g0 = g0.long()
         for dz in (0, 1):
