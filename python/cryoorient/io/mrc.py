@@ -176,13 +176,19 @@ def write_map(path: PathLike, data: np.ndarray, voxel_size: float, overwrite: bo
 
     Atomic; raises FileExistsError if ``path`` exists and ``overwrite`` is False.
     """
-    arr = _as_float32(data, 3, "map data")
-    vs = _check_size(voxel_size, "voxel_size")
+    _write_mrc(path, _as_float32(data, 3, "map data"), _check_size(voxel_size, "voxel_size"), overwrite, stack=False)
+
+
+def _write_mrc(path: PathLike, arr: np.ndarray, size: float, overwrite: bool, stack: bool) -> None:
+    """Atomically write a float32 3D array as an MRC volume or image stack with voxel/pixel ``size`` Å."""
     with atomic_path(path, overwrite) as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(arr)
-            mrc.set_volume()
-            mrc.voxel_size = vs
+            if stack:
+                mrc.set_image_stack()
+            else:
+                mrc.set_volume()
+            mrc.voxel_size = size
 
 
 # --------------------------------------------------------------------------- #
@@ -224,13 +230,7 @@ def write_stack(path: PathLike, images: np.ndarray, pixel_size: float, overwrite
     arr = np.asarray(images)
     if arr.ndim == 2:
         arr = arr[np.newaxis]
-    arr = _as_float32(arr, 3, "images")
-    ps = _check_size(pixel_size, "pixel_size")
-    with atomic_path(path, overwrite) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(arr)
-            mrc.set_image_stack()
-            mrc.voxel_size = ps
+    _write_mrc(path, _as_float32(arr, 3, "images"), _check_size(pixel_size, "pixel_size"), overwrite, stack=True)
 
 
 class StackWriter:
