@@ -16,6 +16,13 @@ Protocols (``--protocol``), on 5j0n unless said otherwise:
 images, as the paper did; ``fly`` trains on fresh on-the-fly projections of the same map with
 the same imaging settings (validation and test stay the simulated dataset's splits).
 
+``--snr DB`` sets the noise by SNR instead: σ² = 10^(−DB/10) on the standardised images (unit
+signal variance, the convention of ``bench/refine_5j0n.py``; σ² = 16 is ≈ −12 dB), e.g.
+``--protocol noise --snr 0``. ``--refine`` (CTF-free protocols) refines the recovered
+orientations of the 1,650 test projections, with their noise, by ``cryoorient.refine``
+(:func:`refinement`) and reports E_OR before/after and the FSC resolution of the refined map
+next to that of the true orientations on the same images and half sets.
+
 Each run writes into ``--workdir`` (default bench/out/snn_paper/<protocol>): the simulated
 dataset (reused if present), the training logs and plots of :class:`cryoorient.train.Trainer`,
 ``test_distances.png`` (the paper's Fig. 6b on 1,000 test pairs), ``recovery.png`` and
@@ -64,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--pixel-size", type=float, help="Å per pixel for the 'unseen' models (default: the map's)")
     p.add_argument("--resolution", type=float, help="Å, for maps from atomic models (default: 2·pixel size)")
     p.add_argument("--sigma2", type=float, help="override the protocol's noise variance")
+    p.add_argument("--snr", type=float, metavar="DB",
+                   help="override the protocol's noise by SNR in dB: sigma2 = 10^(-DB/10) on standardised images")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--steps-per-epoch", type=int, help="default: dataset pass (dataset) or 100 (fly)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -78,20 +87,39 @@ def parse_args(argv=None):
     p.add_argument("--baseline", action="store_true", help="also recover from the Euclidean baseline (Appendix E)")
     p.add_argument("--reconstruct", action="store_true",
                    help="paper §3.5: reconstruct from the test projections with the recovered orientations; FSC (Å)")
+    p.add_argument("--refine", action="store_true",
+                   help="refine the recovered test orientations (cryoorient.refine) on the test images; "
+                        "E_OR and FSC resolution before/after, vs the true orientations")
+    p.add_argument("--refine-rounds", type=int, default=5)
     p.add_argument("--throughput-steps", type=int, default=60, help="timed steps per architecture")
     p.add_argument("--device", default="cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.snr is not None and args.sigma2 is not None:
+        p.error("give either --snr or --sigma2, not both")
+    if args.snr is not None and not (math.isfinite(args.snr) and -60 <= args.snr <= 60):
+        p.error(f"--snr must be a finite number of dB in [-60, 60]; got {args.snr}")
+    if args.refine and PROTOCOLS[args.protocol]["ctf"]:
+        p.error(f"--refine needs a CTF-free protocol (the test images carry no CTF record); got {args.protocol}")
+    return args
+
+
+def noise_variance(args):
+    """σ² of the run: ``--sigma2``, else 10^(−snr/10) from ``--snr``, else the protocol's (None: clean)."""
+    if args.sigma2 is not None:
+        return args.sigma2
+    if args.snr is not None:
+        return 10.0 ** (-args.snr / 10.0)
+    return PROTOCOLS[args.protocol]["sigma2"]
 
 
 def simulation_settings(args, n: int):
     from cryoorient.simulate import SimulationSettings
 
     prot = PROTOCOLS[args.protocol]
-    sigma2 = args.sigma2 if args.sigma2 is not None else prot["sigma2"]
     return SimulationSettings(
-        n=n, size=args.size, sigma2=sigma2, ctf=prot["ctf"], defocus_min=5000.0, defocus_max=25000.0,
+        n=n, size=args.size, sigma2=noise_variance(args), ctf=prot["ctf"], defocus_min=5000.0, defocus_max=25000.0,
         voltage=300.0, shift_max=prot["shift_max"], shift_distribution="triangular", seed=args.seed,
     )
 
@@ -158,6 +186,8 @@ def evaluate(args, model, test, workdir: Path, device, label: str) -> dict:
            "recovery_seconds": result.seconds, "eval_seconds": time.perf_counter() - t0}
     if args.reconstruct:
         row.update(reconstruction(args, result.orientations, test, device))
+    if args.refine:
+        row.update(refinement(args, result.orientations, test, device))
     return row
 
 
@@ -197,6 +227,38 @@ def reconstruction(args, q_rec, test, device) -> dict:
     res, res_true = fsc(aligned.aligned, truth, voxel), fsc(best, truth, voxel)
     return {"frame_ncc": frame.score, "frame_ncc_raw": frame.score_uncorrected, "fsc05_A": res.resolution(0.5),
             "fsc0143_A": res.resolution(0.143), "fsc05_true_A": res_true.resolution(0.5), "nyquist_A": 2 * voxel}
+
+
+def refinement(args, q_rec, test, device) -> dict:
+    """Refine the recovered orientations of the test projections (issue 9: from the SNN output).
+
+    The image frame of the recovered orientations is resolved from the test images
+    (``cryoorient.frame``), then ``cryoorient.refine`` runs ``--refine-rounds`` rounds on the test
+    images as they are (with the protocol's noise), shifts searched from 0. E_OR before and after
+    (``cryoorient.align``: up to a global rotation and the hand), and the half-map FSC-0.143
+    resolution against that of the same images and half sets reconstructed at the true
+    orientations (``refine`` with ``rounds=0``: the same reconstruction code).
+    """
+    from cryoorient.align import align_orientations
+    from cryoorient.frame import resolve_frame
+    from cryoorient.refine import refine
+    from cryoorient.simulate import load_volume
+
+    _, pixel = load_volume(args.map)
+    q_true = test.quats.double().cpu()
+    frame = resolve_frame(test.images, q_rec, seed=args.seed, device=device)
+    q0 = frame.quaternions.double().cpu()
+    t0 = time.perf_counter()
+    res = refine(test.images, q0, rounds=args.refine_rounds, pixel_size=pixel, seed=args.seed, device=device,
+                 progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    truth = refine(test.images, q_true, rounds=0, pixel_size=pixel, seed=args.seed, device=device, progress=False)
+    after = align_orientations(q_true, res.quaternions)
+    return {"refine_E_OR_start": align_orientations(q_true, q0).error, "refine_E_OR": after.error,
+            "refine_mirrored": after.reflected, "refine_res_A": res.resolution, "refine_res_true_A": truth.resolution,
+            "refine_res_ratio": res.resolution / truth.resolution, "refine_seconds": seconds,
+            "refine_res_per_round_A": [r.resolution for r in res.rounds],
+            "refine_size": int(test.images.shape[-1]), "refine_pixel_A": float(pixel)}
 
 
 def euclidean_model(train, args):
@@ -294,7 +356,8 @@ def print_table(rows: list[dict]) -> None:
     keys = [k for k in ("protocol", "arch", "train_source", "epochs", "val_loss", "euclid_val_loss", "test_loss",
                         "E_OR", "E_OR_deg", "target", "train_seconds", "images_per_s", "pairs_per_s",
                         "anchor_pairs_per_s", "ms_per_step", "render_ms_per_step", "frame_ncc", "fsc05_A",
-                        "fsc0143_A", "fsc05_true_A", "nyquist_A") if any(k in r for r in rows)]
+                        "fsc0143_A", "fsc05_true_A", "nyquist_A", "refine_E_OR_start", "refine_E_OR",
+                        "refine_res_A", "refine_res_true_A", "refine_res_ratio", "refine_seconds") if any(k in r for r in rows)]
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     table = [keys] + [[fmt(r.get(k, "")) for k in keys] for r in rows]
     widths = [max(len(row[c]) for row in table) for c in range(len(keys))]

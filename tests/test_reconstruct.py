@@ -97,3 +97,23 @@ def test_axis_aligned_views_stay_inside_the_grid(n):
     images = torch.randn(q.shape[0], n, n)
     vol = reconstruct(images, q, progress=False)
     assert vol.shape == (n, n, n) and torch.isfinite(vol).all()
+
+
+def test_weighted_insertion_counts_an_image_as_often_as_its_weight():
+    from cryoorient.reconstruct import FourierInserter
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(3, 16, 16, generator=g)
+    A = quat_to_matrix(random_quaternions(3, generator=4))
+    weighted = FourierInserter(16, weight_floor=1e-6)
+    weighted.insert(images, A, weights=torch.tensor([2.0, 0.5, 0.0]))
+    repeated = FourierInserter(16, weight_floor=1e-6)
+    repeated.insert(images[[0, 0]], A[[0, 0]])
+    half = FourierInserter(16, weight_floor=1e-6)
+    half.insert(images[1:2], A[1:2])
+    assert torch.allclose(weighted.data, repeated.data + 0.5 * half.data, atol=1e-4)
+    assert torch.allclose(weighted.weight, repeated.weight + 0.5 * half.weight, atol=1e-5)
+    with pytest.raises(ValueError, match="weights must be 3 finite non-negative"):
+        weighted.insert(images, A, weights=torch.tensor([1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="weights must be 3"):
+        weighted.insert(images, A, weights=torch.ones(2))

@@ -7,12 +7,13 @@ import torch
 from _eor_helpers import mean_error
 from cryoorient.cli import main
 from cryoorient.ctf import ctf_2d
-from cryoorient.geometry import euler_to_quat, quat_multiply, quat_to_euler, random_quaternions
+from cryoorient.geometry import euler_to_quat, quat_distance, quat_multiply, quat_to_euler, random_quaternions
 from cryoorient.io import Particles, read_star, write_map, write_stack, write_star
 from cryoorient.phantom import default_density
 from cryoorient.project import project_real
 from cryoorient.maps import mirror
-from cryoorient.refine import _rotvec_to_quat, mirror_orientations, refine
+from cryoorient.project import FourierProjector
+from cryoorient.refine import _Band, _matching_scale, _rotvec_to_quat, _Search, mirror_orientations, refine
 from cryoorient.shift import shift_images
 
 N_IMAGES, BOX, VOXEL = 300, 32, 4.0
@@ -55,6 +56,7 @@ def test_refinement_recovers_perturbed_orientations_and_shifts(toy):
     corr = np.corrcoef(res.map.flatten().numpy(), vol.flatten().numpy())[0, 1]
     assert corr > 0.9
     assert res.handedness_flipped is None
+    assert res.soft_scale is not None and 0 < res.soft_scale <= 1
 
 
 def test_mirrored_orientations_give_the_same_images_of_the_mirrored_map(toy):
@@ -70,6 +72,7 @@ def test_handedness_is_reported_against_a_reference(toy):
     vol, q, t, images = toy
     same = refine(images, q, shifts=t, rounds=0, pixel_size=VOXEL, reference=vol, progress=False)
     assert same.handedness_flipped is False and same.reference_fsc > 0.8
+    assert same.soft_scale is None  # no search, no soft assignment: the maps of the given orientations
     # orientations of the mirror image reconstruct the mirrored map
     mirrored = refine(images, mirror_orientations(q), shifts=t, rounds=0, pixel_size=VOXEL, reference=vol,
                       progress=False)
@@ -84,6 +87,51 @@ def test_handedness_against_a_reference_in_another_frame(toy):
     res = refine(images, quat_multiply(mirror_orientations(q), turn), shifts=t, rounds=0, pixel_size=VOXEL,
                  reference=vol, align_reference=True, progress=False)
     assert res.handedness_flipped is True and res.reference_fsc > 0.8
+
+
+def _toy_search(vol, q, t, images, radius=0.1, step=0.5):
+    """Scores of the first 20 toy images on a local grid around their true orientations and shifts."""
+    search = _Search(_Band(BOX, 10.0, np.ones(BOX // 2), "cpu"), 2, 1, "cpu")
+    r = torch.full((20,), radius, dtype=torch.float64)
+    s = torch.full((20,), step, dtype=torch.float64)
+    scores, cand = search.score(FourierProjector(vol, pad=2), images[:20], None, q[:20], t[:20], r, s)
+    return search, scores, cand, s
+
+
+def test_soft_assignment_concentrates_on_the_best_match_of_clean_images(toy):
+    vol, q, t, images = toy
+    search, scores, cand, step = _toy_search(vol, q, t, images)
+    qc, tc, w = search.posterior(scores, cand, t[:20], step, top=8, scale=1.0)
+    assert qc.shape == (20, 8, 4) and tc.shape == (20, 8, 2)
+    assert torch.allclose(w.sum(1), torch.ones(20, dtype=w.dtype))
+    assert bool((w[:, 0] > 0.9).all()), w[:, 0]
+    assert float(quat_distance(qc[:, 0], q[:20]).max()) < 1e-6  # the most probable candidate is the truth
+    assert float((tc[:, 0] - t[:20]).abs().max()) < 1e-9
+    # noise spreads the posterior, and a higher temperature spreads it further
+    noisy = images[:20] + 2 * images.std() * torch.randn(images[:20].shape, generator=torch.Generator().manual_seed(8))
+    search, scores, cand, step = _toy_search(vol, q, t, noisy)
+    w_noisy = search.posterior(scores, cand, t[:20], step, top=8, scale=1.0)[2]
+    w_hot = search.posterior(scores, cand, t[:20], step, top=8, scale=0.2)[2]
+    assert w_hot[:, 0].mean() < w_noisy[:, 0].mean() < w[:, 0].mean()
+
+
+def test_temperature_calibration_matches_unbiased_sharpness(toy):
+    search = _toy_search(*toy)[0]
+    other = 0.4 + 0.1 * torch.rand(50, 33, 9, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    cmax = other.flatten(1).amax(1)[:, None, None]
+    # scores whose log-likelihood differences are twice as large: calibrated to half the inverse temperature
+    own = torch.sqrt(cmax**2 + 2 * (other**2 - cmax**2))
+    assert _matching_scale(own, other, search) == pytest.approx(0.5, rel=1e-3)
+    assert _matching_scale(other, other, search) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_hard_final_maps_on_request(toy):
+    vol, q, t, images = toy
+    q0 = _perturb(q[:100], 0.1, seed=3)
+    res = refine(images[:100], q0, shifts=t[:100], rounds=1, pixel_size=VOXEL, soft=False, progress=False)
+    assert res.soft_scale is None and mean_error(q[:100], res.quaternions) < 0.5 * mean_error(q[:100], q0)
+    with pytest.raises(TypeError, match="soft must be True or False"):
+        refine(images, q, soft="yes", progress=False)
 
 
 def test_refinement_with_ctf(toy):

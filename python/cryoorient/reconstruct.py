@@ -56,8 +56,11 @@ class FourierInserter:
         self._pix = torch.nonzero(keep.flatten()).squeeze(1)
         self._k2 = torch.stack([KX.flatten()[self._pix], KY.flatten()[self._pix]], 1)  # (Npix, 2): kx, ky
 
-    def insert(self, images: Tensor, rotations: Tensor, ctf: Optional[Tensor] = None) -> None:
-        """Add a batch: images (B, n, n) real, rotations (B, 3, 3) RELION A, ctf (B, n_pad, n_pad//2+1) or None."""
+    def insert(self, images: Tensor, rotations: Tensor, ctf: Optional[Tensor] = None,
+               weights: Optional[Tensor] = None) -> None:
+        """Add a batch: images (B, n, n) real, rotations (B, 3, 3) RELION A, ctf (B, n_pad, n_pad//2+1) or None,
+        and optional non-negative weights (B,) scaling each image's contribution (data and weight alike,
+        e.g. the probability of that orientation in a soft assignment; default 1)."""
         B, n = images.shape[0], self.n
         p, off = self.p, self.p // 2 - self.n // 2  # centre n//2 -> p//2 (odd n too)
         padded = torch.zeros(B, p, p, dtype=torch.float32, device=self.device)
@@ -69,6 +72,13 @@ class FourierInserter:
             c = ctf.to(self.device, torch.float32).flatten(1)[:, self._pix]
             f = f * c
             w_img = c * c
+        if weights is not None:
+            if tuple(weights.shape) != (B,) or not bool(torch.isfinite(weights).all() and (weights >= 0).all()):
+                raise ValueError(f"weights must be {B} finite non-negative numbers (one per image); "
+                                 f"got shape {tuple(weights.shape)}")
+            w = weights.to(self.device, torch.float32)[:, None]
+            f = f * w
+            w_img = w.expand(-1, f.shape[1]) if w_img is None else w_img * w
         # 3D coordinates A^T (kx, ky, 0): (B, Npix, 3) as (x, y, z)
         k3 = torch.einsum("pc,bcd->bpd", self._k2, rotations[:, :2, :].to(self.device, torch.float32))
         g = k3 + p // 2  # grid coordinates, centre at p//2

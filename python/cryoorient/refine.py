@@ -22,8 +22,17 @@ each round
    narrow down.
 
 After the last round the half maps are reconstructed once more from the final
-orientations; :class:`RefineResult` holds them, their FSC and resolution, and the
-full map low-pass filtered at that resolution.
+orientations, and then (``soft=True``, the default) by soft assignment, as RELION's
+marginalisation: each particle is scored on a finer local grid of orientations and
+shifts around its final estimate against its own half map and inserted at its most
+probable candidates with weights ∝ exp(log-likelihood / T) (:meth:`_Search.log_prob`:
+the likelihood of Gaussian noise whose power is estimated from the best match's
+residual; T calibrated against the particle's own noise in its half map, see
+:func:`_soft_assignment`). The best-match orientations stay the returned estimate.
+At low SNR this is what brings the resolution close to that of the true orientations:
+hard assignments scatter by the posterior width, and inserting the posterior instead
+averages that scatter out. :class:`RefineResult` holds the final half maps, their FSC
+and resolution, and the full map low-pass filtered at that resolution.
 
 Conventions (those of :mod:`cryoorient.project` and :mod:`cryoorient.reconstruct`):
 images (N, n, n) are [y, x] with their centre at pixel n//2; an orientation is the
@@ -68,6 +77,12 @@ __all__ = ["refine", "RefineResult", "RoundStats", "mirror_orientations"]
 #: on the ``rfft2`` grid of an image of edge ``size`` at the particles' pixel size.
 CTFSource = Callable[[Tensor, int], Tensor]
 
+# The final soft assignment: a lattice of SOFT_LATTICE steps of SOFT_ANGLE / band rad (band: the
+# Fourier radius of the scores, pixels; a step moves the band edge by SOFT_ANGLE pixels) around each
+# particle's orientation, shifts ±SOFT_SHIFT_GRID steps of SOFT_SHIFT_STEP pixels, the SOFT_TOP most
+# probable candidates kept; temperature calibrated on SOFT_CALIBRATE particles per half set.
+SOFT_LATTICE, SOFT_ANGLE, SOFT_SHIFT_GRID, SOFT_SHIFT_STEP, SOFT_TOP, SOFT_CALIBRATE = 2, 0.5, 1, 0.5, 16, 256
+
 
 @dataclass
 class RoundStats:
@@ -91,7 +106,7 @@ class RefineResult:
     shifts: Tensor  # (N, 2) float64, pixels (x, y); RELION origin = -shifts · pixel_size
     scores: Tensor  # (N,) NCC of each particle in the last round
     half: Tensor  # (N,) int64, the gold-standard half set (0 or 1) of each particle
-    half_maps: Tensor  # (2, n, n, n) float32, unfiltered, from the final orientations
+    half_maps: Tensor  # (2, n, n, n) float32, unfiltered, from the final orientations (soft: their posteriors)
     map: Tensor  # (n, n, n) float32, all particles, low-pass filtered at ``resolution``
     fsc: FSCResult  # FSC between the final half maps
     resolution: float  # Å, at FSC = 0.143
@@ -99,6 +114,7 @@ class RefineResult:
     rounds: list[RoundStats] = field(default_factory=list)
     handedness_flipped: Optional[bool] = None  # True: ``map`` is the mirror image of the reference
     reference_fsc: Optional[float] = None  # mean FSC (shells to ``resolution``) of the map, in the reference's hand, vs it
+    soft_scale: Optional[float] = None  # inverse temperature of the final soft assignment (1: as derived); None: hard
 
     @property
     def origins_angst(self) -> Tensor:
@@ -194,13 +210,12 @@ class _Search:
         self.rot_nb, self.shift_nb = self.rot_nb.to(device), self.shift_nb.to(device)
         self.phase = 2 * math.pi * (band.freq @ self.offsets.float().T)  # (P, S) per pixel of step
 
-    def run(self, proj: FourierProjector, images: Tensor, ctf: Optional[Tensor], q: Tensor, t: Tensor,
-            radius: Tensor, step: Tensor):
-        """For one batch: polished orientations (B, 4), shifts (B, 2), their NCC (B,), and whether the best
-        orientation lay within ``lattice - 1/2`` lattice steps of the centre and the best shift off the
-        edge of its grid (B,) (if not, the particle may need a search as wide again)."""
+    def score(self, proj: FourierProjector, images: Tensor, ctf: Optional[Tensor], q: Tensor, t: Tensor,
+              radius: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+        """For one batch: the NCC (B, K, S) of every candidate orientation (K) and shift (S), and the
+        candidate orientations (B, K, 4)."""
         b = self.band
-        B, K, S = images.shape[0], self.rot_pts.shape[0], self.offsets.shape[0]
+        B, K = images.shape[0], self.rot_pts.shape[0]
         x = b.spectra(images)
         xnorm = torch.sqrt((b.weight * (x.real.square() + x.imag.square())).sum(1, keepdim=True))
         g = x.conj() * b.ramp(t) * (b.weight / xnorm.clamp_min(1e-30))
@@ -214,7 +229,16 @@ class _Search:
         # Re(Q · e^{-iφ}) = Re Q cos φ + Im Q sin φ, φ = 2π step (offset · k)
         phase = self.phase[None] * step[:, None, None].float()
         scores = torch.bmm(torch.cat([prod.real, prod.imag], 2), torch.cat([torch.cos(phase), torch.sin(phase)], 1))
+        return scores, cand
 
+    def run(self, proj: FourierProjector, images: Tensor, ctf: Optional[Tensor], q: Tensor, t: Tensor,
+            radius: Tensor, step: Tensor):
+        """For one batch: polished orientations (B, 4), shifts (B, 2), their NCC (B,), and whether the best
+        orientation lay within ``lattice - 1/2`` lattice steps of the centre and the best shift off the
+        edge of its grid (B,) (if not, the particle may need a search as wide again)."""
+        scores, _ = self.score(proj, images, ctf, q, t, radius, step)
+        B, S = images.shape[0], self.offsets.shape[0]
+        h = (radius / self.lattice)[:, None, None]
         best = scores.flatten(1).argmax(1)
         j, s = best // S, best % S
         rows = torch.arange(B, device=scores.device)
@@ -234,6 +258,28 @@ class _Search:
         t_new = t + (self.offsets[s] + d_s.double()) * step[:, None]
         rot_inside = self.rot_pts[j].square().sum(1) < (self.lattice - 0.5) ** 2
         return q_new, t_new, f0, rot_inside, shift_inside.all(1)
+
+    def log_prob(self, scores: Tensor, scale: float = 1.0) -> Tensor:
+        """Log-probabilities (B, K·S), up to a constant, of the candidates of NCC ``scores`` (B, K, S).
+
+        With white Gaussian noise and the best scale of the projection, the log-likelihood of a
+        candidate of NCC c is ||x||² c² / (2 s) + const, s the noise power per Fourier
+        coefficient; estimated from the best candidate's residual, s = ||x||² (1 − c_max²) / P
+        (P Fourier coefficients in the band), it is P (c² − c_max²) / (2 (1 − c_max²)), times
+        ``scale`` (an inverse temperature)."""
+        c = scores.clamp_min(0).flatten(1).double()
+        cmax = c.amax(1, keepdim=True)
+        return scale * float(self.band.weight.sum()) * (c.square() - cmax.square()) / (2 * (1 - cmax.square()).clamp_min(1e-6))
+
+    def posterior(self, scores: Tensor, cand: Tensor, t: Tensor, step: Tensor, top: int,
+                  scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Soft assignment of one batch from its :meth:`score`: the ``top`` most probable candidates,
+        orientations (B, top, 4), shifts (B, top, 2) and probabilities (B, top) summing to 1."""
+        B, K, S = scores.shape
+        w, k = torch.softmax(self.log_prob(scores, scale), 1).topk(min(top, K * S), dim=1)
+        j, s = k // S, k % S
+        rows = torch.arange(B, device=scores.device)[:, None]
+        return cand[rows, j], t[:, None] + self.offsets[s] * step[:, None, None], w / w.sum(1, keepdim=True)
 
 
 def _positive_w(q: Tensor) -> Tensor:
@@ -277,16 +323,86 @@ class _Reconstructor:
         self.images, self.half, self.ctf = images, half, ctf
         self.n, self.pad, self.floor, self.device, self.batch = n, pad, weight_floor, device, batch_size
 
-    def inserters(self, q: Tensor, t: Tensor) -> list[FourierInserter]:
+    def inserters(self, q: Tensor, t: Tensor, w: Optional[Tensor] = None) -> list[FourierInserter]:
+        """Half-set inserters of the particles at orientations q (N, 4) and shifts t (N, 2), or, for a
+        soft assignment, each at C candidates q (N, C, 4), t (N, C, 2) of probabilities w (N, C)."""
+        if w is None:
+            q, t = q[:, None], t[:, None]
         out = []
         for h in (0, 1):
             ins = FourierInserter(self.n, pad=self.pad, device=self.device, weight_floor=self.floor)
             for idx in torch.nonzero(self.half == h).squeeze(1).split(self.batch):
-                img = shift_images(_load(self.images, idx, self.device), -t[idx].to(self.device, torch.float32))
+                img = _load(self.images, idx, self.device)
                 c = None if self.ctf is None else _load_ctf(self.ctf, idx, self.pad * self.n, self.device)
-                ins.insert(img, quat_to_matrix(q[idx].to(self.device)).float(), c)
+                qb, tb = q[idx].to(self.device), t[idx].to(self.device, torch.float32)
+                if w is None:
+                    keep = (slice(None), 0)
+                    weights = None
+                else:  # candidates carrying at least 1 % of the particle's most probable one
+                    wb = w[idx].to(self.device)
+                    keep = torch.nonzero(wb >= 0.01 * wb[:, :1])
+                    keep = (keep[:, 0], keep[:, 1])
+                    weights = wb[keep] / (wb * (wb >= 0.01 * wb[:, :1])).sum(1)[keep[0]]
+                rows = torch.arange(len(idx), device=self.device)[keep[0]]
+                ins.insert(shift_images(img[rows], -tb[keep]), quat_to_matrix(qb[keep]).float(),
+                           None if c is None else c[rows], weights)
             out.append(ins)
         return out
+
+
+def _matching_scale(own: Tensor, other: Tensor, search: _Search) -> float:
+    """The inverse temperature at which the posteriors from scores against the particles' own half
+    map (``own``, (B, K, S)) are on average as sharp (mean probability of the best candidate) as
+    those against the other half map (``other``) at the derived temperature."""
+    target = float(torch.softmax(search.log_prob(other), 1).amax(1).mean())
+    lo, hi = math.log(1e-3), math.log(1.0)
+    for _ in range(40):  # sharpness grows with the inverse temperature: bisect its logarithm
+        mid = 0.5 * (lo + hi)
+        sharp = float(torch.softmax(search.log_prob(own, math.exp(mid)), 1).amax(1).mean())
+        lo, hi = (mid, hi) if sharp < target else (lo, mid)
+    return math.exp(0.5 * (lo + hi))
+
+
+def _soft_assignment(images, ctf, half: Tensor, q: Tensor, t: Tensor, projs: list[FourierProjector],
+                     search: _Search, radius: float, step: float, top: int, calibrate: int, batch_size: int,
+                     seed: int, device) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Candidates (N, top, 4), shifts (N, top, 2) and probabilities (N, top) of every particle on the
+    ``search`` grid of ``radius`` (rad) and shift ``step`` (pixels) around (q, t), scored against its
+    own half map (``projs[half]``), and the inverse temperature used.
+
+    A particle's own half map holds its own noise at its current orientation, which makes the
+    likelihood of :meth:`_Search.log_prob` too sharp there; the temperature is therefore
+    calibrated on up to ``calibrate`` particles of each half, scored also against the other
+    half map (:func:`_matching_scale`; one number, the maps stay independent)."""
+    N = q.shape[0]
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+
+    def scores_of(idx, proj):
+        img = _load(images, idx, device)
+        c = None if ctf is None else _load_ctf(ctf, idx, img.shape[-1], device)
+        B = len(idx)
+        return search.score(proj, img, c, q[idx].to(device), t[idx].to(device),
+                            torch.full((B,), radius, dtype=torch.float64, device=device),
+                            torch.full((B,), step, dtype=torch.float64, device=device))
+
+    own, other = [], []
+    for h in (0, 1):
+        members = torch.nonzero(half == h).squeeze(1)
+        for idx in members[torch.randperm(len(members), generator=gen)[:calibrate]].split(batch_size):
+            own.append(scores_of(idx, projs[h])[0])
+            other.append(scores_of(idx, projs[1 - h])[0])
+    scale = _matching_scale(torch.cat(own), torch.cat(other), search)
+    qc = torch.zeros(N, top, 4, dtype=torch.float64)
+    tc = torch.zeros(N, top, 2, dtype=torch.float64)
+    wc = torch.zeros(N, top, dtype=torch.float64)
+    for h in (0, 1):
+        for idx in torch.nonzero(half == h).squeeze(1).split(batch_size):
+            scores, cand = scores_of(idx, projs[h])
+            step_b = torch.full((len(idx),), step, dtype=torch.float64, device=device)
+            a, b, w = search.posterior(scores, cand, t[idx].to(device), step_b, top, scale)
+            k = a.shape[1]
+            qc[idx, :k], tc[idx, :k], wc[idx, :k] = a.cpu(), b.cpu(), w.cpu()
+    return qc, tc, wc, scale
 
 
 def refine(
@@ -310,6 +426,7 @@ def refine(
     pad: int = 2,
     weight_floor: float = 0.01,
     interpolation: str = "linear",
+    soft: bool = True,
     batch_size: Optional[int] = None,
     seed: int = 0,
     device=None,
@@ -333,6 +450,8 @@ def refine(
     ``passes`` passes against its half maps. Scores use Fourier radii up to the half maps'
     FSC-0.143 resolution, but at least ``min_band`` pixels.
 
+    ``soft``: reconstruct the final half maps by soft assignment (module docstring); with
+    ``rounds=0`` the maps are always those of the given orientations.
     ``reference``: optional (n, n, n) map; the result then says whether the refined map is
     its mirror image (module docstring). The reference is taken to be in the orientations'
     frame up to a mirror, or in any frame with ``align_reference``.
@@ -366,6 +485,8 @@ def refine(
                         ("weight_floor", weight_floor)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number; got {value!r}")
+    if not isinstance(soft, bool):
+        raise TypeError(f"soft must be True or False; got {soft!r}")
     if not 0 < shrink <= 1:
         raise ValueError(f"shrink must be in (0, 1]; got {shrink!r}")
     if int(lattice) != lattice or lattice < 1 or int(shift_grid) != shift_grid or shift_grid < 0:
@@ -391,8 +512,8 @@ def refine(
         batch_size = max(1, budget // (K * n * (n // 2 + 1)))
     recon = _Reconstructor(images, half, ctf, n, pad, weight_floor, device, max(batch_size, 64))
 
-    def half_maps():
-        ins = recon.inserters(q, t)
+    def half_maps(*assignment):
+        ins = recon.inserters(*(assignment or (q, t)))
         maps = torch.stack([i.volume() for i in ins])
         curve = fsc(maps[0], maps[1], pixel_size)
         res = curve.resolution(0.143)
@@ -440,13 +561,22 @@ def refine(
         bar.set_postfix(res=f"{res:.2f}", ncc=f"{stats.mean_score:.4f}", moved=f"{stats.mean_rotation:.4f}")
 
     ins, maps, curve, res, band = half_maps()
+    soft_scale = None
+    if soft and rounds > 0:
+        search = _Search(_Band(n, band, curve.fsc, device), SOFT_LATTICE, SOFT_SHIFT_GRID, device)
+        projs = [FourierProjector(m, pad=pad, interpolation=interpolation) for m in maps]
+        qc, tc, wc, soft_scale = _soft_assignment(
+            images, ctf, half, q, t, projs, search, SOFT_LATTICE * SOFT_ANGLE / band, SOFT_SHIFT_STEP, SOFT_TOP,
+            SOFT_CALIBRATE, batch_size, seed, device)
+        del projs
+        ins, maps, curve, res, band = half_maps(qc, tc, wc)
     full = FourierInserter(n, pad=pad, device=device, weight_floor=weight_floor)
     full.data = ins[0].data + ins[1].data
     full.weight = ins[0].weight + ins[1].weight
     final = lowpass(full.volume(), pixel_size, n * pixel_size / band).cpu()
     result = RefineResult(
         quaternions=q, shifts=t, scores=scores, half=half, half_maps=maps.cpu(), map=final, fsc=curve,
-        resolution=res, pixel_size=float(pixel_size), rounds=history,
+        resolution=res, pixel_size=float(pixel_size), rounds=history, soft_scale=soft_scale,
     )
     if ref is not None:
         keep = max(3, int(np.searchsorted(curve.frequency, 1.0 / res, side="right")))
