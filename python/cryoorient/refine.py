@@ -81,7 +81,7 @@ CTFSource = Callable[[Tensor, int], Tensor]
 # Fourier radius of the scores, pixels; a step moves the band edge by SOFT_ANGLE pixels) around each
 # particle's orientation, shifts ±SOFT_SHIFT_GRID steps of SOFT_SHIFT_STEP pixels, the SOFT_TOP most
 # probable candidates kept; temperature calibrated on SOFT_CALIBRATE particles per half set.
-SOFT_LATTICE, SOFT_ANGLE, SOFT_SHIFT_GRID, SOFT_SHIFT_STEP, SOFT_TOP, SOFT_CALIBRATE = 2, 0.5, 1, 0.5, 16, 256
+SOFT_LATTICE, SOFT_ANGLE, SOFT_SHIFT_GRID, SOFT_SHIFT_STEP, SOFT_TOP, SOFT_CALIBRATE = 2, 0.75, 1, 0.5, 32, 256
 
 
 @dataclass
