@@ -357,7 +357,8 @@ def print_table(rows: list[dict]) -> None:
                         "E_OR", "E_OR_deg", "target", "train_seconds", "images_per_s", "pairs_per_s",
                         "anchor_pairs_per_s", "ms_per_step", "render_ms_per_step", "frame_ncc", "fsc05_A",
                         "fsc0143_A", "fsc05_true_A", "nyquist_A", "refine_E_OR_start", "refine_E_OR",
-                        "refine_res_A", "refine_res_true_A", "refine_res_ratio", "refine_seconds") if any(k in r for r in rows)]
+                        "refine_res_A", "refine_res_true_A", "refine_res_ratio", "refine_seconds")
+            if any(k in r for r in rows)]
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     table = [keys] + [[fmt(r.get(k, "")) for k in keys] for r in rows]
     widths = [max(len(row[c]) for row in table) for c in range(len(keys))]

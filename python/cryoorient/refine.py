@@ -269,7 +269,8 @@ class _Search:
         ``scale`` (an inverse temperature)."""
         c = scores.clamp_min(0).flatten(1).double()
         cmax = c.amax(1, keepdim=True)
-        return scale * float(self.band.weight.sum()) * (c.square() - cmax.square()) / (2 * (1 - cmax.square()).clamp_min(1e-6))
+        P = float(self.band.weight.sum())
+        return scale * P * (c.square() - cmax.square()) / (2 * (1 - cmax.square()).clamp_min(1e-6))
 
     def posterior(self, scores: Tensor, cand: Tensor, t: Tensor, step: Tensor, top: int,
                   scale: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -340,9 +341,9 @@ class _Reconstructor:
                     weights = None
                 else:  # candidates carrying at least 1 % of the particle's most probable one
                     wb = w[idx].to(self.device)
-                    keep = torch.nonzero(wb >= 0.01 * wb[:, :1])
-                    keep = (keep[:, 0], keep[:, 1])
-                    weights = wb[keep] / (wb * (wb >= 0.01 * wb[:, :1])).sum(1)[keep[0]]
+                    mask = wb >= 0.01 * wb[:, :1]
+                    keep = mask.nonzero(as_tuple=True)
+                    weights = wb[keep] / (wb * mask).sum(1)[keep[0]]
                 rows = torch.arange(len(idx), device=self.device)[keep[0]]
                 ins.insert(shift_images(img[rows], -tb[keep]), quat_to_matrix(qb[keep]).float(),
                            None if c is None else c[rows], weights)
@@ -353,7 +354,8 @@ class _Reconstructor:
 def _matching_scale(own: Tensor, other: Tensor, search: _Search) -> float:
     """The inverse temperature at which the posteriors from scores against the particles' own half
     map (``own``, (B, K, S)) are on average as sharp (mean probability of the best candidate) as
-    those against the other half map (``other``) at the derived temperature."""
+    those against the other half map (``other``) at the derived temperature; at most 1 (never
+    sharper than derived)."""
     target = float(torch.softmax(search.log_prob(other), 1).amax(1).mean())
     lo, hi = math.log(1e-3), math.log(1.0)
     for _ in range(40):  # sharpness grows with the inverse temperature: bisect its logarithm
