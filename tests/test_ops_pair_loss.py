@@ -191,3 +191,32 @@ def test_bad_inputs():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="one device"):
             ops.pair_loss(q, i, j, t.cuda())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_and_grad_matches_autograd(device, dtype, reduction, weighted):
+    q, i, j, t, w = _problem(300, 5000, dtype, device)
+    w = w if weighted else None
+    loss, grad = ops.pair_loss_and_grad(q, i, j, t, w, reduction)
+    x = q.clone().requires_grad_(True)
+    (grad_ref,) = torch.autograd.grad(ref.pair_loss(x, i, j, t, w, reduction), x)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(loss, ref.pair_loss(q, i, j, t, w, reduction), **tol)
+    torch.testing.assert_close(grad, grad_ref, **tol)
+    assert grad.shape == q.shape and not loss.requires_grad and not grad.requires_grad
+
+
+def test_loss_and_grad_empty_and_bad_inputs():
+    q, i, j, t, _ = _problem(10, 0, torch.float32, "cpu")
+    loss, grad = ops.pair_loss_and_grad(q, i, j, t, reduction="sum")
+    assert loss.item() == 0 and torch.count_nonzero(grad) == 0
+    assert torch.isnan(ops.pair_loss_and_grad(q, i, j, t)[0])
+    q, i, j, t, _ = _problem(10, 20, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="'mean' or 'sum'"):
+        ops.pair_loss_and_grad(q, i, j, t, reduction="none")
+    with pytest.raises(IndexError):
+        ops.pair_loss_and_grad(q, i + 10, j, t)
+    with pytest.raises(ValueError, match="shape"):
+        ops.pair_loss_and_grad(q, i, j, t[:5])

@@ -324,7 +324,7 @@ def recover_orientations(
     x = torch.randn(R * P, 4, generator=gen, device=device, dtype=dtype)
     if init is not None:
         x = _initial(init, R, P).to(device=device, dtype=dtype).reshape(R * P, 4)
-    x = (x / x.norm(dim=1, keepdim=True)).requires_grad_(True)
+    x = (x / x.norm(dim=1, keepdim=True))
     m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     lrs = torch.full((R,), lr, dtype=torch.float64)
@@ -350,9 +350,8 @@ def recover_orientations(
     while step < steps:
         i, j = _random_pairs(P, pairs_per_step, gen, device)
         batch = _Pairs(i, j, _targets(source, i, j, dtype, device), R, P, cutoff, spread)
-        loss = ops.pair_loss(x, batch.i, batch.j, batch.target, batch.weight(x), "sum", validate=False)
-        (grad,) = torch.autograd.grad(loss, x)
-        train.append(loss.detach() / (R * pairs_per_step))
+        loss, grad = ops.pair_loss_and_grad(x, batch.i, batch.j, batch.target, batch.weight(x), "sum", validate=False)
+        train.append(loss / (R * pairs_per_step))
         step += 1
         with torch.no_grad():  # Adam with one learning rate per restart; keep rows unit
             m1.mul_(beta1).add_(grad, alpha=1 - beta1)

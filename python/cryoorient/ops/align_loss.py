@@ -38,6 +38,35 @@ def align_loss(
     the gradient in one pass over the pairs. ``validate=False`` skips the value checks (NaN,
     zero quaternions), which cost a device synchronisation on CUDA.
     """
+    angles, reflect, q_true, q_est, group = _checked(angles, reflect, q_true, q_est, group, validate)
+    need_grad = angles.requires_grad and torch.is_grad_enabled()
+    if direct(angles, reflect, q_true, q_est, group):
+        return call(_AlignLoss, angles, reflect, q_true, q_est, group, need_grad)[0]
+    return _align_loss(angles, reflect, q_true, q_est, group, need_grad)[0]
+
+
+def align_loss_and_grad(
+    angles: Tensor,
+    reflect: Tensor,
+    q_true: Tensor,
+    q_est: Tensor,
+    group: Optional[Tensor] = None,
+    *,
+    validate: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(loss (K,), ∂loss/∂angles (K, 6)) of ``align_loss`` in one kernel pass, without autograd.
+
+    Same arguments and conventions as ``align_loss``; for optimisers that set the gradient
+    themselves (``cryoorient.align`` does), where an autograd step costs more host time than the
+    kernel. ``angles`` need not require a gradient.
+    """
+    angles, reflect, q_true, q_est, group = _checked(angles, reflect, q_true, q_est, group, validate)
+    return _align_loss_impl(angles.detach(), reflect, q_true, q_est, group, True)
+
+
+def _checked(angles, reflect, q_true, q_est, group, validate: bool):
+    """Shape, dtype and device checks (and, if ``validate``, value checks) of align_loss's inputs;
+    returns them contiguous."""
     angles = check_tensor("angles", angles, FLOATS, (None, 6))
     reflect = check_tensor("reflect", reflect, (torch.bool,), (angles.shape[0],))
     q_true = check_tensor("q_true", q_true, FLOATS, (None, 4))
@@ -64,10 +93,10 @@ def align_loss(
         check_quaternions(q_est, "q_est")
         if group is not None:
             check_quaternions(group, "group")
-    need_grad = angles.requires_grad and torch.is_grad_enabled()
-    if direct(angles, reflect, q_true, q_est, group):
-        return call(_AlignLoss, angles, reflect, q_true, q_est, group, need_grad)[0]
-    return _align_loss(angles, reflect, q_true, q_est, group, need_grad)[0]
+    return angles, reflect, q_true, q_est, group
+
+
+_workspace_bytes: dict[tuple, int] = {}
 
 
 def _align_loss_impl(
@@ -79,7 +108,10 @@ def _align_loss_impl(
     grad = angles.new_empty(K if need_grad else 0, 6)
     device, stream, threads = launch_args(q_true)
     code = FLOAT_CODES[q_true.dtype]
-    nbytes = _C.align_loss_workspace(P, K, G, code, device)
+    key = (P, K, G, code, device)
+    nbytes = _workspace_bytes.get(key)
+    if nbytes is None:
+        nbytes = _workspace_bytes[key] = _C.align_loss_workspace(P, K, G, code, device)
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=q_true.device) if nbytes else None
     _C.align_loss(
         q_true.data_ptr(), q_est.data_ptr(), angles.data_ptr(), reflect.data_ptr(),
