@@ -69,6 +69,35 @@ CO_HD float four_atan(float r) {
 }
 CO_HD double four_atan(double r) { return 4.0 * atan(r); }
 
+// The core of d_q for unit a, b: s = sign<a, b>, v = a − s·b, |v|², d = 4·atan(|v| / |w|) and
+// scale = 2 / sin φ = 4 / (|v|·|w|) (|v|² + |w|² = 4 for unit a, b). 1/|v| is capped at 1e15:
+// |v| = 0 gives v = 0 and hence zero gradients.
+template <typename T>
+struct UnitDist {
+  T d, s, nv2, scale;
+  T v[4];
+};
+
+template <typename T>
+CO_HD UnitDist<T> unit_dist(const T* a, const T* b) {
+  UnitDist<T> u;
+  T dot = 0;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) dot += a[k] * b[k];
+  u.s = dot < T(0) ? T(-1) : T(1);
+  u.nv2 = 0;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    u.v[k] = a[k] - u.s * b[k];
+    u.nv2 += u.v[k] * u.v[k];
+  }
+  const T inv_nv = approx_rsqrt(u.nv2 > T(1e-30) ? u.nv2 : T(1e-30));
+  const T inv_nw = approx_rsqrt(T(4) - u.nv2);
+  u.d = four_atan(u.nv2 * inv_nv * inv_nw);
+  u.scale = T(4) * inv_nv * inv_nw;
+  return u;
+}
+
 template <typename T, bool kGrad, bool kUnit = false>
 CO_HD QuatDist<T> quat_dist(const T* qa, const T* qb) {
   QuatDist<T> r;
@@ -83,33 +112,22 @@ CO_HD QuatDist<T> quat_dist(const T* qa, const T* qb) {
     ina = approx_rsqrt(na2);
     inb = approx_rsqrt(nb2);
   }
-  T a[4], b[4], dot = 0;
+  T a[4], b[4];
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     a[k] = qa[k] * ina;
     b[k] = qb[k] * inb;
-    dot += a[k] * b[k];
   }
-  const T s = dot < T(0) ? T(-1) : T(1);
-  T v[4], nv2 = 0;
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    v[k] = a[k] - s * b[k];
-    nv2 += v[k] * v[k];
-  }
-  // |v|² + |w|² = 4 for unit a, b; 1/|v| is capped at 1e15 (|v| = 0 gives v = 0 and a zero gradient).
-  const T inv_nv = approx_rsqrt(nv2 > T(1e-30) ? nv2 : T(1e-30));
-  const T inv_nw = approx_rsqrt(T(4) - nv2);
-  r.d = four_atan(nv2 * inv_nv * inv_nw);
+  const UnitDist<T> u = unit_dist(a, b);
+  r.d = u.d;
   if (kGrad) {
-    const T scale = T(4) * inv_nv * inv_nw;  // 2 / sin φ, sin φ = |v|·|w|/2
-    const T h = nv2 * T(0.5);
+    const T h = u.nv2 * T(0.5);
     // Unit-sphere gradients, then the normalisation's projection (I - x xᵀ)/|q|.
     T ga[4], gb[4], pa = 0, pb = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      ga[k] = scale * (v[k] - h * a[k]);
-      gb[k] = scale * (-s * v[k] - h * b[k]);
+      ga[k] = u.scale * (u.v[k] - h * a[k]);
+      gb[k] = u.scale * (-u.s * u.v[k] - h * b[k]);
       pa += ga[k] * a[k];
       pb += gb[k] * b[k];
     }

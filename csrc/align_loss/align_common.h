@@ -104,28 +104,16 @@ CO_HD void align_pair(const T* M, const T* qt, const T* qe, const T* group, int6
     quat_mul(qt, group + 4 * gi, mate);
     a = mate;
   }
-  // d = 4·atan(|v| / |w|) with v = a − s·b, w = a + s·b, s = sign<a, b> (quat.h).
-  T dot = 0;
-#pragma unroll
-  for (int r = 0; r < 4; ++r) dot += a[r] * b[r];
-  const T s = dot < T(0) ? T(-1) : T(1);
-  T v[4], nv2 = 0;
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    v[r] = a[r] - s * b[r];
-    nv2 += v[r] * v[r];
-  }
-  const T inv_nv = approx_rsqrt(nv2 > T(1e-30) ? nv2 : T(1e-30));
-  const T inv_nw = approx_rsqrt(T(4) - nv2);
-  acc[0] += A(four_atan(nv2 * inv_nv * inv_nw));
+  const UnitDist<T> u = unit_dist(a, b);
+  acc[0] += A(u.d);
   if (kGrad) {
-    // W += g bᵀ − b gᵀ with g = ∂d/∂b = −s·(4 / (|v|·|w|))·v up to a multiple of b, which cancels;
+    // W += g bᵀ − b gᵀ with g = ∂d/∂b = −s·scale·v up to a multiple of b, which cancels;
     // v_i b_j − v_j b_i = a_i b_j − a_j b_i, but stays exact (0) where v = 0.
-    const T c = -s * T(4) * inv_nv * inv_nw;
+    const T c = -u.s * u.scale;
 #pragma unroll
     for (int p = 0; p < kAlignPlanes; ++p) {
       const int i = align_plane_i(p), j = align_plane_j(p);
-      acc[1 + p] += A(c * (v[i] * b[j] - v[j] * b[i]));
+      acc[1 + p] += A(c * (u.v[i] * b[j] - u.v[j] * b[i]));
     }
   }
 }
