@@ -39,7 +39,7 @@ SECTIONS = ("fig5/", "fig7a/", "fig7b/", "sec3.5/")
 HEADERS = {
     "experiment": "experiment", "setting": "setting", "E_OR_rad": "E_OR (rad)", "paper_E_OR_rad": "paper E_OR",
     "L_OR": "L_OR", "L_DE": "val L_DE", "fsc05_A": "FSC 0.5 (Å)", "paper_fsc05_A": "paper FSC 0.5",
-    "fsc0143_A": "FSC 0.143 (Å)", "fsc05_true_A": "true q: FSC 0.5", "seconds": "s", "device": "device",
+    "fsc0143_A": "FSC 0.143 (Å)", "fsc05_true_A": "true q: FSC 0.5", "seconds": "time (s)", "device": "device",
     "date": "date",
 }
 
