@@ -115,7 +115,7 @@ def test_training_steps_equal_one_process_on_the_union_batch(two_ranks):
     for step in range(CONFIG["steps_per_epoch"]):
         parts = [ref.train_source.sample(8, batch_generator(0, step, r, "cpu")) for r in range(2)]
         union = Batch(*(torch.cat(x) for x in zip(*parts)))
-        losses.append(float(ref._train_step(union)[0]))
+        losses.append(float(ref.train_step(union)[0]))
     for k, v in ref.model.state_dict().items():
         torch.testing.assert_close(ranks["model"][k], v, rtol=1e-4, atol=1e-6, msg=k)
     assert ranks["model"]["extractor.0.weight"].ne(SiameseNet(**TINY).state_dict()["extractor.0.weight"]).any()
@@ -142,10 +142,10 @@ def test_checkpoint_of_two_ranks_resumes_in_one_process(two_ranks):
     # the continuation is the one-process run from that state: step 3 draws batch_generator(0, 3, 0)
     again = _trainer()
     again.load_checkpoint(ckpt)
-    again._train_step(again.train_source.sample(16, batch_generator(0, 3, 0, "cpu")))
+    again.train_step(again.train_source.sample(16, batch_generator(0, 3, 0, "cpu")))
     first = _trainer()
     first.load_checkpoint(ckpt)
-    first._train_step(first.local_batch())
+    first.train_step(first.local_batch())
     for k, v in again.model.state_dict().items():
         assert torch.equal(first.model.state_dict()[k], v), k
 

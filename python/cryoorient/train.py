@@ -551,7 +551,7 @@ class Trainer:
         gen = batch_generator(self.config.seed, self.step, self.rank, self.device)
         return self.train_source.sample(self.config.batch_size // self.world, gen)
 
-    def _train_step(self, batch: Batch) -> tuple[Tensor, int]:
+    def train_step(self, batch: Batch) -> tuple[Tensor, int]:
         """One optimiser step on ``batch`` (this rank's share: the loss runs over the union of
         the ranks' shares)."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
@@ -621,7 +621,7 @@ class Trainer:
             bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{c.epochs}",
                        disable=not self._progress, leave=False, dynamic_ncols=True)
             for k in bar:
-                loss, n_pairs = self._train_step(self.local_batch())
+                loss, n_pairs = self.train_step(self.local_batch())
                 loss_sum += loss
                 pairs += n_pairs
                 if k % 10 == 9 or k == self.steps_per_epoch - 1:
