@@ -6,6 +6,8 @@ checkpoint and runs the sharded all-pairs recovery; the tests compare with one p
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -163,3 +165,28 @@ def test_sharded_allpairs_recovery_equals_one_process(two_ranks):
         assert l0 == pytest.approx(ref.losses, rel=1e-5)
         assert ref.losses[-1] < 0.7 * ref.losses[0]  # it did descend
         torch.testing.assert_close(q0, ref.q, rtol=0, atol=2e-5)
+
+
+def test_cli_recover_all_pairs_under_torchrun(tmp_path):
+    """``torchrun -m cryoorient recover --all-pairs`` on 2 processes: rank 0 writes the STAR file,
+    with the orientations of the one-process run."""
+    from cryoorient.cli import main
+    from cryoorient.geometry import euler_to_quat
+    from cryoorient.io import read_star, write_map
+    from cryoorient.phantom import default_density
+    from cryoorient.simulate import SimulationSettings, simulate
+
+    write_map(tmp_path / "truth.mrc", default_density(box_size=24, voxel_size=5.0, resolution=12.0), 5.0)
+    simulate(tmp_path / "truth.mrc", tmp_path / "data", SimulationSettings(n=40, size=24, seed=3), progress=False)
+    SiameseNet(**TINY).save(tmp_path / "model.pt")
+    args = ["recover", str(tmp_path / "data" / "particles.star"), "--model", str(tmp_path / "model.pt"),
+            "--all-pairs", "--steps", "15", "--no-resolve-frame", "-q", "-o"]
+    assert main(args + [str(tmp_path / "one.star")]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "cryoorient"] + args + [str(tmp_path / "two.star")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "on 2 process(es)" in run.stdout
+    q1, q2 = (euler_to_quat(*torch.from_numpy(read_star(tmp_path / f"{n}.star").angles).T) for n in ("one", "two"))
+    assert len(q2) == 40 and (q1 * q2).sum(1).abs().min() > 1 - 1e-8  # the same orientations

@@ -209,7 +209,9 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     elif distributed.launched() and int(os.environ["WORLD_SIZE"]) > 1:
         raise ValueError("under torchrun with several processes, recover runs with --all-pairs only")
     try:
-        return _recover(args, distributed.local_device(args.device))
+        rc = _recover(args, distributed.local_device(args.device))
+        distributed.barrier()  # rank 0 has written the output
+        return rc
     finally:
         distributed.cleanup()
 

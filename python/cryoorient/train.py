@@ -859,7 +859,9 @@ def train_from_args(args) -> dict:
         raise ValueError("--device cuda requested but no CUDA GPU is available")
     distributed.init_from_env(args.device)
     try:
-        return _train(args, distributed.local_device(args.device))
+        summary = _train(args, distributed.local_device(args.device))
+        distributed.barrier()  # rank 0 has written its files
+        return summary
     finally:
         distributed.cleanup()
 
