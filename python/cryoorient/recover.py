@@ -468,6 +468,7 @@ def recover_orientations_allpairs(
         distance_code(distance)
         P, device = features.shape[0], features.device
     weight_cutoff(weight)
+    _check_allpairs_options(lr, final_lr_ratio, max_epochs, tol, patience)
 
     def block_loss(q: Tensor) -> Tensor:
         if cache is not None:
@@ -512,6 +513,7 @@ def recover_orientations_allpairs_sharded(
     """
     from . import distributed
 
+    _check_allpairs_options(lr, final_lr_ratio, max_epochs, tol, patience)
     if not isinstance(features, Tensor) or features.dim() != 2:
         raise ValueError(f"features must be a 2-D tensor (rows, n_f); got {getattr(features, 'shape', type(features))}")
     features = distributed.all_gather_rows(features)
@@ -535,14 +537,17 @@ def recover_orientations_allpairs_sharded(
                           seed, callback, reduce=distributed.world_size() > 1)
 
 
+def _check_allpairs_options(lr, final_lr_ratio, max_epochs, tol, patience) -> None:
+    if not (lr > 0 and 0 < final_lr_ratio <= 1 and max_epochs >= 1 and patience >= 1 and tol >= 0):
+        raise ValueError("need lr > 0, 0 < final_lr_ratio <= 1, max_epochs >= 1, patience >= 1 and tol >= 0")
+
+
 def _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, tol, patience, target_loss, seed,
                    callback, reduce: bool) -> AllPairsRecovery:
     """The full-batch Adam loop: ``block_loss(q)`` is the loss sum over this process's pairs;
     with ``reduce``, loss and q-gradient are summed over the ranks before each step."""
     from .distributed import all_reduce_sum_
 
-    if not (lr > 0 and 0 < final_lr_ratio <= 1 and max_epochs >= 1 and patience >= 1 and tol >= 0):
-        raise ValueError("need lr > 0, 0 < final_lr_ratio <= 1, max_epochs >= 1, patience >= 1 and tol >= 0")
     if q0 is None:
         g = torch.Generator().manual_seed(seed)
         q0 = torch.randn(P, 4, generator=g)

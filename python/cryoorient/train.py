@@ -435,7 +435,7 @@ class TrainConfig:
     """Optimisation settings (Adam; linear warm-up then cosine decay to ``lr·min_lr_ratio``).
 
     batch_size: images per step (half anchors, half partners; the loss uses every
-    in-batch pair). steps_per_epoch: None = one pass of the anchors over a dataset
+    in-batch pair), over all processes when data parallel. steps_per_epoch: None = one pass of the anchors over a dataset
     (``2·N/batch_size``), 100 for on-the-fly sources. Early stopping after ``patience``
     epochs without a validation improvement larger than ``min_delta``. amp: "auto"
     (bfloat16 on CUDA, float32 on CPU), "bf16", "fp16" (with gradient scaling) or "none".
