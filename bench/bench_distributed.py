@@ -109,15 +109,13 @@ def bench_train(args, device) -> dict:
     trainer = Trainer(SiameseNet("paper", widths=tuple(args.widths or ())), source, source.render_fixed(64, seed=1),
                       config, device=device)
     now, ms = _timer(device)
-    times = []
     distributed.barrier()
-    for k in range(args.warmup + args.steps):
-        a = now()
+    marks = []
+    for _ in range(args.warmup + args.steps + 1):
+        marks.append(now())  # no sync inside the loop: steps queue as in training
         trainer.train_step(trainer.local_batch())
-        b = now()
-        if k >= args.warmup:
-            times.append(ms(a, b))
     distributed.barrier()
+    times = [ms(a, b) for a, b in zip(marks[args.warmup:], marks[args.warmup + 1:])]
     step_ms = _slowest(statistics.median(times), device)
     B = args.batch_size
     return {"bench": "train", "batch_size": B, "size": args.size, "map": args.map or "phantom",
