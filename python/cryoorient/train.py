@@ -26,9 +26,23 @@ Data sources
 * :class:`OnTheFlySource` — fresh images every batch from ``render(q, generator)``
   callables (one per map), so the network never sees the same image twice.
 
-All randomness of a run comes from one ``torch.Generator`` on the training device
-(plus fixed seeds for the validation pairs), saved in checkpoints: a resumed run
-continues bit for bit as on the same device and software.
+The training images of step ``s`` on rank ``r`` are drawn with a generator seeded from
+``(seed, s, r)`` (:func:`batch_generator`; fixed seeds give the validation set and pairs):
+no stream state to save, so a resumed run continues bit for bit on the same device and
+software, and resuming on another number of processes is well defined.
+
+Several GPUs (``torchrun --nproc-per-node N -m cryoorient train ...``)
+-----------------------------------------------------------------------
+Data parallel with DistributedDataParallel, one process per GPU. The global batch stays
+``batch_size`` images: each of the N ranks renders (or draws from a dataset) its
+``batch_size/N`` share from its own stream ``(seed, step, rank)``, so the shares never
+overlap. The features of all ranks are all-gathered with autograd and every rank computes
+the loss over all ``B(B−1)/2`` pairs of the union batch, so an N-rank step is the
+one-process step on the union batch (to float rounding). The learning-rate schedule is
+unchanged. Every rank validates the whole (small) validation set, so the logged numbers
+are the one-process ones; rank 0 alone writes logs, the model and the checkpoint (then all
+ranks meet at a barrier), and a checkpoint resumes on any number of processes.
+BatchNorm layers become SyncBatchNorm on CUDA (on the CPU they keep per-rank statistics).
 """
 
 from __future__ import annotations
@@ -46,6 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import distributed
 from .geometry import (
     quat_distance,
     quat_multiply,
@@ -63,6 +78,7 @@ __all__ = [
     "ProjectionRenderer",
     "TrainConfig",
     "Trainer",
+    "batch_generator",
     "target_distance",
     "pairwise_target_distance",
     "binned_de_loss",
@@ -393,6 +409,24 @@ def _anchor_partner_quats(half: int, generator: torch.Generator) -> Tensor:
     return torch.cat((anchors, quat_normalize(quat_multiply(anchors, turn))))
 
 
+def batch_generator(seed: int, step: int, rank: int, device) -> torch.Generator:
+    """The generator of rank ``rank``'s share of the batch of step ``step`` (0-based) on ``device``:
+    seeded from numpy's ``SeedSequence((seed, step, rank))``, so the streams never overlap."""
+    state = np.random.SeedSequence((int(seed), int(step), int(rank))).generate_state(1, np.uint64)
+    return torch.Generator(device=device).manual_seed(int(state[0]))
+
+
+class _Embed(torch.nn.Module):
+    """``model.embed`` as a module's forward, for DistributedDataParallel."""
+
+    def __init__(self, model: SiameseNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model.embed(images)
+
+
 # --------------------------------------------------------------------------- #
 # training
 # --------------------------------------------------------------------------- #
@@ -401,7 +435,7 @@ class TrainConfig:
     """Optimisation settings (Adam; linear warm-up then cosine decay to ``lr·min_lr_ratio``).
 
     batch_size: images per step (half anchors, half partners; the loss uses every
-    in-batch pair). steps_per_epoch: None = one pass of the anchors over a dataset
+    in-batch pair), over all processes when data parallel. steps_per_epoch: None = one pass of the anchors over a dataset
     (``2·N/batch_size``), 100 for on-the-fly sources. Early stopping after ``patience``
     epochs without a validation improvement larger than ``min_delta``. amp: "auto"
     (bfloat16 on CUDA, float32 on CPU), "bf16", "fp16" (with gradient scaling) or "none".
@@ -448,6 +482,9 @@ class Trainer:
     ``summary.json``, ``loss.png`` and ``distances.png`` (d̂_p vs d_q density on the
     validation pairs, as the paper's Fig. 6b). The best network (lowest validation
     L_DE) goes to ``model_path`` (default ``out_dir/model.pt``) with its metadata.
+
+    In an initialised torch.distributed process group (see the module docstring) each rank
+    builds its Trainer with the same arguments on its own device; only rank 0 writes files.
     """
 
     def __init__(self, model: SiameseNet, train, val: DatasetSource, config: Optional[TrainConfig] = None,
@@ -458,11 +495,20 @@ class Trainer:
         self.config = config
         self.device = torch.device(device) if device is not None else (
             torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if self.world > 1 and config.batch_size % (2 * self.world):
+            raise ValueError(f"batch_size {config.batch_size} must be a multiple of 2 × {self.world} processes")
         self.model = model.to(self.device)
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
+            if self.world > 1:
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if config.compile:
             self.model.compile()
+        self._embed = self.model.embed
+        if self.world > 1:
+            ids = [self.device] if self.device.type == "cuda" else None
+            self._embed = torch.nn.parallel.DistributedDataParallel(_Embed(self.model), device_ids=ids)
         self.train_source, self.val = train, val
         self.symmetry = val.symmetry
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -480,7 +526,6 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.val_pairs = evaluation_pairs(val, config.val_pairs, seed=config.seed + 1)
         self.epoch = 0
         self.step = 0
@@ -500,9 +545,21 @@ class Trainer:
         return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     # -- one step ----------------------------------------------------------- #
-    def _train_step(self, batch: Batch) -> tuple[Tensor, int]:
+    def local_batch(self) -> Batch:
+        """This rank's ``batch_size / world`` images of the current step (the whole batch in
+        one process), drawn with ``batch_generator(seed, step, rank)``."""
+        gen = batch_generator(self.config.seed, self.step, self.rank, self.device)
+        return self.train_source.sample(self.config.batch_size // self.world, gen)
+
+    def train_step(self, batch: Batch) -> tuple[Tensor, int]:
+        """One optimiser step on ``batch`` (this rank's share: the loss runs over the union of
+        the ranks' shares)."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
-            f = self.model.embed(batch.images)
+            f = self._embed(batch.images)
+        if self.world > 1:
+            f = distributed.all_gather_autograd(f)
+            batch = Batch(batch.images, distributed.all_gather_rows(batch.quats),
+                          distributed.all_gather_rows(batch.labels))
         d_p = pairwise_feature_distance(f.float())
         d_q = pairwise_target_distance(batch.quats, self.symmetry).to(d_p.dtype)
         n = batch.labels.shape[0]
@@ -562,9 +619,9 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             pairs = torch.zeros((), dtype=torch.long, device=self.device)
             bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{c.epochs}",
-                       disable=not c.progress, leave=False, dynamic_ncols=True)
+                       disable=not self._progress, leave=False, dynamic_ncols=True)
             for k in bar:
-                loss, n_pairs = self._train_step(self.train_source.sample(c.batch_size, self.generator))
+                loss, n_pairs = self.train_step(self.local_batch())
                 loss_sum += loss
                 pairs += n_pairs
                 if k % 10 == 9 or k == self.steps_per_epoch - 1:
@@ -593,7 +650,7 @@ class Trainer:
                 "images_per_s": self.steps_per_epoch * c.batch_size / seconds,
                 "pairs_per_s": float(pairs) / seconds, "best": improved,
             })
-            if c.progress:
+            if self._progress:
                 tqdm.write(f"epoch {self.epoch}: train L_DE {train_loss:.4f}  val L_DE {val_loss:.4f}"
                            f"{'  (best)' if improved else ''}  {self.history[-1]['pairs_per_s']:.0f} pairs/s")
             self._write_logs()
@@ -602,7 +659,7 @@ class Trainer:
         if self._best_state is not None:
             self.model.load_state_dict(self._best_state)
         summary = self.summary(stopped_early=stopped and self.epoch < c.epochs)
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.rank == 0:
             _write_json(self.out_dir / "summary.json", summary)
             plot_history(self.history, self.reference, self.out_dir / "loss.png")
             vi, vj, vd = self.val_pairs
@@ -611,25 +668,30 @@ class Trainer:
                                   title=f"validation pairs, best epoch {self.best_epoch}")
         return summary
 
+    @property
+    def _progress(self) -> bool:
+        return self.config.progress and self.rank == 0
+
     def summary(self, stopped_early: bool = False) -> dict:
         last = self.history[-1] if self.history else {}
         return {
             "epochs_run": self.epoch, "steps": self.step, "best_epoch": self.best_epoch,
             "best_val_loss": self.best_loss, "stopped_early": stopped_early,
             "images_per_s": last.get("images_per_s"), "pairs_per_s": last.get("pairs_per_s"),
-            **self.reference, "device": str(self.device), "model": self.model.config.to_dict(),
+            **self.reference, "device": str(self.device), "processes": self.world,
+            "model": self.model.config.to_dict(),
             "train": asdict(self.config), "model_path": str(self.model_path) if self.model_path else None,
         }
 
     # -- persistence -------------------------------------------------------- #
     def _save_model(self) -> None:
-        if self.model_path is not None:
+        if self.model_path is not None and self.rank == 0:
             metadata = {**self.metadata, **self.reference, "epoch": self.epoch, "val_loss": self.best_loss,
                         "symmetry": self.symmetry, "train": asdict(self.config)}
             self.model.save(self.model_path, overwrite=True, **metadata)
 
     def _write_logs(self) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or self.rank != 0:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(self.out_dir / "history.json", {"reference": self.reference, "epochs": self.history})
@@ -641,24 +703,28 @@ class Trainer:
         os.replace(tmp, self.out_dir / "history.csv")
 
     def state_dict(self) -> dict:
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        cuda_rng = [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []
         return {
-            "format": _CHECKPOINT_FORMAT, "version": 1,
+            "format": _CHECKPOINT_FORMAT, "version": 2,
             "model_config": self.model.config.to_dict(), "config": asdict(self.config),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng,
+            "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng,
             "epoch": self.epoch, "step": self.step, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "history": self.history, "reference": self.reference,
             "best_state": self._best_state,
         }
 
     def save_checkpoint(self, path) -> None:
-        """Everything needed to continue exactly: weights, optimiser, schedule, RNG states, counters."""
-        atomic_save(self.state_dict(), path)
+        """Everything needed to continue exactly: weights, optimiser, schedule, RNG states, counters.
+        Written by rank 0 only; every rank returns once the file is complete."""
+        if self.rank == 0:
+            atomic_save(self.state_dict(), path)
+        distributed.barrier()
 
     def load_checkpoint(self, path) -> None:
-        """Restore a :meth:`save_checkpoint` file written with the same model and config."""
+        """Restore a :meth:`save_checkpoint` file written with the same model and config (by any
+        number of processes)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such checkpoint: {path}")
@@ -675,10 +741,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if state["cuda_rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"][0], self.device)
         for key in ("epoch", "step", "best_epoch", "bad_epochs", "history", "reference"):
             setattr(self, key, state[key])
         self.best_loss = state["best_loss"]
@@ -788,7 +853,20 @@ def add_train_arguments(p) -> None:
 
 
 def train_from_args(args) -> dict:
-    """Run ``cryoorient train`` from parsed arguments; returns the summary."""
+    """Run ``cryoorient train`` from parsed arguments; returns the summary. Under ``torchrun``
+    every process runs this (data parallel, see the module docstring)."""
+    if args.device and torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA GPU is available")
+    distributed.init_from_env(args.device)
+    try:
+        summary = _train(args, distributed.local_device(args.device))
+        distributed.barrier()  # rank 0 has written its files
+        return summary
+    finally:
+        distributed.cleanup()
+
+
+def _train(args, device: torch.device) -> dict:
     import shutil
 
     output = Path(args.output)
@@ -799,13 +877,13 @@ def train_from_args(args) -> dict:
         if not args.force:
             raise FileExistsError(f"{output if output.exists() else log_dir} exists; pass --force to start over "
                                   "or --resume to continue")
-        shutil.rmtree(log_dir, ignore_errors=True)
-        output.unlink(missing_ok=True)
+        distributed.barrier()  # every rank has looked before rank 0 removes
+        if distributed.rank() == 0:
+            shutil.rmtree(log_dir, ignore_errors=True)
+            output.unlink(missing_ok=True)
+        distributed.barrier()
     if args.resume and not (log_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"nothing to resume: {log_dir / 'checkpoint.pt'} does not exist")
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA GPU is available")
     symmetry = None if args.symmetry.strip().upper() == "C1" else args.symmetry
     metadata = {}
     if args.dataset:
@@ -816,8 +894,9 @@ def train_from_args(args) -> dict:
         split = split_indices(len(data), (train_frac, val_frac, max(0.0, 1.0 - train_frac - val_frac)), seed=args.seed)
         train, val = data.subset(split["train"]), data.subset(split["val"])
         metadata.update(dataset=str(Path(args.dataset).absolute()), split=list(args.split))
-        log_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(log_dir / "split.json", {k: v.tolist() for k, v in split.items()})
+        if distributed.rank() == 0:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(log_dir / "split.json", {k: v.tolist() for k, v in split.items()})
     else:
         from .simulate import SimulationSettings
 
@@ -851,7 +930,8 @@ def train_from_args(args) -> dict:
     if args.resume:
         trainer.load_checkpoint(log_dir / "checkpoint.pt")
     summary = trainer.fit()
-    print(f"best validation L_DE {summary['best_val_loss']:.4f} rad² at epoch {summary['best_epoch']} "
-          f"(untrained {summary['untrained_val_loss']:.4f}, Euclidean baseline "
-          f"{summary['euclidean_isotonic_val_loss']:.4f}); network: {output}; logs: {log_dir}")
+    if distributed.rank() == 0:
+        print(f"best validation L_DE {summary['best_val_loss']:.4f} rad² at epoch {summary['best_epoch']} "
+              f"(untrained {summary['untrained_val_loss']:.4f}, Euclidean baseline "
+              f"{summary['euclidean_isotonic_val_loss']:.4f}); network: {output}; logs: {log_dir}")
     return summary
