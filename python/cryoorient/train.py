@@ -77,6 +77,8 @@ __all__ = [
     "OnTheFlySource",
     "ProjectionRenderer",
     "TrainConfig",
+    "structure_library",
+    "particle_radius_of_gyration",
     "Trainer",
     "batch_generator",
     "target_distance",
@@ -387,16 +389,74 @@ class ProjectionRenderer:
 
     @classmethod
     def from_sources(cls, sources: Sequence, settings, device="cpu", pixel_size: Optional[float] = None,
-                     resolution: Optional[float] = None, pilot: int = 512) -> list["ProjectionRenderer"]:
+                     resolution: Optional[float] = None, pilot: int = 512,
+                     particle_rg: Sequence[float] = ()) -> list["ProjectionRenderer"]:
         """One renderer per map or atomic model (paths as ``simulate.load_volume`` takes them;
-        models need ``settings.size`` and ``pixel_size``)."""
+        models need ``settings.size`` and ``pixel_size``).
+
+        ``particle_rg``: radii of gyration in pixels (atomic models only): each model gets one
+        renderer per value, at the pixel size that gives it that radius of gyration (and, unless
+        ``resolution`` is given, a resolution of 2 pixels), so that proteins of any mass look as
+        large as the particles the network will see (size augmentation with several values).
+        """
+        from .io import model_atoms, radius_of_gyration
         from .simulate import load_volume
 
+        rgs = [float(r) for r in particle_rg]
+        if any(not (math.isfinite(r) and r > 0) for r in rgs):
+            raise ValueError(f"particle_rg must be positive radii in pixels, got {list(particle_rg)}")
         out = []
         for src in sources:
-            volume, voxel = load_volume(src, settings.size, pixel_size, resolution)
-            out.append(cls(volume, voxel, settings, device, pilot))
+            if not rgs:
+                volume, voxel = load_volume(src, settings.size, pixel_size, resolution)
+                out.append(cls(volume, voxel, settings, device, pilot))
+                continue
+            rg_angstrom = radius_of_gyration(*model_atoms(src))
+            for rg in rgs:
+                volume, voxel = load_volume(src, settings.size, rg_angstrom / rg, resolution)
+                out.append(cls(volume, voxel, settings, device, pilot))
         return out
+
+
+def structure_library(folder, max_symmetry: float = 0.5) -> tuple[list[Path], list[Path]]:
+    """The atomic models (``.cif``/``.mmcif``/``.pdb``) in ``folder``, sorted: ``(kept, symmetric)``.
+
+    Models whose :func:`io.repeated_chain_symmetry` exceeds ``max_symmetry`` are set apart:
+    symmetry-related views of them give identical projections, which the plain d_q target
+    (one point group for the whole library) would ask the network to tell apart.
+    """
+    from .io import repeated_chain_symmetry
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such directory: {folder}")
+    models = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".cif", ".pdb", ".mmcif"))
+    if not models:
+        raise ValueError(f"no .cif/.pdb files in {folder}")
+    symmetric = [p for p in models if repeated_chain_symmetry(p) > max_symmetry]
+    kept = [p for p in models if p not in symmetric]
+    if not kept:
+        raise ValueError(f"every model in {folder} is symmetric (repeated_chain_symmetry > {max_symmetry})")
+    return kept, symmetric
+
+
+def particle_radius_of_gyration(images: Tensor) -> float:
+    """Radius of gyration (pixels) of the particle in ``images`` (N, H, W) of uniformly distributed
+    orientations: the mean image (background = median of the corners outside the inscribed disc,
+    subtracted) has, within that disc, a second moment about its centroid of 2/3·Rg² for uniform
+    orientations. Noise averages out over many images; shifts inflate the estimate by their spread."""
+    images = check_images(images)[:, 0]
+    m = images.double().mean(0)
+    h, w = m.shape
+    y, x = torch.meshgrid(torch.arange(h, dtype=m.dtype, device=m.device) - h // 2,
+                          torch.arange(w, dtype=m.dtype, device=m.device) - w // 2, indexing="ij")
+    disc = (y ** 2 + x ** 2) <= (min(h, w) // 2) ** 2
+    m = (m - m[~disc].median()) * disc
+    total = m.sum()
+    if not total > 0:
+        raise ValueError("the mean image has no positive particle density above its border")
+    cy, cx = (m * y).sum() / total, (m * x).sum() / total
+    return float(torch.sqrt(1.5 * (m * ((y - cy) ** 2 + (x - cx) ** 2)).sum() / total))
 
 
 def _anchor_partner_quats(half: int, generator: torch.Generator) -> Tensor:
@@ -811,7 +871,8 @@ def add_train_arguments(p) -> None:
     """Arguments of ``cryoorient train`` on an ``argparse`` parser."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--map", nargs="+", metavar="MAP", help="map(s) (.mrc) or atomic model(s) to project on the fly")
-    src.add_argument("--structures", metavar="DIR", help="project every .cif/.pdb in DIR on the fly (needs --size, --pixel-size)")
+    src.add_argument("--structures", metavar="DIR", help="project every asymmetric .cif/.pdb in DIR on the fly "
+                     "(needs --size and --pixel-size or --particle-rg)")
     src.add_argument("--dataset", metavar="STAR", help="RELION particle STAR file with images and true angles")
     p.add_argument("-o", "--output", required=True, help="trained network (.pt): the best epoch's weights")
     p.add_argument("--log-dir", help="checkpoint, logs and plots (default: OUTPUT without .pt + '_train')")
@@ -833,6 +894,10 @@ def add_train_arguments(p) -> None:
     img.add_argument("--size", type=int, help="image edge in pixels (default: the map's)")
     img.add_argument("--pixel-size", type=float, help="Å per pixel (required for atomic models)")
     img.add_argument("--resolution", type=float, help="Å, for maps made from atomic models (default: 2·pixel size)")
+    img.add_argument("--particle-rg", type=float, nargs="+", metavar="PX",
+                     help="--structures: render each model at the pixel size giving it this radius of gyration in "
+                          "pixels (several values: one map per value); default: every model at --pixel-size")
+    img.add_argument("--maps-per-batch", type=int, help="maps sharing each training batch (default: all, up to 4)")
     noise = img.add_mutually_exclusive_group()
     noise.add_argument("--sigma2", type=float, help="white-noise variance after standardisation (paper: 16)")
     noise.add_argument("--snr", type=float, help="signal-to-noise ratio in dB instead of --sigma2")
@@ -901,23 +966,24 @@ def _train(args, device: torch.device) -> dict:
         from .simulate import SimulationSettings
 
         if args.structures:
-            folder = Path(args.structures)
-            if not folder.is_dir():
-                raise FileNotFoundError(f"no such directory: {folder}")
-            sources = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".cif", ".pdb", ".mmcif"))
-            if not sources:
-                raise ValueError(f"no .cif/.pdb files in {folder}")
+            sources, symmetric = structure_library(args.structures)
+            if symmetric:
+                print(f"leaving out symmetric models: {', '.join(p.name for p in symmetric)}")
         else:
             sources = [Path(m) for m in args.map]
+            if args.particle_rg:
+                raise ValueError("--particle-rg applies to --structures (atomic models) only")
         settings = SimulationSettings(
             n=1, size=args.size, shift_max=args.shift_max, shift_distribution=args.shift_distribution, ctf=args.ctf,
             defocus_min=args.defocus[0], defocus_max=args.defocus[1], voltage=args.voltage, snr_db=args.snr,
             sigma2=args.sigma2, seed=args.seed,
         )
-        renderers = ProjectionRenderer.from_sources(sources, settings, device, args.pixel_size, args.resolution)
-        train = OnTheFlySource(renderers, symmetry=symmetry, device=device)
+        renderers = ProjectionRenderer.from_sources(sources, settings, device, args.pixel_size, args.resolution,
+                                                    particle_rg=args.particle_rg or ())
+        train = OnTheFlySource(renderers, symmetry=symmetry, maps_per_batch=args.maps_per_batch, device=device)
         val = train.render_fixed(args.val_images, seed=args.seed + 1_000_003)
-        metadata.update(sources=[str(s) for s in sources], simulation=asdict(settings))
+        metadata.update(sources=[str(s) for s in sources], simulation=asdict(settings),
+                        particle_rg=list(args.particle_rg or ()))
     config = TrainConfig(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, val_pairs=args.val_pairs, amp=args.amp,
