@@ -146,19 +146,32 @@ def bench_allpairs(args, P: int, device) -> dict:
 
 
 def summary(path: str) -> None:
-    """Scaling table: per measurement and size, rows by process count, efficiency vs. 1 process."""
+    """Scaling table: per measurement and size, rows by process count, efficiency vs. 1 process.
+
+    All pairs (fixed P, strong scaling): efficiency = t₁ / (N·t_N). Training is grouped by the
+    images per process (weak scaling: the global batch grows with N): efficiency = images/s with
+    N processes / (N × images/s with one)."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    key = lambda r: (r["bench"], r["device"], r.get("P"), r.get("batch_size"), r.get("size"))  # noqa: E731
-    print(f"{'bench':9s} {'size':>9s} {'procs':>5s} {'ms':>10s} {'pairs/s':>11s} {'images/s':>9s} {'efficiency':>10s}  device")
+
+    def key(r):
+        per_process = r.get("batch_size", 0) // r["processes"] if r["bench"] == "train" else None
+        return r["bench"], r["device"], r.get("P"), per_process, r.get("size")
+
+    print(f"{'bench':9s} {'size':>10s} {'procs':>5s} {'ms':>10s} {'pairs/s':>11s} {'images/s':>9s} {'efficiency':>10s}  device")
     for group in sorted({key(r) for r in rows}, key=str):
         runs = sorted((r for r in rows if key(r) == group), key=lambda r: r["processes"])
-        ms_key = "ms_per_step" if group[0] == "train" else "epoch_ms"
-        base = next((r[ms_key] for r in runs if r["processes"] == 1), None)
+        one = next((r for r in runs if r["processes"] == 1), None)
         for r in runs:
-            eff = f"{100 * base / (r['processes'] * r[ms_key]):.0f} %" if base else "–"
+            if one is None:
+                eff = "–"
+            elif group[0] == "train":
+                eff = f"{100 * r['images_per_s'] / (r['processes'] * one['images_per_s']):.0f} %"
+            else:
+                eff = f"{100 * one['epoch_ms'] / (r['processes'] * r['epoch_ms']):.0f} %"
+            ms = r["ms_per_step"] if group[0] == "train" else r["epoch_ms"]
             size = f"{r['size']}²×{r['batch_size']}" if group[0] == "train" else f"P={r['P']:.0e}"
             imgs = f"{r['images_per_s']:.0f}" if "images_per_s" in r else "–"
-            print(f"{r['bench']:9s} {size:>9s} {r['processes']:5d} {r[ms_key]:10.2f} {r['pairs_per_s']:11.4g} "
+            print(f"{r['bench']:9s} {size:>10s} {r['processes']:5d} {ms:10.2f} {r['pairs_per_s']:11.4g} "
                   f"{imgs:>9s} {eff:>10s}  {r['device']}")
 
 
