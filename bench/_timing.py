@@ -21,3 +21,17 @@ def cuda_median_ms(fn, reps: int, warmup: int = 5) -> float:
         b.synchronize()
         times.append(a.elapsed_time(b))
     return statistics.median(times)
+
+
+def cuda_graph(fn) -> torch.cuda.CUDAGraph:
+    """``fn()`` captured in a CUDA graph, after a warm-up on a side stream; replay with ``.replay()``."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph

@@ -3,7 +3,8 @@
 Each op runs on P = 16 orientations with M = 1 pair / K = 1 candidate (all-pairs: 16 × 8
 features), validate=False (no device synchronisation). "fwd" calls the op on inputs that need
 no gradient; "fwd+bwd" is a training step like the kernel benches: the op on inputs that
-require a gradient, then ``torch.autograd.grad`` of the (summed) loss. Median wall time per
+require a gradient, then ``torch.autograd.grad`` of the (summed) loss; for the fused
+value-and-gradient entry points (``*_and_grad``) both columns time the one call. Median wall time per
 call in µs over many repetitions (``time.perf_counter`` around batches of calls; CUDA runs
 synchronise once per batch, so the figure is the host-side cost when the GPU keeps up).
 
@@ -61,12 +62,16 @@ def cases(device: str):
     align = lambda a: ops.align_loss(a, reflect, q, q2, validate=False)  # noqa: E731
     allpairs = lambda x: ops.allpairs_loss(f, x, "signless", validate=False)  # noqa: E731
     cached = lambda x: ops.allpairs_loss_cached(cache, x, validate=False)  # noqa: E731
+    fused_pair = lambda: ops.pair_loss_and_grad(q, i, j, t, validate=False)  # noqa: E731
+    fused_align = lambda: ops.align_loss_and_grad(angles, reflect, q, q2, validate=False)  # noqa: E731
     return [
         ("qdist", lambda: qdist(q), grad(qdist, qg)),
         ("pair_loss mean", lambda: mean(q), grad(mean, qg)),
         ("pair_loss sum, weighted", lambda: summed(q), grad(summed, qg)),
         ("pair_loss none", lambda: none(q), grad(none, qg)),
+        ("pair_loss_and_grad mean", fused_pair, fused_pair),
         ("align_loss", lambda: align(angles), grad(align, angles_g)),
+        ("align_loss_and_grad", fused_align, fused_align),
         ("allpairs_loss", lambda: allpairs(q), grad(allpairs, qg)),
         ("allpairs_loss_cached", lambda: cached(q), grad(cached, qg)),
     ]

@@ -3,13 +3,15 @@
     python bench/bench_pair_loss.py                 # CUDA: P = 1e5, M = 1e6 and 1e7, float32
     python bench/bench_pair_loss.py --device cpu --pairs 100000 1000000
 
-Each row times loss = pair_loss(q, i, j, target) (reduction "mean") followed by
-torch.autograd.grad(loss, q), for the op (called through its Python wrapper with
-validate=False: no device synchronisation), the reference eager and the reference
-under torch.compile, all in this process. On CUDA the median of per-call CUDA-event
-timings is reported, plus the op replayed from a CUDA graph (kernel time without the
-Python/launch overhead). "HBM" is the fraction of the H100's 3.35 TB/s that the bytes the
-op must move (indices, targets, q read and ∂L/∂q written once) would take at the op's time.
+Each row times one loss + ∂L/∂q evaluation (reduction "mean"): "fused" is
+ops.pair_loss_and_grad (one kernel pass, no autograd), "autograd" is loss = ops.pair_loss(...)
+then torch.autograd.grad(loss, q); both through their Python wrappers with validate=False (no
+device synchronisation). The reference runs the same autograd step eager and under
+torch.compile, in this process. On CUDA each figure is the median of per-call CUDA-event
+timings (host time included: one call at a time), and "graph" replays the fused call from a
+CUDA graph (GPU time without Python or launch overhead). "HBM" is the fraction of the
+H100's 3.35 TB/s that the bytes the op must move (indices, targets, q read and ∂L/∂q written
+once) would take at the fused call's time. Ratios are reference / fused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 
 import torch
 
-from _timing import cuda_median_ms
+from _timing import cuda_graph, cuda_median_ms
 
 from cryoorient import ops
 from cryoorient.ops import _torch_impl as ref
@@ -45,17 +47,8 @@ def fwd_bwd(loss_fn, q, i, j, t):
     return step
 
 
-def time_cuda_graph(step, reps: int) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return cuda_median_ms(graph.replay, reps)
+def fused(q, i, j, t):
+    return lambda: ops.pair_loss_and_grad(q, i, j, t, validate=False)[1]
 
 
 def time_cpu(step, reps: int) -> float:
@@ -81,29 +74,29 @@ def main() -> None:
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("CUDA is not available; run with --device cpu")
-    timer = time_cuda if cuda else time_cpu
+    timer = cuda_median_ms if cuda else time_cpu
     itypes = {"int64": [torch.int64], "int32": [torch.int32], "both": [torch.int64, torch.int32]}[args.index_dtype]
     op = lambda q, i, j, t: ops.pair_loss(q, i, j, t, validate=False)  # noqa: E731
     compiled = None if args.no_compile else torch.compile(ref.pair_loss)
 
     print(f"device: {torch.cuda.get_device_name(device) if cuda else 'cpu'}, P = {args.orientations}, float32, "
           f"fwd+bwd (reduction='mean'), median of {args.reps}")
-    header = f"{'M':>10} {'index':>6} {'op ms':>8} {'graph ms':>9} {'HBM':>6} {'eager ms':>9} {'compile ms':>11} " \
-             f"{'x eager':>8} {'x compile':>10}"
+    header = f"{'M':>10} {'index':>6} {'fused ms':>9} {'graph ms':>9} {'autograd ms':>12} {'HBM':>6} " \
+             f"{'eager ms':>9} {'compile ms':>11} {'x eager':>8} {'x compile':>10}"
     print(header)
     print("-" * len(header))
     for M in args.pairs:
         for itype in itypes:
             q, i, j, t = make_problem(args.orientations, M, device, itype)
+            t_fused = timer(fused(q, i, j, t), args.reps)
+            t_graph = cuda_median_ms(cuda_graph(fused(q, i, j, t)).replay, args.reps) if cuda else float("nan")
             t_op = timer(fwd_bwd(op, q, i, j, t), args.reps)
-            t_graph = time_cuda_graph(fwd_bwd(op, q, i, j, t), args.reps) if cuda else float("nan")
             t_eager = timer(fwd_bwd(ref.pair_loss, q, i, j, t), max(5, args.reps // 10))
             t_comp = timer(fwd_bwd(compiled, q, i, j, t), args.reps) if compiled else float("nan")
             moved = M * (2 * i.element_size() + t.element_size()) + 2 * q.numel() * q.element_size()
-            best = min(t_op, t_graph) if cuda else t_op
-            hbm = moved / (best * 1e-3) / HBM_BYTES_PER_S
-            print(f"{M:>10} {str(itype).replace('torch.', ''):>6} {t_op:8.3f} {t_graph:9.3f} {hbm:6.1%} "
-                  f"{t_eager:9.3f} {t_comp:11.3f} {t_eager / t_op:8.1f} {t_comp / t_op:10.1f}")
+            hbm = moved / (t_fused * 1e-3) / HBM_BYTES_PER_S
+            print(f"{M:>10} {str(itype).replace('torch.', ''):>6} {t_fused:9.3f} {t_graph:9.3f} {t_op:12.3f} "
+                  f"{hbm:6.1%} {t_eager:9.3f} {t_comp:11.3f} {t_eager / t_fused:8.1f} {t_comp / t_fused:10.1f}")
             del q, i, j, t
 
 

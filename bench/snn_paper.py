@@ -7,8 +7,9 @@ Protocols (``--protocol``), on 5j0n unless said otherwise:
                  orientations from d̂_p and report E_OR (target <= 0.10 rad).
 * ``noise``      the same with white noise σ² = 16 (≈ −12 dB) (target <= 0.15 rad).
 * ``ctf``        CTF (defocus 0.5–2.5 µm, 300 kV) + σ² = 16 + shifts up to ±5 px (target <= 0.20 rad).
-* ``unseen``     train only on the maps of ``--structures`` (atomic models, on the fly), test on
-                 the 5j0n test split at σ² = 16 (target <= 0.35 rad).
+* ``unseen``     train only on the maps of ``--structures`` (asymmetric atomic models, on the fly,
+                 each rendered at the size of the test particle: ``--particle-rg``), test on the
+                 5j0n test split at σ² = 16 (target <= 0.35 rad).
 * ``throughput`` training pairs/s and images/s with on-the-fly simulation at 116² (target >= 20,000
                  pairs/s on an H100), per architecture.
 
@@ -70,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--split", type=float, nargs=2, default=(0.5, 0.17))
     p.add_argument("--pixel-size", type=float, help="Å per pixel for the 'unseen' models (default: the map's)")
     p.add_argument("--resolution", type=float, help="Å, for maps from atomic models (default: 2·pixel size)")
+    p.add_argument("--particle-rg", type=float, nargs="+", metavar="PX",
+                   help="unseen: radii of gyration (pixels) at which each training model is rendered (one map "
+                        "per value; default: the test particle's, measured on the mean test image)")
     p.add_argument("--sigma2", type=float, help="override the protocol's noise variance")
     p.add_argument("--snr", type=float, metavar="DB",
                    help="override the protocol's noise by SNR in dB: sigma2 = 10^(-DB/10) on standardised images")
@@ -156,10 +160,11 @@ def new_model(args, arch):
     return SiameseNet(arch, widths=tuple(args.widths or ()), depths=tuple(args.depths or ()))
 
 
-def fly_source(args, sources, settings, device, pixel_size=None):
+def fly_source(args, sources, settings, device, pixel_size=None, particle_rg=()):
     from cryoorient.train import OnTheFlySource, ProjectionRenderer
 
-    renderers = ProjectionRenderer.from_sources(sources, settings, device, pixel_size, args.resolution)
+    renderers = ProjectionRenderer.from_sources(sources, settings, device, pixel_size, args.resolution,
+                                                particle_rg=particle_rg)
     return OnTheFlySource(renderers, device=device)
 
 
@@ -276,7 +281,7 @@ def euclidean_model(train, args):
 
 def run_protocol(args, workdir: Path, device) -> list[dict]:
     from cryoorient.simulate import load_volume
-    from cryoorient.train import TrainConfig, Trainer
+    from cryoorient.train import TrainConfig, Trainer, particle_radius_of_gyration, structure_library
 
     data, tr, va, te, settings = dataset(args, workdir, device)
     test, val = data.subset(te), data.subset(va)
@@ -285,10 +290,15 @@ def run_protocol(args, workdir: Path, device) -> list[dict]:
         source = "structures" if args.protocol == "unseen" else args.train_source
         run_dir = workdir / f"{arch}-{source}"
         if args.protocol == "unseen":
-            # Validation (early stopping, model choice) on the training proteins only: 5j0n is never seen.
-            models = sorted(p for p in Path(args.structures).iterdir() if p.suffix.lower() in (".cif", ".pdb"))
+            # Validation (early stopping, model choice) on the training proteins only: 5j0n is never seen;
+            # only its size in pixels is measured, on the mean test image (the particle diameter any
+            # cryo-EM processing starts from). Symmetric models are left out (their d_q targets are wrong).
+            models, symmetric = structure_library(args.structures)
+            rg = args.particle_rg or [round(particle_radius_of_gyration(test.images), 2)]
+            print(f"unseen: {len(models)} models at Rg {rg} px; left out (symmetric): "
+                  f"{', '.join(m.name for m in symmetric) or 'none'}")
             _, map_px = load_volume(args.map)
-            train = fly_source(args, models, settings, device, args.pixel_size or map_px)
+            train = fly_source(args, models, settings, device, args.pixel_size or map_px, particle_rg=rg)
             val = train.render_fixed(2048, seed=args.seed + 1_000_003)
         elif args.train_source == "fly":
             train = fly_source(args, [args.map], settings, device)
@@ -306,6 +316,8 @@ def run_protocol(args, workdir: Path, device) -> list[dict]:
                "val_loss": summary["best_val_loss"], "euclid_val_loss": summary["euclidean_isotonic_val_loss"],
                "train_seconds": train_seconds, "images_per_s": summary["images_per_s"],
                "pairs_per_s": summary["pairs_per_s"], "target": PROTOCOLS[args.protocol]["target"]}
+        if args.protocol == "unseen":
+            row.update(models=len(models), particle_rg=rg)
         row.update(evaluate(args, trainer.model, test, run_dir, device, arch))
         rows.append(row)
     if args.baseline:

@@ -41,6 +41,16 @@ def test_recover_accepts_a_bare_stack(dataset, tmp_path):
     assert rc == 0 and len(read_star(out)) == 120
 
 
+def test_recover_all_pairs(dataset, tmp_path, capsys):
+    out = tmp_path / "a.star"
+    rc = main(["recover", str(dataset / "data" / "particles.star"), "--model", str(dataset / "model.pt"),
+               "-o", str(out), "--all-pairs", "--steps", "30", "--cutoff", "2.5", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    rec = read_star(out)
+    assert len(rec) == 120 and np.isfinite(rec.angles).all()
+    assert "all-pairs L_OR" in capsys.readouterr().out
+
+
 def _write_rotated(src, dst, transform):
     p = read_star(src)
     q = euler_to_quat(*torch.as_tensor(np.asarray(p.angles, dtype=np.float64)).unbind(1))

@@ -650,3 +650,44 @@ def test_star_round_trip_keeps_tiny_and_huge_values(tmp_path):
     write_star(tmp_path / "p.star", p)
     back = read_star(tmp_path / "p.star")
     np.testing.assert_allclose(back.rot, [7.12e-4, -3.0e-5, 12.5, 2.0e10], rtol=1e-6)
+
+
+def test_radius_of_gyration():
+    xyz = np.array([[-3.0, 0, 0], [3.0, 0, 0], [0, 5.0, 0]])
+    assert cio.radius_of_gyration(xyz[:2], [2.0, 2.0]) == pytest.approx(3.0)
+    # weighted: centre at y = 1 (weights 2, 2, 1); mean squared distance (2·(9+1) + 2·(9+1) + 16) / 5
+    assert cio.radius_of_gyration(xyz, [2.0, 2.0, 1.0]) == pytest.approx(math.sqrt(56 / 5))
+    with pytest.raises(ValueError, match="weight"):
+        cio.radius_of_gyration(xyz, [1.0, 1.0])
+    with pytest.raises(ValueError, match="weight"):
+        cio.radius_of_gyration(xyz, [0.0, 0.0, 0.0])
+
+
+def _chains_pdb(path, chains):
+    """PDB of CA-only chains: ``chains`` maps a chain id to (residue name, (n, 3) Å coordinates)."""
+    lines, k = [], 0
+    for cid, (res, xyz) in chains.items():
+        for i, (x, y, z) in enumerate(xyz):
+            k += 1
+            lines.append(f"ATOM  {k:5d}  CA  {res} {cid}{i + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00           C")
+        lines.append("TER")
+    path.write_text("\n".join(lines) + "\nEND\n")
+    return path
+
+
+def test_repeated_chain_symmetry(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(12, 3)) * 4.0 + [10.0, 0, 0]
+    c2 = a * [-1.0, -1.0, 1.0]  # A turned by 180° about z
+    assert cio.repeated_chain_symmetry(_chains_pdb(tmp_path / "c2.pdb", {"A": ("ALA", a), "B": ("ALA", c2)})) > 0.99
+    # the same two chains one beside the other (related by a translation) and a third, different chain:
+    # moving the model by the A→B superposition only puts A onto B
+    moved = _chains_pdb(tmp_path / "p1.pdb", {"A": ("ALA", a), "B": ("ALA", a + [40.0, 0, 0]),
+                                               "C": ("GLY", rng.normal(size=(12, 3)) * 4.0 - [30.0, 0, 0])})
+    assert 0.2 < cio.repeated_chain_symmetry(moved) < 0.5
+    assert cio.repeated_chain_symmetry(_chains_pdb(tmp_path / "one.pdb", {"A": ("ALA", a)})) == 0.0
+
+
+def test_repeated_chain_symmetry_shared_models():
+    assert cio.repeated_chain_symmetry(_structure("5eil")) > 0.9  # designed homotrimer (C3)
+    assert cio.repeated_chain_symmetry(_structure("1aki")) == 0.0  # lysozyme, one chain

@@ -151,6 +151,33 @@ def test_cuda_matches_cpu(symmetry):
     torch.testing.assert_close(g_gpu.cpu(), g_cpu, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("symmetry", [None, "D3"])
+def test_loss_and_grad_matches_autograd(device, dtype, symmetry):
+    angles, qt, qe, reflect = _problem(2000, 40, dtype, device, seed=5)
+    group = None if symmetry is None else symmetry_group(symmetry, dtype=dtype).to(device)
+    loss, grad = ops.align_loss_and_grad(angles, reflect, qt, qe, group)
+    x = angles.clone().requires_grad_(True)
+    loss_ref = ref.align_loss(x, reflect, qt, qe, group)
+    (grad_ref,) = torch.autograd.grad(loss_ref.sum(), x)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(loss, loss_ref.detach(), **tol)
+    torch.testing.assert_close(grad, grad_ref, **tol)
+    with pytest.raises(ValueError, match="same number"):
+        ops.align_loss_and_grad(angles, reflect, qt, qe[:-1])
+
+
+@pytest.mark.cuda
+def test_cuda_unaligned_rows():
+    # rows that start 4 bytes past a 16-byte boundary take the scalar loads
+    angles, qt, qe, reflect = _problem(1000, 33, torch.float32, "cuda", seed=6)
+    shifted = [torch.empty(4 * 1000 + 1, device="cuda")[1:].view(1000, 4).copy_(x) for x in (qt, qe)]
+    assert shifted[0].data_ptr() % 16 != 0
+    torch.testing.assert_close(
+        ops.align_loss_and_grad(angles, reflect, *shifted), ops.align_loss_and_grad(angles, reflect, qt, qe)
+    )
+
+
 def test_bad_inputs():
     angles, qt, qe, reflect = _problem(10, 3, torch.float32, "cpu")
     with pytest.raises(ValueError, match="same number"):

@@ -1,10 +1,13 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from cryoorient.ctf import ctf_2d
 from cryoorient.fsc import fsc
 from cryoorient.geometry import quat_to_matrix, random_quaternions
-from cryoorient.reconstruct import reconstruct
+from cryoorient.io.star import Particles
+from cryoorient.reconstruct import particle_ctf, reconstruct
 
 N_BOX = 32
 
@@ -117,3 +120,20 @@ def test_weighted_insertion_counts_an_image_as_often_as_its_weight():
         weighted.insert(images, A, weights=torch.tensor([1.0, -1.0, 1.0]))
     with pytest.raises(ValueError, match="weights must be 3"):
         weighted.insert(images, A, weights=torch.ones(2))
+
+
+def test_particle_ctf_uses_each_particles_defocus_and_phase_shift():
+    data = pd.DataFrame({
+        "rlnImageName": [f"{k + 1}@stack.mrcs" for k in range(3)],
+        "rlnDefocusU": [10000.0, 15000.0, 20000.0], "rlnDefocusV": [9000.0, 15000.0, 19000.0],
+        "rlnDefocusAngle": [10.0, 0.0, 80.0], "rlnPhaseShift": [0.0, 90.0, 45.0],
+        "rlnImagePixelSize": [2.0] * 3, "rlnVoltage": [300.0] * 3,
+    })
+    ctf = particle_ctf(Particles(data), np.arange(3), 32)
+    for k in range(3):
+        expected = ctf_2d(32, 2.0, data.rlnDefocusU[k], data.rlnDefocusV[k], data.rlnDefocusAngle[k],
+                          phase_shift=data.rlnPhaseShift[k])
+        torch.testing.assert_close(ctf[k], expected[0])
+    plain = particle_ctf(Particles(data.drop(columns="rlnPhaseShift")), np.arange(3), 32)
+    torch.testing.assert_close(plain[1], ctf_2d(32, 2.0, 15000.0)[0])
+    assert not torch.allclose(plain[1], ctf[1])

@@ -104,14 +104,16 @@ CO_HD void align_pair(const T* M, const T* qt, const T* qe, const T* group, int6
     quat_mul(qt, group + 4 * gi, mate);
     a = mate;
   }
-  const QuatDist<T> r = quat_dist<T, kGrad, true>(a, b);
-  acc[0] += A(r.d);
+  const UnitDist<T> u = unit_dist(a, b);
+  acc[0] += A(u.d);
   if (kGrad) {
+    // W += g bᵀ − b gᵀ with g = ∂d/∂b = −s·scale·v up to a multiple of b, which cancels;
+    // v_i b_j − v_j b_i = a_i b_j − a_j b_i, but stays exact (0) where v = 0.
+    const T c = -u.s * u.scale;
 #pragma unroll
     for (int p = 0; p < kAlignPlanes; ++p) {
       const int i = align_plane_i(p), j = align_plane_j(p);
-      acc[1 + p] += A(r.gb[i] * b[j]);
-      acc[1 + p] -= A(b[i] * r.gb[j]);
+      acc[1 + p] += A(c * (u.v[i] * b[j] - u.v[j] * b[i]));
     }
   }
 }

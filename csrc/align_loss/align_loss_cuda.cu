@@ -1,10 +1,12 @@
-// CUDA kernels of align_loss. Three launches on the caller's stream:
-//  1. prologue: unit copies of q_true, q_est and the group, and T_k (K×16) built in double.
-//  2. main: grid (pair blocks × candidate chunks). Lane l of a warp owns candidate
-//     chunk·kc + l % kc and keeps T_k and its 7 accumulators (loss, W) in registers; the kc lanes
-//     sharing a pair read it with one broadcast load, so each block reads its pairs once per chunk
-//     of 32 candidates. Warp shuffles and shared memory reduce a block to one K×7 partial.
-//  3. finish: one block per candidate sums the partials in a fixed order (deterministic), divides
+// CUDA kernels of align_loss. Two launches on the caller's stream:
+//  1. main: grid (pair blocks × candidate chunks). Lane l of a warp owns candidate
+//     chunk·kc + l % kc, builds T_k (in double, rounded to T) and keeps it and its 7 accumulators
+//     (loss, W) in registers. The block stages its pairs in shared memory, normalised (one
+//     thread per pair), and the kc lanes sharing a pair read it with a broadcast, so each block
+//     reads its pairs once per chunk of 32 candidates. The unit group (if any) sits in shared
+//     memory. Warp shuffles and shared memory reduce a block to
+//     one K×7 partial.
+//  2. finish: one block per candidate sums the partials in a fixed order (deterministic), divides
 //     by P and maps W to the 6 angles (align_angle_grad, double).
 // Everything is deterministic (no atomics).
 #include <mutex>
@@ -23,44 +25,32 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMinPairsPerSlot = 8;
 constexpr int kFinishThreads = 128;
 
-template <typename T>
-__device__ __forceinline__ void unit_row(const T* __restrict__ q, int64_t i, T* __restrict__ out) {
-  const T x0 = q[4 * i], x1 = q[4 * i + 1], x2 = q[4 * i + 2], x3 = q[4 * i + 3];
-  const T inv = T(1) / sqrt(x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3);
-  out[4 * i] = x0 * inv, out[4 * i + 1] = x1 * inv, out[4 * i + 2] = x2 * inv, out[4 * i + 3] = x3 * inv;
+// Row i of a P×4 array, as one (float4) or two (double2) loads when 16-byte aligned.
+__device__ __forceinline__ void load4(const float* p, int64_t i, bool vec, float* out) {
+  if (vec) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(p) + i);
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  } else {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) out[c] = __ldg(p + 4 * i + c);
+  }
 }
-
-// Items [0, P): unit q_true and q_est rows; [P, P + G): unit group; [P + G, P + G + K): T_k.
-template <typename T>
-__global__ void prologue_kernel(const T* __restrict__ qt, const T* __restrict__ qe, const T* __restrict__ group,
-                                const T* __restrict__ angles, const uint8_t* __restrict__ reflect, int64_t P,
-                                int64_t G, int64_t K, T* __restrict__ qt_u, T* __restrict__ qe_u,
-                                T* __restrict__ group_u, T* __restrict__ mats) {
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < P + G + K;
-       t += int64_t(gridDim.x) * blockDim.x) {
-    if (t < P) {
-      unit_row(qt, t, qt_u);
-      unit_row(qe, t, qe_u);
-    } else if (t < P + G) {
-      unit_row(group, t - P, group_u);
-    } else {
-      const int64_t k = t - P - G;
-      double ang[6], m[16];
-      for (int p = 0; p < 6; ++p) ang[p] = double(angles[6 * k + p]);
-      align_transform(ang, reflect[k] != 0, m);
-      for (int e = 0; e < 16; ++e) mats[16 * k + e] = T(m[e]);
-    }
+__device__ __forceinline__ void load4(const double* p, int64_t i, bool vec, double* out) {
+  if (vec) {
+    const double2 u = __ldg(reinterpret_cast<const double2*>(p) + 2 * i);
+    const double2 v = __ldg(reinterpret_cast<const double2*>(p) + 2 * i + 1);
+    out[0] = u.x, out[1] = u.y, out[2] = v.x, out[3] = v.y;
+  } else {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) out[c] = __ldg(p + 4 * i + c);
   }
 }
 
-__device__ __forceinline__ void load4(const float* p, int64_t i, float* out) {
-  const float4 v = __ldg(reinterpret_cast<const float4*>(p) + i);
-  out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-}
-__device__ __forceinline__ void load4(const double* p, int64_t i, double* out) {
-  const double2 u = __ldg(reinterpret_cast<const double2*>(p) + 2 * i);
-  const double2 v = __ldg(reinterpret_cast<const double2*>(p) + 2 * i + 1);
-  out[0] = u.x, out[1] = u.y, out[2] = v.x, out[3] = v.y;
+template <typename T>
+__device__ __forceinline__ void normalise(T* x) {
+  const T inv = approx_rsqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2] + x[3] * x[3]);
+#pragma unroll
+  for (int c = 0; c < 4; ++c) x[c] *= inv;
 }
 
 template <typename T>
@@ -68,10 +58,22 @@ constexpr int min_blocks() { return sizeof(T) == 4 ? 2 : 1; }
 
 template <typename T, bool kGrad, bool kSym>
 __global__ void __launch_bounds__(kThreads, min_blocks<T>())
-    align_loss_kernel(const T* __restrict__ qt, const T* __restrict__ qe, const T* __restrict__ mats,
-                      const T* __restrict__ group, int64_t G, int64_t P, int64_t K, int kc_log2, int64_t per_block,
-                      T* __restrict__ partial) {
+    align_loss_kernel(const T* __restrict__ qt, const T* __restrict__ qe, const T* __restrict__ angles,
+                      const uint8_t* __restrict__ reflect, const T* __restrict__ group, int64_t G, int64_t P,
+                      int64_t K, int kc_log2, int64_t per_block, bool vec, T* __restrict__ partial) {
   constexpr int nacc = kGrad ? kAcc : 1;
+  extern __shared__ __align__(16) unsigned char smem_group[];
+  T* unit_group = reinterpret_cast<T*>(smem_group);
+  if (kSym) {
+    for (int64_t g = threadIdx.x; g < G; g += kThreads) {
+      T e[4];
+      load4(group, g, false, e);
+      normalise(e);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) unit_group[4 * g + c] = e[c];
+    }
+    __syncthreads();
+  }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int kc = 1 << kc_log2;
   const int kl = lane & (kc - 1), sub = lane >> kc_log2;
@@ -79,20 +81,43 @@ __global__ void __launch_bounds__(kThreads, min_blocks<T>())
   const int64_t k0 = int64_t(blockIdx.y) * kc;
   const int64_t k = k0 + kl < K ? k0 + kl : K - 1;  // spare lanes repeat the last candidate, unused
   T M[16];
+  {
+    double ang[6], m[16];
 #pragma unroll
-  for (int e = 0; e < 16; ++e) M[e] = mats[16 * k + e];
+    for (int p = 0; p < 6; ++p) ang[p] = double(angles[6 * k + p]);
+    align_transform(ang, reflect[k] != 0, m);
+#pragma unroll
+    for (int e = 0; e < 16; ++e) M[e] = T(m[e]);
+  }
   T acc[nacc];
 #pragma unroll
   for (int c = 0; c < nacc; ++c) acc[c] = T(0);
+  // Pairs are staged kThreads at a time: each thread loads and normalises one, then every warp
+  // reads them from shared memory (broadcast), so no lane repeats the normalisation.
+  __shared__ __align__(16) T stage[2][kThreads][4];
   const int64_t begin = int64_t(blockIdx.x) * per_block;
   const int64_t end = begin + per_block < P ? begin + per_block : P;
   const int nslots = kWarps * subs;
+  for (int64_t c0 = begin; c0 < end; c0 += kThreads) {
+    const int n = end - c0 < kThreads ? int(end - c0) : kThreads;
+    __syncthreads();  // the previous stage is consumed
+    if (threadIdx.x < n) {
+      T a[4], b[4];
+      load4(qt, c0 + threadIdx.x, vec, a);
+      load4(qe, c0 + threadIdx.x, vec, b);
+      normalise(a);
+      normalise(b);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) stage[0][threadIdx.x][c] = a[c], stage[1][threadIdx.x][c] = b[c];
+    }
+    __syncthreads();
 #pragma unroll 2
-  for (int64_t i = begin + warp * subs + sub; i < end; i += nslots) {
-    T a[4], b[4];
-    load4(qt, i, a);
-    load4(qe, i, b);
-    align_pair<T, T, kGrad>(M, a, b, group, kSym ? G : 0, acc);
+    for (int s = warp * subs + sub; s < n; s += nslots) {
+      T a[4], b[4];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) a[c] = stage[0][s][c], b[c] = stage[1][s][c];
+      align_pair<T, T, kGrad>(M, a, b, unit_group, kSym ? G : 0, acc);
+    }
   }
   for (int off = 16; off >= kc; off >>= 1)
 #pragma unroll
@@ -184,29 +209,17 @@ Plan make_plan(int64_t P, int64_t K, int dtype, int device) {
   return p;
 }
 
-// Workspace: T_k (16K), unit q_true and q_est (4P each), unit group (4G), partials (blocks·K·7).
-int64_t workspace_elems(const Plan& p, int64_t P, int64_t K, int64_t G) {
-  return 16 * K + 8 * P + 4 * G + p.blocks * K * kAcc;
-}
+// Workspace: the per-block partials (blocks·K·7).
+int64_t workspace_elems(const Plan& p, int64_t K) { return p.blocks * K * kAcc; }
 
-template <typename T>
-struct Workspace {
-  T *mats, *qt, *qe, *group, *partial;
-  Workspace(void* base, int64_t P, int64_t K, int64_t G) {
-    mats = static_cast<T*>(base);
-    qt = mats + 16 * K;
-    qe = qt + 4 * P;
-    group = qe + 4 * P;
-    partial = group + 4 * G;
-  }
-};
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
 int64_t align_loss_cuda_workspace(int64_t P, int64_t K, int64_t G, int dtype, int device) {
   if (K == 0) return 0;
   DeviceGuard guard(device);
-  return workspace_elems(make_plan(P, K, dtype, device), P, K, G) * (dtype == kFloat64 ? 8 : 4);
+  return workspace_elems(make_plan(P, K, dtype, device), K) * (dtype == kFloat64 ? 8 : 4);
 }
 
 void align_loss_cuda(const AlignLossArgs& a, void* loss, void* grad, void* workspace, int device,
@@ -215,26 +228,28 @@ void align_loss_cuda(const AlignLossArgs& a, void* loss, void* grad, void* works
   DeviceGuard guard(device);
   const Plan p = make_plan(a.P, a.K, a.dtype, device);
   const cudaStream_t s = as_stream(stream);
+  const bool vec = aligned16(a.q_true) && aligned16(a.q_est);
   CO_DISPATCH_FLOAT(a.dtype, T, [&] {
-    const Workspace<T> w(workspace, a.P, a.K, a.G);
+    T* partial = static_cast<T*>(workspace);
     const T* angles = static_cast<const T*>(a.angles);
     const uint8_t* refl = static_cast<const uint8_t*>(a.reflect);
-    prologue_kernel<T><<<blocks_for(a.P + a.G + a.K, 256), 256, 0, s>>>(
-        static_cast<const T*>(a.q_true), static_cast<const T*>(a.q_est), static_cast<const T*>(a.group), angles, refl,
-        a.P, a.G, a.K, w.qt, w.qe, w.group, w.mats);
+    const size_t smem = size_t(a.G) * 4 * sizeof(T);
+    if (smem > 48 * 1024) fail("align_loss on CUDA supports groups of at most " + std::to_string(48 * 1024 / (4 * sizeof(T))) + " elements");
     const dim3 grid(unsigned(p.blocks), unsigned(p.chunks));
     auto launch = [&](auto kernel) {
-      kernel<<<grid, kThreads, 0, s>>>(w.qt, w.qe, w.mats, w.group, a.G, a.P, a.K, p.kc_log2, p.per_block, w.partial);
+      kernel<<<grid, kThreads, smem, s>>>(static_cast<const T*>(a.q_true), static_cast<const T*>(a.q_est), angles,
+                                          refl, static_cast<const T*>(a.group), a.G, a.P, a.K, p.kc_log2, p.per_block,
+                                          vec, partial);
     };
     if (grad) {
       if (a.G > 0) launch(align_loss_kernel<T, true, true>);
       else launch(align_loss_kernel<T, true, false>);
-      finish_kernel<T, true><<<unsigned(a.K), kFinishThreads, 0, s>>>(w.partial, p.blocks, a.K, a.P, angles, refl,
+      finish_kernel<T, true><<<unsigned(a.K), kFinishThreads, 0, s>>>(partial, p.blocks, a.K, a.P, angles, refl,
                                                                      static_cast<T*>(loss), static_cast<T*>(grad));
     } else {
       if (a.G > 0) launch(align_loss_kernel<T, false, true>);
       else launch(align_loss_kernel<T, false, false>);
-      finish_kernel<T, false><<<unsigned(a.K), kFinishThreads, 0, s>>>(w.partial, p.blocks, a.K, a.P, angles, refl,
+      finish_kernel<T, false><<<unsigned(a.K), kFinishThreads, 0, s>>>(partial, p.blocks, a.K, a.P, angles, refl,
                                                                       static_cast<T*>(loss), nullptr);
     }
   });

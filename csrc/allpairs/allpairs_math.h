@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "common.h"
+#include "quat.h"
 
 namespace cryoorient {
 namespace allpairs {
@@ -55,25 +56,6 @@ CO_HD float co_abs(float a) { return fabsf(a); }
 CO_HD double co_abs(double a) { return fabs(a); }
 CO_HD float co_copysign(float a, float b) { return copysignf(a, b); }
 CO_HD double co_copysign(double a, double b) { return copysign(a, b); }
-
-// Square root and reciprocal square root: the MUFU approximations on the device
-// (a few ulp), correctly rounded on the host.
-CO_HD float approx_sqrt(float x) {
-#if defined(__CUDA_ARCH__)
-  float y;
-  asm("sqrt.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#else
-  return std::sqrt(x);
-#endif
-}
-CO_HD float approx_rsqrt(float x) {
-#if defined(__CUDA_ARCH__)
-  return rsqrtf(x);
-#else
-  return 1.0f / std::sqrt(x);
-#endif
-}
 
 // 2·arccos(x) for x in [0, 1]; with inv_sin, also min(1/sqrt(1 - x²), kMaxInvSin).
 // float: 2·arccos x = sqrt(1 - x)·p(x) with p a degree-5 near-minimax polynomial;

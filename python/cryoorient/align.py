@@ -337,19 +337,19 @@ def _descend(angles, reflect, qt, qe, group, max_steps, threads, lr=0.1, lr_min=
     best loss has improved by less than `stall` (rad) over `window` steps; the descent stops once
     the step is below `lr_min` (the polish takes over from there) or after max_steps.
     Returns the best angles and loss seen per candidate."""
-    angles = angles.clone().requires_grad_(True)
+    angles = angles.clone()
+    angles.grad = torch.zeros_like(angles)
     opt = torch.optim.Adam([angles], lr=lr)
     best_loss = torch.full((angles.shape[0],), math.inf, dtype=angles.dtype, device=angles.device)
-    best_angles = angles.detach().clone()
+    best_angles = angles.clone()
     mark = math.inf
     for step in range(1, max_steps + 1):
         with _torch_threads(threads):
-            loss = ops.align_loss(angles, reflect, qt, qe, group, validate=False)
-        better = loss.detach() < best_loss
-        best_loss = torch.where(better, loss.detach(), best_loss)
-        best_angles = torch.where(better[:, None], angles.detach(), best_angles)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
+            loss, grad = ops.align_loss_and_grad(angles, reflect, qt, qe, group, validate=False)
+        better = loss < best_loss
+        best_loss = torch.where(better, loss, best_loss)
+        best_angles = torch.where(better[:, None], angles, best_angles)
+        angles.grad.copy_(grad)
         opt.step()
         if step % window == 0:
             now = float(best_loss.min())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -175,7 +176,48 @@ def _read_particles(path: str):
     return read_star(p)
 
 
+def _recover_all_pairs(args: argparse.Namespace, model, images):
+    """--all-pairs: every rank embeds its consecutive share of the images, then the sharded
+    full-batch recovery runs over all ranks (one process outside torchrun). Returns the
+    orientations on rank 0, None on the others."""
+    from . import distributed
+    from .pipeline import image_features
+    from .recover import recover_orientations_allpairs_sharded
+
+    rank, world, n = distributed.rank(), distributed.world_size(), len(images)
+    if n < 2:
+        raise ValueError(f"need at least 2 images to recover orientations; got {n}")
+    mine = images[n * rank // world : n * (rank + 1) // world]
+    if len(mine) >= 2:
+        features = image_features(model, mine, progress=not args.quiet and rank == 0)
+    else:  # a share of 0 or 1 image (more processes than images)
+        features = model.features(np.asarray(mine, dtype=np.float32))
+    weight = None if args.cutoff is None else ("cutoff", args.cutoff)
+    result = recover_orientations_allpairs_sharded(features, weight=weight, max_epochs=args.steps, seed=args.seed)
+    if rank != 0:
+        return None
+    print(f"all-pairs L_OR {result.losses[-1]:.4f} rad² per pair after {result.epochs} epochs on {world} "
+          f"process(es) ({result.seconds:.1f} s)")
+    return result.q
+
+
 def _cmd_recover(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    if args.all_pairs:
+        distributed.init_from_env(args.device)
+    elif distributed.launched() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise ValueError("under torchrun with several processes, recover runs with --all-pairs only")
+    try:
+        rc = _recover(args, distributed.local_device(args.device))
+        distributed.barrier()  # rank 0 has written the output
+        return rc
+    finally:
+        distributed.cleanup()
+
+
+def _recover(args: argparse.Namespace, device) -> int:
+    from . import distributed
     from .io import read_particle_images
     from .model import SiameseNet
     from .frame import resolve_frame
@@ -184,22 +226,28 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _refuse_existing(out, args.force)
     particles = _read_particles(args.particles)
-    model = SiameseNet.load(args.model, map_location=args.device)
+    model = SiameseNet.load(args.model, map_location=device)
     images = read_particle_images(particles)
-    features = image_features(model, images, progress=not args.quiet)
-    result = recover_from_features(model, features, restarts=args.restarts, steps=args.steps, cutoff=args.cutoff,
-                                   seed=args.seed, device=args.device, progress=not args.quiet)
-    q = result.orientations
+    if args.all_pairs:
+        q, result = _recover_all_pairs(args, model, images), None
+        if q is None:
+            return 0
+    else:
+        features = image_features(model, images, progress=not args.quiet)
+        result = recover_from_features(model, features, restarts=args.restarts, steps=args.steps,
+                                       cutoff=args.cutoff, seed=args.seed, device=device, progress=not args.quiet)
+        q = result.orientations
     if args.resolve_frame:
         frame = resolve_frame(images, q, seed=args.seed, device=args.device)
         q = frame.quaternions
         print(f"image frame resolved: cross-validated NCC {frame.score:.3f} (as recovered: "
               f"{frame.score_uncorrected:.3f})")
     write_recovered_star(particles, q, out, overwrite=args.force)
-    plot = out.with_name(out.stem + "_loss.png")
-    result.plot(str(plot))
-    print(f"recovered {len(particles)} orientations: L_OR {result.loss:.4f} rad² (restart {result.restart}, "
-          f"{result.seconds:.1f} s); the global frame and handedness are arbitrary. Loss curve: {plot}")
+    if result is not None:
+        plot = out.with_name(out.stem + "_loss.png")
+        result.plot(str(plot))
+        print(f"recovered {len(particles)} orientations: L_OR {result.loss:.4f} rad² (restart {result.restart}, "
+              f"{result.seconds:.1f} s); the global frame and handedness are arbitrary. Loss curve: {plot}")
     print(out)
     return 0
 
@@ -217,9 +265,14 @@ def _add_recover(sub) -> None:
     p.add_argument("--model", required=True, help="trained network (.pt from `cryoorient train`)")
     p.add_argument("-o", "--output", required=True, help="output STAR file")
     p.add_argument("--restarts", type=int, default=4, help="random restarts run together (default 4)")
-    p.add_argument("--steps", type=int, default=2000, help="maximum optimisation steps (default 2000)")
+    p.add_argument("--steps", type=int, default=2000,
+                   help="maximum optimisation steps, or epochs with --all-pairs (default 2000)")
     p.add_argument("--cutoff", type=float, default=None,
-                   help="trust only estimated distances below this (radians), with a spreading term (default: all)")
+                   help="trust only estimated distances below this (radians), with a spreading term (default: all); "
+                   "with --all-pairs, pairs with a larger distance are left out")
+    p.add_argument("--all-pairs", action="store_true",
+                   help="full-batch recovery over every pair each epoch (one restart; fused all-pairs kernel); under "
+                   "`torchrun --nproc-per-node N -m cryoorient recover ...` split over the N processes")
     p.add_argument("--resolve-frame", action=argparse.BooleanOptionalAction, default=True,
                    help="fix the part of the global ambiguity that the images can see (a rotation of every image "
                    "frame), so that the orientations reconstruct a sharp map (default yes)")

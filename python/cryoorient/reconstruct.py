@@ -162,8 +162,9 @@ def _column(particles, name: str, default: float) -> np.ndarray:
 def particle_ctf(particles, indices: np.ndarray, size: int, device="cpu") -> Tensor:
     """CTFs (B, size, size//2+1) on the rfft grid of images of edge ``size`` for the given particles.
 
-    Uses rlnDefocusU/V (Å), rlnDefocusAngle (°) and each particle's optics (kV, mm,
-    amplitude contrast; RELION defaults 300 kV, 2.7 mm, 0.1 where absent).
+    Uses rlnDefocusU/V (Å), rlnDefocusAngle (°), rlnPhaseShift (°, 0 where absent) and each
+    particle's optics (kV, mm, amplitude contrast; RELION defaults 300 kV, 2.7 mm, 0.1 where
+    absent).
     """
     from .ctf import ctf_2d
 
@@ -174,14 +175,15 @@ def particle_ctf(particles, indices: np.ndarray, size: int, device="cpu") -> Ten
     ang = _column(particles, "defocus_angle", 0.0)[indices]
     optics = np.stack([pixel, _column(particles, "voltage", 300.0)[indices],
                        _column(particles, "spherical_aberration", 2.7)[indices],
-                       _column(particles, "amplitude_contrast", 0.1)[indices]], 1)
+                       _column(particles, "amplitude_contrast", 0.1)[indices],
+                       _column(particles, "phase_shift", 0.0)[indices]], 1)
     out = torch.empty(len(indices), size, size // 2 + 1, device=device)
-    for combo in np.unique(optics, axis=0):  # one ctf_2d call per optics group in the batch
+    for combo in np.unique(optics, axis=0):  # one ctf_2d call per optics group and phase shift
         sel = np.nonzero((optics == combo).all(1))[0]
         t = lambda a: torch.as_tensor(a[sel], dtype=torch.float32, device=device)  # noqa: E731
         out[torch.as_tensor(sel, device=device)] = ctf_2d(
             size, float(combo[0]), t(du), t(dv), t(ang), voltage=float(combo[1]), cs=float(combo[2]),
-            amplitude_contrast=float(combo[3]), device=device,
+            amplitude_contrast=float(combo[3]), phase_shift=float(combo[4]), device=device,
         )
     return out
 

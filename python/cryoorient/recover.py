@@ -50,6 +50,8 @@ __all__ = [
     "RecoveryHistory",
     "RecoveryResult",
     "recover_orientations",
+    "recover_orientations_allpairs",
+    "recover_orientations_allpairs_sharded",
     "plot_loss_curve",
 ]
 
@@ -324,7 +326,7 @@ def recover_orientations(
     x = torch.randn(R * P, 4, generator=gen, device=device, dtype=dtype)
     if init is not None:
         x = _initial(init, R, P).to(device=device, dtype=dtype).reshape(R * P, 4)
-    x = (x / x.norm(dim=1, keepdim=True)).requires_grad_(True)
+    x = (x / x.norm(dim=1, keepdim=True))
     m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     lrs = torch.full((R,), lr, dtype=torch.float64)
@@ -350,9 +352,8 @@ def recover_orientations(
     while step < steps:
         i, j = _random_pairs(P, pairs_per_step, gen, device)
         batch = _Pairs(i, j, _targets(source, i, j, dtype, device), R, P, cutoff, spread)
-        loss = ops.pair_loss(x, batch.i, batch.j, batch.target, batch.weight(x), "sum", validate=False)
-        (grad,) = torch.autograd.grad(loss, x)
-        train.append(loss.detach() / (R * pairs_per_step))
+        loss, grad = ops.pair_loss_and_grad(x, batch.i, batch.j, batch.target, batch.weight(x), "sum", validate=False)
+        train.append(loss / (R * pairs_per_step))
         step += 1
         with torch.no_grad():  # Adam with one learning rate per restart; keep rows unit
             m1.mul_(beta1).add_(grad, alpha=1 - beta1)
@@ -466,8 +467,86 @@ def recover_orientations_allpairs(
         distance_code(distance)
         P, device = features.shape[0], features.device
     weight_cutoff(weight)
+    _check_allpairs_options(lr, final_lr_ratio, max_epochs, tol, patience)
+
+    def block_loss(q: Tensor) -> Tensor:
+        if cache is not None:
+            return ops.allpairs_loss_cached(cache, q, weight, validate=False)
+        return ops.allpairs_loss(features, q, distance, weight, validate=False)
+
+    return _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, tol, patience, target_loss,
+                          seed, callback, reduce=False)
+
+
+def recover_orientations_allpairs_sharded(
+    features: Tensor,
+    *,
+    cache: bool = False,
+    distance: str = "snn",
+    weight=None,
+    q0: Tensor | None = None,
+    lr: float = 0.1,
+    final_lr_ratio: float = 0.01,
+    max_epochs: int = 300,
+    tol: float = 1e-3,
+    patience: int = 25,
+    target_loss: float = 1e-8,
+    seed: int = 0,
+    callback=None,
+) -> AllPairsRecovery:
+    """``recover_orientations_allpairs`` split over the ranks of the torch.distributed process
+    group (one process per GPU, e.g. under ``torchrun``); a single process without a group
+    runs the same computation alone.
+
+    ``features``: this rank's consecutive rows of the (P, n_f) features, rank 0 first (any
+    split, e.g. the images each rank embedded); they are all-gathered once. Rank k then owns
+    the row block ``distributed.row_block(P)`` (equal pair counts): every epoch it computes
+    the loss and the (P, 4) q-gradient of the pairs i < j with i in its block (the fused
+    kernel, or with ``cache=True`` the 1-byte distance cache of its block, ~P²/(2·world)
+    bytes, built once, after which the features are dropped). Loss and gradient are summed
+    over the ranks by one all-reduce and every rank takes the same Adam step on the full
+    (P, 4) quaternions (16 bytes a projection, so they stay replicated and need no gather).
+    ``q0`` (P, 4) must be the same on every rank (default: drawn from ``seed``, as in the
+    single-process function). Other arguments as ``recover_orientations_allpairs``, whose
+    result this equals to float rounding; every rank returns it.
+    """
+    from . import distributed
+
+    _check_allpairs_options(lr, final_lr_ratio, max_epochs, tol, patience)
+    if not isinstance(features, Tensor) or features.dim() != 2:
+        raise ValueError(f"features must be a 2-D tensor (rows, n_f); got {getattr(features, 'shape', type(features))}")
+    features = distributed.all_gather_rows(features)
+    features, _ = check_inputs(features, None, validate=True)
+    distance_code(distance)
+    weight_cutoff(weight)
+    P, device = features.shape[0], features.device
+    rows = distributed.row_block(P)
+    if cache:
+        table = ops.allpairs_distance_cache(features, distance, rows, validate=False)
+        del features
+
+        def block_loss(q: Tensor) -> Tensor:
+            return ops.allpairs_loss_cached(table, q, weight, validate=False)
+    else:
+
+        def block_loss(q: Tensor) -> Tensor:
+            return ops.allpairs_loss(features, q, distance, weight, rows, validate=False)
+
+    return _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, tol, patience, target_loss,
+                          seed, callback, reduce=distributed.world_size() > 1)
+
+
+def _check_allpairs_options(lr, final_lr_ratio, max_epochs, tol, patience) -> None:
     if not (lr > 0 and 0 < final_lr_ratio <= 1 and max_epochs >= 1 and patience >= 1 and tol >= 0):
         raise ValueError("need lr > 0, 0 < final_lr_ratio <= 1, max_epochs >= 1, patience >= 1 and tol >= 0")
+
+
+def _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, tol, patience, target_loss, seed,
+                   callback, reduce: bool) -> AllPairsRecovery:
+    """The full-batch Adam loop: ``block_loss(q)`` is the loss sum over this process's pairs;
+    with ``reduce``, loss and q-gradient are summed over the ranks before each step."""
+    from .distributed import all_reduce_sum_
+
     if q0 is None:
         g = torch.Generator().manual_seed(seed)
         q0 = torch.randn(P, 4, generator=g)
@@ -481,13 +560,13 @@ def recover_orientations_allpairs(
     for epoch in range(max_epochs):
         for group in opt.param_groups:
             group["lr"] = lr * (final_lr_ratio + (1 - final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * epoch / max_epochs)))
-        if cache is not None:
-            loss = ops.allpairs_loss_cached(cache, q, weight, validate=False)
-        else:
-            loss = ops.allpairs_loss(features, q, distance, weight, validate=False)
-        loss = loss / n_pairs
+        loss = block_loss(q) / n_pairs
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if reduce:  # one all-reduce of [gradient, loss]
+            both = all_reduce_sum_(torch.cat((q.grad.reshape(-1), loss.detach().reshape(1))))
+            q.grad.copy_(both[:-1].view_as(q.grad))
+            loss = both[-1]
         opt.step()
         with torch.no_grad():
             q /= torch.linalg.vector_norm(q, dim=1, keepdim=True)

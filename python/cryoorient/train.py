@@ -26,9 +26,23 @@ Data sources
 * :class:`OnTheFlySource` — fresh images every batch from ``render(q, generator)``
   callables (one per map), so the network never sees the same image twice.
 
-All randomness of a run comes from one ``torch.Generator`` on the training device
-(plus fixed seeds for the validation pairs), saved in checkpoints: a resumed run
-continues bit for bit as on the same device and software.
+The training images of step ``s`` on rank ``r`` are drawn with a generator seeded from
+``(seed, s, r)`` (:func:`batch_generator`; fixed seeds give the validation set and pairs):
+no stream state to save, so a resumed run continues bit for bit on the same device and
+software, and resuming on another number of processes is well defined.
+
+Several GPUs (``torchrun --nproc-per-node N -m cryoorient train ...``)
+-----------------------------------------------------------------------
+Data parallel with DistributedDataParallel, one process per GPU. The global batch stays
+``batch_size`` images: each of the N ranks renders (or draws from a dataset) its
+``batch_size/N`` share from its own stream ``(seed, step, rank)``, so the shares never
+overlap. The features of all ranks are all-gathered with autograd and every rank computes
+the loss over all ``B(B−1)/2`` pairs of the union batch, so an N-rank step is the
+one-process step on the union batch (to float rounding). The learning-rate schedule is
+unchanged. Every rank validates the whole (small) validation set, so the logged numbers
+are the one-process ones; rank 0 alone writes logs, the model and the checkpoint (then all
+ranks meet at a barrier), and a checkpoint resumes on any number of processes.
+BatchNorm layers become SyncBatchNorm on CUDA (on the CPU they keep per-rank statistics).
 """
 
 from __future__ import annotations
@@ -46,6 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import distributed
 from .geometry import (
     quat_distance,
     quat_multiply,
@@ -62,7 +77,10 @@ __all__ = [
     "OnTheFlySource",
     "ProjectionRenderer",
     "TrainConfig",
+    "structure_library",
+    "particle_radius_of_gyration",
     "Trainer",
+    "batch_generator",
     "target_distance",
     "pairwise_target_distance",
     "binned_de_loss",
@@ -371,16 +389,74 @@ class ProjectionRenderer:
 
     @classmethod
     def from_sources(cls, sources: Sequence, settings, device="cpu", pixel_size: Optional[float] = None,
-                     resolution: Optional[float] = None, pilot: int = 512) -> list["ProjectionRenderer"]:
+                     resolution: Optional[float] = None, pilot: int = 512,
+                     particle_rg: Sequence[float] = ()) -> list["ProjectionRenderer"]:
         """One renderer per map or atomic model (paths as ``simulate.load_volume`` takes them;
-        models need ``settings.size`` and ``pixel_size``)."""
+        models need ``settings.size`` and ``pixel_size``).
+
+        ``particle_rg``: radii of gyration in pixels (atomic models only): each model gets one
+        renderer per value, at the pixel size that gives it that radius of gyration (and, unless
+        ``resolution`` is given, a resolution of 2 pixels), so that proteins of any mass look as
+        large as the particles the network will see (size augmentation with several values).
+        """
+        from .io import model_atoms, radius_of_gyration
         from .simulate import load_volume
 
+        rgs = [float(r) for r in particle_rg]
+        if any(not (math.isfinite(r) and r > 0) for r in rgs):
+            raise ValueError(f"particle_rg must be positive radii in pixels, got {list(particle_rg)}")
         out = []
         for src in sources:
-            volume, voxel = load_volume(src, settings.size, pixel_size, resolution)
-            out.append(cls(volume, voxel, settings, device, pilot))
+            if not rgs:
+                volume, voxel = load_volume(src, settings.size, pixel_size, resolution)
+                out.append(cls(volume, voxel, settings, device, pilot))
+                continue
+            rg_angstrom = radius_of_gyration(*model_atoms(src))
+            for rg in rgs:
+                volume, voxel = load_volume(src, settings.size, rg_angstrom / rg, resolution)
+                out.append(cls(volume, voxel, settings, device, pilot))
         return out
+
+
+def structure_library(folder, max_symmetry: float = 0.5) -> tuple[list[Path], list[Path]]:
+    """The atomic models (``.cif``/``.mmcif``/``.pdb``) in ``folder``, sorted: ``(kept, symmetric)``.
+
+    Models whose :func:`io.repeated_chain_symmetry` exceeds ``max_symmetry`` are set apart:
+    symmetry-related views of them give identical projections, which the plain d_q target
+    (one point group for the whole library) would ask the network to tell apart.
+    """
+    from .io import repeated_chain_symmetry
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such directory: {folder}")
+    models = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".cif", ".pdb", ".mmcif"))
+    if not models:
+        raise ValueError(f"no .cif/.pdb files in {folder}")
+    symmetric = [p for p in models if repeated_chain_symmetry(p) > max_symmetry]
+    kept = [p for p in models if p not in symmetric]
+    if not kept:
+        raise ValueError(f"every model in {folder} is symmetric (repeated_chain_symmetry > {max_symmetry})")
+    return kept, symmetric
+
+
+def particle_radius_of_gyration(images: Tensor) -> float:
+    """Radius of gyration (pixels) of the particle in ``images`` (N, H, W) of uniformly distributed
+    orientations: the mean image (background = median of the corners outside the inscribed disc,
+    subtracted) has, within that disc, a second moment about its centroid of 2/3·Rg² for uniform
+    orientations. Noise averages out over many images; shifts inflate the estimate by their spread."""
+    images = check_images(images)[:, 0]
+    m = images.double().mean(0)
+    h, w = m.shape
+    y, x = torch.meshgrid(torch.arange(h, dtype=m.dtype, device=m.device) - h // 2,
+                          torch.arange(w, dtype=m.dtype, device=m.device) - w // 2, indexing="ij")
+    disc = (y ** 2 + x ** 2) <= (min(h, w) // 2) ** 2
+    m = (m - m[~disc].median()) * disc
+    total = m.sum()
+    if not total > 0:
+        raise ValueError("the mean image has no positive particle density above its border")
+    cy, cx = (m * y).sum() / total, (m * x).sum() / total
+    return float(torch.sqrt(1.5 * (m * ((y - cy) ** 2 + (x - cx) ** 2)).sum() / total))
 
 
 def _anchor_partner_quats(half: int, generator: torch.Generator) -> Tensor:
@@ -393,6 +469,24 @@ def _anchor_partner_quats(half: int, generator: torch.Generator) -> Tensor:
     return torch.cat((anchors, quat_normalize(quat_multiply(anchors, turn))))
 
 
+def batch_generator(seed: int, step: int, rank: int, device) -> torch.Generator:
+    """The generator of rank ``rank``'s share of the batch of step ``step`` (0-based) on ``device``:
+    seeded from numpy's ``SeedSequence((seed, step, rank))``, so the streams never overlap."""
+    state = np.random.SeedSequence((int(seed), int(step), int(rank))).generate_state(1, np.uint64)
+    return torch.Generator(device=device).manual_seed(int(state[0]))
+
+
+class _Embed(torch.nn.Module):
+    """``model.embed`` as a module's forward, for DistributedDataParallel."""
+
+    def __init__(self, model: SiameseNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model.embed(images)
+
+
 # --------------------------------------------------------------------------- #
 # training
 # --------------------------------------------------------------------------- #
@@ -401,7 +495,7 @@ class TrainConfig:
     """Optimisation settings (Adam; linear warm-up then cosine decay to ``lr·min_lr_ratio``).
 
     batch_size: images per step (half anchors, half partners; the loss uses every
-    in-batch pair). steps_per_epoch: None = one pass of the anchors over a dataset
+    in-batch pair), over all processes when data parallel. steps_per_epoch: None = one pass of the anchors over a dataset
     (``2·N/batch_size``), 100 for on-the-fly sources. Early stopping after ``patience``
     epochs without a validation improvement larger than ``min_delta``. amp: "auto"
     (bfloat16 on CUDA, float32 on CPU), "bf16", "fp16" (with gradient scaling) or "none".
@@ -448,6 +542,9 @@ class Trainer:
     ``summary.json``, ``loss.png`` and ``distances.png`` (d̂_p vs d_q density on the
     validation pairs, as the paper's Fig. 6b). The best network (lowest validation
     L_DE) goes to ``model_path`` (default ``out_dir/model.pt``) with its metadata.
+
+    In an initialised torch.distributed process group (see the module docstring) each rank
+    builds its Trainer with the same arguments on its own device; only rank 0 writes files.
     """
 
     def __init__(self, model: SiameseNet, train, val: DatasetSource, config: Optional[TrainConfig] = None,
@@ -458,11 +555,20 @@ class Trainer:
         self.config = config
         self.device = torch.device(device) if device is not None else (
             torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if self.world > 1 and config.batch_size % (2 * self.world):
+            raise ValueError(f"batch_size {config.batch_size} must be a multiple of 2 × {self.world} processes")
         self.model = model.to(self.device)
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
+            if self.world > 1:
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if config.compile:
             self.model.compile()
+        self._embed = self.model.embed
+        if self.world > 1:
+            ids = [self.device] if self.device.type == "cuda" else None
+            self._embed = torch.nn.parallel.DistributedDataParallel(_Embed(self.model), device_ids=ids)
         self.train_source, self.val = train, val
         self.symmetry = val.symmetry
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -480,7 +586,6 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.val_pairs = evaluation_pairs(val, config.val_pairs, seed=config.seed + 1)
         self.epoch = 0
         self.step = 0
@@ -500,9 +605,21 @@ class Trainer:
         return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     # -- one step ----------------------------------------------------------- #
-    def _train_step(self, batch: Batch) -> tuple[Tensor, int]:
+    def local_batch(self) -> Batch:
+        """This rank's ``batch_size / world`` images of the current step (the whole batch in
+        one process), drawn with ``batch_generator(seed, step, rank)``."""
+        gen = batch_generator(self.config.seed, self.step, self.rank, self.device)
+        return self.train_source.sample(self.config.batch_size // self.world, gen)
+
+    def train_step(self, batch: Batch) -> tuple[Tensor, int]:
+        """One optimiser step on ``batch`` (this rank's share: the loss runs over the union of
+        the ranks' shares)."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
-            f = self.model.embed(batch.images)
+            f = self._embed(batch.images)
+        if self.world > 1:
+            f = distributed.all_gather_autograd(f)
+            batch = Batch(batch.images, distributed.all_gather_rows(batch.quats),
+                          distributed.all_gather_rows(batch.labels))
         d_p = pairwise_feature_distance(f.float())
         d_q = pairwise_target_distance(batch.quats, self.symmetry).to(d_p.dtype)
         n = batch.labels.shape[0]
@@ -562,9 +679,9 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             pairs = torch.zeros((), dtype=torch.long, device=self.device)
             bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{c.epochs}",
-                       disable=not c.progress, leave=False, dynamic_ncols=True)
+                       disable=not self._progress, leave=False, dynamic_ncols=True)
             for k in bar:
-                loss, n_pairs = self._train_step(self.train_source.sample(c.batch_size, self.generator))
+                loss, n_pairs = self.train_step(self.local_batch())
                 loss_sum += loss
                 pairs += n_pairs
                 if k % 10 == 9 or k == self.steps_per_epoch - 1:
@@ -593,7 +710,7 @@ class Trainer:
                 "images_per_s": self.steps_per_epoch * c.batch_size / seconds,
                 "pairs_per_s": float(pairs) / seconds, "best": improved,
             })
-            if c.progress:
+            if self._progress:
                 tqdm.write(f"epoch {self.epoch}: train L_DE {train_loss:.4f}  val L_DE {val_loss:.4f}"
                            f"{'  (best)' if improved else ''}  {self.history[-1]['pairs_per_s']:.0f} pairs/s")
             self._write_logs()
@@ -602,7 +719,7 @@ class Trainer:
         if self._best_state is not None:
             self.model.load_state_dict(self._best_state)
         summary = self.summary(stopped_early=stopped and self.epoch < c.epochs)
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.rank == 0:
             _write_json(self.out_dir / "summary.json", summary)
             plot_history(self.history, self.reference, self.out_dir / "loss.png")
             vi, vj, vd = self.val_pairs
@@ -611,25 +728,30 @@ class Trainer:
                                   title=f"validation pairs, best epoch {self.best_epoch}")
         return summary
 
+    @property
+    def _progress(self) -> bool:
+        return self.config.progress and self.rank == 0
+
     def summary(self, stopped_early: bool = False) -> dict:
         last = self.history[-1] if self.history else {}
         return {
             "epochs_run": self.epoch, "steps": self.step, "best_epoch": self.best_epoch,
             "best_val_loss": self.best_loss, "stopped_early": stopped_early,
             "images_per_s": last.get("images_per_s"), "pairs_per_s": last.get("pairs_per_s"),
-            **self.reference, "device": str(self.device), "model": self.model.config.to_dict(),
+            **self.reference, "device": str(self.device), "processes": self.world,
+            "model": self.model.config.to_dict(),
             "train": asdict(self.config), "model_path": str(self.model_path) if self.model_path else None,
         }
 
     # -- persistence -------------------------------------------------------- #
     def _save_model(self) -> None:
-        if self.model_path is not None:
+        if self.model_path is not None and self.rank == 0:
             metadata = {**self.metadata, **self.reference, "epoch": self.epoch, "val_loss": self.best_loss,
                         "symmetry": self.symmetry, "train": asdict(self.config)}
             self.model.save(self.model_path, overwrite=True, **metadata)
 
     def _write_logs(self) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or self.rank != 0:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(self.out_dir / "history.json", {"reference": self.reference, "epochs": self.history})
@@ -641,24 +763,28 @@ class Trainer:
         os.replace(tmp, self.out_dir / "history.csv")
 
     def state_dict(self) -> dict:
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        cuda_rng = [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []
         return {
-            "format": _CHECKPOINT_FORMAT, "version": 1,
+            "format": _CHECKPOINT_FORMAT, "version": 2,
             "model_config": self.model.config.to_dict(), "config": asdict(self.config),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng,
+            "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng,
             "epoch": self.epoch, "step": self.step, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "history": self.history, "reference": self.reference,
             "best_state": self._best_state,
         }
 
     def save_checkpoint(self, path) -> None:
-        """Everything needed to continue exactly: weights, optimiser, schedule, RNG states, counters."""
-        atomic_save(self.state_dict(), path)
+        """Everything needed to continue exactly: weights, optimiser, schedule, RNG states, counters.
+        Written by rank 0 only; every rank returns once the file is complete."""
+        if self.rank == 0:
+            atomic_save(self.state_dict(), path)
+        distributed.barrier()
 
     def load_checkpoint(self, path) -> None:
-        """Restore a :meth:`save_checkpoint` file written with the same model and config."""
+        """Restore a :meth:`save_checkpoint` file written with the same model and config (by any
+        number of processes)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such checkpoint: {path}")
@@ -675,10 +801,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if state["cuda_rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"][0], self.device)
         for key in ("epoch", "step", "best_epoch", "bad_epochs", "history", "reference"):
             setattr(self, key, state[key])
         self.best_loss = state["best_loss"]
@@ -746,7 +871,8 @@ def add_train_arguments(p) -> None:
     """Arguments of ``cryoorient train`` on an ``argparse`` parser."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--map", nargs="+", metavar="MAP", help="map(s) (.mrc) or atomic model(s) to project on the fly")
-    src.add_argument("--structures", metavar="DIR", help="project every .cif/.pdb in DIR on the fly (needs --size, --pixel-size)")
+    src.add_argument("--structures", metavar="DIR", help="project every asymmetric .cif/.pdb in DIR on the fly "
+                     "(needs --size and --pixel-size or --particle-rg)")
     src.add_argument("--dataset", metavar="STAR", help="RELION particle STAR file with images and true angles")
     p.add_argument("-o", "--output", required=True, help="trained network (.pt): the best epoch's weights")
     p.add_argument("--log-dir", help="checkpoint, logs and plots (default: OUTPUT without .pt + '_train')")
@@ -768,6 +894,10 @@ def add_train_arguments(p) -> None:
     img.add_argument("--size", type=int, help="image edge in pixels (default: the map's)")
     img.add_argument("--pixel-size", type=float, help="Å per pixel (required for atomic models)")
     img.add_argument("--resolution", type=float, help="Å, for maps made from atomic models (default: 2·pixel size)")
+    img.add_argument("--particle-rg", type=float, nargs="+", metavar="PX",
+                     help="--structures: render each model at the pixel size giving it this radius of gyration in "
+                          "pixels (several values: one map per value); default: every model at --pixel-size")
+    img.add_argument("--maps-per-batch", type=int, help="maps sharing each training batch (default: all, up to 4)")
     noise = img.add_mutually_exclusive_group()
     noise.add_argument("--sigma2", type=float, help="white-noise variance after standardisation (paper: 16)")
     noise.add_argument("--snr", type=float, help="signal-to-noise ratio in dB instead of --sigma2")
@@ -788,7 +918,20 @@ def add_train_arguments(p) -> None:
 
 
 def train_from_args(args) -> dict:
-    """Run ``cryoorient train`` from parsed arguments; returns the summary."""
+    """Run ``cryoorient train`` from parsed arguments; returns the summary. Under ``torchrun``
+    every process runs this (data parallel, see the module docstring)."""
+    if args.device and torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA GPU is available")
+    distributed.init_from_env(args.device)
+    try:
+        summary = _train(args, distributed.local_device(args.device))
+        distributed.barrier()  # rank 0 has written its files
+        return summary
+    finally:
+        distributed.cleanup()
+
+
+def _train(args, device: torch.device) -> dict:
     import shutil
 
     output = Path(args.output)
@@ -799,13 +942,13 @@ def train_from_args(args) -> dict:
         if not args.force:
             raise FileExistsError(f"{output if output.exists() else log_dir} exists; pass --force to start over "
                                   "or --resume to continue")
-        shutil.rmtree(log_dir, ignore_errors=True)
-        output.unlink(missing_ok=True)
+        distributed.barrier()  # every rank has looked before rank 0 removes
+        if distributed.rank() == 0:
+            shutil.rmtree(log_dir, ignore_errors=True)
+            output.unlink(missing_ok=True)
+        distributed.barrier()
     if args.resume and not (log_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"nothing to resume: {log_dir / 'checkpoint.pt'} does not exist")
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA GPU is available")
     symmetry = None if args.symmetry.strip().upper() == "C1" else args.symmetry
     metadata = {}
     if args.dataset:
@@ -816,29 +959,31 @@ def train_from_args(args) -> dict:
         split = split_indices(len(data), (train_frac, val_frac, max(0.0, 1.0 - train_frac - val_frac)), seed=args.seed)
         train, val = data.subset(split["train"]), data.subset(split["val"])
         metadata.update(dataset=str(Path(args.dataset).absolute()), split=list(args.split))
-        log_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(log_dir / "split.json", {k: v.tolist() for k, v in split.items()})
+        if distributed.rank() == 0:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(log_dir / "split.json", {k: v.tolist() for k, v in split.items()})
     else:
         from .simulate import SimulationSettings
 
         if args.structures:
-            folder = Path(args.structures)
-            if not folder.is_dir():
-                raise FileNotFoundError(f"no such directory: {folder}")
-            sources = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".cif", ".pdb", ".mmcif"))
-            if not sources:
-                raise ValueError(f"no .cif/.pdb files in {folder}")
+            sources, symmetric = structure_library(args.structures)
+            if symmetric:
+                print(f"leaving out symmetric models: {', '.join(p.name for p in symmetric)}")
         else:
             sources = [Path(m) for m in args.map]
+            if args.particle_rg:
+                raise ValueError("--particle-rg applies to --structures (atomic models) only")
         settings = SimulationSettings(
             n=1, size=args.size, shift_max=args.shift_max, shift_distribution=args.shift_distribution, ctf=args.ctf,
             defocus_min=args.defocus[0], defocus_max=args.defocus[1], voltage=args.voltage, snr_db=args.snr,
             sigma2=args.sigma2, seed=args.seed,
         )
-        renderers = ProjectionRenderer.from_sources(sources, settings, device, args.pixel_size, args.resolution)
-        train = OnTheFlySource(renderers, symmetry=symmetry, device=device)
+        renderers = ProjectionRenderer.from_sources(sources, settings, device, args.pixel_size, args.resolution,
+                                                    particle_rg=args.particle_rg or ())
+        train = OnTheFlySource(renderers, symmetry=symmetry, maps_per_batch=args.maps_per_batch, device=device)
         val = train.render_fixed(args.val_images, seed=args.seed + 1_000_003)
-        metadata.update(sources=[str(s) for s in sources], simulation=asdict(settings))
+        metadata.update(sources=[str(s) for s in sources], simulation=asdict(settings),
+                        particle_rg=list(args.particle_rg or ()))
     config = TrainConfig(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, val_pairs=args.val_pairs, amp=args.amp,
@@ -851,7 +996,8 @@ def train_from_args(args) -> dict:
     if args.resume:
         trainer.load_checkpoint(log_dir / "checkpoint.pt")
     summary = trainer.fit()
-    print(f"best validation L_DE {summary['best_val_loss']:.4f} rad² at epoch {summary['best_epoch']} "
-          f"(untrained {summary['untrained_val_loss']:.4f}, Euclidean baseline "
-          f"{summary['euclidean_isotonic_val_loss']:.4f}); network: {output}; logs: {log_dir}")
+    if distributed.rank() == 0:
+        print(f"best validation L_DE {summary['best_val_loss']:.4f} rad² at epoch {summary['best_epoch']} "
+              f"(untrained {summary['untrained_val_loss']:.4f}, Euclidean baseline "
+              f"{summary['euclidean_isotonic_val_loss']:.4f}); network: {output}; logs: {log_dir}")
     return summary

@@ -14,7 +14,14 @@ Units and conventions used throughout:
 from ._atomic import FormatError
 from .mrc import StackWriter, pad_to_cube, read_map, read_stack, write_map, write_stack
 from .star import OPTICS_COLUMNS, Particles, read_particle_images, read_star, write_star
-from .structure import centre_of_mass, density_from_atoms, density_from_model, model_atoms
+from .structure import (
+    centre_of_mass,
+    density_from_atoms,
+    density_from_model,
+    model_atoms,
+    radius_of_gyration,
+    repeated_chain_symmetry,
+)
 
 __all__ = [
     "FormatError",
@@ -33,4 +40,6 @@ __all__ = [
     "density_from_model",
     "centre_of_mass",
     "model_atoms",
+    "radius_of_gyration",
+    "repeated_chain_symmetry",
 ]

@@ -28,7 +28,14 @@ import numpy as np
 
 from ._atomic import FormatError, PathLike, _os_error
 
-__all__ = ["density_from_model", "density_from_atoms", "centre_of_mass", "model_atoms"]
+__all__ = [
+    "density_from_model",
+    "density_from_atoms",
+    "centre_of_mass",
+    "model_atoms",
+    "radius_of_gyration",
+    "repeated_chain_symmetry",
+]
 
 try:  # scipy is a dependency of cryoorient; fall back to math.erf otherwise
     from scipy.special import erf as _erf
@@ -215,3 +222,64 @@ def centre_of_mass(volume: np.ndarray, voxel_size: float) -> np.ndarray:
     cy = m.sum(axis=(0, 2)) @ np.arange(ny) / total - ny // 2
     cx = m.sum(axis=(0, 1)) @ np.arange(nx) / total - nx // 2
     return np.array([cx, cy, cz]) * float(voxel_size)
+
+
+def radius_of_gyration(xyz: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted radius of gyration (Å) of atoms at ``xyz`` (n, 3) Å with ``weights`` (n,) (e.g. from
+    :func:`model_atoms`): the root-mean-square distance from the weighted centre of mass."""
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape[0] != xyz.shape[0] or not np.all(w >= 0) or not w.sum() > 0:
+        raise ValueError(f"need one non-negative weight per atom with a positive sum ({xyz.shape[0]} atoms, "
+                         f"{w.shape[0]} weights)")
+    com = (w[:, None] * xyz).sum(0) / w.sum()
+    return float(math.sqrt((w * ((xyz - com) ** 2).sum(1)).sum() / w.sum()))
+
+
+def _kabsch(p: np.ndarray, q: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Rotation ``R`` and translation ``t`` minimising Σ |R p + t − q|² (proper rotation)."""
+    pc, qc = p.mean(0), q.mean(0)
+    u, _, vt = np.linalg.svd((p - pc).T @ (q - qc))
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    return r, qc - r @ pc
+
+
+def repeated_chain_symmetry(path_or_structure, model_index: int = 0, tolerance: float = 2.0) -> float:
+    """How symmetric an atomic model is: the largest fraction (by weight) of its atoms that land
+    within ``tolerance`` Å of an atom when the whole model is moved by the superposition of one
+    copy of a polymer chain onto another (first atom of each residue, matched by residue number).
+
+    Copies: polymer chains of one entity (mmCIF) or, without a sequence record, with the same
+    residue names. ≈ 1 for a symmetric assembly (the superposition is a symmetry operation:
+    projections related by it are identical, so plain orientation distances are wrong targets),
+    0 for a model without repeated chains. Atoms as :func:`model_atoms` (waters skipped).
+    """
+    import gemmi
+    from scipy.spatial import cKDTree
+
+    st = _load_structure(path_or_structure)
+    st.setup_entities()
+    model = st[model_index]
+    copies: dict = {}
+    for span in model.subchains():
+        entity = st.get_entity_of(span)
+        if entity is None or entity.entity_type != gemmi.EntityType.Polymer:
+            continue
+        key = tuple(entity.full_sequence) or tuple(r.name for r in span)
+        copies.setdefault(key, []).append({r.seqid.num: (r[0].pos.x, r[0].pos.y, r[0].pos.z) for r in span if len(r)})
+    xyz, w = model_atoms(st, model_index=model_index)
+    keep = w > 0
+    xyz, w = xyz[keep], w[keep]
+    tree = cKDTree(xyz)
+    best = 0.0
+    for chains in copies.values():
+        for a in range(len(chains)):
+            for b in range(a + 1, len(chains)):
+                common = sorted(set(chains[a]) & set(chains[b]))
+                if len(common) < 3:
+                    continue
+                r, t = _kabsch(np.array([chains[a][k] for k in common]), np.array([chains[b][k] for k in common]))
+                near = tree.query(xyz @ r.T + t, distance_upper_bound=tolerance)[0] <= tolerance
+                best = max(best, float(w[near].sum() / w.sum()))
+    return best

@@ -38,6 +38,40 @@ def align_loss(
     the gradient in one pass over the pairs. ``validate=False`` skips the value checks (NaN,
     zero quaternions), which cost a device synchronisation on CUDA.
     """
+    angles, reflect, q_true, q_est, group = _checked(angles, reflect, q_true, q_est, group, validate)
+    need_grad = angles.requires_grad and torch.is_grad_enabled()
+    if direct(angles, reflect, q_true, q_est, group):
+        return call(_AlignLoss, angles, reflect, q_true, q_est, group, need_grad)[0]
+    return _align_loss(angles, reflect, q_true, q_est, group, need_grad)[0]
+
+
+def align_loss_and_grad(
+    angles: Tensor,
+    reflect: Tensor,
+    q_true: Tensor,
+    q_est: Tensor,
+    group: Optional[Tensor] = None,
+    *,
+    validate: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(loss (K,), ∂loss/∂angles (K, 6)) of ``align_loss`` in one kernel pass, without autograd.
+
+    Same arguments and conventions as ``align_loss``; for optimisers that set the gradient
+    themselves (``cryoorient.align`` does), where an autograd step costs more host time than the
+    kernel. ``angles`` need not require a gradient.
+    """
+    angles, reflect, q_true, q_est, group = _checked(angles, reflect, q_true, q_est, group, validate)
+    K, P = angles.shape[0], q_true.shape[0]
+    launch, ws = _workspace_elems(P, K, 0 if group is None else group.shape[0], q_true)
+    buffer = angles.new_empty(7 * K + ws)  # gradient, loss and the kernel's workspace: one allocation
+    grad, loss = buffer[: 6 * K].view(K, 6), buffer[6 * K : 7 * K]
+    _launch(angles, reflect, q_true, q_est, group, loss, grad, buffer[7 * K :] if ws else None, launch)
+    return loss, grad
+
+
+def _checked(angles, reflect, q_true, q_est, group, validate: bool):
+    """Shape, dtype and device checks (and, if ``validate``, value checks) of align_loss's inputs;
+    returns them contiguous."""
     angles = check_tensor("angles", angles, FLOATS, (None, 6))
     reflect = check_tensor("reflect", reflect, (torch.bool,), (angles.shape[0],))
     q_true = check_tensor("q_true", q_true, FLOATS, (None, 4))
@@ -64,28 +98,42 @@ def align_loss(
         check_quaternions(q_est, "q_est")
         if group is not None:
             check_quaternions(group, "group")
-    need_grad = angles.requires_grad and torch.is_grad_enabled()
-    if direct(angles, reflect, q_true, q_est, group):
-        return call(_AlignLoss, angles, reflect, q_true, q_est, group, need_grad)[0]
-    return _align_loss(angles, reflect, q_true, q_est, group, need_grad)[0]
+    return angles, reflect, q_true, q_est, group
+
+
+_workspace_bytes: dict[tuple, int] = {}
+
+
+def _workspace_elems(P: int, K: int, G: int, q: Tensor) -> tuple[int, int, int]:
+    """(device, stream, threads) of q and the kernel's workspace size in elements of q's dtype."""
+    device, stream, threads = launch_args(q)
+    key = (P, K, G, FLOAT_CODES[q.dtype], device)
+    nbytes = _workspace_bytes.get(key)
+    if nbytes is None:
+        nbytes = _workspace_bytes[key] = _C.align_loss_workspace(*key)
+    return (device, stream, threads), nbytes // q.element_size()
+
+
+def _launch(angles, reflect, q_true, q_est, group, loss: Tensor, grad: Tensor | None, workspace: Tensor | None,
+            launch: tuple[int, int, int]) -> None:
+    K, P = angles.shape[0], q_true.shape[0]
+    G = 0 if group is None else group.shape[0]
+    _C.align_loss(
+        q_true.data_ptr(), q_est.data_ptr(), angles.data_ptr(), reflect.data_ptr(),
+        0 if group is None else group.data_ptr(), loss.data_ptr(), 0 if grad is None else grad.data_ptr(),
+        0 if workspace is None else workspace.data_ptr(), P, K, G, FLOAT_CODES[q_true.dtype], *launch,
+    )
 
 
 def _align_loss_impl(
     angles: Tensor, reflect: Tensor, q_true: Tensor, q_est: Tensor, group: Optional[Tensor], need_grad: bool
 ) -> tuple[Tensor, Tensor]:
     K, P = angles.shape[0], q_true.shape[0]
-    G = 0 if group is None else group.shape[0]
+    launch, ws = _workspace_elems(P, K, 0 if group is None else group.shape[0], q_true)
     loss = angles.new_empty(K)
     grad = angles.new_empty(K if need_grad else 0, 6)
-    device, stream, threads = launch_args(q_true)
-    code = FLOAT_CODES[q_true.dtype]
-    nbytes = _C.align_loss_workspace(P, K, G, code, device)
-    workspace = torch.empty(nbytes, dtype=torch.uint8, device=q_true.device) if nbytes else None
-    _C.align_loss(
-        q_true.data_ptr(), q_est.data_ptr(), angles.data_ptr(), reflect.data_ptr(),
-        0 if group is None else group.data_ptr(), loss.data_ptr(), grad.data_ptr() if need_grad else 0,
-        0 if workspace is None else workspace.data_ptr(), P, K, G, code, device, stream, threads,
-    )
+    workspace = angles.new_empty(ws) if ws else None
+    _launch(angles, reflect, q_true, q_est, group, loss, grad if need_grad else None, workspace, launch)
     return loss, grad
 
 

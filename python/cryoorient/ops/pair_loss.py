@@ -50,6 +50,47 @@ def pair_loss(
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+    q, i, j, target, weight = _checked(q, i, j, target, weight, validate)
+    fuse = reduction != "none" and q.requires_grad and torch.is_grad_enabled()
+    if direct(q, i, j, target, weight):
+        return call(_PairLoss, q, i, j, target, weight, reduction, fuse)[0]
+    return _pair_loss(q, i, j, target, weight, reduction, fuse)[0]
+
+
+def pair_loss_and_grad(
+    q: Tensor,
+    i: Tensor,
+    j: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    validate: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(L, ∂L/∂q) of ``pair_loss`` with reduction "mean" or "sum", in one kernel pass.
+
+    The same loss as ``pair_loss`` (same arguments and conventions) and its gradient w.r.t. q
+    (P, 4), computed together without autograd: for optimisers that set the gradient themselves,
+    where an autograd step would cost more host time than the kernel. No O(M) temporaries.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum'; got {reduction!r}")
+    q, i, j, target, weight = _checked(q, i, j, target, weight, validate)
+    P, M = q.shape[0], i.shape[0]
+    buffer = q.new_zeros(4 * P + 1)  # ∂L/∂q, then L: one allocation and one fill
+    loss, grad_q = buffer[-1], buffer[:-1].view(P, 4)
+    if M == 0:
+        return (loss if reduction == "sum" else loss.fill_(math.nan)), grad_q
+    device, stream, threads = launch_args(q)
+    _C.pair_loss_sum(
+        q.data_ptr(), i.data_ptr(), j.data_ptr(), target.data_ptr(), _ptr(weight), _scale(reduction, M),
+        loss.data_ptr(), grad_q.data_ptr(), P, M, FLOAT_CODES[q.dtype], INDEX_CODES[i.dtype], device, stream, threads,
+    )  # fmt: skip
+    return loss, grad_q
+
+
+def _checked(q, i, j, target, weight, validate: bool):
+    """Shape, dtype and device checks (and, if ``validate``, value checks) of pair_loss's inputs."""
     q = check_tensor("q", q, FLOATS, (None, 4))
     i = check_tensor("i", i, INDICES, (None,))
     j = check_tensor("j", j, INDICES, (None,))
@@ -66,10 +107,7 @@ def pair_loss(
         check_values("target", target)
         if weight is not None:
             check_values("weight", weight, nonnegative=True)
-    fuse = reduction != "none" and q.requires_grad and torch.is_grad_enabled()
-    if direct(q, i, j, target, weight):
-        return call(_PairLoss, q, i, j, target, weight, reduction, fuse)[0]
-    return _pair_loss(q, i, j, target, weight, reduction, fuse)[0]
+    return q, i, j, target, weight
 
 
 def _scale(reduction: str, M: int) -> float:
