@@ -75,6 +75,8 @@ def parse_args(argv=None):
                    help="unseen: radii of gyration (pixels) at which each training model is rendered (one map "
                         "per value; default: the test particle's, measured on the mean test image)")
     p.add_argument("--sigma2", type=float, help="override the protocol's noise variance")
+    p.add_argument("--shift-max", type=float, metavar="PX",
+                   help="override the protocol's shift limit (triangular distribution, pixels)")
     p.add_argument("--snr", type=float, metavar="DB",
                    help="override the protocol's noise by SNR in dB: sigma2 = 10^(-DB/10) on standardised images")
     p.add_argument("--epochs", type=int, default=100)
@@ -100,6 +102,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.shift_max is not None and not (math.isfinite(args.shift_max) and args.shift_max >= 0):
+        p.error(f"--shift-max must be a finite number of pixels >= 0; got {args.shift_max}")
     if args.snr is not None and args.sigma2 is not None:
         p.error("give either --snr or --sigma2, not both")
     if args.snr is not None and not (math.isfinite(args.snr) and -60 <= args.snr <= 60):
@@ -124,7 +128,8 @@ def simulation_settings(args, n: int):
     prot = PROTOCOLS[args.protocol]
     return SimulationSettings(
         n=n, size=args.size, sigma2=noise_variance(args), ctf=prot["ctf"], defocus_min=5000.0, defocus_max=25000.0,
-        voltage=300.0, shift_max=prot["shift_max"], shift_distribution="triangular", seed=args.seed,
+        voltage=300.0, shift_max=prot["shift_max"] if args.shift_max is None else args.shift_max,
+        shift_distribution="triangular", seed=args.seed,
     )
 
 
@@ -231,7 +236,8 @@ def reconstruction(args, q_rec, test, device) -> dict:
     best = reconstruct(clean, q_true, device=device, progress=False)
     res, res_true = fsc(aligned.aligned, truth, voxel), fsc(best, truth, voxel)
     return {"frame_ncc": frame.score, "frame_ncc_raw": frame.score_uncorrected, "fsc05_A": res.resolution(0.5),
-            "fsc0143_A": res.resolution(0.143), "fsc05_true_A": res_true.resolution(0.5), "nyquist_A": 2 * voxel}
+            "fsc0143_A": res.resolution(0.143), "fsc05_true_A": res_true.resolution(0.5), "nyquist_A": 2 * voxel,
+            "fsc_frequency": res.frequency.tolist(), "fsc": res.fsc.tolist(), "fsc_true": res_true.fsc.tolist()}
 
 
 def refinement(args, q_rec, test, device) -> dict:

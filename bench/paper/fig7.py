@@ -39,7 +39,7 @@ import snn_paper  # noqa: E402
 from _results import PAPER, command_line, make_row, upsert  # noqa: E402
 
 ROOT = HERE.parents[1]
-OWN = ("--protocol", "--workdir")  # set by this script for each setting
+OWN = ("--protocol", "--workdir", "--sigma2", "--shift-max", "--snr")  # set by this script for each setting
 
 
 def parse_args(argv):
@@ -73,14 +73,13 @@ def parse_args(argv):
 
 
 def snn_args(args, rest, shift: float, sigma2: float):
-    """snn_paper's arguments for one setting; registers the setting as an snn_paper protocol
-    (its protocols are table-driven: noise variance, shift limit, CTF)."""
+    """The setting's name and snn_paper's arguments (its noiseless or noise protocol, with the
+    setting's σ² and shift limit)."""
     name = f"fig7-shift{shift:g}-sigma2{sigma2:g}"
-    snn_paper.PROTOCOLS[name] = dict(snn_paper.PROTOCOLS["noiseless"], sigma2=sigma2 or None, shift_max=shift,
-                                     target=None)
     steps = args.steps_per_epoch or (50 if args.train_source == "fly" else None)
-    argv = ["--protocol", name, "--map", str(args.map), "--arch", args.arch, "--train-source", args.train_source,
-            "--epochs", str(args.epochs), "--device", args.device, "--seed", str(args.seed)]
+    argv = ["--protocol", "noise" if sigma2 else "noiseless", *(["--sigma2", f"{sigma2:g}"] if sigma2 else []),
+            "--shift-max", f"{shift:g}", "--map", str(args.map), "--arch", args.arch, "--train-source",
+            args.train_source, "--epochs", str(args.epochs), "--device", args.device, "--seed", str(args.seed)]
     argv += ["--steps-per-epoch", str(steps)] if steps else []
     return name, snn_paper.parse_args(argv + (["--quiet"] if args.quiet else []) + rest)
 

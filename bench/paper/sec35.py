@@ -22,7 +22,6 @@ best validation L_DE, FSC 0.5 and 0.143 in Å) into the table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -64,25 +63,6 @@ def parse_args(argv):
     return args, rest
 
 
-@contextlib.contextmanager
-def recorded_fsc():
-    """Every :class:`cryoorient.fsc.FSCResult` that ``cryoorient.fsc.fsc`` returns meanwhile
-    (snn_paper's reconstruction reports only the resolutions; the figure needs the curves)."""
-    import cryoorient.fsc as module
-
-    original, curves = module.fsc, []
-
-    def recording(*args, **kwargs):
-        curves.append(original(*args, **kwargs))
-        return curves[-1]
-
-    module.fsc = recording
-    try:
-        yield curves
-    finally:
-        module.fsc = original
-
-
 def run_setting(args, rest, sigma2: float, device) -> dict:
     """The protocol with --reconstruct; the row and the FSC curves (recovered, true orientations)."""
     protocol = "noise" if sigma2 else "noiseless"
@@ -93,16 +73,12 @@ def run_setting(args, rest, sigma2: float, device) -> dict:
     workdir = args.workdir / f"sec35-{protocol}-sigma2{sigma2:g}"
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with recorded_fsc() as curves:
-        row = snn_paper.run_protocol(sargs, workdir, device)[0]
+    row = snn_paper.run_protocol(sargs, workdir, device)[0]
     seconds = time.perf_counter() - t0
-    # reconstruction() computes the FSC with the recovered orientations first, then with the true ones.
-    recovered = next(c for c in curves if c.resolution(0.5) == row["fsc05_A"])
-    true = next(c for c in reversed(curves) if c.resolution(0.5) == row["fsc05_true_A"])
     print(f"[sec35] σ² {sigma2:g}: E_OR {row['E_OR']:.3f} rad, FSC 0.5 {row['fsc05_A']:.2f} Å, "
           f"0.143 {row['fsc0143_A']:.2f} Å (true orientations {row['fsc05_true_A']:.2f} Å); {seconds:.1f} s "
           f"(training {row['train_seconds']:.1f} s)", flush=True)
-    return {"row": row, "seconds": seconds, "recovered": recovered, "true": true}
+    return {"row": row, "seconds": seconds}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -115,10 +91,10 @@ def plot(results: dict, path: Path) -> None:
     for k, (sigma2, r) in enumerate(results.items()):
         label = f"σ² = {sigma2:g}" if sigma2 else "noiseless"
         c = f"C{k}"
-        ax.plot(r["recovered"].frequency, r["recovered"].fsc, c=c,
-                label=f"{label}, recovered q ({r['row']['fsc05_A']:.1f} Å)")
-        ax.plot(r["true"].frequency, r["true"].fsc, c=c, ls="--",
-                label=f"{label}, true q ({r['row']['fsc05_true_A']:.1f} Å)")
+        row = r["row"]
+        ax.plot(row["fsc_frequency"], row["fsc"], c=c, label=f"{label}, recovered q ({row['fsc05_A']:.1f} Å)")
+        ax.plot(row["fsc_frequency"], row["fsc_true"], c=c, ls="--",
+                label=f"{label}, true q ({row['fsc05_true_A']:.1f} Å)")
     for level in (0.5, 0.143):
         ax.axhline(level, c="gray", lw=0.8, ls=":")
     ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC with the true map", ylim=(-0.1, 1.05),
