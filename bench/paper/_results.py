@@ -15,6 +15,7 @@ import datetime
 import math
 import os
 import shlex
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,6 +43,18 @@ HEADERS = {
     "fsc0143_A": "FSC 0.143 (Å)", "fsc05_true_A": "true q: FSC 0.5", "seconds": "time (s)", "device": "device",
     "date": "date",
 }
+
+
+def cannot_start(script: str, device: torch.device, map_path: Path) -> bool:
+    """Say why a run cannot start (--device cuda without a GPU, the map missing) on stderr; True if so."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"{script}: no CUDA GPU here; pass --device cpu (with small --n/--size/--epochs)", file=sys.stderr)
+        return True
+    if not map_path.is_file():
+        print(f"{script}: map not found: {map_path} (the default is ../shared/data/maps/5j0n.mrc beside the "
+              "checkout; pass --map)", file=sys.stderr)
+        return True
+    return False
 
 
 def device_name(device) -> str:

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import snn_paper  # noqa: E402
-from _results import PAPER, command_line, make_row, upsert  # noqa: E402
+from _results import PAPER, cannot_start, command_line, make_row, upsert  # noqa: E402
 
 ROOT = HERE.parents[1]
 OWN = ("--protocol", "--workdir", "--sigma2", "--shift-max", "--snr")  # set by this script for each setting
@@ -132,12 +132,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("fig7: no CUDA GPU here; pass --device cpu (with small --n/--size/--epochs)", file=sys.stderr)
-        return 2
-    if not args.map.is_file():
-        print(f"fig7: map not found: {args.map} (the default is ../shared/data/maps/5j0n.mrc beside the "
-              "checkout; pass --map)", file=sys.stderr)
+    if cannot_start("fig7", device, args.map):
         return 2
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

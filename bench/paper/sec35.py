@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import snn_paper  # noqa: E402
-from _results import command_line, make_row, upsert  # noqa: E402
+from _results import cannot_start, command_line, make_row, upsert  # noqa: E402
 
 ROOT = HERE.parents[1]
 OWN = ("--protocol", "--workdir", "--reconstruct", "--sigma2")  # set by this script for each setting
@@ -112,12 +112,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("sec35: no CUDA GPU here; pass --device cpu (with small --n/--size/--epochs)", file=sys.stderr)
-        return 2
-    if not args.map.is_file():
-        print(f"sec35: map not found: {args.map} (the default is ../shared/data/maps/5j0n.mrc beside the "
-              "checkout; pass --map)", file=sys.stderr)
+    if cannot_start("sec35", device, args.map):
         return 2
     box, size = load_volume(args.map)[0].shape[0], snn_paper.parse_args(["--protocol", "noiseless"] + rest).size
     if size < box:

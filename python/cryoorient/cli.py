@@ -204,16 +204,9 @@ def _recover_all_pairs(args: argparse.Namespace, model, images):
 def _cmd_recover(args: argparse.Namespace) -> int:
     from . import distributed
 
-    if args.all_pairs:
-        distributed.init_from_env(args.device)
-    elif distributed.launched() and int(os.environ["WORLD_SIZE"]) > 1:
+    if not args.all_pairs and distributed.launched() and int(os.environ["WORLD_SIZE"]) > 1:
         raise ValueError("under torchrun with several processes, recover runs with --all-pairs only")
-    try:
-        rc = _recover(args, distributed.local_device(args.device))
-        distributed.barrier()  # rank 0 has written the output
-        return rc
-    finally:
-        distributed.cleanup()
+    return distributed.run(lambda device: _recover(args, device), args.device)
 
 
 def _recover(args: argparse.Namespace, device) -> int:

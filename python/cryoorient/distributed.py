@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Union
+from typing import Callable, Optional, TypeVar, Union
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+T = TypeVar("T")
 
 __all__ = [
     "init_from_env",
@@ -119,6 +121,18 @@ def cleanup() -> None:
     """Leave the process group (nothing in a single process)."""
     if is_distributed():
         dist.destroy_process_group()
+
+
+def run(fn: Callable[[torch.device], T], device: Union[str, torch.device, None] = None) -> T:
+    """``fn(local device)`` inside the process group of torchrun's environment (``init_from_env``;
+    alone outside torchrun), then a barrier (rank 0 has written its files) and ``cleanup``."""
+    init_from_env(device)
+    try:
+        result = fn(local_device(device))
+        barrier()
+        return result
+    finally:
+        cleanup()
 
 
 # --------------------------------------------------------------------------- #

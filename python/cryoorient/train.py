@@ -922,13 +922,7 @@ def train_from_args(args) -> dict:
     every process runs this (data parallel, see the module docstring)."""
     if args.device and torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA GPU is available")
-    distributed.init_from_env(args.device)
-    try:
-        summary = _train(args, distributed.local_device(args.device))
-        distributed.barrier()  # rank 0 has written its files
-        return summary
-    finally:
-        distributed.cleanup()
+    return distributed.run(lambda device: _train(args, device), args.device)
 
 
 def _train(args, device: torch.device) -> dict:
