@@ -220,6 +220,8 @@ def test_cli_refines_a_star_file(toy, tmp_path, capsys):
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err
     assert main(args + ["--rounds", "0", "--force"]) == 0
+    assert main(args + ["--rounds", "1", "--hard", "--force"]) == 0
+    assert "final resolution" in capsys.readouterr().out
 
 
 def test_cli_rejects_particles_without_orientations(toy, tmp_path, capsys):

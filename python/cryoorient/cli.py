@@ -393,7 +393,8 @@ def _cmd_refine(args: argparse.Namespace) -> int:
         def ctf(indices, size):  # noqa: E306
             return particle_ctf(particles, indices.cpu().numpy(), size)
     result = refine(images, q0, shifts=shifts, ctf=ctf, rounds=args.rounds, pixel_size=pixel, reference=volume,
-                    align_reference=not args.same_frame, device=None if args.device == "auto" else args.device)
+                    align_reference=not args.same_frame, soft=not args.hard,
+                    device=None if args.device == "auto" else args.device)
 
     print(f"{'round':>5} {'res (Å)':>8} {'radius':>8} {'NCC':>8} {'moved (rad)':>11} {'shift (px)':>10}")
     for i, r in enumerate(result.rounds, 1):
@@ -430,6 +431,9 @@ def _add_refine(sub) -> None:
     p.add_argument("--rounds", type=int, default=5, help="reconstruction/search rounds (default 5)")
     p.add_argument("--same-frame", action="store_true",
                    help="--map is in the orientations' frame (skip the rotational alignment of the handedness check)")
+    p.add_argument("--hard", action="store_true",
+                   help="final half maps from the best matches only (default: soft assignment over each particle's "
+                   "most probable local orientations and shifts, as RELION's marginalisation)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=_cmd_refine)
