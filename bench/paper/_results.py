@@ -1,4 +1,5 @@
-"""The results table of the paper reproductions in bench/paper: one row per experiment id.
+"""The results table of the paper reproductions in bench/paper (one row per experiment id), and
+the command-line plumbing their scripts share.
 
 Rows live in a CSV file (``results.csv``); a script re-run replaces its rows (matched by the
 ``experiment`` id, e.g. ``fig5/sigma2=0.8/P=1650``, ``fig7b/sigma2=16``, ``sec3.5/noiseless``)
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 COLUMNS = (
     "experiment", "setting", "E_OR_rad", "paper_E_OR_rad", "L_OR", "L_DE", "fsc05_A", "paper_fsc05_A",
     "fsc0143_A", "fsc05_true_A", "seconds", "device", "date", "command",
@@ -43,6 +45,28 @@ HEADERS = {
     "fsc0143_A": "FSC 0.143 (Å)", "fsc05_true_A": "true q: FSC 0.5", "seconds": "time (s)", "device": "device",
     "date": "date",
 }
+
+
+def add_run_arguments(p, out_help: str) -> None:
+    """The options fig7.py and sec35.py share: network, training source, device, seed, outputs."""
+    p.add_argument("--arch", default="paper", choices=("paper", "resnet"))
+    p.add_argument("--train-source", choices=("fly", "dataset"), default="fly")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=ROOT / "out" / "paper", help=out_help)
+    p.add_argument("--table", type=Path, help="results CSV (default: <out>/results.csv)")
+    p.add_argument("--workdir", type=Path, default=ROOT / "out" / "paper-work",
+                   help="simulated datasets, networks and training logs")
+    p.add_argument("--quiet", action="store_true")
+
+
+def parse_passthrough(p, argv, own: tuple[str, ...], script: str):
+    """(known args, the rest for snn_paper); the rest may not set what ``script`` sets per setting."""
+    args, rest = p.parse_known_args(argv)
+    clash = [a for a in rest if a.split("=")[0] in own]
+    if clash:
+        p.error(f"{', '.join(clash)}: set by {script} for each setting")
+    return args, rest
 
 
 def cannot_start(script: str, device: torch.device, map_path: Path) -> bool:

@@ -38,9 +38,10 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import snn_paper  # noqa: E402
-from _results import PAPER, cannot_start, command_line, make_row, upsert  # noqa: E402
+from _results import (  # noqa: E402
+    PAPER, add_run_arguments, cannot_start, command_line, make_row, parse_passthrough, upsert,
+)
 
-ROOT = HERE.parents[1]
 OWN = ("--protocol", "--workdir", "--sigma2", "--shift-max", "--snr")  # set by this script for each setting
 
 
@@ -56,19 +57,8 @@ def parse_args(argv):
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--steps-per-epoch", type=int,
                    help="default: 50 on the fly, one pass over the training images with --train-source dataset")
-    p.add_argument("--arch", default="paper", choices=("paper", "resnet"))
-    p.add_argument("--train-source", choices=("fly", "dataset"), default="fly")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "out" / "paper", help="figures and table")
-    p.add_argument("--table", type=Path, help="results CSV (default: <out>/results.csv)")
-    p.add_argument("--workdir", type=Path, default=ROOT / "out" / "paper-work",
-                   help="simulated datasets, networks and training logs")
-    p.add_argument("--quiet", action="store_true")
-    args, rest = p.parse_known_args(argv)
-    clash = [a for a in rest if a.split("=")[0] in OWN]
-    if clash:
-        p.error(f"{', '.join(clash)}: set by fig7.py for each setting")
+    add_run_arguments(p, "figures and table")
+    args, rest = parse_passthrough(p, argv, OWN, "fig7.py")
     if min(args.shifts) < 0 or min(args.sigma2) < 0:
         p.error("shift limits and σ² must be >= 0")
     return args, rest
