@@ -17,12 +17,10 @@
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from _timing import cuda_graph, cuda_median_ms
+from _timing import cuda_graph, cuda_median_ms, wall_median_ms
 
 from cryoorient import ops
 from cryoorient.align import align_orientations, aligned_errors
@@ -31,18 +29,6 @@ from cryoorient.ops import _torch_impl as ref
 HBM = 3.35e12
 FP32 = 67e12
 FLOP_PER_EVAL = 130
-
-
-def wall_median_s(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def planted(P: int, sigma: float, device, seed: int = 0):
@@ -88,22 +74,15 @@ def bench_op(P: int, K: int, reps: int) -> None:
         print(f"{name:30s} {ms:9.4f} {ms / base:7.1f}x {bw:8.2%} {fl:7.1%}")
 
 
-def bench_align_gpu(P: int) -> None:
-    qt, qe, T = planted(P, 0.1, "cuda", seed=1)
+def bench_align(P: int, device: str, seed: int, reps: int) -> None:
+    """Full align_orientations on a planted problem (noise 0.1 rad): median time and gap to planted."""
+    qt, qe, T = planted(P, 0.1, device, seed=seed)
     e_planted = aligned_errors(qt, qe, T).mean().item()
     res = align_orientations(qt, qe)
-    s = wall_median_s(lambda: align_orientations(qt, qe), reps=5)
-    print(f"\nalign_orientations on {torch.cuda.get_device_name()}, P = {P}, noise 0.1 rad: median {s * 1e3:.1f} ms, "
+    ms = wall_median_ms(lambda: align_orientations(qt, qe), reps)
+    where = torch.cuda.get_device_name() if device == "cuda" else f"the CPU ({torch.get_num_threads()} threads)"
+    print(f"\nalign_orientations on {where}, P = {P}, noise 0.1 rad: median {ms:.1f} ms, "
           f"E_OR {res.error:.6f} rad, gap to planted {res.error - e_planted:+.1e} rad")
-
-
-def bench_align_cpu(P: int) -> None:
-    qt, qe, T = planted(P, 0.1, "cpu", seed=2)
-    e_planted = aligned_errors(qt, qe, T).mean().item()
-    res = align_orientations(qt, qe)
-    s = wall_median_s(lambda: align_orientations(qt, qe), reps=3)
-    print(f"\nalign_orientations on the CPU ({torch.get_num_threads()} threads), P = {P}, noise 0.1 rad: median "
-          f"{s:.2f} s, E_OR {res.error:.6f} rad, gap to planted {res.error - e_planted:+.1e} rad")
 
 
 def main() -> None:
@@ -121,11 +100,11 @@ def main() -> None:
     if not args.skip_gpu:
         if torch.cuda.is_available():
             bench_op(args.P, args.K, args.reps)
-            bench_align_gpu(args.P)
+            bench_align(args.P, "cuda", seed=1, reps=5)
         else:
             print("no CUDA device: skipping the GPU benchmarks")
     if not args.skip_cpu:
-        bench_align_cpu(args.P_cpu)
+        bench_align(args.P_cpu, "cpu", seed=2, reps=3)
 
 
 if __name__ == "__main__":

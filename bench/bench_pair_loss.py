@@ -17,12 +17,10 @@ once) would take at the fused call's time. Ratios are reference / fused.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from _timing import cuda_graph, cuda_median_ms
+from _timing import cuda_graph, cuda_median_ms, wall_median_ms
 
 from cryoorient import ops
 from cryoorient.ops import _torch_impl as ref
@@ -51,16 +49,6 @@ def fused(q, i, j, t):
     return lambda: ops.pair_loss_and_grad(q, i, j, t, validate=False)[1]
 
 
-def time_cpu(step, reps: int) -> float:
-    step()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -74,7 +62,7 @@ def main() -> None:
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("CUDA is not available; run with --device cpu")
-    timer = cuda_median_ms if cuda else time_cpu
+    timer = cuda_median_ms if cuda else wall_median_ms
     itypes = {"int64": [torch.int64], "int32": [torch.int32], "both": [torch.int64, torch.int32]}[args.index_dtype]
     op = lambda q, i, j, t: ops.pair_loss(q, i, j, t, validate=False)  # noqa: E731
     compiled = None if args.no_compile else torch.compile(ref.pair_loss)
