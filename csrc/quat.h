@@ -28,11 +28,12 @@ struct QuatDist {
 };
 
 // Square root and reciprocal square root: the MUFU approximations (a few ulp) for float on
-// the device, correctly rounded elsewhere.
+// the device, one instruction each (.ftz: denormal inputs count as 0, so callers keep their
+// arguments ≥ FLT_MIN or accept sqrt = 0 / rsqrt = inf there), correctly rounded elsewhere.
 CO_HD float approx_sqrt(float x) {
 #if defined(__CUDA_ARCH__)
   float y;
-  asm("sqrt.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  asm("sqrt.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 #else
   return std::sqrt(x);
@@ -41,7 +42,9 @@ CO_HD float approx_sqrt(float x) {
 CO_HD double approx_sqrt(double x) { return sqrt(x); }
 CO_HD float approx_rsqrt(float x) {
 #if defined(__CUDA_ARCH__)
-  return rsqrtf(x);
+  float y;
+  asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 #else
   return 1.0f / std::sqrt(x);
 #endif

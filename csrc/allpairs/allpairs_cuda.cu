@@ -2,10 +2,10 @@
 //
 // A CTA owns a 128 × 128 tile of pairs (rows row0.., columns col0..) at a time. The
 // tile engine computes the cosines Cs = F_rows · F_colsᵀ into shared memory:
-//   * bfloat16 / float16 features: tensor cores (WMMA 16×16×16, fp32 accumulation),
-//     3-stage cp.async pipeline over 64-byte k-slices;
+//   * bfloat16 / float16 features: tensor cores (mma.sync m16n8k16 fed by ldmatrix, fp32
+//     accumulation), 2-stage cp.async pipeline over 128-byte k-slices (MmaTile);
 //   * float32 features: a plain fp32 SIMT tiled product (exact), or, for the kTF32 code
-//     (opt-in), the WMMA pipeline with TF32 operands (16×16×8).
+//     (opt-in), WMMA with TF32 operands (16×16×8; Tf32Tile).
 // An epilogue then turns the tile into loss + gradient, cache bytes, k-NN updates or
 // gradient-strip entries; nothing of size P × P is stored.
 //
@@ -36,18 +36,25 @@ using namespace nvcuda;
 
 constexpr int BM = kTile, BN = kTile, NT = 256, NW = NT / 32;
 constexpr int kRowsPerWarp = BM / NW;  // 16
-constexpr int CLD = BN + 4;            // row stride of the cosine tile (floats)
+constexpr int CLD = BN + 8;            // row stride of the cosine tile (floats; 8-bank shift per row)
 constexpr size_t kCsBytes = size_t(BM) * CLD * sizeof(float);
 constexpr int kChunk = 8;      // column tiles per CTA
 constexpr int kRowGroup = 32;  // row tiles per block group (L2 locality)
 constexpr unsigned kFull = 0xFFFFFFFFu;
 
+// 16 bytes global -> shared; pred false: fill them with zeros instead.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int n = pred ? 16 : 0;  // 0: fill the 16 bytes with zeros
+  const int n = pred ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async16(unsigned s, const void* gmem, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async16(unsigned s, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
@@ -83,29 +90,21 @@ struct ChunkWork {
 
 // ---------------------------------------------------------------------------------
 // Tile engines: Cs[r][c] = <F[row0 + r], F[col0 + c]> (rows ≥ P read as zeros) in the
-// first kCsBytes of smem. Each starts with __syncthreads (so the caller may still read
-// smem from the previous tile until then) and ends with one (Cs ready).
+// first kCsBytes of smem; an engine uses the first Tile::kBytes ≥ kCsBytes. Each starts with
+// __syncthreads (so the caller may still read smem from the previous tile until then) and
+// ends with one (Cs ready).
 
-// WMMA operand type and k-step: bf16/fp16 as 16×16×16, float as TF32 16×16×8.
-template <typename TF>
-struct MmaOperand {
-  using type = TF;
-  static constexpr int K = 16;
-};
-template <>
-struct MmaOperand<float> {
-  using type = wmma::precision::tf32;
-  static constexpr int K = 8;
-};
-
-template <typename TF>
-struct WmmaTile {
-  using Elem = TF;
+// float32 features as TF32 WMMA operands (16×16×8), 3-stage cp.async pipeline over
+// 64-byte k-slices.
+struct Tf32Tile {
+  using TF = float;
+  using Elem = float;
   static constexpr int V = 16 / sizeof(TF);                     // elements per 16-byte chunk
   static constexpr int BK = 4 * V, LDS = BK + V, STAGES = 3;   // 64-byte k-slices, rows padded by 16 B
-  static constexpr int KS = MmaOperand<TF>::K;
+  static constexpr int KS = 8;
   static constexpr int kStage = (BM + BN) * LDS;  // elements
   static_assert(size_t(STAGES) * kStage * sizeof(TF) <= kCsBytes, "pipeline buffers alias the cosine tile");
+  static constexpr size_t kBytes = kCsBytes;
 
   __device__ static void load_stage(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
                                     int64_t k0, TF* As) {
@@ -122,15 +121,13 @@ struct WmmaTile {
 
   template <typename Frag>
   __device__ static void to_operand(Frag& f) {
-    if constexpr (std::is_same_v<TF, float>) {
 #pragma unroll
-      for (int t = 0; t < f.num_elements; ++t) f.x[t] = wmma::__float_to_tf32(f.x[t]);
-    }
+    for (int t = 0; t < f.num_elements; ++t) f.x[t] = wmma::__float_to_tf32(f.x[t]);
   }
 
   __device__ static void run(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
                              unsigned char* smem) {
-    using Op = typename MmaOperand<TF>::type;
+    using Op = wmma::precision::tf32;
     TF* buf = reinterpret_cast<TF*>(smem);
     float* Cs = reinterpret_cast<float*>(smem);
     const int warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;  // warp tile 64 × 32
@@ -186,12 +183,168 @@ struct WmmaTile {
   }
 };
 
+// bfloat16 / float16 operands through mma.sync m16n8k16 (fp32 accumulation) fed by
+// ldmatrix: k-slices of 64 elements (128-byte rows, 16-byte chunk c of row r stored at
+// c ^ (r % 8), so ldmatrix and cp.async are free of bank conflicts), a 2-stage cp.async
+// pipeline that the cosine tile then overwrites. (Deeper pipelines and 32-element slices
+// measured no faster on the H100.) Warp w owns the 64 × 32 block (rows 64·(w / 4), columns
+// 32·(w % 4)) as 4 × 4 m16n8 accumulators.
+template <typename TF>
+struct MmaTile {
+  using Elem = TF;
+  static constexpr int BK = 64, STAGES = 2;
+  static constexpr int CPR = BK / 8;  // 16-byte chunks per row
+  static constexpr int kStage = (BM + BN) * BK;  // elements
+  static constexpr size_t kPipeBytes = size_t(STAGES) * kStage * sizeof(TF);
+  static constexpr size_t kBytes = kPipeBytes > kCsBytes ? kPipeBytes : kCsBytes;
+
+  // Element offset of chunk c (8 elements) of row r in a stage.
+  __device__ static int chunk_at(int r, int c) {
+    return r * BK + 8 * (c ^ (r & 7));
+  }
+
+  // cp.async chunks of this thread in a stage: chunk lc = tid % CPR of rows
+  // lr + kRowStep·x, x < XN, lr = tid / CPR (the first XN / 2 are A rows, the rest B rows).
+  static constexpr int XN = (BM + BN) * CPR / NT, kRowStep = NT / CPR;
+  static_assert(XN / 2 * kRowStep == BM && kRowStep % 8 == 0, "chunk rows");
+
+  // Slice k0 into the stage at shared address d (this thread's first chunk). kFull: every
+  // row < P and every k < ld; otherwise those chunks are zero-filled (pointers past them are
+  // formed but never read).
+  template <bool kFull>
+  __device__ static void load(const TF* a, const TF* b, int64_t step, int64_t ra, int64_t rb, int64_t P, int64_t ld,
+                              int64_t k0, unsigned d) {
+    const bool kok = kFull || k0 + 8 * (threadIdx.x % CPR) < ld;
+#pragma unroll
+    for (int x = 0; x < XN; ++x) {
+      const int xx = x % (XN / 2);
+      const TF* g = (x < XN / 2 ? a : b) + xx * step + k0;
+      const unsigned s = d + 2 * x * kRowStep * BK;
+      if constexpr (kFull)
+        cp_async16(s, g);
+      else
+        cp_async16(s, g, kok && (x < XN / 2 ? ra : rb) + xx * kRowStep < P);
+    }
+  }
+
+  __device__ static void ldmatrix4(uint32_t (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  }
+
+  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    if constexpr (std::is_same_v<TF, __nv_bfloat16>) {
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+          "{%0, %1, %2, %3};\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+          "{%0, %1, %2, %3};\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+  }
+
+  __device__ static void run(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
+                             unsigned char* smem) {
+    float acc[4][4][4];
+    const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    if (row0 + BM <= P && col0 + BN <= P && ld % BK == 0)  // uniform: all but the last tiles
+      mainloop<true>(F, P, ld, row0, col0, base, acc);
+    else
+      mainloop<false>(F, P, ld, row0, col0, base, acc);
+    store(acc, reinterpret_cast<float*>(smem));
+  }
+
+  template <bool kFull>
+  __device__ static void mainloop(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
+                                  unsigned base, float (&acc)[4][4][4]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
+    const int KT = static_cast<int>(ceil_div(ld, BK));
+    const int lr = threadIdx.x / CPR, lc = threadIdx.x % CPR;
+    const TF* a = F + (row0 + lr) * ld + 8 * lc;
+    const TF* b = F + (col0 + lr) * ld + 8 * lc;
+    const int64_t step = int64_t(kRowStep) * ld;
+    const unsigned d = base + 2 * chunk_at(lr, lc);
+    const int64_t ra = row0 + lr, rb = col0 + lr;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (s < KT) load<kFull>(a, b, step, ra, rb, P, ld, int64_t(s) * BK, d + s * kStage * 2);
+      cp_async_commit();
+    }
+    // ldmatrix rows of this lane: A (x4 = rows 0-7 / 8-15 × k 0-7 / 8-15), B (x4 = n 0-7 /
+    // 8-15 × k 0-7 / 8-15, read as two n8 fragments). Rows 16 apart share their swizzle.
+    const int rA = wm * 64 + (lane & 15), cA = lane >> 4;
+    const int rB = BM + wn * 32 + (lane & 7) + ((lane >> 4) << 3), cB = (lane >> 3) & 1;
+    const int xa = rA & 7, xb = rB & 7;
+    const unsigned row_a = base + rA * BK * 2, row_b = base + rB * BK * 2;
+    for (int kt = 0; kt < KT; ++kt) {
+      cp_async_wait<STAGES - 2>();
+      __syncthreads();
+      const int pre = kt + STAGES - 1;
+      if (pre < KT) load<kFull>(a, b, step, ra, rb, P, ld, int64_t(pre) * BK, d + (pre % STAGES) * kStage * 2);
+      cp_async_commit();
+      const unsigned stage = (kt % STAGES) * kStage * 2;
+#pragma unroll
+      for (int kk = 0; kk < BK / 16; ++kk) {
+        const unsigned pa = row_a + stage + 16 * ((2 * kk + cA) ^ xa);
+        const unsigned pb = row_b + stage + 16 * ((2 * kk + cB) ^ xb);
+        uint32_t fa[4][4], fb[4][2];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ldmatrix4(fa[i], pa + i * 16 * BK * 2);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          uint32_t r[4];
+          ldmatrix4(r, pb + j * 16 * BK * 2);
+          fb[2 * j][0] = r[0];
+          fb[2 * j][1] = r[1];
+          fb[2 * j + 1][0] = r[2];
+          fb[2 * j + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) mma(acc[i][j], fa[i], fb[j][0], fb[j][1]);
+      }
+    }
+  }
+
+  // Accumulators -> cosine tile (after every warp is done with the pipeline buffers).
+  __device__ static void store(const float (&acc)[4][4][4], float* Cs) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
+    cp_async_wait<0>();
+    __syncthreads();
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        float* c = Cs + (wm * 64 + 16 * i + g) * CLD + wn * 32 + 8 * j + 2 * t;
+        *reinterpret_cast<float2*>(c) = make_float2(acc[i][j][0], acc[i][j][1]);
+        *reinterpret_cast<float2*>(c + 8 * CLD) = make_float2(acc[i][j][2], acc[i][j][3]);
+      }
+    __syncthreads();
+  }
+};
+
 // Plain fp32 tiled product: 16 × 16 threads, each an 8 × 8 block of rows ty + 16·i
 // and columns tx + 16·j; k-slices of 16 staged transposed in shared memory.
 struct SimtTile {
   using Elem = float;
   static constexpr int BK = 16, LDT = BM + 4;
   static_assert(2 * BK * LDT * sizeof(float) <= kCsBytes, "staging buffers alias the cosine tile");
+  static constexpr size_t kBytes = kCsBytes;
 
   __device__ static void run(const float* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
                              unsigned char* smem) {
@@ -284,7 +437,18 @@ __device__ __forceinline__ float decode_byte(uint32_t w, int x) {
   return (f - 8388608.0f) * kCodeStep;
 }
 
-constexpr size_t kLossSmem = kCsBytes + size_t(NW) * BN * sizeof(float4) + 2 * BM * sizeof(float4);
+// Shared memory of loss_kernel: the tile engine's region (cosine tile, then column
+// partials, which may overlap the engine's pipeline buffers), then the row quaternions and
+// row gradient sums.
+template <typename Tile>
+__host__ __device__ constexpr size_t loss_rows_offset() {
+  constexpr size_t cols = kCsBytes + size_t(NW) * BN * sizeof(float4);
+  return Tile::kBytes > cols ? Tile::kBytes : cols;
+}
+template <typename Tile>
+constexpr size_t loss_smem() {
+  return loss_rows_offset<Tile>() + 2 * BM * sizeof(float4);
+}
 
 // kCut: a finite weight cutoff (otherwise every pair has weight 1).
 template <typename Tile, int kKind, bool kCache, bool kCut>
@@ -293,7 +457,8 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
   __shared__ float wsum[NW];
   float* Cs = reinterpret_cast<float*>(smem);                   // [BM][CLD] cosines, then row partials
   float4* colred = reinterpret_cast<float4*>(smem + kCsBytes);  // [NW][4][32] column partials
-  float4* rowq = colred + NW * BN;                              // [BM] row quaternions
+  constexpr size_t kRows = loss_rows_offset<Tile>();
+  float4* rowq = reinterpret_cast<float4*>(smem + kRows);  // [BM] row quaternions
   float4* rowacc = rowq + BM;                                   // [BM] row gradient sums
 
   const ChunkWork work(p.Tr, p.Tc, true);
@@ -521,7 +686,7 @@ struct KnnParams {
 template <typename Tile>
 __global__ void __launch_bounds__(NT) knn_kernel(KnnParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
-  float* keys = reinterpret_cast<float*>(smem + kCsBytes);  // [BM][32]
+  float* keys = reinterpret_cast<float*>(smem + Tile::kBytes);  // [BM][32]
   int* ids = reinterpret_cast<int*>(keys + BM * 32);        // [BM][32]
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, K = p.k;
   const int64_t row0 = p.r0 + int64_t(blockIdx.x) * BM;
@@ -741,15 +906,15 @@ __global__ void __launch_bounds__(NT) sampled_grad_features_kernel(SampledParams
 // ---------------------------------------------------------------------------------
 // Launch helpers.
 
-// Tile engine for a feature dtype code: fn(SimtTile{}) for float32, fn(WmmaTile<T>{}) for
+// Tile engine for a feature dtype code: fn(SimtTile{}) for float32, fn(MmaTile<T>{}) for
 // bfloat16/float16, and TF32 tensor cores for kTF32 (float32 data).
 template <typename Fn>
 void dispatch_tiles(int fdtype, Fn&& fn) {
   switch (fdtype) {
     case kF32: return fn(SimtTile{});
-    case kTF32: return fn(WmmaTile<float>{});
-    case kBF16: return fn(WmmaTile<__nv_bfloat16>{});
-    case kF16: return fn(WmmaTile<__half>{});
+    case kTF32: return fn(Tf32Tile{});
+    case kBF16: return fn(MmaTile<__nv_bfloat16>{});
+    case kF16: return fn(MmaTile<__half>{});
     default: fail("CUDA all-pairs kernels take float32, bfloat16 or float16 features");
   }
 }
@@ -794,9 +959,9 @@ void loss_launch(const AllPairsArgs& a, const uint8_t* codes, double* loss, void
   const bool cut = std::isfinite(a.cutoff);
   if (codes) {
     if (cut)
-      launch(loss_kernel<SimtTile, kSNN, true, true>, grid, kLossSmem, s, "allpairs_cache_loss", p);
+      launch(loss_kernel<SimtTile, kSNN, true, true>, grid, loss_smem<SimtTile>(), s, "allpairs_cache_loss", p);
     else
-      launch(loss_kernel<SimtTile, kSNN, true, false>, grid, kLossSmem, s, "allpairs_cache_loss", p);
+      launch(loss_kernel<SimtTile, kSNN, true, false>, grid, loss_smem<SimtTile>(), s, "allpairs_cache_loss", p);
     return;
   }
   check_features(a);
@@ -805,9 +970,9 @@ void loss_launch(const AllPairsArgs& a, const uint8_t* codes, double* loss, void
       using Tile = decltype(tile);
       constexpr int K = decltype(kind)::value;
       if (cut)
-        launch(loss_kernel<Tile, K, false, true>, grid, kLossSmem, s, "allpairs_loss", p);
+        launch(loss_kernel<Tile, K, false, true>, grid, loss_smem<Tile>(), s, "allpairs_loss", p);
       else
-        launch(loss_kernel<Tile, K, false, false>, grid, kLossSmem, s, "allpairs_loss", p);
+        launch(loss_kernel<Tile, K, false, false>, grid, loss_smem<Tile>(), s, "allpairs_loss", p);
     });
   });
 }
@@ -831,7 +996,7 @@ void allpairs_cache_build_cuda(const AllPairsArgs& a, uint8_t* codes, int device
   const CacheParams p{a.f, codes, a.P, a.ld, a.row_start, a.row_stop, Tr, Tc};
   dispatch_tiles(a.fdtype, [&](auto tile) {
     dispatch_distance(a.distance, [&](auto kind) {
-      launch(cache_build_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tr, Tc), kCsBytes,
+      launch(cache_build_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tr, Tc), decltype(tile)::kBytes,
              as_stream(stream), "allpairs_cache_build", p);
     });
   });
@@ -848,7 +1013,7 @@ void allpairs_grad_strip_cuda(const AllPairsArgs& a, int64_t k0, int64_t k1, voi
                       a.row_stop, k0, k1, ldg, Tk, Tc, static_cast<float>(a.cutoff)};
   dispatch_tiles(a.fdtype, [&](auto tile) {
     dispatch_distance(a.distance, [&](auto kind) {
-      launch(grad_strip_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tk, Tc), kCsBytes,
+      launch(grad_strip_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tk, Tc), decltype(tile)::kBytes,
              as_stream(stream), "allpairs_grad_strip", p);
     });
   });
@@ -860,8 +1025,8 @@ void allpairs_knn_cuda(const AllPairsArgs& a, int k, void* dist, int64_t* index,
   DeviceGuard guard(device);
   const KnnParams p{a.f, static_cast<float*>(dist), index, a.P, a.ld, a.row_start, a.row_stop, a.distance, k};
   const dim3 grid(static_cast<unsigned>(ceil_div(a.row_stop - a.row_start, BM)));
-  const size_t smem = kCsBytes + size_t(BM) * 32 * (sizeof(float) + sizeof(int));
   dispatch_tiles(a.fdtype, [&](auto tile) {
+    const size_t smem = decltype(tile)::kBytes + size_t(BM) * 32 * (sizeof(float) + sizeof(int));
     launch(knn_kernel<decltype(tile)>, grid, smem, as_stream(stream), "allpairs_knn", p);
   });
 }
