@@ -118,7 +118,13 @@ def main():
     n_pairs = P * (P - 1) // 2
     cuda = device.type == "cuda"
     dtypes = [torch.bfloat16, torch.float16, torch.float32] if cuda else [torch.float32]
-    print(f"P = {P}, n_f = {args.nf}, {n_pairs:.3g} pairs, device {torch.cuda.get_device_name() if cuda else 'cpu'}")
+    where = "cpu"
+    if cuda:
+        from cryoorient import _ext
+
+        engine = _ext._C.allpairs_tensor_core_engine(device.index or 0)
+        where = f"{torch.cuda.get_device_name()}, bf16/fp16 tile engine {engine}"
+    print(f"P = {P}, n_f = {args.nf}, {n_pairs:.3g} pairs, device {where}")
 
     rows = []  # (name, ms, extra GB, note)
     base = {}

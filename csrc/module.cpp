@@ -15,8 +15,9 @@ namespace py = pybind11;
 
 namespace {
 
-std::vector<int> cuda_architectures() {
-  std::vector<int> out;
+// Architecture names as CMake lists them ("80", "90a", ...).
+std::vector<std::string> cuda_architectures() {
+  std::vector<std::string> out;
 #ifdef CRYOORIENT_CUDA_ARCHS
   std::string s = CRYOORIENT_CUDA_ARCHS;
   size_t pos = 0;
@@ -24,7 +25,7 @@ std::vector<int> cuda_architectures() {
     size_t end = s.find(',', pos);
     if (end == std::string::npos) end = s.size();
     const std::string tok = s.substr(pos, end - pos);
-    if (!tok.empty()) out.push_back(std::stoi(tok));
+    if (!tok.empty()) out.push_back(tok);
     pos = end + 1;
   }
 #endif

@@ -41,6 +41,17 @@ def shared_data():
     return SHARED_DATA
 
 
+@pytest.fixture(params=["default", "mma"])
+def tensor_core_engine(request, monkeypatch):
+    """Runs a CUDA all-pairs test with each bf16/fp16 tile engine: the default (wgmma on an
+    sm_90a build on Hopper, else mma.sync) and mma.sync forced by CRYOORIENT_NO_WGMMA."""
+    if request.param == "mma":
+        monkeypatch.setenv("CRYOORIENT_NO_WGMMA", "1")
+    else:
+        monkeypatch.delenv("CRYOORIENT_NO_WGMMA", raising=False)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -121,7 +121,7 @@ def test_torch_compile():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("distance", DISTANCES)
 @pytest.mark.parametrize("nf", [100, 150])
-def test_cuda_matches_cpu(dtype, distance, nf):
+def test_cuda_matches_cpu(dtype, distance, nf, tensor_core_engine):
     # n_f not a multiple of 32: padded on CUDA, to 128 and to 160 (half of the tensor-core
     # kernel's last 64-wide k-slice is then past the row)
     f, q = _features(1000, nf, dtype=dtype, seed=8)
@@ -203,3 +203,14 @@ def test_cuda_tf32_opt_in():
     assert fast.item() != exact.item()  # a different (TF32) product ran
     _assert_rel(fast, exact, 1e-2)
     assert (knn == ops.feature_knn(f, 8)[1]).float().mean() > 0.95
+
+
+@pytest.mark.cuda
+def test_tensor_core_engine_choice(monkeypatch):
+    from cryoorient import _ext
+
+    monkeypatch.delenv("CRYOORIENT_NO_WGMMA", raising=False)
+    hopper = torch.cuda.get_device_capability(0) == (9, 0) and "90a" in _ext._C.cuda_architectures()
+    assert _ext._C.allpairs_tensor_core_engine(0) == ("wgmma" if hopper else "mma.sync")
+    monkeypatch.setenv("CRYOORIENT_NO_WGMMA", "1")
+    assert _ext._C.allpairs_tensor_core_engine(0) == "mma.sync"

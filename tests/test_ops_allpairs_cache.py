@@ -88,7 +88,7 @@ def test_cached_loss_float64_gradcheck():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_cache_matches_cpu(dtype):
+def test_cuda_cache_matches_cpu(dtype, tensor_core_engine):
     f, q = _problem(1500, 70, seed=5, dtype=dtype)
     rows = (128, 1400)
     cpu = ops.allpairs_distance_cache(f, "snn", rows)

@@ -56,7 +56,7 @@ def test_knn_recovers_neighbours_of_quaternion_features():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_cuda_knn_large(dtype):
+def test_cuda_knn_large(dtype, tensor_core_engine):
     f = _features(5000, 96, seed=3, dtype=dtype)
     d, idx = ops.feature_knn(f.cuda(), 32, "signless")
     # Half-precision products are exact, but their float32 sums over n_f = 96 terms round

@@ -1,4 +1,6 @@
 // Entry points of the all-pairs ops: route to the CPU or CUDA kernels (device < 0 is CPU).
+#include <string>
+
 #include "allpairs/allpairs.h"
 
 #include "allpairs/allpairs_math.h"
@@ -147,6 +149,17 @@ void register_allpairs(py::module_& m) {
 #endif
       },
       "grad_f (P×ld) += scale·∂L/∂f over n sampled pairs.");
+  m.def(
+      "allpairs_tensor_core_engine",
+      [](int device) -> std::string {
+#ifdef CRYOORIENT_WITH_CUDA
+        return allpairs_tensor_core_engine_cuda(device);
+#else
+        (void)device;
+        no_cuda();
+#endif
+      },
+      "Tile engine of the CUDA kernels for bfloat16/float16 features on `device`: 'wgmma' or 'mma.sync'.");
 }
 
 }  // namespace cryoorient

@@ -50,6 +50,8 @@ void allpairs_cache_loss_cuda(const AllPairsArgs& a, const uint8_t* codes, doubl
 void allpairs_grad_strip_cuda(const AllPairsArgs& a, int64_t k0, int64_t k1, void* G, int64_t ldg, int device,
                               std::uintptr_t stream);
 void allpairs_knn_cuda(const AllPairsArgs& a, int k, void* dist, int64_t* index, int device, std::uintptr_t stream);
+// "wgmma" (sm_90a build on a Hopper device) or "mma.sync": the bfloat16/float16 tile engine.
+const char* allpairs_tensor_core_engine_cuda(int device);
 void sampled_pairs_cuda(uint64_t key, int64_t P, int64_t n_pairs, int64_t* i, int64_t* j, int device,
                         std::uintptr_t stream);
 void sampled_loss_cuda(const AllPairsArgs& a, uint64_t key, int64_t n_pairs, double* loss, void* grad_q, int device,

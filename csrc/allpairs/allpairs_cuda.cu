@@ -2,8 +2,10 @@
 //
 // A CTA owns a 128 × 128 tile of pairs (rows row0.., columns col0..) at a time. The
 // tile engine computes the cosines Cs = F_rows · F_colsᵀ into shared memory:
-//   * bfloat16 / float16 features: tensor cores (mma.sync m16n8k16 fed by ldmatrix, fp32
-//     accumulation), 2-stage cp.async pipeline over 128-byte k-slices (MmaTile);
+//   * bfloat16 / float16 features: tensor cores with fp32 accumulation over a 2-stage
+//     cp.async pipeline of swizzled 128-byte k-slices: warpgroup MMAs (wgmma) read straight
+//     from shared memory on sm_90a builds running on Hopper (WgmmaTile), mma.sync fed by
+//     ldmatrix elsewhere (MmaTile);
 //   * float32 features: a plain fp32 SIMT tiled product (exact), or, for the kTF32 code
 //     (opt-in), WMMA with TF32 operands (16×16×8; Tf32Tile).
 // An epilogue then turns the tile into loss + gradient, cache bytes, k-NN updates or
@@ -20,6 +22,7 @@
 
 #include <cfloat>
 #include <climits>
+#include <cstdlib>
 #include <cmath>
 #include <type_traits>
 
@@ -338,6 +341,122 @@ struct MmaTile {
   }
 };
 
+// Hopper (sm_90a) engine for bfloat16 / float16: the same loads and shared-memory layout as
+// MmaTile (that layout is the 128-byte-swizzled K-major one wgmma reads), multiplied by
+// warpgroup MMAs straight from shared memory: warpgroup w of the CTA computes rows
+// 64·w..64·w + 63 × all 128 columns with m64n128k16, 4 per k-slice. The stage buffers must
+// start 1024-byte aligned (the swizzle repeats every 8 rows of 128 bytes).
+template <typename TF>
+struct WgmmaTile {
+  using Elem = TF;
+  using Base = MmaTile<TF>;
+  static constexpr int BK = Base::BK, STAGES = Base::STAGES, CPR = Base::CPR, kStage = Base::kStage;
+  static constexpr size_t kBytes = Base::kBytes;
+
+  // Shared-memory matrix descriptor: start address, stride 1024 bytes between 8-row groups,
+  // 128-byte swizzle.
+  __device__ static uint64_t descriptor(unsigned addr) {
+    return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+  }
+
+  __device__ static void wgmma(float (&d)[64], uint64_t da, uint64_t db) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if constexpr (std::is_same_v<TF, __nv_bfloat16>) {
+      asm volatile(
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+            "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+            "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+            "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+            "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+            "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+            "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+            "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+          : "l"(da), "l"(db), "r"(1));
+    } else {
+      asm volatile(
+          "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+          "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+            "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+            "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+            "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+            "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+            "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+            "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+            "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+          : "l"(da), "l"(db), "r"(1));
+    }
+#else
+    __trap();
+#endif
+  }
+
+  __device__ static void run(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
+                             unsigned char* smem) {
+    float acc[64];
+    const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    if (row0 + BM <= P && col0 + BN <= P && ld % BK == 0)
+      mainloop<true>(F, P, ld, row0, col0, base, acc);
+    else
+      mainloop<false>(F, P, ld, row0, col0, base, acc);
+    store(acc, reinterpret_cast<float*>(smem));
+  }
+
+  template <bool kFull>
+  __device__ static void mainloop(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
+                                  unsigned base, float (&acc)[64]) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    const int KT = static_cast<int>(ceil_div(ld, BK));
+    const int lr = threadIdx.x / CPR, lc = threadIdx.x % CPR;
+    const TF* a = F + (row0 + lr) * ld + 8 * lc;
+    const TF* b = F + (col0 + lr) * ld + 8 * lc;
+    const int64_t step = int64_t(Base::kRowStep) * ld;
+    const unsigned d = base + 2 * Base::chunk_at(lr, lc);
+    const int64_t ra = row0 + lr, rb = col0 + lr;
+    const unsigned wg = threadIdx.x >> 7;  // warpgroup: rows 64·wg..
+#pragma unroll
+    for (int v = 0; v < 64; ++v) acc[v] = 0.0f;
+    __syncthreads();
+    Base::template load<kFull>(a, b, step, ra, rb, P, ld, 0, d);
+    cp_async_commit();
+    for (int kt = 0; kt < KT; ++kt) {
+      cp_async_wait<0>();
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async data -> wgmma
+      __syncthreads();
+      if (kt + 1 < KT) Base::template load<kFull>(a, b, step, ra, rb, P, ld, int64_t(kt + 1) * BK, d + ((kt + 1) % STAGES) * kStage * 2);
+      cp_async_commit();
+      const unsigned stage = base + (kt % STAGES) * kStage * 2;
+      const uint64_t da = descriptor(stage + wg * 64 * BK * 2), db = descriptor(stage + BM * BK * 2);
+      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+      for (int kk = 0; kk < BK / 16; ++kk) wgmma(acc, da + 2 * kk, db + 2 * kk);  // +32 bytes per k16
+      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    }
+#else
+    __trap();
+#endif
+  }
+
+  // Accumulators -> cosine tile: thread (warp w, lane l) holds rows 64·(w / 4) + 16·(w % 4) +
+  // l / 4 (+ 8) and columns 8·j + 2·(l % 4) (+ 1) in acc[4j..4j + 3].
+  __device__ static void store(const float (&acc)[64], float* Cs) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int row = 16 * warp + (lane >> 2), t = lane & 3;
+    cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      float* c = Cs + row * CLD + 8 * j + 2 * t;
+      *reinterpret_cast<float2*>(c) = make_float2(acc[4 * j], acc[4 * j + 1]);
+      *reinterpret_cast<float2*>(c + 8 * CLD) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+    }
+    __syncthreads();
+  }
+};
+
 // Plain fp32 tiled product: 16 × 16 threads, each an 8 × 8 block of rows ty + 16·i
 // and columns tx + 16·j; k-slices of 16 staged transposed in shared memory.
 struct SimtTile {
@@ -453,7 +572,7 @@ constexpr size_t loss_smem() {
 // kCut: a finite weight cutoff (otherwise every pair has weight 1).
 template <typename Tile, int kKind, bool kCache, bool kCut>
 __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   __shared__ float wsum[NW];
   float* Cs = reinterpret_cast<float*>(smem);                   // [BM][CLD] cosines, then row partials
   float4* colred = reinterpret_cast<float4*>(smem + kCsBytes);  // [NW][4][32] column partials
@@ -598,7 +717,7 @@ struct CacheParams {
 
 template <typename Tile, int kKind>
 __global__ void __launch_bounds__(NT, 2) cache_build_kernel(CacheParams p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   const ChunkWork work(p.Tr, p.Tc, true);
   const int64_t t = work.t;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -636,7 +755,7 @@ struct StripParams {
 
 template <typename Tile, int kKind>
 __global__ void __launch_bounds__(NT, 2) grad_strip_kernel(StripParams p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   const ChunkWork work(p.Tk, p.Tc, false);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t row0 = p.k0 + work.t * BM;
@@ -685,7 +804,7 @@ struct KnnParams {
 
 template <typename Tile>
 __global__ void __launch_bounds__(NT) knn_kernel(KnnParams p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   float* keys = reinterpret_cast<float*>(smem + Tile::kBytes);  // [BM][32]
   int* ids = reinterpret_cast<int*>(keys + BM * 32);        // [BM][32]
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, K = p.k;
@@ -906,15 +1025,31 @@ __global__ void __launch_bounds__(NT) sampled_grad_features_kernel(SampledParams
 // ---------------------------------------------------------------------------------
 // Launch helpers.
 
-// Tile engine for a feature dtype code: fn(SimtTile{}) for float32, fn(MmaTile<T>{}) for
-// bfloat16/float16, and TF32 tensor cores for kTF32 (float32 data).
+// Whether the Hopper engine (WgmmaTile) runs on `device`: built for sm_90a, a compute
+// capability 9.0 device, and the environment variable CRYOORIENT_NO_WGMMA unset (it selects
+// the mma.sync engine instead, e.g. to test one against the other).
+bool use_wgmma(int device) {
+#if defined(CRYOORIENT_SM90A)
+  if (std::getenv("CRYOORIENT_NO_WGMMA")) return false;
+  int major = 0, minor = 0;
+  cuda_check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  cuda_check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute");
+  return major == 9 && minor == 0;
+#else
+  (void)device;
+  return false;
+#endif
+}
+
+// Tile engine for a feature dtype code: fn(SimtTile{}) for float32, fn(WgmmaTile<T>{}) (sm_90a)
+// or fn(MmaTile<T>{}) for bfloat16/float16, and TF32 tensor cores for kTF32 (float32 data).
 template <typename Fn>
-void dispatch_tiles(int fdtype, Fn&& fn) {
+void dispatch_tiles(int fdtype, int device, Fn&& fn) {
   switch (fdtype) {
     case kF32: return fn(SimtTile{});
     case kTF32: return fn(Tf32Tile{});
-    case kBF16: return fn(MmaTile<__nv_bfloat16>{});
-    case kF16: return fn(MmaTile<__half>{});
+    case kBF16: return use_wgmma(device) ? fn(WgmmaTile<__nv_bfloat16>{}) : fn(MmaTile<__nv_bfloat16>{});
+    case kF16: return use_wgmma(device) ? fn(WgmmaTile<__half>{}) : fn(MmaTile<__half>{});
     default: fail("CUDA all-pairs kernels take float32, bfloat16 or float16 features");
   }
 }
@@ -922,7 +1057,13 @@ void dispatch_tiles(int fdtype, Fn&& fn) {
 // Feature element type: fn(float{}), fn(__nv_bfloat16{}) or fn(__half{}).
 template <typename Fn>
 void dispatch_elements(int fdtype, Fn&& fn) {
-  dispatch_tiles(fdtype, [&](auto tile) { fn(typename decltype(tile)::Elem{}); });
+  switch (fdtype) {
+    case kF32:
+    case kTF32: return fn(float{});
+    case kBF16: return fn(__nv_bfloat16{});
+    case kF16: return fn(__half{});
+    default: fail("CUDA all-pairs kernels take float32, bfloat16 or float16 features");
+  }
 }
 
 void check_features(const AllPairsArgs& a) {
@@ -965,7 +1106,7 @@ void loss_launch(const AllPairsArgs& a, const uint8_t* codes, double* loss, void
     return;
   }
   check_features(a);
-  dispatch_tiles(a.fdtype, [&](auto tile) {
+  dispatch_tiles(a.fdtype, device, [&](auto tile) {
     dispatch_distance(a.distance, [&](auto kind) {
       using Tile = decltype(tile);
       constexpr int K = decltype(kind)::value;
@@ -978,6 +1119,8 @@ void loss_launch(const AllPairsArgs& a, const uint8_t* codes, double* loss, void
 }
 
 }  // namespace
+
+const char* allpairs_tensor_core_engine_cuda(int device) { return use_wgmma(device) ? "wgmma" : "mma.sync"; }
 
 void allpairs_loss_cuda(const AllPairsArgs& a, double* loss, void* grad_q, int device, std::uintptr_t stream) {
   loss_launch(a, nullptr, loss, grad_q, device, stream);
@@ -994,7 +1137,7 @@ void allpairs_cache_build_cuda(const AllPairsArgs& a, uint8_t* codes, int device
   DeviceGuard guard(device);
   const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
   const CacheParams p{a.f, codes, a.P, a.ld, a.row_start, a.row_stop, Tr, Tc};
-  dispatch_tiles(a.fdtype, [&](auto tile) {
+  dispatch_tiles(a.fdtype, device, [&](auto tile) {
     dispatch_distance(a.distance, [&](auto kind) {
       launch(cache_build_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tr, Tc), decltype(tile)::kBytes,
              as_stream(stream), "allpairs_cache_build", p);
@@ -1011,7 +1154,7 @@ void allpairs_grad_strip_cuda(const AllPairsArgs& a, int64_t k0, int64_t k1, voi
   const int64_t Tk = ceil_div(k1 - k0, BM), Tc = ceil_div(a.P - a.row_start, BN);
   const StripParams p{a.f,        static_cast<const float4*>(a.q), static_cast<float*>(G), a.P, a.ld, a.row_start,
                       a.row_stop, k0, k1, ldg, Tk, Tc, static_cast<float>(a.cutoff)};
-  dispatch_tiles(a.fdtype, [&](auto tile) {
+  dispatch_tiles(a.fdtype, device, [&](auto tile) {
     dispatch_distance(a.distance, [&](auto kind) {
       launch(grad_strip_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tk, Tc), decltype(tile)::kBytes,
              as_stream(stream), "allpairs_grad_strip", p);
@@ -1025,7 +1168,7 @@ void allpairs_knn_cuda(const AllPairsArgs& a, int k, void* dist, int64_t* index,
   DeviceGuard guard(device);
   const KnnParams p{a.f, static_cast<float*>(dist), index, a.P, a.ld, a.row_start, a.row_stop, a.distance, k};
   const dim3 grid(static_cast<unsigned>(ceil_div(a.row_stop - a.row_start, BM)));
-  dispatch_tiles(a.fdtype, [&](auto tile) {
+  dispatch_tiles(a.fdtype, device, [&](auto tile) {
     const size_t smem = decltype(tile)::kBytes + size_t(BM) * 32 * (sizeof(float) + sizeof(int));
     launch(knn_kernel<decltype(tile)>, grid, smem, as_stream(stream), "allpairs_knn", p);
   });
