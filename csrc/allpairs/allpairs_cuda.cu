@@ -389,6 +389,7 @@ struct WgmmaTile {
                              unsigned char* smem) {
     float acc[64];
     const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    if (base % 1024 != 0) __trap();  // the kernels declare smem __align__(1024)
     if (row0 + BM <= P && col0 + BN <= P && ld % BK == 0)
       mainloop<true>(F, P, ld, row0, col0, base, acc);
     else
