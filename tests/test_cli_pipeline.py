@@ -98,6 +98,8 @@ def test_info_reports_the_build(capsys):
     assert f"cuda_kernels_compiled  {_ext.cuda_compiled()}" in out
     assert ("sm_90" in out) == _ext.cuda_compiled()
     assert "gpu_usable" in out
+    engine = next(line.split()[1] for line in out.splitlines() if line.startswith("allpairs_tensor_cores"))
+    assert engine in (("wgmma", "mma.sync") if _ext.cuda_compiled() and torch.cuda.is_available() else ("None",))
 
 
 def test_unknown_command_and_missing_arguments_exit_nonzero(capsys):

@@ -8,7 +8,8 @@ import torch
 
 
 def build_info() -> dict:
-    """Version, whether CUDA kernels were compiled and for which architectures, and GPU usability."""
+    """Version, whether CUDA kernels were compiled and for which architectures, GPU usability and
+    the all-pairs tensor-core engine the GPU gets."""
     from . import __version__, _ext
 
     C = _ext._C
@@ -22,6 +23,8 @@ def build_info() -> dict:
         "cuda_runtime": C.cuda_runtime_version,
         "gpu_usable": bool(gpu),
         "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        # bf16/fp16 all-pairs tile engine on GPU 0: "wgmma" (sm_90a build on Hopper) or "mma.sync"
+        "allpairs_tensor_cores": C.allpairs_tensor_core_engine(0) if gpu else None,
     }
 
 
