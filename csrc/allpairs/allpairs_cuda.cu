@@ -210,24 +210,53 @@ struct MmaTile {
   // lr + kRowStep·x, x < XN, lr = tid / CPR (the first XN / 2 are A rows, the rest B rows).
   static constexpr int XN = (BM + BN) * CPR / NT, kRowStep = NT / CPR;
   static_assert(XN / 2 * kRowStep == BM && kRowStep % 8 == 0, "chunk rows");
+  struct Chunks {
+    const TF* a;     // chunk lc of A row lr (k = 0)
+    const TF* b;     // chunk lc of B row lr
+    int64_t step;    // kRowStep rows, in elements
+    int64_t ra, rb;  // rows of a and b
+    unsigned d;      // shared address of chunk lc of row lr in stage 0
 
-  // Slice k0 into the stage at shared address d (this thread's first chunk). kFull: every
-  // row < P and every k < ld; otherwise those chunks are zero-filled (pointers past them are
-  // formed but never read).
-  template <bool kFull>
-  __device__ static void load(const TF* a, const TF* b, int64_t step, int64_t ra, int64_t rb, int64_t P, int64_t ld,
-                              int64_t k0, unsigned d) {
-    const bool kok = kFull || k0 + 8 * (threadIdx.x % CPR) < ld;
-#pragma unroll
-    for (int x = 0; x < XN; ++x) {
-      const int xx = x % (XN / 2);
-      const TF* g = (x < XN / 2 ? a : b) + xx * step + k0;
-      const unsigned s = d + 2 * x * kRowStep * BK;
-      if constexpr (kFull)
-        cp_async16(s, g);
-      else
-        cp_async16(s, g, kok && (x < XN / 2 ? ra : rb) + xx * kRowStep < P);
+    __device__ Chunks(const TF* F, int64_t ld, int64_t row0, int64_t col0, unsigned base) {
+      const int lr = threadIdx.x / CPR, lc = threadIdx.x % CPR;
+      ra = row0 + lr;
+      rb = col0 + lr;
+      a = F + ra * ld + 8 * lc;
+      b = F + rb * ld + 8 * lc;
+      step = int64_t(kRowStep) * ld;
+      d = base + 2 * chunk_at(lr, lc);
     }
+    // k-slice k0 into stage s. kFull: every row < P and every k < ld; otherwise those chunks
+    // are zero-filled (pointers past them are formed but never read).
+    template <bool kFull>
+    __device__ void load(int64_t P, int64_t ld, int64_t k0, int s) const {
+      const bool kok = kFull || k0 + 8 * (threadIdx.x % CPR) < ld;
+#pragma unroll
+      for (int x = 0; x < XN; ++x) {
+        const int xx = x % (XN / 2);
+        const TF* g = (x < XN / 2 ? a : b) + xx * step + k0;
+        const unsigned dst = d + 2 * (s * kStage + x * kRowStep * BK);
+        if constexpr (kFull)
+          cp_async16(dst, g);
+        else
+          cp_async16(dst, g, kok && (x < XN / 2 ? ra : rb) + xx * kRowStep < P);
+      }
+    }
+  };
+
+  // Engine::mainloop<kFull> over the tile (kFull: the whole tile inside P and ld a multiple
+  // of BK, uniform across the CTA), then Engine::store of its accumulators as the cosine tile.
+  template <typename Engine, typename Acc>
+  __device__ static void run_engine(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
+                                    unsigned char* smem) {
+    Acc acc;
+    const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    const Chunks chunks(F, ld, row0, col0, base);
+    if (row0 + BM <= P && col0 + BN <= P && ld % BK == 0)
+      Engine::template mainloop<true>(chunks, P, ld, base, acc);
+    else
+      Engine::template mainloop<false>(chunks, P, ld, base, acc);
+    Engine::store(acc, reinterpret_cast<float*>(smem));
   }
 
   __device__ static void ldmatrix4(uint32_t (&r)[4], unsigned addr) {
@@ -254,26 +283,13 @@ struct MmaTile {
 
   __device__ static void run(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
                              unsigned char* smem) {
-    float acc[4][4][4];
-    const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    if (row0 + BM <= P && col0 + BN <= P && ld % BK == 0)  // uniform: all but the last tiles
-      mainloop<true>(F, P, ld, row0, col0, base, acc);
-    else
-      mainloop<false>(F, P, ld, row0, col0, base, acc);
-    store(acc, reinterpret_cast<float*>(smem));
+    run_engine<MmaTile, float[4][4][4]>(F, P, ld, row0, col0, smem);
   }
 
   template <bool kFull>
-  __device__ static void mainloop(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
-                                  unsigned base, float (&acc)[4][4][4]) {
+  __device__ static void mainloop(const Chunks& chunks, int64_t P, int64_t ld, unsigned base, float (&acc)[4][4][4]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
     const int KT = static_cast<int>(ceil_div(ld, BK));
-    const int lr = threadIdx.x / CPR, lc = threadIdx.x % CPR;
-    const TF* a = F + (row0 + lr) * ld + 8 * lc;
-    const TF* b = F + (col0 + lr) * ld + 8 * lc;
-    const int64_t step = int64_t(kRowStep) * ld;
-    const unsigned d = base + 2 * chunk_at(lr, lc);
-    const int64_t ra = row0 + lr, rb = col0 + lr;
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -283,7 +299,7 @@ struct MmaTile {
     __syncthreads();
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-      if (s < KT) load<kFull>(a, b, step, ra, rb, P, ld, int64_t(s) * BK, d + s * kStage * 2);
+      if (s < KT) chunks.template load<kFull>(P, ld, int64_t(s) * BK, s);
       cp_async_commit();
     }
     // ldmatrix rows of this lane: A (x4 = rows 0-7 / 8-15 × k 0-7 / 8-15), B (x4 = n 0-7 /
@@ -296,7 +312,7 @@ struct MmaTile {
       cp_async_wait<STAGES - 2>();
       __syncthreads();
       const int pre = kt + STAGES - 1;
-      if (pre < KT) load<kFull>(a, b, step, ra, rb, P, ld, int64_t(pre) * BK, d + (pre % STAGES) * kStage * 2);
+      if (pre < KT) chunks.template load<kFull>(P, ld, int64_t(pre) * BK, pre % STAGES);
       cp_async_commit();
       const unsigned stage = (kt % STAGES) * kStage * 2;
 #pragma unroll
@@ -387,38 +403,26 @@ struct WgmmaTile {
 
   __device__ static void run(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
                              unsigned char* smem) {
-    float acc[64];
-    const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    if (base % 1024 != 0) __trap();  // the kernels declare smem __align__(1024)
-    if (row0 + BM <= P && col0 + BN <= P && ld % BK == 0)
-      mainloop<true>(F, P, ld, row0, col0, base, acc);
-    else
-      mainloop<false>(F, P, ld, row0, col0, base, acc);
-    store(acc, reinterpret_cast<float*>(smem));
+    Base::template run_engine<WgmmaTile, float[64]>(F, P, ld, row0, col0, smem);
   }
 
   template <bool kFull>
-  __device__ static void mainloop(const TF* __restrict__ F, int64_t P, int64_t ld, int64_t row0, int64_t col0,
-                                  unsigned base, float (&acc)[64]) {
+  __device__ static void mainloop(const typename Base::Chunks& chunks, int64_t P, int64_t ld, unsigned base,
+                                  float (&acc)[64]) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if (base % 1024 != 0) __trap();  // the kernels declare smem __align__(1024)
     const int KT = static_cast<int>(ceil_div(ld, BK));
-    const int lr = threadIdx.x / CPR, lc = threadIdx.x % CPR;
-    const TF* a = F + (row0 + lr) * ld + 8 * lc;
-    const TF* b = F + (col0 + lr) * ld + 8 * lc;
-    const int64_t step = int64_t(Base::kRowStep) * ld;
-    const unsigned d = base + 2 * Base::chunk_at(lr, lc);
-    const int64_t ra = row0 + lr, rb = col0 + lr;
     const unsigned wg = threadIdx.x >> 7;  // warpgroup: rows 64·wg..
 #pragma unroll
     for (int v = 0; v < 64; ++v) acc[v] = 0.0f;
     __syncthreads();
-    Base::template load<kFull>(a, b, step, ra, rb, P, ld, 0, d);
+    chunks.template load<kFull>(P, ld, 0, 0);
     cp_async_commit();
     for (int kt = 0; kt < KT; ++kt) {
       cp_async_wait<0>();
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async data -> wgmma
       __syncthreads();
-      if (kt + 1 < KT) Base::template load<kFull>(a, b, step, ra, rb, P, ld, int64_t(kt + 1) * BK, d + ((kt + 1) % STAGES) * kStage * 2);
+      if (kt + 1 < KT) chunks.template load<kFull>(P, ld, int64_t(kt + 1) * BK, (kt + 1) % STAGES);
       cp_async_commit();
       const unsigned stage = base + (kt % STAGES) * kStage * 2;
       const uint64_t da = descriptor(stage + wg * 64 * BK * 2), db = descriptor(stage + BM * BK * 2);
