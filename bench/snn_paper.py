@@ -89,6 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"))
     p.add_argument("--restarts", type=int, default=4, help="recovery restarts")
     p.add_argument("--recover-steps", type=int, default=2000)
+    p.add_argument("--max-distance", type=float, metavar="RAD",
+                   help="train on min(d_q, RAD) only (pair with --cutoff below RAD)")
     p.add_argument("--cutoff", type=float, help="recovery: trust only d̂ <= cutoff (radians)")
     p.add_argument("--baseline", action="store_true", help="also recover from the Euclidean baseline (Appendix E)")
     p.add_argument("--reconstruct", action="store_true",
@@ -185,6 +187,9 @@ def evaluate(args, model, test, workdir: Path, device, label: str) -> dict:
     i, j, d = evaluation_pairs(test, 1000, seed=args.seed + 7)
     d_hat = model.distance(feats[i], feats[j])
     test_loss = float(((d_hat - d.float()) ** 2).mean())
+    capped = {}
+    if args.max_distance is not None:  # what the network was trained for
+        capped["test_loss_capped"] = float(((d_hat - d.float().clamp(max=args.max_distance)) ** 2).mean())
     plot_distance_density(d, d_hat, workdir / f"test_distances_{label}.png", title=f"{label}: 1,000 test pairs")
     fn = DistanceFunction(lambda a, b: model.distance(feats[a.to(feats.device)], feats[b.to(feats.device)]),
                           feats.shape[0])
@@ -193,7 +198,7 @@ def evaluate(args, model, test, workdir: Path, device, label: str) -> dict:
     result.plot(str(workdir / f"recovery_{label}.png"))
     alignment = align_orientations(test.quats.double(), result.orientations.double())
     row = {"test_loss": test_loss, "L_OR": result.loss, "E_OR": alignment.error, "E_OR_deg": alignment.error_deg,
-           "recovery_seconds": result.seconds, "eval_seconds": time.perf_counter() - t0}
+           "recovery_seconds": result.seconds, "eval_seconds": time.perf_counter() - t0, **capped}
     if args.reconstruct:
         row.update(reconstruction(args, result.orientations, test, device))
     if args.refine:
@@ -312,7 +317,8 @@ def run_protocol(args, workdir: Path, device) -> list[dict]:
             train = data.subset(tr)
         config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                              lr=args.lr, patience=args.patience, val_pairs=args.val_pairs, amp=args.amp,
-                             compile=args.compile, seed=args.seed, progress=not args.quiet)
+                             compile=args.compile, seed=args.seed, progress=not args.quiet,
+                             max_distance=args.max_distance)
         torch.manual_seed(args.seed)
         trainer = Trainer(new_model(args, arch), train, val, config, out_dir=run_dir, device=device)
         t0 = time.perf_counter()

@@ -44,6 +44,17 @@ def test_binned_loss_weights_bins_equally():
         binned_de_loss(torch.zeros(3), torch.zeros(2), 4)
 
 
+def test_binned_loss_with_capped_target():
+    d_q = torch.tensor([0.1, 2.0, 2.1, 3.0])
+    d_p = torch.tensor([0.3, 1.0, 0.8, 1.0])
+    target = d_q.clamp(max=1.0)
+    # the bins (weights) still come from d_q: bin [0, π/4) holds 1 pair, [π/2, 3π/4) 2, [3π/4, π) 1
+    expected = (0.2 ** 2 + (0.0 + 0.2 ** 2) / 2 + 0.0) / 3
+    assert binned_de_loss(d_p, d_q, 4, target=target).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError):
+        binned_de_loss(d_p, d_q, 4, target=target[:3])
+
+
 def test_targets_and_symmetry():
     q = random_quaternions(20, generator=0)
     full = pairwise_target_distance(q)
@@ -129,6 +140,9 @@ def test_train_config_validation():
         TrainConfig(amp="fp8")
     with pytest.raises(ValueError):
         TrainConfig(lr=-1)
+    for bad in (0.0, -1.0, 3.5):
+        with pytest.raises(ValueError):
+            TrainConfig(max_distance=bad)
 
 
 def _sources(sigma2=0.0, max_shift=2.0):
@@ -215,6 +229,18 @@ def test_resume_is_bit_identical(tmp_path):
         wrong_arch.load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     with pytest.raises(FileNotFoundError):
         wrong_arch.load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_max_distance_caps_training_and_validation_targets(tmp_path):
+    src, val = _sources()
+    cap = 1.0
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=16, val_pairs=256, progress=False, max_distance=cap)
+    trainer = Trainer(SiameseNet(**TINY), src, val, cfg, out_dir=tmp_path, device="cpu")
+    uncapped = evaluation_pairs(val, 256, seed=cfg.seed + 1)[2]
+    assert uncapped.max() > 2.0
+    assert torch.equal(trainer.val_pairs[2], uncapped.clamp(max=cap))
+    trainer.fit()
+    assert SiameseNet.load(tmp_path / "model.pt").metadata["max_distance"] == cap
 
 
 def test_early_stopping(tmp_path):

@@ -118,11 +118,12 @@ def pairwise_target_distance(q: Tensor, symmetry: Optional[str] = None, chunk_el
     ])
 
 
-def binned_de_loss(d_p: Tensor, d_q: Tensor, bins: int) -> Tensor:
+def binned_de_loss(d_p: Tensor, d_q: Tensor, bins: int, target: Optional[Tensor] = None) -> Tensor:
     """L_DE with pairs re-weighted to a uniform distribution of d_q over ``bins`` bins of [0, π].
 
     ``d_p``, ``d_q``: 1-D, one entry per pair. Each non-empty bin weighs the same; within
     a bin the pairs weigh the same. Deterministic (integer counts, one weighted sum).
+    ``target``: what d_p is compared with (default d_q; the bins always come from d_q).
     """
     if d_p.shape != d_q.shape or d_p.ndim != 1 or d_p.numel() == 0:
         raise ValueError(f"d_p and d_q must be equal non-empty 1-D tensors, got {tuple(d_p.shape)}, {tuple(d_q.shape)}")
@@ -130,7 +131,10 @@ def binned_de_loss(d_p: Tensor, d_q: Tensor, bins: int) -> Tensor:
         b = (d_q * (bins / math.pi)).long().clamp_(0, bins - 1)
         counts = torch.bincount(b, minlength=bins)
         weights = 1.0 / (counts[b] * (counts > 0).sum()).to(d_p.dtype)
-    return (weights * (d_p - d_q.to(d_p.dtype)) ** 2).sum()
+    target = d_q if target is None else target
+    if target.shape != d_q.shape:
+        raise ValueError(f"target must match d_q, got {tuple(target.shape)} vs {tuple(d_q.shape)}")
+    return (weights * (d_p - target.to(d_p.dtype)) ** 2).sum()
 
 
 # --------------------------------------------------------------------------- #
@@ -499,6 +503,9 @@ class TrainConfig:
     (``2·N/batch_size``), 100 for on-the-fly sources. Early stopping after ``patience``
     epochs without a validation improvement larger than ``min_delta``. amp: "auto"
     (bfloat16 on CUDA, float32 on CPU), "bf16", "fp16" (with gradient scaling) or "none".
+    max_distance: radians; if set, the targets (training and validation) are
+    ``min(d_q, max_distance)``: the network learns short distances and "far" for the rest,
+    for a recovery that trusts only d̂ below a cut-off (``recover(..., cutoff=...)``).
     """
 
     epochs: int = 50
@@ -516,8 +523,11 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     progress: bool = True
+    max_distance: Optional[float] = None
 
     def __post_init__(self) -> None:
+        if self.max_distance is not None and not 0 < self.max_distance <= math.pi:
+            raise ValueError(f"max_distance must be in (0, π] radians, got {self.max_distance}")
         for name in ("epochs", "batch_size", "bins", "patience", "val_pairs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -575,6 +585,8 @@ class Trainer:
         self.model_path = Path(model_path) if model_path is not None else (
             self.out_dir / "model.pt" if self.out_dir is not None else None)
         self.metadata = dict(metadata or {})
+        if config.max_distance is not None:
+            self.metadata["max_distance"] = config.max_distance
         if config.steps_per_epoch is not None:
             self.steps_per_epoch = config.steps_per_epoch
         elif isinstance(train, DatasetSource):
@@ -586,7 +598,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.val_pairs = evaluation_pairs(val, config.val_pairs, seed=config.seed + 1)
+        vi, vj, vd = evaluation_pairs(val, config.val_pairs, seed=config.seed + 1)
+        self.val_pairs = (vi, vj, self._target(vd))
         self.epoch = 0
         self.step = 0
         self.best_loss = math.inf
@@ -625,7 +638,7 @@ class Trainer:
         n = batch.labels.shape[0]
         mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=d_p.device), 1)
         mask &= batch.labels[:, None] == batch.labels[None, :]
-        loss = binned_de_loss(d_p[mask], d_q[mask], self.config.bins)
+        loss = binned_de_loss(d_p[mask], d_q[mask], self.config.bins, target=self._target(d_q[mask]))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -633,6 +646,11 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return loss.detach(), mask.sum()
+
+    def _target(self, d_q: Tensor) -> Tensor:
+        """Training target for true distances d_q: d_q, or min(d_q, config.max_distance)."""
+        cap = self.config.max_distance
+        return d_q if cap is None else d_q.clamp(max=cap)
 
     # -- evaluation --------------------------------------------------------- #
     def predict_val(self) -> Tensor:
@@ -885,6 +903,8 @@ def add_train_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (default: 1e-3)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs (default: 10)")
+    p.add_argument("--max-distance", type=float, metavar="RAD",
+                   help="train on min(d_q, RAD): short distances only, for a cut-off recovery (default: all)")
     p.add_argument("--val-pairs", type=int, default=4096, help="fixed validation pairs (default: 4096)")
     p.add_argument("--val-images", type=int, default=1024, help="on the fly: images in the fixed validation set")
     p.add_argument("--split", type=float, nargs=2, default=(0.5, 0.17), metavar=("TRAIN", "VAL"),
@@ -981,7 +1001,7 @@ def _train(args, device: torch.device) -> dict:
     config = TrainConfig(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, val_pairs=args.val_pairs, amp=args.amp,
-        compile=args.compile, seed=args.seed, progress=not args.quiet,
+        compile=args.compile, seed=args.seed, progress=not args.quiet, max_distance=args.max_distance,
     )
     torch.manual_seed(args.seed)
     net = SiameseNet(args.arch, widths=tuple(args.widths or ()), depths=tuple(args.depths or ()))
