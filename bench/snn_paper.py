@@ -378,6 +378,7 @@ def run_throughput(args, workdir: Path, device) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     keys = [k for k in ("protocol", "arch", "train_source", "epochs", "val_loss", "euclid_val_loss", "test_loss",
+                        "test_loss_capped",
                         "E_OR", "E_OR_deg", "target", "train_seconds", "images_per_s", "pairs_per_s",
                         "anchor_pairs_per_s", "ms_per_step", "render_ms_per_step", "frame_ncc", "fsc05_A",
                         "fsc0143_A", "fsc05_true_A", "nyquist_A", "refine_E_OR_start", "refine_E_OR",
