@@ -65,6 +65,7 @@ def _worker(rank: int, port: int, out: str, kind: str) -> None:
         }
         torch.save({k: (v if k == "rows" else (v.q.cpu(), v.losses)) for k, v in results.items()},
                    os.path.join(out, f"recovery{rank}.pt"))
+        distributed.barrier()  # no traffic in flight when the ranks tear down their process group
     finally:
         distributed.cleanup()
 
