@@ -14,9 +14,9 @@ the work can be split over GPUs.
 
 The CUDA kernels use tensor cores for bfloat16/float16 features (wgmma on Hopper with the default
 sm_90a build, mma.sync elsewhere or with ``CRYOORIENT_NO_WGMMA`` set; ``cryoorient info`` says
-which); float32 features get an
-exact fp32 SIMT product (slow: cast to bfloat16 for speed), or TF32 tensor cores when
-``torch.backends.cuda.matmul.allow_tf32`` is True (cosines then carry ~1e-3 errors). The CPU
+which). float32 features get an exact fp32 SIMT product (slow: cast to bfloat16 for speed), or
+TF32 tensor cores when ``torch.backends.cuda.matmul.allow_tf32`` is True (cosines then carry
+~1e-3 errors). The CPU
 kernels take float32/float64 (bfloat16/float16 features are normalised in their own precision,
 then computed in float32). Quaternions are scalar-first and need not be unit; gradients flow to
 ``q`` and, when it requires grad, to ``features``.
