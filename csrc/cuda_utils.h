@@ -32,6 +32,14 @@ class DeviceGuard {
 
 inline cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
+// Streaming multiprocessors of `device` (queried once per device).
+inline int sm_count(int device) {
+  static int cache[64] = {0};
+  int& n = cache[device & 63];
+  if (n == 0) cuda_check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "sm count");
+  return n;
+}
+
 inline unsigned blocks_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned>(b < 1 ? 1 : (b > 65535LL * 32 ? 65535LL * 32 : b));

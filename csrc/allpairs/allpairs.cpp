@@ -55,19 +55,27 @@ void register_allpairs(py::module_& m) {
       },
       "Write the 1-byte tiled distance cache (zeroed by the caller).");
   m.def(
+      "allpairs_cache_scratch_bytes",
+      [](int64_t P, int64_t row_start, int device) -> int64_t {
+        return device < 0 ? 0 : allpairs::cache_scratch_bytes(P, row_start);
+      },
+      "Bytes of device scratch that allpairs_cache_loss needs (0 on the CPU).");
+  m.def(
       "allpairs_cache_loss",
       [](std::uintptr_t codes, std::uintptr_t q, int64_t P, int64_t row_start, int64_t row_stop, int qdtype,
-         double cutoff, std::uintptr_t loss, std::uintptr_t grad_q, int device, std::uintptr_t stream, int nthreads) {
+         double cutoff, std::uintptr_t scratch, std::uintptr_t loss, std::uintptr_t grad_q, int device,
+         std::uintptr_t stream, int nthreads) {
         const auto a = make_args(0, q, P, 0, 0, row_start, row_stop, qdtype, allpairs::kSNN, cutoff);
         py::gil_scoped_release nogil;
         if (device < 0) return allpairs_cache_loss_cpu(a, ptr<uint8_t>(codes), ptr<double>(loss), ptr(grad_q), nthreads);
 #ifdef CRYOORIENT_WITH_CUDA
-        allpairs_cache_loss_cuda(a, ptr<uint8_t>(codes), ptr<double>(loss), ptr(grad_q), device, stream);
+        allpairs_cache_loss_cuda(a, ptr<uint8_t>(codes), ptr(scratch), ptr<double>(loss), ptr(grad_q), device, stream);
 #else
+        (void)scratch;
         no_cuda();
 #endif
       },
-      "As allpairs_loss with d_p decoded from the cache.");
+      "As allpairs_loss with d_p decoded from the cache; scratch: allpairs_cache_scratch_bytes on the device.");
   m.def(
       "allpairs_grad_strip",
       [](std::uintptr_t f, std::uintptr_t q, int64_t P, int64_t ld, int64_t nf, int64_t row_start, int64_t row_stop,

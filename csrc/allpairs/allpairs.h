@@ -45,8 +45,9 @@ void sampled_grad_features_cpu(const AllPairsArgs& a, uint64_t key, int64_t n_pa
 #ifdef CRYOORIENT_WITH_CUDA
 void allpairs_loss_cuda(const AllPairsArgs& a, double* loss, void* grad_q, int device, std::uintptr_t stream);
 void allpairs_cache_build_cuda(const AllPairsArgs& a, uint8_t* codes, int device, std::uintptr_t stream);
-void allpairs_cache_loss_cuda(const AllPairsArgs& a, const uint8_t* codes, double* loss, void* grad_q, int device,
-                              std::uintptr_t stream);
+// scratch: allpairs::cache_scratch_bytes(P, row_start) bytes of device memory.
+void allpairs_cache_loss_cuda(const AllPairsArgs& a, const uint8_t* codes, void* scratch, double* loss,
+                              void* grad_q, int device, std::uintptr_t stream);
 void allpairs_grad_strip_cuda(const AllPairsArgs& a, int64_t k0, int64_t k1, void* G, int64_t ldg, int device,
                               std::uintptr_t stream);
 void allpairs_knn_cuda(const AllPairsArgs& a, int k, void* dist, int64_t* index, int device, std::uintptr_t stream);

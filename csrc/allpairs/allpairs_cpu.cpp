@@ -136,7 +136,7 @@ void loss_impl(const AllPairsArgs& a, const uint8_t* codes, double* loss, T* gra
         double racc[4] = {0, 0, 0, 0};
         for (int c = (t == u ? r + 1 : 0); c < nc; ++c) {
           const int64_t j = col0 + c;
-          const T dp = codes ? static_cast<T>(decode_distance(tile[r * B + c]))
+          const T dp = codes ? static_cast<T>(decode_distance(tile[code_offset(r, c)]))
                              : feature_distance<K>(C[r * B + c]);
           if (!(dp <= cutoff)) continue;
           const T* qb = q + 4 * j;
@@ -170,7 +170,7 @@ void cache_build_impl(const AllPairsArgs& a, uint8_t* codes, int nthreads) {
       uint8_t* tile = codes + tri_tile_index(t, u, geo.Tc) * kTileBytes;
       for (int r = 0; r < nr; ++r)
         for (int c = (t == u ? r + 1 : 0); c < nc; ++c)
-          tile[r * B + c] = encode_distance(feature_distance<K>(C[r * B + c]));
+          tile[code_offset(r, c)] = encode_distance(feature_distance<K>(C[r * B + c]));
     });
   });
 }

@@ -9,7 +9,8 @@
 //   * float32 features: a plain fp32 SIMT tiled product (exact), or, for the kTF32 code
 //     (opt-in), WMMA with TF32 operands (16×16×8; Tf32Tile).
 // An epilogue then turns the tile into loss + gradient, cache bytes, k-NN updates or
-// gradient-strip entries; nothing of size P × P is stored.
+// gradient-strip entries; nothing of size P × P is stored. The loss from the 1-byte cache has
+// no feature product and its own tensor-core kernel (cache_loss_kernel).
 //
 // Each CTA takes one row tile t and a chunk of kChunk column tiles (u ≥ t in the triangle
 // kernels), keeping the row quaternions and row-gradient sums of tile t in shared memory
@@ -77,14 +78,15 @@ __device__ __forceinline__ void axpy4(float4& y, float k, float4 x) {
 }
 __device__ __forceinline__ float comp(float4 v, int x) { return x == 0 ? v.x : x == 1 ? v.y : x == 2 ? v.z : v.w; }
 
-// Work of block blockIdx.x of a grid from chunk_grid(Tr, Tc): row tile t and column tiles
-// [u_begin, u_end) (empty when the block falls outside the triangle or past the last row).
+// Work item L (by default blockIdx.x) of a grid from chunk_grid(Tr, Tc): row tile t and
+// column tiles [u_begin, u_end) (empty when L falls outside the triangle or past the last row).
 struct ChunkWork {
   int64_t t, u_begin, u_end;
-  __device__ ChunkWork(int64_t Tr, int64_t Tc, bool triangle) {
-    const int64_t M = ceil_div(Tc, kChunk), L = blockIdx.x;
-    const int64_t g = L / (kRowGroup * M), rem = L % (kRowGroup * M);
-    t = g * kRowGroup + rem % kRowGroup;
+  __device__ ChunkWork(int64_t Tr, int64_t Tc, bool triangle, int64_t L = blockIdx.x) {
+    // 32-bit: chunk_grid keeps L < 2^31 (64-bit division by a runtime value costs ~100 instructions)
+    const unsigned M = static_cast<unsigned>(ceil_div(Tc, kChunk)), G = kRowGroup * M;
+    const unsigned g = static_cast<unsigned>(L) / G, rem = static_cast<unsigned>(L) - g * G;
+    t = int64_t(g) * kRowGroup + rem % kRowGroup;
     const int64_t m = rem / kRowGroup;
     u_begin = triangle ? max(t, m * kChunk) : m * kChunk;
     u_end = t < Tr ? min(Tc, (m + 1) * kChunk) : u_begin;
@@ -528,7 +530,7 @@ __device__ __forceinline__ void add4(float4& y, float4 x) {
 }
 
 // ---------------------------------------------------------------------------------
-// Loss + gradient (from features or from the cache).
+// Loss + gradient from features.
 //
 // Per tile, thread (warp w, lane l) takes rows w + 8m (m < 16) × columns 4l..4l+3. The
 // gradient sums avoid per-row warp shuffles: each thread writes its partial sum for row
@@ -540,18 +542,11 @@ __device__ __forceinline__ void add4(float4& y, float4 x) {
 struct LossParams {
   const void* F;
   const float4* q;
-  const uint8_t* codes;
   int64_t P, ld, s, e, Tr, Tc;
   float cutoff;
   double* loss;
   float* gq;  // P × 4
 };
-
-// d_p of byte x of a cache word: the byte becomes float via 2^23 + byte, exactly.
-__device__ __forceinline__ float decode_byte(uint32_t w, int x) {
-  const float f = __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540u | x));
-  return (f - 8388608.0f) * kCodeStep;
-}
 
 // Shared memory of loss_kernel: the tile engine's region (cosine tile, then column
 // partials, which may overlap the engine's pipeline buffers), then the row quaternions and
@@ -567,7 +562,7 @@ constexpr size_t loss_smem() {
 }
 
 // kCut: a finite weight cutoff (otherwise every pair has weight 1).
-template <typename Tile, int kKind, bool kCache, bool kCut>
+template <typename Tile, int kKind, bool kCut>
 __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
   extern __shared__ __align__(1024) unsigned char smem[];
   __shared__ float wsum[NW];
@@ -590,26 +585,10 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
   }
   __syncthreads();
 
-  // Cache words of this thread's rows in tile u, fetched one tile ahead.
-  uint32_t next[kRowsPerWarp];
-  auto fetch = [&](int64_t u) {
-    const uint8_t* tile = p.codes + tri_tile_index(t, u, p.Tc) * kTileBytes + warp * BN + 4 * lane;
-#pragma unroll
-    for (int m = 0; m < kRowsPerWarp; ++m) next[m] = __ldg(reinterpret_cast<const uint32_t*>(tile + NW * BN * m));
-  };
-  if (kCache) fetch(u_begin);
-
   float loss = 0.0f;
   for (int64_t u = u_begin; u < u_end; ++u) {
     const int64_t col0 = p.s + u * BN;
-    uint32_t words[kRowsPerWarp];
-    if constexpr (kCache) {
-#pragma unroll
-      for (int m = 0; m < kRowsPerWarp; ++m) words[m] = next[m];
-      if (u + 1 < u_end) fetch(u + 1);
-    } else {
-      Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
-    }
+    Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
     const int nc = static_cast<int>(min(int64_t(BN), p.P - col0));
     const bool diag = u == t;
     float4 b[4], cacc[4];
@@ -619,20 +598,14 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
       cacc[x] = zero;
     }
     auto pairs = [&](auto interior) {
-      constexpr int kUnroll = kCache ? kRowsPerWarp : 2;  // cache words must stay in registers
-#pragma unroll kUnroll
+#pragma unroll 2
       for (int m = 0; m < kRowsPerWarp; ++m) {
         const int rr = warp + NW * m;
         const float4 a = rowq[rr];
+        const float4 c4 = cs_row(Cs, rr, lane);
         float dp[4];
-        if constexpr (kCache) {
 #pragma unroll
-          for (int x = 0; x < 4; ++x) dp[x] = decode_byte(words[m], x);
-        } else {
-          const float4 c4 = cs_row(Cs, rr, lane);
-#pragma unroll
-          for (int x = 0; x < 4; ++x) dp[x] = feature_distance<kKind>(comp(c4, x));
-        }
+        for (int x = 0; x < 4; ++x) dp[x] = feature_distance<kKind>(comp(c4, x));
         float4 racc = zero;
 #pragma unroll
         for (int x = 0; x < 4; ++x) {
@@ -678,7 +651,6 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
         atomicAdd(g + 2, 4.0f * sum.z);
         atomicAdd(g + 3, 4.0f * sum.w);
       }
-      if (kCache) __syncthreads();  // Cs and colred are rewritten by the next tile
     }
   }
   {
@@ -704,7 +676,8 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
 }
 
 // ---------------------------------------------------------------------------------
-// Cache build: tile (t, u) of cosines -> 16 KiB of codes.
+// Cache build: tile (t, u) of cosines -> 16 KiB of codes, put in code_offset order in
+// shared memory after the engine's region, then copied out in 16-byte pieces.
 
 struct CacheParams {
   const void* F;
@@ -717,27 +690,297 @@ __global__ void __launch_bounds__(NT, 2) cache_build_kernel(CacheParams p) {
   extern __shared__ __align__(1024) unsigned char smem[];
   const ChunkWork work(p.Tr, p.Tc, true);
   const int64_t t = work.t;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int64_t row0 = p.s + t * BM;
+  uint8_t* staged = smem + Tile::kBytes;
   for (int64_t u = work.u_begin; u < work.u_end; ++u) {
     const int64_t col0 = p.s + u * BN;
     Tile::run(static_cast<const typename Tile::Elem*>(p.F), p.P, p.ld, row0, col0, smem);
-    uint8_t* tile = p.codes + tri_tile_index(t, u, p.Tc) * kTileBytes;
     for (int m = 0; m < kRowsPerWarp; ++m) {
       const int rr = warp + NW * m;
       const int64_t i = row0 + rr;
       const float4 c4 = cs_row(reinterpret_cast<const float*>(smem), rr, lane);
-      uint32_t word = 0;
 #pragma unroll
       for (int x = 0; x < 4; ++x) {
         const int64_t j = col0 + 4 * lane + x;
-        if (j > i && j < p.P && i < p.e)
-          word |= uint32_t(encode_distance(feature_distance<kKind>(comp(c4, x)))) << (8 * x);
+        const bool in = j > i && j < p.P && i < p.e;
+        staged[code_offset(rr, 4 * lane + x)] = in ? encode_distance(feature_distance<kKind>(comp(c4, x))) : 0;
       }
-      *reinterpret_cast<uint32_t*>(tile + rr * BN + 4 * lane) = word;
     }
+    __syncthreads();
+    uint4* tile = reinterpret_cast<uint4*>(p.codes + tri_tile_index(t, u, p.Tc) * kTileBytes);
+    for (int v = tid; v < int(kTileBytes / 16); v += NT) tile[v] = reinterpret_cast<const uint4*>(staged)[v];
   }
 }
+
+// ---------------------------------------------------------------------------------
+// Loss + gradient from the cache, on tensor cores (sm_80 and later).
+//
+// Warp w of a CTA takes columns 16w..16w+15 of each tile against all 128 rows, as eight
+// 16-row blocks m. Per block, in the mma.sync m16n8k16 accumulator layout (lane 4g + t holds
+// rows g and g + 8 of columns 2t, 2t + 1 and 8 + 2t, 9 + 2t):
+//   * dot products <q_i, q_j> from one mma.sync per 8 columns on float16 hi + lo splits of
+//     the quaternions (hi·hi + lo·hi + hi·lo: float32 accuracy);
+//   * per-pair math in float32; the weights k = ∂L/∂<q_i, q_j> / 4 are then rounded to
+//     float16 (relative 2^-11, far finer than the 1-byte d_p);
+//   * row gradients K·Q_cols by mma.sync straight from those registers, summed in registers
+//     over the CTA's column tiles; column gradients Kᵀ·Q_rows from the same registers
+//     transposed by movmatrix. Their B operands carry the hi and lo float16 parts of the
+//     quaternions in accumulator columns 0-3 and 4-7, added up at the end.
+// Operand fragments of every 16-index block come from a prepass (quat_frag_kernel). Each lane
+// reads only its own 64 bytes of a tile (code_offset order) through a cp.async ring, so tiles
+// need no barrier. CTAs are persistent (two per SM); a second launch takes the edge tiles, so
+// the interior kernel carries no masks.
+
+constexpr int kCacheStages = 4;  // tiles in flight per CTA (16 KiB each)
+
+// Operand fragments of the 16 quaternions s + 16b.. (zero past P) for lane 4g + t, float16x2.
+// The dot products use 16-long vectors a(i) = (hi q_i, lo q_i, hi q_i, 0) of the rows and
+// b(i) = (hi q_i, hi q_i, lo q_i, 0) of the columns, so <a(i), b(j)> = hi·hi + lo·hi + hi·lo
+// (≈ float32): a = A operand of m16n8k16 (rows g, g + 8), b = B operands of columns g and
+// g + 8. h = the B operand of the gradient products, k over the block and n over
+// (hi q[.][0..3], lo q[.][0..3]): (q[2t][n], q[2t + 1][n]), (q[2t + 8][n], q[2t + 9][n]) for
+// n = g, so the products give hi and lo sums side by side in the accumulator columns.
+struct QuatFrag {
+  uint4 a, b;
+  uint2 h, unused;
+};
+
+__device__ __forceinline__ uint32_t half2_bits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+
+__global__ void quat_frag_kernel(const float* __restrict__ q, int64_t P, int64_t s, int64_t n_blocks,
+                                 QuatFrag* __restrict__ out) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= 32 * n_blocks) return;
+  const int lane = idx & 31, g = lane >> 2, t = lane & 3;
+  const int64_t base = s + 16 * (idx >> 5);
+  auto part = [&](int r, int c, bool lo) {  // hi or lo float16 of q[base + r][c]
+    const float x = base + r < P ? q[4 * (base + r) + c] : 0.0f;
+    const __half h = __float2half_rn(x);
+    return lo ? __float2half_rn(x - __half2float(h)) : h;
+  };
+  auto a = [&](int r, int k) { return k < 12 ? part(r, k & 3, k >> 2 == 1) : __half(0.0f); };
+  auto b = [&](int r, int k) { return k < 12 ? part(r, k & 3, k >> 2 == 2) : __half(0.0f); };
+  auto pack = [](__half x, __half y) { return half2_bits(__halves2half2(x, y)); };
+  QuatFrag f;
+  f.a = make_uint4(pack(a(g, 2 * t), a(g, 2 * t + 1)), pack(a(g + 8, 2 * t), a(g + 8, 2 * t + 1)),
+                   pack(a(g, 2 * t + 8), a(g, 2 * t + 9)), pack(a(g + 8, 2 * t + 8), a(g + 8, 2 * t + 9)));
+  f.b = make_uint4(pack(b(g, 2 * t), b(g, 2 * t + 1)), pack(b(g, 2 * t + 8), b(g, 2 * t + 9)),
+                   pack(b(g + 8, 2 * t), b(g + 8, 2 * t + 1)), pack(b(g + 8, 2 * t + 8), b(g + 8, 2 * t + 9)));
+  const int c = g & 3;
+  const bool lo = g >= 4;
+  f.h = make_uint2(pack(part(2 * t, c, lo), part(2 * t + 1, c, lo)), pack(part(2 * t + 8, c, lo), part(2 * t + 9, c, lo)));
+  f.unused = make_uint2(0, 0);
+  out[idx] = f;
+}
+
+// d += A·B: m16n8k16, float16 operands, float32 accumulators.
+__device__ __forceinline__ void mma_f16(float* d, uint4 a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t transpose8x8(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+// g[0] += x, g[1] += y (one vector reduction on sm_90; g 8-byte aligned).
+__device__ __forceinline__ void red_add(float* g, float x, float y) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(g), "f"(x), "f"(y) : "memory");
+#else
+  atomicAdd(g, x);
+  atomicAdd(g + 1, y);
+#endif
+}
+
+struct CacheLossParams {
+  const uint8_t* codes;
+  const QuatFrag* frags;
+  int64_t P, s, e, Tr, Tc;
+  int64_t full_rows, full_cols;  // row tiles t < full_rows have BM rows, column tiles u < full_cols BN columns
+  int64_t n_blocks, n_items, n_edge_items;
+  float cut;  // pairs count while 1 + code·2^-15 ≤ cut (kCut)
+  double* loss;
+  float* gq;  // P × 4
+};
+
+// The d_p of a code byte enters as f = 1 + code·2^-15 (exact: the byte placed in the
+// mantissa), so d_p - d_q = f·S - (S + d_q) with S = 2^15·kCodeStep: one FFMA, and S + d_q
+// (< 410) rounds to 3e-5 rad.
+constexpr float kCodeScale = 32768.0f * kCodeStep;
+
+// kEdge false: the interior tiles (off the diagonal, 128 × 128 pairs in range); true: the
+// others (diagonal tiles, a partial last column tile, every tile of a partial row tile).
+template <bool kCut, bool kEdge>
+__global__ void __launch_bounds__(NT, 2) cache_loss_kernel(CacheLossParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(1024) unsigned char smem[];
+  __shared__ float wsum[NW];
+  QuatFrag* rowf = reinterpret_cast<QuatFrag*>(smem + kCacheStages * kTileBytes);  // [8 blocks][32 lanes]
+  float2* part = reinterpret_cast<float2*>(smem);  // [NW][BM][4] row partials, over the ring
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const unsigned ring = static_cast<unsigned>(__cvta_generic_to_shared(smem)) + warp * 2048 + lane * 16;
+  const QuatFrag zero_frag{make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint2(0, 0), make_uint2(0, 0)};
+  float loss = 0.0f;
+
+  // Persistent CTAs take work items L round robin: row tile t and its column tiles first + k
+  // (k < count), or up to two listed ones. Interior: the items of chunk_grid(Tr, Tc) of full
+  // row tiles, without the diagonal and a partial last column tile. Edge: one item per full
+  // row tile (its diagonal and partial last column tiles), then the partial last row tile in
+  // chunks of kChunk column tiles.
+  const int64_t n_items = kEdge ? p.n_edge_items : p.n_items;
+  for (int64_t L = blockIdx.x; L < n_items; L += gridDim.x) {
+    int64_t t, first = 0, count = 0, listed[2];
+    bool use_list = false;
+    if (!kEdge) {
+      const ChunkWork work(p.Tr, p.Tc, true, L);
+      t = work.t;
+      if (work.u_begin >= work.u_end || t >= p.full_rows) continue;
+      first = work.u_begin + (work.u_begin == t);
+      count = min(work.u_end, p.full_cols) - first;
+    } else if (L < p.full_rows) {
+      t = L;
+      use_list = true;
+      listed[count++] = t;
+      if (p.full_cols < p.Tc && p.Tc - 1 != t) listed[count++] = p.Tc - 1;
+    } else {
+      t = p.Tr - 1;
+      first = t + kChunk * (L - p.full_rows);
+      count = min(p.Tc, first + kChunk) - first;
+    }
+    if (count <= 0) continue;
+    const int64_t row0 = p.s + t * BM;
+    const int nr = static_cast<int>(min(int64_t(BM), p.e - row0));
+    auto tile_at = [&](int64_t k) { return use_list ? listed[k] : first + k; };
+    __syncthreads();  // the previous item's row partials (over the ring) and rowf are read
+    {
+      const int64_t b = 8 * t + warp;
+      rowf[tid] = b < p.n_blocks ? p.frags[32 * b + lane] : zero_frag;
+    }
+    auto issue = [&](int64_t k) {
+      if (k < count) {
+        const uint8_t* src = p.codes + tri_tile_index(t, tile_at(k), p.Tc) * kTileBytes + warp * 2048 + lane * 16;
+        const unsigned dst = ring + static_cast<unsigned>(k % kCacheStages) * kTileBytes;
+#pragma unroll
+        for (int v = 0; v < 4; ++v) cp_async16(dst + 512 * v, src + 512 * v);
+      }
+      cp_async_commit();
+    };
+#pragma unroll
+    for (int k = 0; k < kCacheStages - 1; ++k) issue(k);
+    __syncthreads();  // rowf
+
+    float rowacc[8][4];
+#pragma unroll
+    for (int m = 0; m < 8; ++m)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) rowacc[m][x] = 0.0f;
+    for (int64_t k = 0; k < count; ++k) {
+      issue(k + kCacheStages - 1);
+      cp_async_wait<kCacheStages - 1>();  // this lane's bytes of tile k have landed
+      const int64_t u = tile_at(k);
+      const int64_t col0 = p.s + u * BN;
+      const int nc = static_cast<int>(min(int64_t(BN), p.P - col0));
+      const int64_t cb = 8 * u + warp;
+      const QuatFrag cf = cb < p.n_blocks ? p.frags[32 * cb + lane] : zero_frag;
+      const unsigned char* mine = smem + (k % kCacheStages) * kTileBytes + warp * 2048 + lane * 16;
+      float colacc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+      auto pairs = [&](auto interior) {
+#pragma unroll
+        for (int m = 0; m < 8; ++m) {
+          const uint4 ra = rowf[32 * m + lane].a;
+          const uint2 rh = rowf[32 * m + lane].h;
+          const uint2 words = *reinterpret_cast<const uint2*>(mine + (m >> 1) * 512 + (m & 1) * 8);
+          float dot[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+          mma_f16(dot[0], ra, cf.b.x, cf.b.y);
+          mma_f16(dot[1], ra, cf.b.z, cf.b.w);
+          float k[2][4];
+#pragma unroll
+          for (int n = 0; n < 2; ++n) {
+            const uint32_t word = n ? words.y : words.x;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+              const float f = __uint_as_float(__byte_perm(word, 0x3F800000u, 0x7604u | (c << 4)));
+              const float d = dot[n][c], x = fabsf(d), v = 1.0f - x;
+              const float inv = fminf(approx_rsqrt(fabsf(fmaf(v, x, v))), Limits<float>::kMaxInvSin);
+              const float dq = fmaf(approx_sqrt(fabsf(v)), half_angle_poly(x), kCodeScale);  // S + d_q
+              float r = fmaf(f, kCodeScale, -dq);  // d_p - d_q
+              bool valid = !kCut || f <= p.cut;
+              if (!decltype(interior)::value) {
+                const int rr = 16 * m + g + 8 * (c >> 1), cc = 16 * warp + 8 * n + 2 * tq + (c & 1);
+                valid = valid && rr < nr && cc < nc && (u != t || cc > rr);
+              }
+              if (kCut || !decltype(interior)::value) r = valid ? r : 0.0f;
+              loss = fmaf(r, r, loss);
+              k[n][c] = r * copysignf(inv, d);
+            }
+          }
+          const uint4 K = make_uint4(half2_bits(__floats2half2_rn(k[0][0], k[0][1])),
+                                     half2_bits(__floats2half2_rn(k[0][2], k[0][3])),
+                                     half2_bits(__floats2half2_rn(k[1][0], k[1][1])),
+                                     half2_bits(__floats2half2_rn(k[1][2], k[1][3])));
+          mma_f16(rowacc[m], K, cf.h.x, cf.h.y);
+          const uint4 KT = make_uint4(transpose8x8(K.x), transpose8x8(K.z), transpose8x8(K.y), transpose8x8(K.w));
+          mma_f16(colacc[m & 1], KT, rh.x, rh.y);  // two accumulators: shorter dependency chains
+        }
+      };
+      pairs(std::integral_constant<bool, !kEdge>{});
+      // Columns g and g + 8 of the warp: lane tq holds hi (tq < 2) or lo (tq ≥ 2) sums of
+      // components 2tq % 4, 2tq % 4 + 1; lanes tq and tq ^ 2 add theirs.
+      float col[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        col[x] = colacc[0][x] + colacc[1][x];
+        col[x] += __shfl_xor_sync(kFull, col[x], 2);
+      }
+      if (tq < 2) {
+        const int64_t j = col0 + 16 * warp + g;
+        if (j < p.P) red_add(p.gq + 4 * j + 2 * tq, 4.0f * col[0], 4.0f * col[1]);
+        if (j + 8 < p.P) red_add(p.gq + 4 * (j + 8) + 2 * tq, 4.0f * col[2], 4.0f * col[3]);
+      }
+    }
+    // Row gradients: each warp's partial sums over its columns, added up across warps.
+    cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {  // lane tq: hi (tq < 2) or lo sums of components 2tq % 4, +1
+      part[(warp * BM + 16 * m + g) * 4 + tq] = make_float2(rowacc[m][0], rowacc[m][1]);
+      part[(warp * BM + 16 * m + g + 8) * 4 + tq] = make_float2(rowacc[m][2], rowacc[m][3]);
+    }
+    __syncthreads();
+    if (tid < nr) {
+      float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4* rows = reinterpret_cast<const float4*>(part);
+#pragma unroll
+      for (int w = 0; w < NW; ++w) {
+        add4(sum, rows[2 * (w * BM + tid)]);
+        add4(sum, rows[2 * (w * BM + tid) + 1]);
+      }
+      float* gr = p.gq + 4 * (row0 + tid);
+      red_add(gr, 4.0f * sum.x, 4.0f * sum.y);
+      red_add(gr + 2, 4.0f * sum.z, 4.0f * sum.w);
+    }
+  }
+  loss = warp_sum(loss);
+  if (lane == 0) wsum[warp] = loss;
+  __syncthreads();
+  if (tid == 0) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) total += wsum[w];
+    atomicAdd(p.loss, static_cast<double>(total));
+  }
+#else
+  __trap();
+#endif
+}
+
+constexpr size_t kCacheLossSmem = kCacheStages * kTileBytes + 8 * 32 * sizeof(QuatFrag);
+static_assert(size_t(NW) * BM * 8 * sizeof(float) <= kCacheStages * kTileBytes, "row partials alias the ring");
 
 // ---------------------------------------------------------------------------------
 // Gradient strip: G[k - k0][j - s] = ∂L/∂c_kj over rows [k0, k1) × columns [s, P).
@@ -1084,48 +1327,66 @@ dim3 chunk_grid(int64_t Tr, int64_t Tc) {
   return dim3(static_cast<unsigned>(n));
 }
 
-void loss_launch(const AllPairsArgs& a, const uint8_t* codes, double* loss, void* grad_q, int device,
-                 std::uintptr_t stream) {
-  if (!grad_q) fail("the CUDA all-pairs loss needs a gradient buffer");
-  if (a.row_stop <= a.row_start) return;
-  DeviceGuard guard(device);
-  const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
-  const LossParams p{a.f, static_cast<const float4*>(a.q),   codes, a.P, a.ld, a.row_start, a.row_stop, Tr,
-                     Tc,  static_cast<float>(a.cutoff), loss,  static_cast<float*>(grad_q)};
-  const dim3 grid = chunk_grid(Tr, Tc);
-  const cudaStream_t s = as_stream(stream);
-  const bool cut = std::isfinite(a.cutoff);
-  if (codes) {
-    if (cut)
-      launch(loss_kernel<SimtTile, kSNN, true, true>, grid, loss_smem<SimtTile>(), s, "allpairs_cache_loss", p);
-    else
-      launch(loss_kernel<SimtTile, kSNN, true, false>, grid, loss_smem<SimtTile>(), s, "allpairs_cache_loss", p);
-    return;
-  }
-  check_features(a);
-  dispatch_tiles(a.fdtype, device, [&](auto tile) {
-    dispatch_distance(a.distance, [&](auto kind) {
-      using Tile = decltype(tile);
-      constexpr int K = decltype(kind)::value;
-      if (cut)
-        launch(loss_kernel<Tile, K, false, true>, grid, loss_smem<Tile>(), s, "allpairs_loss", p);
-      else
-        launch(loss_kernel<Tile, K, false, false>, grid, loss_smem<Tile>(), s, "allpairs_loss", p);
-    });
-  });
-}
-
 }  // namespace
 
 const char* allpairs_tensor_core_engine_cuda(int device) { return use_wgmma(device) ? "wgmma" : "mma.sync"; }
 
 void allpairs_loss_cuda(const AllPairsArgs& a, double* loss, void* grad_q, int device, std::uintptr_t stream) {
-  loss_launch(a, nullptr, loss, grad_q, device, stream);
+  if (!grad_q) fail("the CUDA all-pairs loss needs a gradient buffer");
+  if (a.row_stop <= a.row_start) return;
+  check_features(a);
+  DeviceGuard guard(device);
+  const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
+  const LossParams p{a.f,  static_cast<const float4*>(a.q), a.P, a.ld, a.row_start, a.row_stop, Tr, Tc,
+                     static_cast<float>(a.cutoff), loss, static_cast<float*>(grad_q)};
+  const dim3 grid = chunk_grid(Tr, Tc);
+  const cudaStream_t s = as_stream(stream);
+  const bool cut = std::isfinite(a.cutoff);
+  dispatch_tiles(a.fdtype, device, [&](auto tile) {
+    dispatch_distance(a.distance, [&](auto kind) {
+      using Tile = decltype(tile);
+      constexpr int K = decltype(kind)::value;
+      if (cut)
+        launch(loss_kernel<Tile, K, true>, grid, loss_smem<Tile>(), s, "allpairs_loss", p);
+      else
+        launch(loss_kernel<Tile, K, false>, grid, loss_smem<Tile>(), s, "allpairs_loss", p);
+    });
+  });
 }
 
-void allpairs_cache_loss_cuda(const AllPairsArgs& a, const uint8_t* codes, double* loss, void* grad_q, int device,
-                              std::uintptr_t stream) {
-  loss_launch(a, codes, loss, grad_q, device, stream);
+void allpairs_cache_loss_cuda(const AllPairsArgs& a, const uint8_t* codes, void* scratch, double* loss,
+                              void* grad_q, int device, std::uintptr_t stream) {
+  static_assert(32 * sizeof(QuatFrag) == kQuatFragBlockBytes, "scratch size");
+  if (!grad_q) fail("the CUDA all-pairs loss needs a gradient buffer");
+  if (a.row_stop <= a.row_start) return;
+  DeviceGuard guard(device);
+  int major = 0;
+  cuda_check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "compute capability");
+  if (major < 8) fail("the CUDA distance-cache loss needs a GPU of compute capability 8.0 or later");
+  const int64_t Tr = ceil_div(a.row_stop - a.row_start, BM), Tc = ceil_div(a.P - a.row_start, BN);
+  const int64_t n_blocks = ceil_div(a.P - a.row_start, 16);
+  const cudaStream_t s = as_stream(stream);
+  QuatFrag* frags = static_cast<QuatFrag*>(scratch);
+  quat_frag_kernel<<<blocks_for(32 * n_blocks, NT), NT, 0, s>>>(static_cast<const float*>(a.q), a.P, a.row_start,
+                                                               n_blocks, frags);
+  cuda_check(cudaGetLastError(), "allpairs_cache_loss");
+  // Largest code whose d_p passes the cutoff, as f = 1 + code·2^-15 (none: 0.5; all: no cut).
+  int top = -1;
+  while (top < 255 && decode_distance(top + 1) <= static_cast<float>(a.cutoff)) ++top;
+  const float cut = top < 0 ? 0.5f : 1.0f + std::ldexp(static_cast<float>(top), -15);
+  const int64_t full_rows = (a.row_stop - a.row_start) / BM, n_items = chunk_grid(Tr, Tc).x;
+  const int64_t n_edge_items = full_rows + (full_rows < Tr ? ceil_div(Tc - (Tr - 1), kChunk) : 0);
+  const CacheLossParams p{codes,    frags, a.P,      a.row_start, a.row_stop,   Tr,  Tc, full_rows, (a.P - a.row_start) / BN,
+                          n_blocks, n_items, n_edge_items, cut, loss, static_cast<float*>(grad_q)};
+  auto grid = [&](int64_t n) { return dim3(static_cast<unsigned>(std::min<int64_t>(n, 2 * sm_count(device)))); };
+  auto both = [&](auto interior, auto edge) {  // two CTAs per SM
+    launch(interior, grid(n_items), kCacheLossSmem, s, "allpairs_cache_loss", p);
+    launch(edge, grid(n_edge_items), kCacheLossSmem, s, "allpairs_cache_loss", p);
+  };
+  if (top < 255)
+    both(cache_loss_kernel<true, false>, cache_loss_kernel<true, true>);
+  else
+    both(cache_loss_kernel<false, false>, cache_loss_kernel<false, true>);
 }
 
 void allpairs_cache_build_cuda(const AllPairsArgs& a, uint8_t* codes, int device, std::uintptr_t stream) {
@@ -1136,8 +1397,8 @@ void allpairs_cache_build_cuda(const AllPairsArgs& a, uint8_t* codes, int device
   const CacheParams p{a.f, codes, a.P, a.ld, a.row_start, a.row_stop, Tr, Tc};
   dispatch_tiles(a.fdtype, device, [&](auto tile) {
     dispatch_distance(a.distance, [&](auto kind) {
-      launch(cache_build_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tr, Tc), decltype(tile)::kBytes,
-             as_stream(stream), "allpairs_cache_build", p);
+      launch(cache_build_kernel<decltype(tile), decltype(kind)::value>, chunk_grid(Tr, Tc),
+             decltype(tile)::kBytes + kTileBytes, as_stream(stream), "allpairs_cache_build", p);
     });
   });
 }

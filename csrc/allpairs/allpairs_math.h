@@ -27,14 +27,26 @@ enum FType : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3, kTF32 = 4 };
 
 // Distance cache layout: the upper triangle of pairs (i < j) with i in the row block
 // [s, e) and j in [s, P) is cut into kTile × kTile tiles (t, u), u ≥ t, of rows
-// s + kTile·t + r and columns s + kTile·u + c; tile (t, u) is stored row-major at byte
-// kTileBytes·tri_tile_index(t, u, Tc). Entries outside the triangle are 0.
+// s + kTile·t + r and columns s + kTile·u + c; tile (t, u) starts at byte
+// kTileBytes·tri_tile_index(t, u, Tc), pair (r, c) at code_offset(r, c) within it. Entries
+// outside the triangle are 0.
 constexpr int kTile = 128;
 constexpr int64_t kTileBytes = int64_t(kTile) * kTile;
 
 CO_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 CO_HD int64_t tri_tile_index(int64_t t, int64_t u, int64_t Tc) { return t * Tc - t * (t - 1) / 2 + (u - t); }
 CO_HD int64_t tri_tile_count(int64_t Tr, int64_t Tc) { return Tr * Tc - Tr * (Tr - 1) / 2; }
+
+// Byte of pair (r, c) within a tile, in the order the CUDA loss kernel's threads hold their
+// mma.sync accumulators: warp w = c/16 takes columns 16w..16w+15; in the 16-row block
+// m = r/16, lane 4·(r%8) + (c/2)%4 holds rows r%8 and r%8 + 8 (h) of columns c%2 and
+// c%2 + 8 (n). Each lane's 64 bytes of a tile are four 16-byte pieces 512 bytes apart:
+// w·2048 + (m/2)·512 + lane·16 + (m%2)·8 + n·4 + h·2 + c%2 (cryoorient/ops/allpairs.py
+// mirrors this).
+CO_HD int code_offset(int r, int c) {
+  const int w = c >> 4, n = (c >> 3) & 1, t = (c >> 1) & 3, m = r >> 4, h = (r >> 3) & 1, g = r & 7;
+  return w * 2048 + (m >> 1) * 512 + (4 * g + t) * 16 + (m & 1) * 8 + n * 4 + h * 2 + (c & 1);
+}
 
 template <typename T>
 struct Limits;
@@ -58,18 +70,20 @@ CO_HD float co_copysign(float a, float b) { return copysignf(a, b); }
 CO_HD double co_copysign(double a, double b) { return copysign(a, b); }
 
 // 2·arccos(x) for x in [0, 1]; with inv_sin, also min(1/sqrt(1 - x²), kMaxInvSin).
-// float: 2·arccos x = sqrt(1 - x)·p(x) with p a degree-5 near-minimax polynomial;
-// |error| ≤ 1.7e-6 rad evaluated in float32.
-CO_HD float half_angle(float x, float* inv_sin = nullptr) {
-  const float u = 1.0f - x;
+// float: 2·arccos x = sqrt(1 - x)·p(x) with p (half_angle_poly) a degree-5 near-minimax
+// polynomial; |error| ≤ 1.7e-6 rad evaluated in float32.
+CO_HD float half_angle_poly(float x) {
   float p = -0.0098223414f;
   p = fmaf(p, x, 0.0412401072f);
   p = fmaf(p, x, -0.0918544457f);
   p = fmaf(p, x, 0.1763421038f);
   p = fmaf(p, x, -0.4290856333f);
-  p = fmaf(p, x, 3.1415913790f);
+  return fmaf(p, x, 3.1415913790f);
+}
+CO_HD float half_angle(float x, float* inv_sin = nullptr) {
+  const float u = 1.0f - x;
   if (inv_sin) *inv_sin = fminf(approx_rsqrt(fmaf(u, x, u)), Limits<float>::kMaxInvSin);  // (1-x)(1+x)
-  return approx_sqrt(u) * p;
+  return approx_sqrt(u) * half_angle_poly(x);
 }
 
 CO_HD double half_angle(double x, double* inv_sin = nullptr) {
@@ -122,6 +136,11 @@ CO_HD T pair_loss(T dp, T dot, T* dl_ddot4) {
   *dl_ddot4 = r * co_copysign(inv, dot);
   return r * r;
 }
+
+// Device scratch of the CUDA cache loss: mma operand fragments of the quaternions, one
+// kQuatFragBlockBytes block per 16 indices of [s, P).
+constexpr int64_t kQuatFragBlockBytes = 1536;
+CO_HD int64_t cache_scratch_bytes(int64_t P, int64_t s) { return ceil_div(P - s, 16) * kQuatFragBlockBytes; }
 
 // 1-byte distance codes: d = code·π/255.
 constexpr float kCodeStep = 3.14159265358979323846f / 255.0f;

@@ -8,13 +8,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;  // pairs in flight per thread in the fused kernel
 
-int sm_count(int device) {
-  static int cache[64] = {0};
-  int& n = cache[device & 63];
-  if (n == 0) cuda_check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "sm count");
-  return n;
-}
-
 template <typename T>
 __device__ __forceinline__ void load_quat(const T* __restrict__ p, bool vec, T* out) {
 #pragma unroll

@@ -556,6 +556,21 @@ def _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, to
     n_pairs = P * (P - 1) // 2
     opt = torch.optim.Adam([q], lr=lr)
     result = AllPairsRecovery(q=q.detach())
+
+    def converged(epoch: int, value: float) -> bool:
+        result.losses.append(value)
+        if callback is not None:
+            callback(epoch, q.detach(), value)
+        window = result.losses[-patience - 1 :]
+        return value <= target_loss or (len(window) > patience and window[0] - value < tol * window[0])
+
+    # On CUDA (without a callback) each epoch's loss is copied to pinned memory and read once
+    # the next epoch is queued, so the GPU never waits for the host between epochs; a stop then
+    # takes effect one epoch late.
+    lag = q.device.type == "cuda" and callback is None
+    if lag:
+        seen = torch.empty(2, dtype=torch.float32, pin_memory=True)
+        done = [torch.cuda.Event(), torch.cuda.Event()]
     t0 = time.perf_counter()
     for epoch in range(max_epochs):
         for group in opt.param_groups:
@@ -570,14 +585,22 @@ def _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, to
         opt.step()
         with torch.no_grad():
             q /= torch.linalg.vector_norm(q, dim=1, keepdim=True)
-        value = loss.item()
-        result.losses.append(value)
-        if callback is not None:
-            callback(epoch, q.detach(), value)
-        window = result.losses[-patience - 1 :]
-        if value <= target_loss or (len(window) > patience and window[0] - value < tol * window[0]):
-            result.converged = True
-            break
+        if not lag:
+            if converged(epoch, loss.item()):
+                result.converged = True
+                break
+            continue
+        seen[epoch % 2].copy_(loss.detach(), non_blocking=True)
+        done[epoch % 2].record()
+        if epoch > 0:
+            done[(epoch - 1) % 2].synchronize()
+            if converged(epoch - 1, seen[(epoch - 1) % 2].item()):
+                result.converged = True
+                break
+    else:
+        if lag and max_epochs > 0:
+            done[(max_epochs - 1) % 2].synchronize()
+            result.converged = converged(max_epochs - 1, seen[(max_epochs - 1) % 2].item())
     result.q = q.detach()
     result.seconds = time.perf_counter() - t0
     return result
