@@ -191,7 +191,7 @@ def test_cli_recover_all_pairs_under_torchrun(tmp_path):
     simulate(tmp_path / "truth.mrc", tmp_path / "data", SimulationSettings(n=40, size=24, seed=3), progress=False)
     SiameseNet(**TINY).save(tmp_path / "model.pt")
     args = ["recover", str(tmp_path / "data" / "particles.star"), "--model", str(tmp_path / "model.pt"),
-            "--all-pairs", "--steps", "15", "--no-resolve-frame", "-q", "-o"]
+            "--all-pairs", "--steps", "15", "--no-resolve-frame", "--device", "cpu", "-q", "-o"]
     assert main(args + [str(tmp_path / "one.star")]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -201,3 +201,12 @@ def test_cli_recover_all_pairs_under_torchrun(tmp_path):
     assert "on 2 process(es)" in run.stdout
     q1, q2 = (euler_to_quat(*torch.from_numpy(read_star(tmp_path / f"{n}.star").angles).T) for n in ("one", "two"))
     assert len(q2) == 40 and (q1 * q2).sum(1).abs().min() > 1 - 1e-8  # the same orientations
+
+
+def test_local_device_refuses_more_processes_than_gpus(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", str(torch.cuda.device_count()))
+    with pytest.raises(ValueError, match="one process per GPU, or pass --device cpu"):
+        distributed.local_device("cuda")
+    assert distributed.local_device("cpu") == torch.device("cpu")

@@ -69,6 +69,19 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
   return v;
 }
+// Adds the sum over the CTA of every thread's v to *out (one float64 atomic per CTA).
+__device__ __forceinline__ void cta_sum_to(float v, double* out) {
+  __shared__ float wsum[NW];
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) wsum[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) total += wsum[w];
+    atomicAdd(out, static_cast<double>(total));
+  }
+}
 __device__ __forceinline__ float dot4(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
 __device__ __forceinline__ void axpy4(float4& y, float k, float4 x) {
   y.x = fmaf(k, x.x, y.x);
@@ -565,7 +578,6 @@ constexpr size_t loss_smem() {
 template <typename Tile, int kKind, bool kCut>
 __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
   extern __shared__ __align__(1024) unsigned char smem[];
-  __shared__ float wsum[NW];
   float* Cs = reinterpret_cast<float*>(smem);                   // [BM][CLD] cosines, then row partials
   float4* colred = reinterpret_cast<float4*>(smem + kCsBytes);  // [NW][4][32] column partials
   constexpr size_t kRows = loss_rows_offset<Tile>();
@@ -664,15 +676,7 @@ __global__ void __launch_bounds__(NT, 2) loss_kernel(LossParams p) {
       atomicAdd(g + 3, 4.0f * v.w);
     }
   }
-  loss = warp_sum(loss);
-  if (lane == 0) wsum[warp] = loss;
-  __syncthreads();
-  if (tid == 0) {
-    float total = 0.0f;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) total += wsum[w];
-    atomicAdd(p.loss, static_cast<double>(total));
-  }
+  cta_sum_to(loss, p.loss);
 }
 
 // ---------------------------------------------------------------------------------
@@ -819,7 +823,6 @@ template <bool kCut, bool kEdge>
 __global__ void __launch_bounds__(NT, 2) cache_loss_kernel(CacheLossParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(1024) unsigned char smem[];
-  __shared__ float wsum[NW];
   QuatFrag* rowf = reinterpret_cast<QuatFrag*>(smem + kCacheStages * kTileBytes);  // [8 blocks][32 lanes]
   float2* part = reinterpret_cast<float2*>(smem);  // [NW][BM][4] row partials, over the ring
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -965,15 +968,7 @@ __global__ void __launch_bounds__(NT, 2) cache_loss_kernel(CacheLossParams p) {
       red_add(gr + 2, 4.0f * sum.z, 4.0f * sum.w);
     }
   }
-  loss = warp_sum(loss);
-  if (lane == 0) wsum[warp] = loss;
-  __syncthreads();
-  if (tid == 0) {
-    float total = 0.0f;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) total += wsum[w];
-    atomicAdd(p.loss, static_cast<double>(total));
-  }
+  cta_sum_to(loss, p.loss);
 #else
   __trap();
 #endif
@@ -1204,7 +1199,6 @@ __global__ void sampled_pairs_kernel(uint64_t key, int64_t P, int64_t n, int64_t
 
 template <typename TF, int kKind>
 __global__ void __launch_bounds__(NT) sampled_loss_kernel(SampledParams p, double* loss_out, float* gq) {
-  __shared__ float wsum[NW];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t nwarps = int64_t(gridDim.x) * NW;
   const TF* F = static_cast<const TF*>(p.F);
@@ -1223,14 +1217,7 @@ __global__ void __launch_bounds__(NT) sampled_loss_kernel(SampledParams p, doubl
       atomicAdd(gq + 4 * j + lane, 4.0f * k * comp(a, lane));
     }
   }
-  if (lane == 0) wsum[warp] = loss;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.0f;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) total += wsum[w];
-    atomicAdd(loss_out, static_cast<double>(total));
-  }
+  cta_sum_to(loss, loss_out);
 }
 
 template <typename TF, int kKind>

@@ -10,6 +10,16 @@ from pathlib import Path
 import numpy as np
 
 
+DEVICE_HELP = "auto (the default: CUDA if available, else CPU), cpu, cuda or cuda:N"
+
+
+def _device(name: str):
+    """A --device argument as a torch.device ("auto": CUDA if a GPU is usable, else CPU)."""
+    from .distributed import local_device
+
+    return local_device(None if name == "auto" else name)
+
+
 def _refuse_existing(path: Path, force: bool) -> None:
     """Refuse before any work is done, rather than after, to overwrite a user's file."""
     if path.exists() and not force:
@@ -38,7 +48,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         snr_db=args.snr, sigma2=args.sigma2, normalize=args.normalize, seed=args.seed,
         chunk_size=args.chunk_size, interpolation=args.interpolation, pad=args.pad,
     )
-    out = simulate(args.source, args.output, settings, device=args.device, force=args.force,
+    out = simulate(args.source, args.output, settings, device=_device(args.device), force=args.force,
                    progress=not args.quiet, pixel_size=args.pixel_size, resolution=args.resolution)
     print(out)
     return 0
@@ -84,7 +94,7 @@ def _add_simulate(sub) -> None:
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
                    help="standardise the clean dataset to mean 0, variance 1 before adding noise (default yes)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--chunk-size", type=int, default=1000, help="images computed and written at once (default 1000)")
     p.add_argument("--interpolation", choices=["auto", "cubic", "linear"], default="auto",
                    help="Fourier-slice interpolation: cubic (~0.05%% error) or linear (~2.5%%, 5-8x faster on "
@@ -107,7 +117,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     reference = None
     if args.reference:
         reference, ref_voxel = read_map(args.reference, pad_to_cube=True)
-    volume = reconstruct_particles(particles, pad=args.pad, batch_size=args.batch_size, device=args.device,
+    volume = reconstruct_particles(particles, pad=args.pad, batch_size=args.batch_size, device=_device(args.device),
                                    with_ctf=not args.no_ctf, progress=not args.quiet).cpu()
     voxel = float(np.asarray(particles.pixel_size).flat[0])
     if reference is not None:
@@ -143,7 +153,7 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--no-ctf", action="store_true", help="ignore CTF parameters in the STAR file")
     p.add_argument("--pad", type=int, default=2, help="Fourier padding factor (default 2)")
     p.add_argument("--batch-size", type=int, default=512, help="images per batch (default 512)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--force", action="store_true", help="overwrite the output map")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_reconstruct)
@@ -206,7 +216,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
     if not args.all_pairs and distributed.launched() and int(os.environ["WORLD_SIZE"]) > 1:
         raise ValueError("under torchrun with several processes, recover runs with --all-pairs only")
-    return distributed.run(lambda device: _recover(args, device), args.device)
+    return distributed.run(lambda device: _recover(args, device), None if args.device == "auto" else args.device)
 
 
 def _recover(args: argparse.Namespace, device) -> int:
@@ -231,7 +241,7 @@ def _recover(args: argparse.Namespace, device) -> int:
                                        cutoff=args.cutoff, seed=args.seed, device=device, progress=not args.quiet)
         q = result.orientations
     if args.resolve_frame:
-        frame = resolve_frame(images, q, seed=args.seed, device=args.device)
+        frame = resolve_frame(images, q, seed=args.seed, device=device)
         q = frame.quaternions
         print(f"image frame resolved: cross-validated NCC {frame.score:.3f} (as recovered: "
               f"{frame.score_uncorrected:.3f})")
@@ -270,7 +280,7 @@ def _add_recover(sub) -> None:
                    help="fix the part of the global ambiguity that the images can see (a rotation of every image "
                    "frame), so that the orientations reconstruct a sharp map (default yes)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--force", action="store_true", help="overwrite the output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_recover)
@@ -333,7 +343,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     settings.seed = args.seed
-    summary = run_demo(args.output, settings, device=args.device, force=args.force, progress=not args.quiet)
+    summary = run_demo(args.output, settings, device=_device(args.device), force=args.force, progress=not args.quiet)
     out = Path(args.output)
     print(f"E_OR {summary['E_OR_rad']:.3f} rad ({summary['E_OR_deg']:.1f}°); map FSC 0.5 {summary['fsc05_A']:.1f} Å "
           f"(true orientations: {summary['fsc05_true_orientations_A']:.1f} Å); "
@@ -347,12 +357,12 @@ def _add_demo(sub) -> None:
         description="Generate the built-in asymmetric pseudo-molecule, simulate projections, train a small Siamese "
         "network on the fly, recover the test projections' orientations from the images alone, evaluate E_OR, "
         "reconstruct and compare the map by FSC. Writes DIR/report.md with PNG plots. About 5-10 minutes on a "
-        "2-core CPU; faster with --device cuda.",
+        "2-core CPU; about a minute on a GPU (the default device when one is available).",
     )
     p.add_argument("-o", "--output", default="cryoorient-demo", help="output directory (default ./cryoorient-demo)")
     p.add_argument("--quick", action="store_true", help="a reduced run of about a minute (tiny, inaccurate)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--force", action="store_true", help="replace the output directory")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
@@ -394,7 +404,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
             return particle_ctf(particles, indices.cpu().numpy(), size)
     result = refine(images, q0, shifts=shifts, ctf=ctf, rounds=args.rounds, pixel_size=pixel, reference=volume,
                     align_reference=not args.same_frame, soft=not args.hard,
-                    device=None if args.device == "auto" else args.device)
+                    device=_device(args.device))
 
     print(f"{'round':>5} {'res (Å)':>8} {'radius':>8} {'NCC':>8} {'moved (rad)':>11} {'shift (px)':>10}")
     for i, r in enumerate(result.rounds, 1):
@@ -434,7 +444,7 @@ def _add_refine(sub) -> None:
     p.add_argument("--hard", action="store_true",
                    help="final half maps from the best matches only (default: soft assignment over each particle's "
                    "most probable local orientations and shifts, as RELION's marginalisation)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=_cmd_refine)
 

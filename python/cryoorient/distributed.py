@@ -84,6 +84,9 @@ def local_device(device: Union[str, torch.device, None] = None) -> torch.device:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device is not None and torch.device(device).index not in (None, local):
         raise ValueError(f"under torchrun each process uses cuda:LOCAL_RANK (cuda:{local}); got {device!r}")
+    if local >= torch.cuda.device_count():
+        raise ValueError(f"torchrun started process LOCAL_RANK {local} but this machine has "
+                         f"{torch.cuda.device_count()} GPU(s): launch at most one process per GPU, or pass --device cpu")
     return torch.device("cuda", local)
 
 

@@ -452,7 +452,9 @@ def recover_orientations_allpairs(
     Give either ``features`` (P, n_f) with ``distance`` ("snn" or "signless"), or a ``cache``
     from ``cryoorient.ops.allpairs_distance_cache`` covering all rows. ``weight`` as in
     ``allpairs_loss``. ``q0``: (P, 4) initial quaternions (default: uniform random, from
-    ``seed``). ``callback(epoch, q, loss)``, if given, runs after every epoch.
+    ``seed``). ``callback(epoch, q, loss)``, if given, runs after every epoch. On CUDA without
+    a callback, each epoch's loss is read while the next epoch runs (no GPU idle time between
+    epochs), so a stop takes effect one Adam step late.
     """
     if (features is None) == (cache is None):
         raise ValueError("give exactly one of features or cache")
