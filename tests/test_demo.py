@@ -22,3 +22,8 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     # never overwrite without being asked
     assert main(["demo", "--quick", "-o", str(out), "-q"]) == 2
     assert "--force" in capsys.readouterr().err
+    # the same seed gives the same run (network initialisation included)
+    assert main(["demo", "--quick", "-o", str(tmp_path / "again"), "-q"]) == 0
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["E_OR_rad"] == summary["E_OR_rad"]
+    assert again["validation_L_DE"] == summary["validation_L_DE"]

@@ -91,7 +91,9 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
     renderer = ProjectionRenderer(truth, s.voxel_size, train_sim, device=device)
     source = OnTheFlySource(renderer, device=device)
     val = source.render_fixed(256, seed=s.seed + 3)
-    model = SiameseNet(s.arch, widths=s.widths)
+    with torch.random.fork_rng(devices=[]):  # initial weights from the demo's seed, caller's RNG untouched
+        torch.manual_seed(s.seed)
+        model = SiameseNet(s.arch, widths=s.widths)
     config = TrainConfig(epochs=s.train_epochs, steps_per_epoch=s.train_steps_per_epoch, batch_size=s.batch_size,
                          warmup_steps=20, patience=s.train_epochs, seed=s.seed, progress=progress)
     trainer = Trainer(model, source, val, config, out_dir=out / "training", device=device)
