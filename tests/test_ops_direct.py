@@ -46,6 +46,24 @@ def test_paths_agree():
     _both_paths(lambda f, q: ops.allpairs_loss(f, q, "snn"), f, q)
     cache = ops.allpairs_distance_cache(f, "signless")
     _both_paths(lambda q: ops.allpairs_loss_cached(cache, q), q)
+    _both_paths(lambda f, q: ops.sampled_feature_pair_loss(f, q, 500, seed=3), f, q)
+
+
+def test_outputs_agree_without_gradients():
+    f = torch.randn(40, 8, generator=torch.Generator().manual_seed(1))
+    calls = (
+        lambda: ops.allpairs_distance_cache(f, "snn").codes,
+        lambda: ops.feature_knn(f, 4),
+        lambda: ops.sampled_pairs(40, 300, seed=5, epoch=2),
+    )
+    for call in calls:
+        assert direct(f)
+        a = call()
+        with _Intercept():
+            assert not direct(f)
+            b = call()
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            assert torch.equal(x, y)
 
 
 def test_no_grad_call_builds_no_graph():

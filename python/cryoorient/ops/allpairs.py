@@ -313,7 +313,8 @@ def allpairs_distance_cache(
     start, stop = check_row_block(rows, P)
     with torch.no_grad():
         f = unit_features(features, compute_dtypes(features, None)[0])
-        codes = _allpairs_cache_build(f, kind, start, stop)
+        build = _allpairs_cache_build_impl if direct(f) else _allpairs_cache_build
+        codes = build(f, kind, start, stop)
     return DistanceCache(codes, P, (start, stop), distance)
 
 
@@ -322,8 +323,7 @@ def cache_bytes(P: int, start: int, stop: int) -> int:
     return (Tr * Tc - Tr * (Tr - 1) // 2) * CACHE_TILE**2
 
 
-@torch.library.custom_op("cryoorient::allpairs_cache_build", mutates_args=())
-def _allpairs_cache_build(f: Tensor, distance: int, start: int, stop: int) -> Tensor:
+def _allpairs_cache_build_impl(f: Tensor, distance: int, start: int, stop: int) -> Tensor:
     P, ld = f.shape
     codes = torch.zeros(cache_bytes(P, start, stop), dtype=torch.uint8, device=f.device)
     device, stream, threads = launch_args(f)
@@ -332,6 +332,11 @@ def _allpairs_cache_build(f: Tensor, distance: int, start: int, stop: int) -> Te
         threads,
     )
     return codes
+
+
+_allpairs_cache_build = torch.library.custom_op(
+    "cryoorient::allpairs_cache_build", _allpairs_cache_build_impl, mutates_args=()
+)
 
 
 @_allpairs_cache_build.register_fake

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .._ext import _C, launch_args
 from ._checks import check_row_block
+from ._direct import direct
 from .allpairs import check_inputs, compute_dtypes, distance_code, kernel_code, unit_features
 
 MAX_K = 32
@@ -35,15 +36,14 @@ def feature_knn(
     start, stop = check_row_block(rows, P)
     with torch.no_grad():
         f = unit_features(features, compute_dtypes(features, None)[0])
-        return _feature_knn(f, k, distance_code(distance), start, stop)
+        return (_feature_knn_impl if direct(f) else _feature_knn)(f, k, distance_code(distance), start, stop)
 
 
 def _dist_dtype(f: Tensor) -> torch.dtype:
     return torch.float32 if f.device.type == "cuda" else f.dtype
 
 
-@torch.library.custom_op("cryoorient::feature_knn", mutates_args=())
-def _feature_knn(f: Tensor, k: int, distance: int, start: int, stop: int) -> tuple[Tensor, Tensor]:
+def _feature_knn_impl(f: Tensor, k: int, distance: int, start: int, stop: int) -> tuple[Tensor, Tensor]:
     P, ld = f.shape
     dist = torch.empty(stop - start, k, dtype=_dist_dtype(f), device=f.device)
     index = torch.empty(stop - start, k, dtype=torch.int64, device=f.device)
@@ -53,6 +53,9 @@ def _feature_knn(f: Tensor, k: int, distance: int, start: int, stop: int) -> tup
         device, stream, threads,
     )
     return dist, index
+
+
+_feature_knn = torch.library.custom_op("cryoorient::feature_knn", _feature_knn_impl, mutates_args=())
 
 
 @_feature_knn.register_fake

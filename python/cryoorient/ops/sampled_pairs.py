@@ -21,6 +21,7 @@ from .allpairs import (
     unit_quaternions,
     weight_cutoff,
 )
+from ._direct import autograd_function, call, direct, in_direct_backward
 
 _MAX_SEED = 2**63
 
@@ -40,16 +41,19 @@ def sampled_pairs(
     if isinstance(num_projections, bool) or not isinstance(num_projections, int):
         raise ValueError(f"num_projections must be an int; got {num_projections!r}")
     _check_stream(num_projections, n_pairs, seed, epoch)
-    return _sampled_pairs(num_projections, n_pairs, seed, epoch, torch.device(device))
+    pairs = _sampled_pairs_impl if direct() else _sampled_pairs
+    return pairs(num_projections, n_pairs, seed, epoch, torch.device(device))
 
 
-@torch.library.custom_op("cryoorient::sampled_pairs", mutates_args=())
-def _sampled_pairs(P: int, n_pairs: int, seed: int, epoch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _sampled_pairs_impl(P: int, n_pairs: int, seed: int, epoch: int, device: torch.device) -> tuple[Tensor, Tensor]:
     i = torch.empty(n_pairs, dtype=torch.int64, device=device)
     j = torch.empty(n_pairs, dtype=torch.int64, device=device)
     dev, stream, threads = launch_args(i)
     _C.sampled_pairs(seed, epoch, P, n_pairs, i.data_ptr(), j.data_ptr(), dev, stream, threads)
     return i, j
+
+
+_sampled_pairs = torch.library.custom_op("cryoorient::sampled_pairs", _sampled_pairs_impl, mutates_args=())
 
 
 @_sampled_pairs.register_fake
@@ -79,12 +83,12 @@ def sampled_feature_pair_loss(
     kind, cutoff = distance_code(distance), weight_cutoff(weight)
     fdtype, qdtype = compute_dtypes(features, q)
     f, qn = unit_features(features, fdtype), unit_quaternions(q, qdtype)
-    loss, _ = _sampled_loss(f, qn, n_pairs, seed, epoch, kind, cutoff)
+    args = (f, qn, n_pairs, seed, epoch, kind, cutoff)
+    loss = call(_SampledLoss, *args)[0] if direct(f, qn) else _sampled_loss(*args)[0]
     return loss.to(q.dtype)
 
 
-@torch.library.custom_op("cryoorient::sampled_loss", mutates_args=())
-def _sampled_loss(
+def _sampled_loss_impl(
     f: Tensor, q: Tensor, n_pairs: int, seed: int, epoch: int, distance: int, cutoff: float
 ) -> tuple[Tensor, Tensor]:
     loss = torch.zeros(1, dtype=torch.float64, device=q.device)
@@ -98,13 +102,15 @@ def _sampled_loss(
     return loss[0].to(q.dtype), grad
 
 
+_sampled_loss = torch.library.custom_op("cryoorient::sampled_loss", _sampled_loss_impl, mutates_args=())
+
+
 @_sampled_loss.register_fake
 def _(f, q, n_pairs, seed, epoch, distance, cutoff):
     return q.new_empty(()), torch.empty_like(q)
 
 
-@torch.library.custom_op("cryoorient::sampled_grad_features", mutates_args=())
-def _sampled_grad_features(
+def _sampled_grad_features_impl(
     f: Tensor, q: Tensor, n_pairs: int, seed: int, epoch: int, distance: int, cutoff: float
 ) -> Tensor:
     P, ld = f.shape
@@ -116,6 +122,11 @@ def _sampled_grad_features(
         grad.data_ptr(), device, stream, threads,
     )
     return grad.to(f.dtype)
+
+
+_sampled_grad_features = torch.library.custom_op(
+    "cryoorient::sampled_grad_features", _sampled_grad_features_impl, mutates_args=()
+)
 
 
 @_sampled_grad_features.register_fake
@@ -135,8 +146,10 @@ def _backward(ctx, grad_loss, _grad_grad):
     if ctx.needs_input_grad[1]:
         gq = grad_loss.to(grad_q.dtype) * grad_q
     if ctx.needs_input_grad[0]:
-        gf = grad_loss.to(f.dtype) * _sampled_grad_features(f, q, *ctx.args)
+        grad_features = _sampled_grad_features_impl if in_direct_backward(ctx) else _sampled_grad_features
+        gf = grad_loss.to(f.dtype) * grad_features(f, q, *ctx.args)
     return gf, gq, None, None, None, None, None
 
 
 _sampled_loss.register_autograd(_backward, setup_context=_setup)
+_SampledLoss = autograd_function("_SampledLoss", _sampled_loss_impl, _setup, _backward)
