@@ -109,3 +109,16 @@ def test_unknown_command_and_missing_arguments_exit_nonzero(capsys):
     with pytest.raises(SystemExit) as e:
         main(["no-such-command"])
     assert e.value.code != 0
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda"])
+def test_bad_device_is_refused_before_any_work(tmp_path, capsys, name):
+    if name == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is usable here")
+    write_map(tmp_path / "map.mrc", default_density(box_size=16, voxel_size=5.0, resolution=12.0), 5.0)
+    rc = main(["simulate", str(tmp_path / "map.mrc"), "-n", "4", "--size", "16", "-o", str(tmp_path / "out"),
+               "--device", name])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--device" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

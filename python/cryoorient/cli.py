@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 
 
-DEVICE_HELP = "auto (the default: CUDA if available, else CPU), cpu, cuda or cuda:N"
+from .distributed import DEVICE_HELP
 
 
 def _device(name: str):
     """A --device argument as a torch.device ("auto": CUDA if a GPU is usable, else CPU)."""
-    from .distributed import local_device
+    from .distributed import device_option, local_device
 
-    return local_device(None if name == "auto" else name)
+    return local_device(device_option(name))
 
 
 def _refuse_existing(path: Path, force: bool) -> None:
@@ -216,7 +216,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
     if not args.all_pairs and distributed.launched() and int(os.environ["WORLD_SIZE"]) > 1:
         raise ValueError("under torchrun with several processes, recover runs with --all-pairs only")
-    return distributed.run(lambda device: _recover(args, device), None if args.device == "auto" else args.device)
+    return distributed.run(lambda device: _recover(args, device), distributed.device_option(args.device))
 
 
 def _recover(args: argparse.Namespace, device) -> int:

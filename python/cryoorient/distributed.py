@@ -73,6 +73,23 @@ def _device_type(device) -> str:
     return kind
 
 
+DEVICE_HELP = "auto (the default: CUDA if available, else CPU), cpu, cuda or cuda:N"
+
+
+def device_option(name: Optional[str]) -> Optional[str]:
+    """A command's --device value for ``run`` / ``local_device``: None for "auto" (CUDA if
+    available), else the name; a CUDA device on a machine without a usable GPU is refused."""
+    if name in (None, "auto"):
+        return None
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise ValueError(f"--device must be {DEVICE_HELP}; got {name!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} requested but no CUDA GPU is available")
+    return name
+
+
 def local_device(device: Union[str, torch.device, None] = None) -> torch.device:
     """This process's device: ``cuda:LOCAL_RANK`` for CUDA under ``torchrun``, else ``device``
     (None: cuda if available, else cpu). Under ``torchrun`` a CUDA index other than

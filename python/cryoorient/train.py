@@ -928,7 +928,7 @@ def add_train_arguments(p) -> None:
     img.add_argument("--shift-max", type=float, default=0.0, help="largest shift in pixels (default: 0)")
     img.add_argument("--shift-distribution", default="triangular", help="triangular, uniform or gaussian")
     run = p.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto (the default: CUDA if available, else CPU), cpu, cuda or cuda:N")
+    run.add_argument("--device", default="auto", help=distributed.DEVICE_HELP)
     run.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
     run.add_argument("--compile", action="store_true", help="torch.compile the feature extractor")
     run.add_argument("--seed", type=int, default=0)
@@ -940,10 +940,7 @@ def add_train_arguments(p) -> None:
 def train_from_args(args) -> dict:
     """Run ``cryoorient train`` from parsed arguments; returns the summary. Under ``torchrun``
     every process runs this (data parallel, see the module docstring)."""
-    device = None if args.device in (None, "auto") else args.device
-    if device and torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA GPU is available")
-    return distributed.run(lambda device: _train(args, device), device)
+    return distributed.run(lambda device: _train(args, device), distributed.device_option(args.device))
 
 
 def _train(args, device: torch.device) -> dict:
