@@ -13,6 +13,11 @@ Protocols (``--protocol``), on 5j0n unless said otherwise:
 * ``throughput`` training pairs/s and images/s with on-the-fly simulation at 116² (target >= 20,000
                  pairs/s on an H100), per architecture.
 
+``--estimator abinitio`` replaces the network by :mod:`cryoorient.abinitio` (in-plane-invariant
+neighbours of the test images and their mirror images, then the eigenvector method): nothing is
+trained, on the test protein or any other, so on the ``unseen`` protocol it is the estimator for a
+protein never seen (``--neighbors``; ``--reconstruct`` and ``--refine`` apply as for the network).
+
 ``--train-source dataset`` (default for the paper protocols) trains on the training split's
 images, as the paper did; ``fly`` trains on fresh on-the-fly projections of the same map with
 the same imaging settings (validation and test stay the simulated dataset's splits).
@@ -62,6 +67,10 @@ def parse_args(argv=None):
     p.add_argument("--map", default=str(SHARED / "maps" / "5j0n.mrc"), help="test map (default: 5j0n)")
     p.add_argument("--structures", default=str(SHARED / "structures"), help="training models for 'unseen'")
     p.add_argument("--workdir", help="default: bench/out/snn_paper/<protocol>")
+    p.add_argument("--estimator", choices=("snn", "abinitio"), default="snn",
+                   help="snn: train the Siamese network and recover from its distances (default); abinitio: "
+                        "cryoorient.abinitio on the test images, no training")
+    p.add_argument("--neighbors", type=int, default=10, help="abinitio: neighbours per image and mirror image")
     p.add_argument("--arch", nargs="+", default=["paper"], help="architectures (throughput: each is timed)")
     p.add_argument("--widths", type=int, nargs="+")
     p.add_argument("--depths", type=int, nargs="+")
@@ -110,6 +119,8 @@ def parse_args(argv=None):
         p.error("give either --snr or --sigma2, not both")
     if args.snr is not None and not (math.isfinite(args.snr) and -60 <= args.snr <= 60):
         p.error(f"--snr must be a finite number of dB in [-60, 60]; got {args.snr}")
+    if args.estimator == "abinitio" and (args.protocol == "throughput" or PROTOCOLS[args.protocol]["ctf"]):
+        p.error(f"--estimator abinitio needs centred images without CTF; got --protocol {args.protocol}")
     if args.refine and PROTOCOLS[args.protocol]["ctf"]:
         p.error(f"--refine needs a CTF-free protocol (the test images carry no CTF record); got {args.protocol}")
     return args
@@ -277,6 +288,26 @@ def refinement(args, q_rec, test, device) -> dict:
             "refine_size": int(test.images.shape[-1]), "refine_pixel_A": float(pixel)}
 
 
+def evaluate_abinitio(args, test, device) -> dict:
+    """E_OR of :func:`cryoorient.abinitio.estimate_orientations` on the test projections (nothing
+    trained), then ``--reconstruct`` / ``--refine`` as for the network."""
+    from cryoorient.abinitio import estimate_orientations
+    from cryoorient.align import align_orientations
+
+    res = estimate_orientations(test.images, neighbors=args.neighbors, seed=args.seed, device=device,
+                                progress=not args.quiet)
+    alignment = align_orientations(test.quats.double().cpu(), res.quaternions)
+    row = {"protocol": args.protocol, "arch": "abinitio", "E_OR": alignment.error, "E_OR_deg": alignment.error_deg,
+           "E_OR_median": float(alignment.errors.median()), "abinitio_seconds": res.seconds,
+           "eigenvalues": res.eigenvalues.tolist(), "frame_residual": res.frame_residual,
+           "target": PROTOCOLS[args.protocol]["target"]}
+    if args.reconstruct:
+        row.update(reconstruction(args, res.quaternions, test, device))
+    if args.refine:
+        row.update(refinement(args, res.quaternions, test, device))
+    return row
+
+
 def euclidean_model(train, args):
     """The Appendix E baseline fitted (isotonic) on 20,000 uniform-distance training pairs, with
     the SNN's ``features``/``distance`` interface."""
@@ -296,6 +327,8 @@ def run_protocol(args, workdir: Path, device) -> list[dict]:
 
     data, tr, va, te, settings = dataset(args, workdir, device)
     test, val = data.subset(te), data.subset(va)
+    if args.estimator == "abinitio":
+        return [evaluate_abinitio(args, test, device)]
     rows = []
     for arch in args.arch:
         source = "structures" if args.protocol == "unseen" else args.train_source
@@ -379,7 +412,7 @@ def run_throughput(args, workdir: Path, device) -> list[dict]:
 def print_table(rows: list[dict]) -> None:
     keys = [k for k in ("protocol", "arch", "train_source", "epochs", "val_loss", "euclid_val_loss", "test_loss",
                         "test_loss_capped",
-                        "E_OR", "E_OR_deg", "target", "train_seconds", "images_per_s", "pairs_per_s",
+                        "E_OR", "E_OR_deg", "E_OR_median", "target", "train_seconds", "abinitio_seconds", "images_per_s", "pairs_per_s",
                         "anchor_pairs_per_s", "ms_per_step", "render_ms_per_step", "frame_ncc", "fsc05_A",
                         "fsc0143_A", "fsc05_true_A", "nyquist_A", "refine_E_OR_start", "refine_E_OR",
                         "refine_res_A", "refine_res_true_A", "refine_res_ratio", "refine_seconds")

@@ -286,6 +286,46 @@ def _add_recover(sub) -> None:
     p.set_defaults(func=_cmd_recover)
 
 
+def _cmd_abinitio(args: argparse.Namespace) -> int:
+    from .abinitio import estimate_orientations
+    from .io import read_particle_images
+    from .pipeline import write_recovered_star
+
+    out = Path(args.output)
+    _refuse_existing(out, args.force)
+    particles = _read_particles(args.particles)
+    images = read_particle_images(particles)
+    result = estimate_orientations(images, neighbors=args.neighbors, seed=args.seed, device=_device(args.device),
+                                   progress=not args.quiet)
+    write_recovered_star(particles, result.quaternions, out, overwrite=args.force)
+    ev = ", ".join(f"{v:.4f}" for v in result.eigenvalues.tolist())
+    print(f"estimated {len(particles)} orientations in {result.seconds:.1f} s; the global rotation and the "
+          f"handedness of the map are arbitrary. Largest eigenvalues: {ev} (three close to 1 above a gap: "
+          f"well determined)")
+    print(out)
+    return 0
+
+
+def _add_abinitio(sub) -> None:
+    p = sub.add_parser(
+        "abinitio", help="estimate particle orientations from the images alone (no network, no reference)",
+        description="Compare every image and mirror image with every other under in-plane rotation, keep the "
+        "nearest neighbours and solve for the orientations that explain their in-plane angles (the eigenvector "
+        "method of Singer et al. 2011; cryoorient.abinitio). For proteins the network never saw. Needs centred "
+        "particles without CTF (phase-flip first) and white noise; the particle must lie inside the inscribed "
+        "circle. Writes a RELION 3.1 STAR with rlnAngleRot/Tilt/Psi (degrees) and origins set to 0, ready for "
+        "`cryoorient reconstruct` or `cryoorient refine`.",
+    )
+    p.add_argument("particles", help="RELION STAR file or a bare .mrcs stack")
+    p.add_argument("-o", "--output", required=True, help="output STAR file")
+    p.add_argument("--neighbors", type=int, default=10, help="neighbours kept per image and mirror image (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--force", action="store_true", help="overwrite the output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_abinitio)
+
+
 def _particle_keys(particles) -> list:
     """(absolute stack path, index) of each particle: its identity wherever the STAR file lies."""
     return list(zip(map(str, particles.stack_paths), particles.indices.tolist()))
@@ -457,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     _add_demo(sub)
     _add_recover(sub)
+    _add_abinitio(sub)
     _add_evaluate(sub)
     _add_reconstruct(sub)
     _add_train(sub)

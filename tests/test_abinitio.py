@@ -1,0 +1,197 @@
+"""cryoorient.abinitio: in-plane-invariant neighbours and orientations from the images alone."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _blobs import BlobRenderer
+from cryoorient.abinitio import estimate_orientations, frames_from_neighbors, rotational_neighbors
+from cryoorient.align import align_orientations
+from cryoorient.geometry import matrix_to_quat, quat_multiply, quat_to_matrix, random_quaternions
+
+MIRROR = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))  # node P + i: diag(1, -1, -1)·A_i
+HAND = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))  # M A M: the mirror-image map
+
+
+def _rz(angle: float) -> torch.Tensor:
+    return torch.tensor([math.cos(angle / 2), 0.0, 0.0, math.sin(angle / 2)], dtype=torch.float64)
+
+
+def _render(q, size=32, sigma2=0.0, seed=0):
+    return BlobRenderer(size=size, seed=3, sigma2=sigma2)(q, torch.Generator().manual_seed(seed))
+
+
+def test_in_plane_angle_and_mirror_convention():
+    """A_j = Rz(β)·A_i is found as node i's best neighbour with angle −β; the image of
+    diag(1, −1, −1)·A_i as the mirror node P + i with angle 0."""
+    q = random_quaternions(24, generator=5, dtype=torch.float64)
+    beta = 0.9
+    q[1] = quat_multiply(_rz(beta), q[0])
+    q[2] = matrix_to_quat(MIRROR @ quat_to_matrix(q[0]))
+    index, angle, score = rotational_neighbors(_render(q), neighbors=3, candidates=8, hub_k=3)
+    P = q.shape[0]
+    assert int(index[1, 0]) == 0 and angle[1, 0].item() == pytest.approx(beta, abs=0.03)
+    assert int(index[0, 0]) in (1, P + 2)  # image 2 is the mirror of image 0: node P + 2 = image 0
+    k = index[0].tolist().index(1)
+    assert angle[0, k].item() == pytest.approx(-beta, abs=0.03)
+    assert int(index[2, 0]) == P + 0 and abs(angle[2, 0].item()) < 0.03
+    # mirror nodes mirror the rows: node P + 1 finds node P + 0 with the opposite angle
+    assert int(index[P + 1, 0]) == P + 0 and angle[P + 1, 0].item() == pytest.approx(-beta, abs=0.03)
+    assert bool((score[:, :-1] >= score[:, 1:]).all())
+
+
+def _true_graph(q, k):
+    """The exact neighbour graph of the 2P nodes: nearest viewing directions, true in-plane angles."""
+    A = quat_to_matrix(q)
+    A2 = torch.cat([A, MIRROR @ A])
+    v = A2[:, 2]
+    cos = v @ v.T
+    P = q.shape[0]
+    cos.fill_diagonal_(-2)
+    cos[torch.arange(P), torch.arange(P) + P] = -2
+    cos[torch.arange(P) + P, torch.arange(P)] = -2
+    index = cos.topk(k, dim=1).indices
+    z = torch.complex(A2[:, 0], A2[:, 1])
+    beta = torch.angle((z.conj()[:, None, :] * z[index]).sum(-1))  # z_j = e^{iβ} z_i
+    return index, -beta
+
+
+def _orientations(z):
+    a1, a2 = z.real, z.imag
+    return matrix_to_quat(torch.stack([a1, a2, torch.linalg.cross(a1, a2)], 1))
+
+
+def test_frames_from_exact_graph():
+    q = random_quaternions(600, generator=1, dtype=torch.float64)
+    index, angle = _true_graph(q, 10)
+    z, ev, resid = frames_from_neighbors(index, angle)
+    assert torch.allclose((z.real ** 2).sum(1), torch.ones(600, dtype=torch.float64))
+    assert torch.allclose((z.real * z.imag).sum(1), torch.zeros(600, dtype=torch.float64), atol=1e-12)
+    assert align_orientations(q, _orientations(z)).error < 0.1
+    assert ev[2] - ev[3] > 3 * (ev[0] - ev[2])  # three eigenvalues near the top, then a gap
+    # random angles on the same graph carry no orientation
+    z, _, _ = frames_from_neighbors(index, torch.rand(index.shape, dtype=torch.float64) * 2 * math.pi)
+    assert align_orientations(q, _orientations(z)).error > 0.8
+
+
+def _relative_error(q_true, q_est, pairs=2000):
+    """Mean angle between the true and estimated A_i·A_jᵀ of random pairs, for either hand:
+    invariant to the global rotation of the map, not to a global in-plane rotation of the images."""
+    g = torch.Generator().manual_seed(0)
+    i, j = torch.randint(0, q_true.shape[0], (2, pairs), generator=g)
+    At, Ae = quat_to_matrix(q_true), quat_to_matrix(q_est)
+    rt = At[i] @ At[j].mT
+    errs = []
+    for hand in (torch.eye(3, dtype=torch.float64), HAND):
+        re = hand @ Ae[i] @ Ae[j].mT @ hand
+        c = ((rt * re).sum((-2, -1)) - 1) / 2
+        errs.append(float(torch.arccos(c.clamp(-1, 1)).mean()))
+    return min(errs)
+
+
+def test_estimate_orientations_phantom(device):
+    """Noiseless 32² projections of the built-in pseudo-molecule from 500 uniform orientations."""
+    from cryoorient.phantom import default_density
+    from cryoorient.project import FourierProjector
+
+    vol = torch.from_numpy(default_density(box_size=32, voxel_size=3.0, resolution=6.0))
+    q = random_quaternions(500, generator=2, dtype=torch.float64)
+    images = FourierProjector(vol, pad=2.0).images(q.float())
+    res = estimate_orientations(images, seed=0, device=device)
+    assert res.quaternions.shape == (500, 4) and res.quaternions.dtype == torch.float64
+    assert align_orientations(q, res.quaternions).error < 0.2
+    # consistent with the images, not only up to O(4): the relative rotations A_i·A_jᵀ are right
+    # (either hand), and a global in-plane rotation of the image frames, invisible to E_OR, is seen
+    rel = _relative_error(q, res.quaternions)
+    assert rel < 0.3
+    turned = quat_multiply(_rz(0.6).expand_as(res.quaternions), res.quaternions)
+    assert align_orientations(q, turned).error == pytest.approx(align_orientations(q, res.quaternions).error, abs=1e-3)
+    assert _relative_error(q, turned) > rel + 0.2
+
+
+def test_bad_input():
+    q = random_quaternions(30, generator=0, dtype=torch.float64)
+    imgs = _render(q)
+    with pytest.raises(ValueError, match="N, n, n"):
+        rotational_neighbors(imgs[:, :, :-1])
+    bad = imgs.clone()
+    bad[3, 4, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        rotational_neighbors(bad)
+    with pytest.raises(TypeError, match="floating"):
+        rotational_neighbors(imgs.to(torch.int32))
+    with pytest.raises(ValueError, match="neighbors"):
+        rotational_neighbors(imgs, neighbors=0)
+    with pytest.raises(ValueError, match="candidates"):
+        rotational_neighbors(imgs, candidates=100)
+    with pytest.raises(ValueError, match="n_rings"):
+        rotational_neighbors(imgs, n_rings=40)
+    with pytest.raises(ValueError, match="at least 20"):
+        estimate_orientations(imgs[:10])
+    index = torch.zeros(60, 4, dtype=torch.long)
+    index[0, 0] = 60
+    with pytest.raises(ValueError, match="indices"):
+        frames_from_neighbors(index, torch.zeros(60, 4))
+    with pytest.raises(ValueError, match="both"):
+        frames_from_neighbors(index, torch.zeros(60, 3))
+
+
+@pytest.fixture
+def phantom_map(tmp_path):
+    from cryoorient.io import write_map
+    from cryoorient.phantom import default_density
+
+    path = tmp_path / "phantom.mrc"
+    write_map(path, default_density(box_size=32, voxel_size=3.0, resolution=6.0), voxel_size=3.0)
+    return path
+
+
+def test_cli_abinitio(tmp_path, phantom_map, capsys):
+    from cryoorient.cli import main
+    from cryoorient.geometry import euler_to_quat
+    from cryoorient.io import read_star
+
+    data = tmp_path / "data"
+    assert main(["simulate", str(phantom_map), "-o", str(data), "-n", "400", "--size", "32", "--snr", "10",
+                 "--device", "cpu", "-q"]) == 0
+    out = tmp_path / "abinitio.star"
+    assert main(["abinitio", str(data / "particles.star"), "-o", str(out), "--device", "cpu", "-q"]) == 0
+    assert "estimated 400 orientations" in capsys.readouterr().out
+    est, truth = read_star(out), read_star(data / "particles.star")
+    assert list(est.indices) == list(truth.indices) and np.all(est.origin_x_angst == 0)
+    qe = euler_to_quat(*torch.as_tensor(np.asarray(est.angles, dtype=np.float64)).unbind(1))
+    qt = euler_to_quat(*torch.as_tensor(np.asarray(truth.angles, dtype=np.float64)).unbind(1))
+    assert align_orientations(qt, qe).error < 0.25
+    assert _relative_error(qt, qe) < 0.35
+    before = out.read_bytes()
+    assert main(["abinitio", str(data / "particles.star"), "-o", str(out), "--device", "cpu", "-q"]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["abinitio", str(data / "particles.star"), "-o", str(tmp_path / "x.star"), "--neighbors", "0",
+                 "--device", "cpu", "-q"]) == 2
+    assert "neighbors" in capsys.readouterr().err and not (tmp_path / "x.star").exists()
+
+
+def _snn_paper():
+    path = Path(__file__).resolve().parents[1] / "bench" / "snn_paper.py"
+    spec = importlib.util.spec_from_file_location("bench_snn_paper", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_snn_paper_abinitio_row(tmp_path, phantom_map, capsys):
+    snn_paper = _snn_paper()
+    argv = ["--protocol", "noise", "--estimator", "abinitio", "--map", str(phantom_map), "--n", "600", "--size", "32",
+            "--snr", "10", "--device", "cpu", "--quiet", "--workdir", str(tmp_path / "work")]
+    assert snn_paper.main(argv) == 0
+    row, = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert row["arch"] == "abinitio" and row["protocol"] == "noise" and row["target"] == 0.15
+    assert 0 <= row["E_OR"] < 0.35 and row["abinitio_seconds"] > 0 and len(row["eigenvalues"]) == 6
+    assert "abinitio" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        snn_paper.parse_args(["--protocol", "ctf", "--estimator", "abinitio"])
