@@ -114,6 +114,27 @@ def test_estimate_orientations_phantom(device):
     assert _relative_error(q, turned) > rel + 0.2
 
 
+def test_landmarks_phantom():
+    """500 images, the graph on 250 landmarks: the other 250 placed from their landmark neighbours."""
+    from cryoorient.phantom import default_density
+    from cryoorient.project import FourierProjector
+
+    vol = torch.from_numpy(default_density(box_size=32, voxel_size=3.0, resolution=6.0))
+    q = random_quaternions(500, generator=2, dtype=torch.float64)
+    images = FourierProjector(vol, pad=2.0).images(q.float())
+    res = estimate_orientations(images, landmarks=250, seed=0)
+    assert res.neighbors.shape == (1000, 10) and int(res.neighbors.max()) < 500  # landmark nodes
+    errors = align_orientations(q, res.quaternions).errors
+    lm = torch.randperm(500, generator=torch.Generator().manual_seed(0))[:250]
+    rest = torch.ones(500, dtype=torch.bool)
+    rest[lm] = False
+    assert float(errors.mean()) < 0.25 and float(errors[rest].mean()) < 0.3
+    assert _relative_error(q, res.quaternions) < 0.35
+    # at most `landmarks` images: the plain run
+    full = estimate_orientations(images[:100], seed=0, landmarks=None)
+    assert torch.equal(estimate_orientations(images[:100], seed=0, landmarks=100).quaternions, full.quaternions)
+
+
 def test_bad_input():
     q = random_quaternions(30, generator=0, dtype=torch.float64)
     imgs = _render(q)
@@ -133,6 +154,14 @@ def test_bad_input():
         rotational_neighbors(imgs, n_rings=40)
     with pytest.raises(ValueError, match="at least 20"):
         estimate_orientations(imgs[:10])
+    with pytest.raises(ValueError, match="landmarks"):
+        estimate_orientations(imgs, landmarks=5)
+    with pytest.raises(ValueError, match="distinct"):
+        rotational_neighbors(imgs, neighbors=3, hub_k=3, candidates=8, reference=[0, 1, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match="distinct"):
+        rotational_neighbors(imgs, neighbors=3, hub_k=3, candidates=8, reference=[0, 1, 2, 3, 4, 30])
+    with pytest.raises(ValueError, match="noise_samples"):
+        rotational_neighbors(imgs, noise_samples=0)
     index = torch.zeros(60, 4, dtype=torch.long)
     index[0, 0] = 60
     with pytest.raises(ValueError, match="indices"):
@@ -160,7 +189,8 @@ def test_cli_abinitio(tmp_path, phantom_map, capsys):
     assert main(["simulate", str(phantom_map), "-o", str(data), "-n", "400", "--size", "32", "--snr", "10",
                  "--device", "cpu", "-q"]) == 0
     out = tmp_path / "abinitio.star"
-    assert main(["abinitio", str(data / "particles.star"), "-o", str(out), "--device", "cpu", "-q"]) == 0
+    assert main(["abinitio", str(data / "particles.star"), "-o", str(out), "--landmarks", "300", "--device", "cpu",
+                 "-q"]) == 0
     assert "estimated 400 orientations" in capsys.readouterr().out
     est, truth = read_star(out), read_star(data / "particles.star")
     assert list(est.indices) == list(truth.indices) and np.all(est.origin_x_angst == 0)

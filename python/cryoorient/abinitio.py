@@ -30,6 +30,8 @@ SIAM J. Imaging Sci. 4 (2011):
    carries the mirror frame conj(z_i) (random restarts, the best fit kept). A_i has rows Re z_i,
    Im z_i and their cross product. Projected power iterations then polish the frames against the
    measured angles directly (the synchronisation objective).
+6. **Landmarks.** Beyond ``landmarks`` images, steps 3–5 run on that many random images and
+   their mirrors only; every other image then takes the frame its neighbours among them imply.
 
 Output: scalar-first quaternions of RELION's A (map → image frame, :mod:`cryoorient.project`),
 defined up to a global rotation of the map and its hand, as projections allow: unlike
@@ -40,8 +42,10 @@ are (:func:`cryoorient.refine.refine`).
 
 Assumptions: centred particles (no shift search), no CTF (phase-flip CTF-affected images first),
 white noise, the particle inside the inscribed circle (the corners measure the noise), viewing
-directions that cover the sphere. The pair comparison costs O(P²·n_rings·n_angles) and the
-eigendecomposition is dense in 2P: meant for 10²–10⁴ images (bench/README.md has timings).
+directions that cover the sphere. The pair comparison costs O(P·L·n_rings·n_angles) and the
+eigendecomposition is dense in 2L, for L = min(P, ``landmarks``) images on which the graph is
+built; the other images are placed from their neighbours among those (bench/README.md has
+timings and the accuracy against P).
 """
 
 from __future__ import annotations
@@ -63,15 +67,18 @@ __all__ = ["AbInitioResult", "polar_spectra", "rotational_neighbors", "frames_fr
 class AbInitioResult:
     """Orientations estimated by :func:`estimate_orientations`.
 
-    ``quaternions`` (P, 4) float64, RELION A; ``neighbors`` (2P, K) node indices (node P + i is the
-    mirror image of image i), ``angles`` (2P, K) their in-plane angles α (radians: rotating the
-    neighbour's image by α matches node i) and ``scores`` (2P, K) the hub-corrected scores;
-    ``eigenvalues`` the six largest of the normalised class-averaging matrix (descending; three
+    ``quaternions`` (P, 4) float64, RELION A. ``landmarks`` the L images the graph was built on
+    (None: all P). ``neighbors`` (2P, K): for image i (row i) and its mirror image (row P + i),
+    the nearest landmark nodes (node r < L: landmark r, the image ``landmarks[r]`` or image r;
+    node L + r: its mirror image); ``angles`` (2P, K) their in-plane angles α (radians: rotating the
+    neighbour's image by α matches the row's) and ``scores`` (2P, K) the hub-corrected scores.
+    ``eigenvalues``: the six largest of the normalised class-averaging matrix (descending; three
     close to 1 above a gap is a well-determined solution); ``frame_residual`` the mean squared
-    distance of the eigenvector fit from exact frames (0 = exact, 2 = unrelated); ``seconds``.
+    distance of the eigenvector fit from the nearest exact frames (0 = exact); ``seconds``.
     """
 
     quaternions: Tensor
+    landmarks: Tensor | None
     neighbors: Tensor
     angles: Tensor
     scores: Tensor
@@ -138,19 +145,25 @@ def _noise_covariance(n: int, n_rings: int, n_angles: int, sigma2: float, sample
     return acc / samples
 
 
-def _wiener(G: Tensor, noise_cov: Tensor) -> Tensor:
+def _wiener(G: Tensor, noise_cov: Tensor, chunk: int = 4096) -> Tensor:
     """Per angular frequency m, the Wiener estimate of the signal part of each ring vector G[m, i]."""
-    G64 = G.to(torch.complex128)
-    C = G64.transpose(1, 2) @ G64.conj() / G.shape[1]  # (m, r, r): E[g gᴴ] of the ring vectors g = G[m, i]
-    R = C.shape[-1]
+    n_angles, N, R = G.shape
+    C = torch.zeros(n_angles, R, R, dtype=torch.complex128, device=G.device)
+    for s in range(0, N, chunk):
+        g = G[:, s : s + chunk].to(torch.complex128)
+        C += g.transpose(1, 2) @ g.conj()  # Σ g gᴴ of the ring vectors g = G[m, i]
+    C /= N
     eye = torch.eye(R, dtype=C.dtype, device=C.device)
     Nc = noise_cov + 1e-6 * noise_cov.diagonal(dim1=1, dim2=2).real.mean(-1)[:, None, None] * eye
     L = torch.linalg.cholesky(Nc)
     Li = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
     lam, U = torch.linalg.eigh(Li @ C @ Li.mH)  # whitened covariance: 1 = noise only
     gain = ((lam - 1).clamp(min=0) / lam.clamp(min=1e-12)).to(U.dtype)
-    Fm = L @ (U * gain[:, None, :]) @ U.mH @ Li  # (m, r, r): g -> Fm·g
-    return (G64 @ Fm.transpose(1, 2)).to(G.dtype)
+    Ft = (L @ (U * gain[:, None, :]) @ U.mH @ Li).transpose(1, 2).to(G.dtype)  # g -> F·g, for row vectors
+    out = torch.empty_like(G)
+    for s in range(0, N, chunk):
+        out[:, s : s + chunk] = G[:, s : s + chunk] @ Ft
+    return out
 
 
 def _parabolic_peak(cc: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,15 +178,20 @@ def _parabolic_peak(cc: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def rotational_neighbors(images, *, neighbors: int = 10, n_rings: int | None = None, n_angles: int = 128,
-                         hub_k: int = 10, candidates: int = 64, noise_samples: int = 8000, seed: int = 0,
-                         device="cpu", progress: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                         hub_k: int = 10, candidates: int = 64, noise_samples: int = 8000, reference=None,
+                         seed: int = 0, device="cpu", progress: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Nearest neighbours of every image and mirror image under in-plane rotation (steps 1–3 above).
 
-    ``images`` (P, n, n) centred particle images (array, memmap or tensor). Returns
-    ``(index, angle, score)``, each (2P, neighbors): node P + i is the mirror image of image i;
-    ``angle[u, k]`` (radians) rotates node ``index[u, k]``'s image onto node u's; ``score`` is
-    the hub-corrected normalised cross-correlation, best first. ``n_rings`` defaults to n//2 − 1
-    (the inscribed circle); ``candidates`` best raw scores per node are kept for the hub correction.
+    ``images`` (P, n, n) centred particle images (array, memmap or tensor). The candidates are the
+    L ``reference`` images (distinct indices into ``images``; default all P) and their mirror
+    images: reference node r < L is image ``reference[r]``, node L + r its mirror, and no node is its
+    own neighbour. Returns ``(index, angle, score)``, each (2P, neighbors): rows are the P images
+    and then their mirror images (row P + i: the mirror of image i), ``index`` holds reference
+    nodes, ``angle[u, k]`` (radians) rotates node ``index[u, k]``'s image onto row u's, and
+    ``score`` is the hub-corrected normalised cross-correlation, best first. ``n_rings`` defaults
+    to n//2 − 1 (the inscribed circle); ``candidates`` best raw scores per row are kept for the hub
+    correction; the noise covariance of the Wiener filter comes from ``noise_samples`` white-noise
+    images.
     """
     x = _as_images(images, device)
     P, n = x.shape[0], x.shape[-1]
@@ -182,27 +200,36 @@ def rotational_neighbors(images, *, neighbors: int = 10, n_rings: int | None = N
         raise ValueError(f"n_rings must be in [1, {n // 2 - 1}] for {n}² images; got {n_rings}")
     if n_angles < 8 or n_angles % 2:
         raise ValueError(f"n_angles must be an even number >= 8; got {n_angles}")
-    for name, k in (("neighbors", neighbors), ("hub_k", hub_k), ("candidates", candidates)):
+    for name, k in (("neighbors", neighbors), ("hub_k", hub_k), ("candidates", candidates),
+                    ("noise_samples", noise_samples)):
         if isinstance(k, bool) or int(k) != k or k < 1:
             raise ValueError(f"{name} must be a positive integer; got {k!r}")
     if neighbors > candidates or hub_k > candidates:
         raise ValueError(f"neighbors ({neighbors}) and hub_k ({hub_k}) must not exceed candidates ({candidates})")
-    if candidates > 2 * P - 2:
-        raise ValueError(f"{P} images give {2 * P - 2} candidate neighbours per node; candidates={candidates}")
+    ref = torch.arange(P) if reference is None else torch.as_tensor(reference).long().flatten().cpu()
+    L = ref.numel()
+    if L and (int(ref.min()) < 0 or int(ref.max()) >= P or ref.unique().numel() != L):
+        raise ValueError(f"reference must hold distinct image indices in [0, {P})")
+    if candidates > 2 * L - 2:
+        raise ValueError(f"{L} reference images give {2 * L - 2} candidate neighbours per node; "
+                         f"candidates={candidates}")
 
     G = polar_spectra(x, n_rings, n_angles)
     G = _wiener(G, _noise_covariance(n, n_rings, n_angles, _corner_variance(x), noise_samples, seed, x.device))
+    G = G / (G.abs() ** 2).sum(dim=(0, 2)).sqrt().clamp(min=1e-30)[None, :, None]
+    ref_d = ref.to(x.device)
     m_neg = (-torch.arange(n_angles, device=x.device)) % n_angles
-    nodes = torch.cat([G, G[m_neg]], 1)  # mirror p(x, −y): coefficient m -> −m
-    nodes = nodes / (nodes.abs() ** 2).sum(dim=(0, 2)).sqrt().clamp(min=1e-30)[None, :, None]
+    nodes = torch.cat([G[:, ref_d], G[m_neg][:, ref_d]], 1)  # mirror p(x, −y): coefficient m -> −m
+    own = torch.full((P,), -1, dtype=torch.long, device=x.device)
+    own[ref_d] = torch.arange(L, device=x.device)
 
-    # Rows of the P image nodes only: by symmetry, score(P+i, P+j; α) = score(i, j; −α) and
-    # score(P+i, j; α) = score(i, P+j; −α).
+    # Rows of the P images only: by symmetry, score(mirror i, mirror r; α) = score(i, r; −α) and
+    # score(mirror i, r; α) = score(i, mirror r; −α).
     C = int(candidates)
     top_s = torch.empty(P, C, device=x.device)
     top_a = torch.empty(P, C, device=x.device)
     top_i = torch.empty(P, C, dtype=torch.long, device=x.device)
-    rows = max(1, int(2**28 // (n_angles * 2 * P * 8)))  # ≈ 256 MB of correlations per chunk
+    rows = max(1, int(2**28 // (n_angles * 2 * L * 8)))  # ≈ 256 MB of correlations per chunk
     conj_t = nodes.conj().transpose(1, 2)
     chunks = range(0, P, rows)
     if progress:
@@ -211,19 +238,20 @@ def rotational_neighbors(images, *, neighbors: int = 10, n_rings: int | None = N
         chunks = tqdm(chunks, desc="rotational alignment", unit="chunk")
     for s in chunks:
         e = min(P, s + rows)
-        cc = torch.fft.ifft(nodes[:, s:e] @ conj_t, dim=0).real * n_angles  # (angle, rows, 2P)
+        cc = torch.fft.ifft(G[:, s:e] @ conj_t, dim=0).real * n_angles  # (angle, rows, 2L)
         v, k = _parabolic_peak(cc)
         del cc
-        own = torch.arange(s, e, device=x.device)
-        v[own - s, own] = -math.inf
-        v[own - s, own + P] = -math.inf
+        mine = (own[s:e] >= 0).nonzero().flatten()
+        v[mine, own[s:e][mine]] = -math.inf
+        v[mine, own[s:e][mine] + L] = -math.inf
         top_s[s:e], top_i[s:e] = v.topk(C, dim=1)
         top_a[s:e] = k.gather(1, top_i[s:e]) * (2 * math.pi / n_angles)
     score = torch.cat([top_s, top_s])
-    index = torch.cat([top_i, (top_i + P) % (2 * P)])
+    index = torch.cat([top_i, (top_i + L) % (2 * L)])
     angle = torch.cat([top_a, -top_a])
     hub = score[:, :hub_k].mean(1)
-    corrected = 2 * score - hub[:, None] - hub[index]
+    hub_ref = torch.cat([hub[ref_d], hub[ref_d]])
+    corrected = 2 * score - hub[:, None] - hub_ref[index]
     best, order = corrected.topk(int(neighbors), dim=1)
     wrap = lambda a: torch.remainder(a + math.pi, 2 * math.pi) - math.pi  # noqa: E731
     return index.gather(1, order).cpu(), wrap(angle.gather(1, order)).cpu(), best.cpu()
@@ -311,21 +339,40 @@ def frames_from_neighbors(index: Tensor, angle: Tensor, *, restarts: int = 8, it
 
 
 def estimate_orientations(images, *, neighbors: int = 10, n_rings: int | None = None, n_angles: int = 128,
-                          hub_k: int = 10, candidates: int = 64, restarts: int = 8, seed: int = 0,
-                          device="cpu", progress: bool = False) -> AbInitioResult:
+                          hub_k: int = 10, candidates: int = 64, restarts: int = 8, landmarks: int | None = 5000,
+                          seed: int = 0, device="cpu", progress: bool = False) -> AbInitioResult:
     """Orientations of centred particle images ``images`` (P, n, n), from the images alone.
 
-    Steps 1–5 of the module docstring. Returns an :class:`AbInitioResult`; the orientations are
+    Steps 1–6 of the module docstring. With more than ``landmarks`` images (None: no limit), the
+    graph is built on that many randomly chosen (``seed``) landmark images and their mirrors
+    only, and every other image then takes the frame its neighbours among them imply,
+    z_i = nearest frame of Σ_k e^{iα_ik} z_{j_k}: the all-pairs comparison costs P·landmarks instead
+    of P², and the dense eigendecomposition stays at 2·landmarks. Returns an :class:`AbInitioResult`
+    (``neighbors``, ``angles``, ``scores`` index landmark nodes then); the orientations are
     defined up to a global rotation and the hand of the map.
     """
     t0 = time.perf_counter()
     P = len(images)
     if P < 20:
         raise ValueError(f"need at least 20 images; got {P}")
+    if landmarks is not None and (isinstance(landmarks, bool) or int(landmarks) != landmarks or landmarks < 20):
+        raise ValueError(f"landmarks must be an integer >= 20 or None; got {landmarks!r}")
+    ref = None
+    if landmarks is not None and P > landmarks:
+        ref = torch.randperm(P, generator=torch.Generator().manual_seed(seed))[:landmarks].sort().values
     index, angle, score = rotational_neighbors(images, neighbors=neighbors, n_rings=n_rings, n_angles=n_angles,
-                                               hub_k=hub_k, candidates=candidates, seed=seed, device=device,
-                                               progress=progress)
-    z, ev, resid = frames_from_neighbors(index, angle, restarts=restarts, seed=seed, device=device)
+                                               hub_k=hub_k, candidates=candidates, reference=ref, seed=seed,
+                                               device=device, progress=progress)
+    if ref is None:
+        z, ev, resid = frames_from_neighbors(index, angle, restarts=restarts, seed=seed, device=device)
+    else:
+        rows = torch.cat([ref, ref + P])  # the landmarks and their mirrors, in reference-node order
+        z_ref, ev, resid = frames_from_neighbors(index[rows], angle[rows], restarts=restarts, seed=seed,
+                                                 device=device)
+        node_frames = torch.cat([z_ref, z_ref.conj()])  # mirror node: the mirror frame
+        z = _nearest_frames((torch.polar(torch.ones_like(angle[:P], dtype=torch.float64), angle[:P].double())[..., None]
+                             * node_frames[index[:P]]).sum(1))  # z_i = e^{iα_ij} z_j
+        z[ref] = z_ref
     a1, a2 = z.real, z.imag
     q = matrix_to_quat(torch.stack([a1, a2, torch.linalg.cross(a1, a2)], 1))
-    return AbInitioResult(q, index, angle, score, ev, resid, time.perf_counter() - t0)
+    return AbInitioResult(q, ref, index, angle, score, ev, resid, time.perf_counter() - t0)

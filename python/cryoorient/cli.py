@@ -295,8 +295,8 @@ def _cmd_abinitio(args: argparse.Namespace) -> int:
     _refuse_existing(out, args.force)
     particles = _read_particles(args.particles)
     images = read_particle_images(particles)
-    result = estimate_orientations(images, neighbors=args.neighbors, seed=args.seed, device=_device(args.device),
-                                   progress=not args.quiet)
+    result = estimate_orientations(images, neighbors=args.neighbors, landmarks=args.landmarks or None, seed=args.seed,
+                                   device=_device(args.device), progress=not args.quiet)
     write_recovered_star(particles, result.quaternions, out, overwrite=args.force)
     ev = ", ".join(f"{v:.4f}" for v in result.eigenvalues.tolist())
     print(f"estimated {len(particles)} orientations in {result.seconds:.1f} s; the global rotation and the "
@@ -319,6 +319,9 @@ def _add_abinitio(sub) -> None:
     p.add_argument("particles", help="RELION STAR file or a bare .mrcs stack")
     p.add_argument("-o", "--output", required=True, help="output STAR file")
     p.add_argument("--neighbors", type=int, default=10, help="neighbours kept per image and mirror image (default 10)")
+    p.add_argument("--landmarks", type=int, default=5000,
+                   help="build the neighbour graph on this many random images, place the others from their "
+                   "neighbours among them (default 5000; 0: on all images, dense in the number of images)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--force", action="store_true", help="overwrite the output")
