@@ -168,6 +168,10 @@ def test_bad_input():
         frames_from_neighbors(index, torch.zeros(60, 4))
     with pytest.raises(ValueError, match="both"):
         frames_from_neighbors(index, torch.zeros(60, 3))
+    with pytest.raises(ValueError, match="restarts"):
+        frames_from_neighbors(index, torch.zeros(60, 4), restarts=0)
+    with pytest.raises(ValueError, match="polish"):
+        frames_from_neighbors(index, torch.zeros(60, 4), polish=-1)
 
 
 @pytest.fixture

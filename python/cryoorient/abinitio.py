@@ -300,6 +300,9 @@ def frames_from_neighbors(index: Tensor, angle: Tensor, *, restarts: int = 8, it
     at σ² = 16 they lower E_OR from 0.21 to 0.15 rad).
     """
     n_nodes = index.shape[0]
+    for name, k, low in (("restarts", restarts, 1), ("iterations", iterations, 1), ("polish", polish, 0)):
+        if isinstance(k, bool) or int(k) != k or k < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {k!r}")
     if index.shape != angle.shape or index.ndim != 2:
         raise ValueError(f"index and angle must both be (2P, K); got {tuple(index.shape)} and {tuple(angle.shape)}")
     if n_nodes < 8 or n_nodes % 2:
