@@ -287,10 +287,10 @@ def frames_from_neighbors(index: Tensor, angle: Tensor, *, restarts: int = 8, it
     """Frames z_i = a_i1 + i·a_i2 (first two rows of A_i) of the P images from the neighbour graph (steps 4–5).
 
     ``index``/``angle`` (2P, K) as from :func:`rotational_neighbors` (node P + i: the mirror image
-    of image i); the linear algebra runs on ``device``. Returns ``(z, eigenvalues, residual)``: z
-    (P, 3) complex128 (on the CPU) with orthonormal real
-    and imaginary parts, the six largest eigenvalues of the normalised matrix, and the mean squared
-    distance of the eigenvector fit from the nearest exact frames.
+    of image i); the linear algebra runs on ``device``. Returns ``(z, eigenvalues, residual)``:
+    z (P, 3) complex128 on the CPU, with orthonormal real and imaginary parts; the six largest
+    eigenvalues of the normalised matrix; and the mean squared distance of the eigenvector fit
+    from the nearest exact frames.
 
     The fit alternates between X (least squares) and the nearest frames in which every image's
     mirror node is the mirror frame; without that constraint, frames that fit the eigenvectors as
@@ -326,7 +326,7 @@ def frames_from_neighbors(index: Tensor, angle: Tensor, *, restarts: int = 8, it
     X = torch.randn(restarts, 3, 3, dtype=torch.complex128, generator=gen).to(device)
     for _ in range(iterations):  # alternating least squares, all restarts at once
         X = pinv @ _mirror_frames(V @ X)[0]
-    Z, w = _mirror_frames(V @ X)
+    Z = _mirror_frames(V @ X)[0]
     resid = ((V @ X - Z).abs() ** 2).sum(-1).mean(-1)
     best = int(resid.argmin())
     Z = Z[best]
