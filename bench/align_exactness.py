@@ -1,4 +1,4 @@
-"""Exactness of cryoorient.align.align_orientations over random planted problems.
+"""Exactness of cryoorient.orientations.align.align_orientations over random planted problems.
 
 Each trial draws q_true (P log-uniform in [10, 10⁴]), a Haar-random T ∈ O(4) (proper or
 improper), q_est = T⁻¹·q_true with rotation noise σ ∈ {0, 0.01, 0.1, 0.3, 0.6} rad, a fraction
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from cryoorient.align import align_orientations, aligned_errors
+from cryoorient.orientations.align import align_orientations, aligned_errors
 from cryoorient.geometry import quat_multiply, random_quaternions
 
 

@@ -1,4 +1,4 @@
-"""Ab-initio orientations (cryoorient.abinitio) against the number of images: time and E_OR.
+"""Ab-initio orientations (cryoorient.orientations.abinitio) against the number of images: time and E_OR.
 
     python bench/bench_abinitio.py --P 1650 5000 10000 --landmarks 5000 0    # CUDA
     python bench/bench_abinitio.py --P 30000 100000 --landmarks 5000 2000
@@ -6,9 +6,9 @@
 
 Each P simulates its own 5j0n dataset (``--map``; 116², uniform orientations, white noise σ² = 16
 on the standardised images: the ``unseen`` protocol of snn_paper.py without its split), then
-times :func:`cryoorient.abinitio.estimate_orientations` on the images already on the device
+times :func:`cryoorient.orientations.abinitio.estimate_orientations` on the images already on the device
 (synchronised; the simulation is not timed) for each ``--landmarks`` value (0: the graph on all
-images) and reports E_OR against the true orientations (cryoorient.align).
+images) and reports E_OR against the true orientations (cryoorient.orientations.align).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoorient.abinitio import estimate_orientations
-from cryoorient.align import align_orientations
+from cryoorient.orientations.abinitio import estimate_orientations
+from cryoorient.orientations.align import align_orientations
 from cryoorient.geometry import euler_to_quat
-from cryoorient.simulate import SimulationSettings, load_dataset, simulate
+from cryoorient.imaging.simulate import SimulationSettings, load_dataset, simulate
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -23,7 +23,7 @@ import torch
 from _timing import cuda_graph, cuda_median_ms, wall_median_ms
 
 from cryoorient import ops
-from cryoorient.align import align_orientations, aligned_errors
+from cryoorient.orientations.align import align_orientations, aligned_errors
 from cryoorient.ops import _torch_impl as ref
 
 HBM = 3.35e12

@@ -89,16 +89,16 @@ def _slowest(value: float, device) -> float:
 
 
 def bench_train(args, device) -> dict:
-    from cryoorient.model import SiameseNet
-    from cryoorient.simulate import SimulationSettings
-    from cryoorient.train import OnTheFlySource, ProjectionRenderer, TrainConfig, Trainer
+    from cryoorient.learning.model import SiameseNet
+    from cryoorient.imaging.simulate import SimulationSettings
+    from cryoorient.learning.train import OnTheFlySource, ProjectionRenderer, TrainConfig, Trainer
 
     settings = SimulationSettings(n=1, size=args.size, sigma2=16.0, ctf=True, defocus_min=5000.0,
                                   defocus_max=25000.0, shift_max=5.0, seed=0)
     if args.map:
         renderers = ProjectionRenderer.from_sources([args.map], settings, device)
     else:
-        from cryoorient.phantom import default_density
+        from cryoorient.imaging.phantom import default_density
 
         voxel = 174.0 / args.size  # 1.5 Å at 116 px: the phantom (~90 Å across) fits any box
         renderers = [ProjectionRenderer(default_density(args.size, voxel, 2 * voxel), voxel, settings, device)]
@@ -124,7 +124,7 @@ def bench_train(args, device) -> dict:
 
 
 def bench_allpairs(args, P: int, device) -> dict:
-    from cryoorient.recover import recover_orientations_allpairs_sharded
+    from cryoorient.orientations.recover import recover_orientations_allpairs_sharded
 
     rank, world = distributed.rank(), distributed.world_size()
     lo, hi = P * rank // world, P * (rank + 1) // world  # this rank's consecutive share of the features

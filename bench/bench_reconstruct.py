@@ -1,4 +1,4 @@
-"""Reconstruction speed and quality: direct Fourier inversion (`cryoorient.reconstruct`).
+"""Reconstruction speed and quality: direct Fourier inversion (`cryoorient.maps.reconstruct`).
 
 Speed: N images of n² (random content: the work does not depend on it) with uniform random
 orientations into an n³ map, images already on the device, timed after one warm-up batch.
@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from cryoorient.fsc import fsc
+from cryoorient.maps.fsc import fsc
 from cryoorient.geometry import random_quaternions
 from cryoorient.io import read_map
-from cryoorient.project import FourierProjector
-from cryoorient.reconstruct import reconstruct
+from cryoorient.imaging.project import FourierProjector
+from cryoorient.maps.reconstruct import reconstruct
 
 
 def _sync(device):

@@ -20,8 +20,8 @@ import time
 import torch
 
 from cryoorient import ops
-from cryoorient.align import orientation_error
-from cryoorient.recover import recover_orientations_allpairs
+from cryoorient.orientations.align import orientation_error
+from cryoorient.orientations.recover import recover_orientations_allpairs
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

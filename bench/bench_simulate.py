@@ -4,7 +4,7 @@
     python bench/bench_simulate.py --device cuda -n 100000 --size 128 --map-size 128 --ctf --shift-max 5 --snr -12
 
 The map is cryoorient's built-in pseudo-molecule (``phantom.default_density``) on a ``--map-size``³
-grid, or ``--map PATH``. Prints a table: total wall time of ``cryoorient.simulate.simulate``
+grid, or ``--map PATH``. Prints a table: total wall time of ``cryoorient.imaging.simulate.simulate``
 (including the map's Fourier transform, the pilot, writing and fsync), images per second,
 MB/s written, and the compute-only time of the same images (no disk) for comparison.
 The output goes to a temporary directory next to ``--out`` (default: the system temp dir)
@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from cryoorient.phantom import default_density  # noqa: E402
-from cryoorient.simulate import ImageSimulator, SimulationSettings, draw_parameters, simulate  # noqa: E402
+from cryoorient.imaging.phantom import default_density  # noqa: E402
+from cryoorient.imaging.simulate import ImageSimulator, SimulationSettings, draw_parameters, simulate  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
           f"chunk={args.chunk_size}")
     rows = []
 
-    from cryoorient.simulate import load_volume
+    from cryoorient.imaging.simulate import load_volume
 
     volume, voxel = load_volume(source, args.size)
     params = draw_parameters(settings, voxel)

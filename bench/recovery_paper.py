@@ -23,8 +23,8 @@ import statistics
 
 import torch
 
-from cryoorient.align import orientation_error as eor
-from cryoorient.recover import ExactDistances, PerturbedDistances, recover_orientations
+from cryoorient.orientations.align import orientation_error as eor
+from cryoorient.orientations.recover import ExactDistances, PerturbedDistances, recover_orientations
 
 
 def true_orientations(P: int, seed: int, device) -> torch.Tensor:

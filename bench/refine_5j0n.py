@@ -10,7 +10,7 @@ projector), the clean images standardised to zero mean and unit variance over th
 and white noise of variance σ² added (σ² = 10^(-SNR/10), the paper's convention; σ² = 16
 is "-12 dB"). Refinement starts from the truth rotated by random rotation vectors of
 mean angle ``--start-error`` (0.2 rad, a stand-in for recovered orientations). E_OR is
-the mean d_q after alignment (``cryoorient.align`` when installed, else after the best
+the mean d_q after alignment (``cryoorient.orientations.align`` when installed, else after the best
 global rotation, the start sharing the truth's frame; "frame" is the error without it). The resolution reached
 (half-map FSC = 0.143) is compared with that of the same images and half sets reconstructed at the
 true orientations; "vs map" is the resolution at FSC = 0.5 of the average of the two half maps
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoorient.fsc import fsc
+from cryoorient.maps.fsc import fsc
 from cryoorient.geometry import quat_conjugate, quat_distance, quat_multiply, random_quaternions
 from cryoorient.io import read_map
-from cryoorient.project import FourierProjector
-from cryoorient.refine import _rotvec_to_quat, refine
+from cryoorient.imaging.project import FourierProjector
+from cryoorient.maps.refine import _rotvec_to_quat, refine
 
 MAP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "maps" / "5j0n.mrc"
 NOISE = {"clean": None, "0dB": 1.0, "-6dB": 10 ** 0.6, "sigma2=16": 16.0}
@@ -52,9 +52,9 @@ def resample(volume: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def orientation_error(q_true: torch.Tensor, q_est: torch.Tensor) -> float:
-    """E_OR: ``cryoorient.align`` when installed, else mean d_q after the best global rotation g (q_est ≈ q_true·g)."""
+    """E_OR: ``cryoorient.orientations.align`` when installed, else mean d_q after the best global rotation g (q_est ≈ q_true·g)."""
     try:
-        from cryoorient.align import align_orientations
+        from cryoorient.orientations.align import align_orientations
     except ImportError:
         m = quat_multiply(quat_conjugate(q_true), q_est)
         g = torch.linalg.eigh(m.T @ m).eigenvectors[:, -1]

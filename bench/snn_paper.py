@@ -13,7 +13,7 @@ Protocols (``--protocol``), on 5j0n unless said otherwise:
 * ``throughput`` training pairs/s and images/s with on-the-fly simulation at 116² (target >= 20,000
                  pairs/s on an H100), per architecture.
 
-``--estimator abinitio`` replaces the network by :mod:`cryoorient.abinitio` (in-plane-invariant
+``--estimator abinitio`` replaces the network by :mod:`cryoorient.orientations.abinitio` (in-plane-invariant
 neighbours of the test images and their mirror images, then the eigenvector method): nothing is
 trained, on the test protein or any other, so on the ``unseen`` protocol it is the estimator for a
 protein never seen (``--neighbors``; ``--reconstruct`` and ``--refine`` apply as for the network).
@@ -25,18 +25,18 @@ the same imaging settings (validation and test stay the simulated dataset's spli
 ``--snr DB`` sets the noise by SNR instead: σ² = 10^(−DB/10) on the standardised images (unit
 signal variance, the convention of ``bench/refine_5j0n.py``; σ² = 16 is ≈ −12 dB), e.g.
 ``--protocol noise --snr 0``. ``--refine`` (CTF-free protocols) refines the recovered
-orientations of the 1,650 test projections, with their noise, by ``cryoorient.refine``
+orientations of the 1,650 test projections, with their noise, by ``cryoorient.maps.refine``
 (:func:`refinement`) and reports E_OR before/after and the FSC resolution of the refined map
 next to that of the true orientations on the same images and half sets.
 
 Each run writes into ``--workdir`` (default bench/out/snn_paper/<protocol>): the simulated
-dataset (reused if present), the training logs and plots of :class:`cryoorient.train.Trainer`,
+dataset (reused if present), the training logs and plots of :class:`cryoorient.learning.train.Trainer`,
 ``test_distances.png`` (the paper's Fig. 6b on 1,000 test pairs), ``recovery.png`` and
 ``results.json``; a one-line table is printed. GPU runs need CUDA (``--device cpu`` with small
 ``--n/--size/--epochs`` is a smoke test).
 
-Needs cryoorient.simulate (datasets, on-the-fly images), cryoorient.recover
-(``recover_orientations``, ``DistanceFunction``) and cryoorient.align (``align_orientations``).
+Needs cryoorient.imaging.simulate (datasets, on-the-fly images), cryoorient.orientations.recover
+(``recover_orientations``, ``DistanceFunction``) and cryoorient.orientations.align (``align_orientations``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--workdir", help="default: bench/out/snn_paper/<protocol>")
     p.add_argument("--estimator", choices=("snn", "abinitio"), default="snn",
                    help="snn: train the Siamese network and recover from its distances (default); abinitio: "
-                        "cryoorient.abinitio on the test images, no training")
+                        "cryoorient.orientations.abinitio on the test images, no training")
     p.add_argument("--neighbors", type=int, default=10, help="abinitio: neighbours per image and mirror image")
     p.add_argument("--arch", nargs="+", default=["paper"], help="architectures (throughput: each is timed)")
     p.add_argument("--widths", type=int, nargs="+")
@@ -105,7 +105,7 @@ def parse_args(argv=None):
     p.add_argument("--reconstruct", action="store_true",
                    help="paper §3.5: reconstruct from the test projections with the recovered orientations; FSC (Å)")
     p.add_argument("--refine", action="store_true",
-                   help="refine the recovered test orientations (cryoorient.refine) on the test images; "
+                   help="refine the recovered test orientations (cryoorient.maps.refine) on the test images; "
                         "E_OR and FSC resolution before/after, vs the true orientations")
     p.add_argument("--refine-rounds", type=int, default=5)
     p.add_argument("--throughput-steps", type=int, default=60, help="timed steps per architecture")
@@ -136,7 +136,7 @@ def noise_variance(args):
 
 
 def simulation_settings(args, n: int):
-    from cryoorient.simulate import SimulationSettings
+    from cryoorient.imaging.simulate import SimulationSettings
 
     prot = PROTOCOLS[args.protocol]
     return SimulationSettings(
@@ -147,10 +147,10 @@ def simulation_settings(args, n: int):
 
 
 def dataset(args, workdir: Path, device):
-    """The simulated test-protein dataset (STAR + mrcs via cryoorient.simulate), split 50/17/33."""
-    from cryoorient.simulate import simulate
-    from cryoorient.pairs import split_indices
-    from cryoorient.train import DatasetSource
+    """The simulated test-protein dataset (STAR + mrcs via cryoorient.imaging.simulate), split 50/17/33."""
+    from cryoorient.imaging.simulate import simulate
+    from cryoorient.learning.pairs import split_indices
+    from cryoorient.learning.train import DatasetSource
 
     settings = simulation_settings(args, args.n)
     folder = workdir / "dataset"
@@ -173,13 +173,13 @@ def _asdict(settings):
 
 
 def new_model(args, arch):
-    from cryoorient.model import SiameseNet
+    from cryoorient.learning.model import SiameseNet
 
     return SiameseNet(arch, widths=tuple(args.widths or ()), depths=tuple(args.depths or ()))
 
 
 def fly_source(args, sources, settings, device, pixel_size=None, particle_rg=()):
-    from cryoorient.train import OnTheFlySource, ProjectionRenderer
+    from cryoorient.learning.train import OnTheFlySource, ProjectionRenderer
 
     renderers = ProjectionRenderer.from_sources(sources, settings, device, pixel_size, args.resolution,
                                                 particle_rg=particle_rg)
@@ -189,9 +189,9 @@ def fly_source(args, sources, settings, device, pixel_size=None, particle_rg=())
 def evaluate(args, model, test, workdir: Path, device, label: str) -> dict:
     """Test L_DE on 1,000 uniform-distance pairs (Fig. 6b) and E_OR after recovery from d̂_p
     of all test projections (``test``: a DatasetSource)."""
-    from cryoorient.align import align_orientations
-    from cryoorient.recover import DistanceFunction, recover_orientations
-    from cryoorient.train import evaluation_pairs, plot_distance_density
+    from cryoorient.orientations.align import align_orientations
+    from cryoorient.orientations.recover import DistanceFunction, recover_orientations
+    from cryoorient.learning.train import evaluation_pairs, plot_distance_density
 
     t0 = time.perf_counter()
     feats = model.features(test.images)
@@ -222,18 +222,18 @@ def reconstruction(args, q_rec, test, device) -> dict:
 
     As in the paper, the map is reconstructed from the *noiseless* projections (of the test
     orientations), to measure the effect of orientation errors alone. The image frame of the
-    recovered orientations is resolved from the test images themselves (``cryoorient.frame``,
+    recovered orientations is resolved from the test images themselves (``cryoorient.orientations.frame``,
     noisy when the protocol is), then the map is aligned to the truth (rotation and hand) and
     compared by FSC; the same with the true orientations gives the best the box allows.
     """
     import numpy as np
 
-    from cryoorient.frame import resolve_frame
-    from cryoorient.fsc import fsc
-    from cryoorient.maps import align_map
-    from cryoorient.project import FourierProjector
-    from cryoorient.reconstruct import reconstruct
-    from cryoorient.simulate import load_volume
+    from cryoorient.orientations.frame import resolve_frame
+    from cryoorient.maps.fsc import fsc
+    from cryoorient.maps.transforms import align_map
+    from cryoorient.imaging.project import FourierProjector
+    from cryoorient.maps.reconstruct import reconstruct
+    from cryoorient.imaging.simulate import load_volume
 
     vol, voxel = load_volume(args.map)
     n, size = vol.shape[0], args.size
@@ -260,16 +260,16 @@ def refinement(args, q_rec, test, device) -> dict:
     """Refine the recovered orientations of the test projections (issue 9: from the SNN output).
 
     The image frame of the recovered orientations is resolved from the test images
-    (``cryoorient.frame``), then ``cryoorient.refine`` runs ``--refine-rounds`` rounds on the test
+    (``cryoorient.orientations.frame``), then ``cryoorient.maps.refine`` runs ``--refine-rounds`` rounds on the test
     images as they are (with the protocol's noise), shifts searched from 0. E_OR before and after
-    (``cryoorient.align``: up to a global rotation and the hand), and the half-map FSC-0.143
+    (``cryoorient.orientations.align``: up to a global rotation and the hand), and the half-map FSC-0.143
     resolution against that of the same images and half sets reconstructed at the true
     orientations (``refine`` with ``rounds=0``: the same reconstruction code).
     """
-    from cryoorient.align import align_orientations
-    from cryoorient.frame import resolve_frame
-    from cryoorient.refine import refine
-    from cryoorient.simulate import load_volume
+    from cryoorient.orientations.align import align_orientations
+    from cryoorient.orientations.frame import resolve_frame
+    from cryoorient.maps.refine import refine
+    from cryoorient.imaging.simulate import load_volume
 
     _, pixel = load_volume(args.map)
     q_true = test.quats.double().cpu()
@@ -289,10 +289,10 @@ def refinement(args, q_rec, test, device) -> dict:
 
 
 def evaluate_abinitio(args, test, device) -> dict:
-    """E_OR of :func:`cryoorient.abinitio.estimate_orientations` on the test projections (nothing
+    """E_OR of :func:`cryoorient.orientations.abinitio.estimate_orientations` on the test projections (nothing
     trained), then ``--reconstruct`` / ``--refine`` as for the network."""
-    from cryoorient.abinitio import estimate_orientations
-    from cryoorient.align import align_orientations
+    from cryoorient.orientations.abinitio import estimate_orientations
+    from cryoorient.orientations.align import align_orientations
 
     res = estimate_orientations(test.images, neighbors=args.neighbors, seed=args.seed, device=device,
                                 progress=not args.quiet)
@@ -311,8 +311,8 @@ def evaluate_abinitio(args, test, device) -> dict:
 def euclidean_model(train, args):
     """The Appendix E baseline fitted (isotonic) on 20,000 uniform-distance training pairs, with
     the SNN's ``features``/``distance`` interface."""
-    from cryoorient.model import EuclideanBaseline
-    from cryoorient.train import evaluation_pairs
+    from cryoorient.learning.model import EuclideanBaseline
+    from cryoorient.learning.train import evaluation_pairs
 
     base = EuclideanBaseline()
     i, j, d = evaluation_pairs(train, 20000, seed=args.seed + 5)
@@ -322,8 +322,8 @@ def euclidean_model(train, args):
 
 
 def run_protocol(args, workdir: Path, device) -> list[dict]:
-    from cryoorient.simulate import load_volume
-    from cryoorient.train import TrainConfig, Trainer, particle_radius_of_gyration, structure_library
+    from cryoorient.imaging.simulate import load_volume
+    from cryoorient.learning.train import TrainConfig, Trainer, particle_radius_of_gyration, structure_library
 
     data, tr, va, te, settings = dataset(args, workdir, device)
     test, val = data.subset(te), data.subset(va)
@@ -379,7 +379,7 @@ def run_throughput(args, workdir: Path, device) -> list[dict]:
     the second of two epochs of --throughput-steps steps (the first absorbs cuDNN autotuning and
     compilation). pairs/s counts every in-batch pair in the loss (B(B−1)/2 per step);
     anchor_pairs/s only the B/2 anchor–partner pairs."""
-    from cryoorient.train import TrainConfig, Trainer
+    from cryoorient.learning.train import TrainConfig, Trainer
 
     settings = simulation_settings(args, 1)
     source = fly_source(args, [args.map], settings, device)

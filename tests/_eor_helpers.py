@@ -1,4 +1,4 @@
-"""Test-only orientation-error helpers (the package's E_OR lives in cryoorient.align)."""
+"""Test-only orientation-error helpers (the package's E_OR lives in cryoorient.orientations.align)."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""cryoorient.abinitio: in-plane-invariant neighbours and orientations from the images alone."""
+"""cryoorient.orientations.abinitio: in-plane-invariant neighbours and orientations from the images alone."""
 
 import importlib.util
 import json
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from _blobs import BlobRenderer
-from cryoorient.abinitio import estimate_orientations, frames_from_neighbors, rotational_neighbors
-from cryoorient.align import align_orientations
+from cryoorient.orientations.abinitio import estimate_orientations, frames_from_neighbors, rotational_neighbors
+from cryoorient.orientations.align import align_orientations
 from cryoorient.geometry import matrix_to_quat, quat_multiply, quat_to_matrix, random_quaternions
 
 MIRROR = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))  # node P + i: diag(1, -1, -1)·A_i
@@ -96,8 +96,8 @@ def _relative_error(q_true, q_est, pairs=2000):
 
 def test_estimate_orientations_phantom(device):
     """Noiseless 32² projections of the built-in pseudo-molecule from 500 uniform orientations."""
-    from cryoorient.phantom import default_density
-    from cryoorient.project import FourierProjector
+    from cryoorient.imaging.phantom import default_density
+    from cryoorient.imaging.project import FourierProjector
 
     vol = torch.from_numpy(default_density(box_size=32, voxel_size=3.0, resolution=6.0))
     q = random_quaternions(500, generator=2, dtype=torch.float64)
@@ -116,8 +116,8 @@ def test_estimate_orientations_phantom(device):
 
 def test_landmarks_phantom():
     """500 images, the graph on 250 landmarks: the other 250 placed from their landmark neighbours."""
-    from cryoorient.phantom import default_density
-    from cryoorient.project import FourierProjector
+    from cryoorient.imaging.phantom import default_density
+    from cryoorient.imaging.project import FourierProjector
 
     vol = torch.from_numpy(default_density(box_size=32, voxel_size=3.0, resolution=6.0))
     q = random_quaternions(500, generator=2, dtype=torch.float64)
@@ -177,7 +177,7 @@ def test_bad_input():
 @pytest.fixture
 def phantom_map(tmp_path):
     from cryoorient.io import write_map
-    from cryoorient.phantom import default_density
+    from cryoorient.imaging.phantom import default_density
 
     path = tmp_path / "phantom.mrc"
     write_map(path, default_density(box_size=32, voxel_size=3.0, resolution=6.0), voxel_size=3.0)

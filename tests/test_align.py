@@ -4,16 +4,21 @@ import math
 import pytest
 import torch
 
-from cryoorient.align import (
+from cryoorient.orientations.align import (
     Alignment,
     align_orientations,
     aligned_errors,
     orientation_error,
-    plane_rotations_to_matrix,
     plot_error_histogram,
     save_errors_csv,
 )
-from cryoorient.geometry import quat_conjugate, quat_multiply, random_quaternions, symmetry_group
+from cryoorient.geometry import (
+    plane_rotations_to_matrix,
+    quat_conjugate,
+    quat_multiply,
+    random_quaternions,
+    symmetry_group,
+)
 
 CONJ = torch.tensor([1.0, -1.0, -1.0, -1.0], dtype=torch.float64)
 

@@ -90,15 +90,15 @@ def test_fig7_both_panels(tmp_path, results, blob_map):
 
 
 def test_sec35_reconstruction_rows(tmp_path, results, blob_map, monkeypatch):
-    import cryoorient.frame
-    import cryoorient.maps
+    import cryoorient.orientations.frame
+    import cryoorient.maps.transforms
 
     # Shorter searches of the image frame and of the map alignment (tested in test_frame.py and
     # test_maps.py): ~40 s -> ~5 s here; snn_paper looks both functions up when it reconstructs.
-    monkeypatch.setattr(cryoorient.frame, "resolve_frame",
-                        functools.partial(cryoorient.frame.resolve_frame, n_candidates=20, local=10))
-    monkeypatch.setattr(cryoorient.maps, "align_map",
-                        functools.partial(cryoorient.maps.align_map, n_search=200, refine_steps=10))
+    monkeypatch.setattr(cryoorient.orientations.frame, "resolve_frame",
+                        functools.partial(cryoorient.orientations.frame.resolve_frame, n_candidates=20, local=10))
+    monkeypatch.setattr(cryoorient.maps.transforms, "align_map",
+                        functools.partial(cryoorient.maps.transforms.align_map, n_search=200, refine_steps=10))
     sec35 = load("sec35")
     out = tmp_path / "out"
     argv = ["--map", str(blob_map), "--sigma2", "16", "--epochs", "1", "--steps-per-epoch", "2",

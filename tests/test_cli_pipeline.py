@@ -5,9 +5,9 @@ import torch
 from cryoorient.cli import main
 from cryoorient.geometry import euler_to_quat, quat_multiply, quat_to_euler, random_quaternions
 from cryoorient.io import read_star, write_map, write_star
-from cryoorient.model import SiameseNet
-from cryoorient.phantom import default_density
-from cryoorient.simulate import SimulationSettings, simulate
+from cryoorient.learning.model import SiameseNet
+from cryoorient.imaging.phantom import default_density
+from cryoorient.imaging.simulate import SimulationSettings, simulate
 
 
 @pytest.fixture(scope="module")

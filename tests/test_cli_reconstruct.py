@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from cryoorient.cli import main
-from cryoorient.fsc import fsc
+from cryoorient.maps.fsc import fsc
 from cryoorient.io import read_map, write_map
-from cryoorient.phantom import default_density
-from cryoorient.simulate import SimulationSettings, simulate
+from cryoorient.imaging.phantom import default_density
+from cryoorient.imaging.simulate import SimulationSettings, simulate
 
 
 @pytest.fixture(scope="module")

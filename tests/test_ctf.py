@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cryoorient.ctf import apply_ctf, ctf_1d, ctf_2d, electron_wavelength, plot_ctf, plot_power_spectrum, random_defocus
+from cryoorient.imaging.ctf import apply_ctf, ctf_1d, ctf_2d, electron_wavelength, plot_ctf, plot_power_spectrum, random_defocus
 
 
 def test_electron_wavelength_known_values():

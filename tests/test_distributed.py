@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 
 from cryoorient import distributed, ops
-from cryoorient.model import SiameseNet
-from cryoorient.recover import recover_orientations_allpairs, recover_orientations_allpairs_sharded
-from cryoorient.train import Batch, OnTheFlySource, TrainConfig, Trainer, batch_generator
+from cryoorient.learning.model import SiameseNet
+from cryoorient.orientations.recover import recover_orientations_allpairs, recover_orientations_allpairs_sharded
+from cryoorient.learning.train import Batch, OnTheFlySource, TrainConfig, Trainer, batch_generator
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
@@ -184,8 +184,8 @@ def test_cli_recover_all_pairs_under_torchrun(tmp_path):
     from cryoorient.cli import main
     from cryoorient.geometry import euler_to_quat
     from cryoorient.io import read_star, write_map
-    from cryoorient.phantom import default_density
-    from cryoorient.simulate import SimulationSettings, simulate
+    from cryoorient.imaging.phantom import default_density
+    from cryoorient.imaging.simulate import SimulationSettings, simulate
 
     write_map(tmp_path / "truth.mrc", default_density(box_size=24, voxel_size=5.0, resolution=12.0), 5.0)
     simulate(tmp_path / "truth.mrc", tmp_path / "data", SimulationSettings(n=40, size=24, seed=3), progress=False)

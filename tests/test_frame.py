@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from cryoorient.frame import resolve_frame
+from cryoorient.orientations.frame import resolve_frame
 from cryoorient.geometry import quat_conjugate, quat_distance, quat_multiply, random_quaternions
-from cryoorient.phantom import default_density
-from cryoorient.project import FourierProjector
+from cryoorient.imaging.phantom import default_density
+from cryoorient.imaging.project import FourierProjector
 
 
 @pytest.fixture(scope="module")

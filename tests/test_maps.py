@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from cryoorient.geometry import matrix_to_quat, quat_distance, quat_to_matrix, random_quaternions
-from cryoorient.maps import align_map, lowpass, mirror, rotate_map
-from cryoorient.phantom import default_density
+from cryoorient.maps.transforms import align_map, lowpass, mirror, rotate_map
+from cryoorient.imaging.phantom import default_density
 
 
 @pytest.fixture(scope="module")

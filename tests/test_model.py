@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryoorient.model import (
+from cryoorient.learning.model import (
     EuclideanBaseline,
     SiameseConfig,
     SiameseNet,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cryoorient import ops
-from cryoorient.align import matrix_to_plane_rotations, plane_rotations_to_matrix
+from cryoorient.geometry import matrix_to_plane_rotations, plane_rotations_to_matrix
 from cryoorient.geometry import quat_distance, quat_multiply, symmetry_group
 from cryoorient.ops import _torch_impl as ref
 

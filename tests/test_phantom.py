@@ -2,7 +2,7 @@ import numpy as np
 
 from cryoorient.geometry import random_quaternions, quat_to_matrix
 from cryoorient.io import centre_of_mass
-from cryoorient.phantom import default_density, pseudo_molecule
+from cryoorient.imaging.phantom import default_density, pseudo_molecule
 
 
 def test_default_density_is_deterministic_centred_and_positive():
@@ -16,7 +16,7 @@ def test_default_density_is_deterministic_centred_and_positive():
 
 def test_pseudo_molecule_is_chain_like_and_has_no_symmetry():
     xyz, w = pseudo_molecule(seed=0)
-    from cryoorient.phantom import DOMAINS, RADII
+    from cryoorient.imaging.phantom import DOMAINS, RADII
 
     chain = xyz[:500]
     steps = np.linalg.norm(np.diff(chain, axis=0), axis=1)

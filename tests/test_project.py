@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cryoorient.geometry import euler_to_matrix, matrix_to_quat, quat_to_matrix, random_quaternions
-from cryoorient.project import FourierProjector, project, project_real
-from cryoorient.shift import random_shifts, shift_images
+from cryoorient.imaging.project import FourierProjector, project, project_real
+from cryoorient.imaging.shift import random_shifts, shift_images
 
 N = 64
 

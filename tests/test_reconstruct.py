@@ -3,11 +3,11 @@ import pandas as pd
 import pytest
 import torch
 
-from cryoorient.ctf import ctf_2d
-from cryoorient.fsc import fsc
+from cryoorient.imaging.ctf import ctf_2d
+from cryoorient.maps.fsc import fsc
 from cryoorient.geometry import quat_to_matrix, random_quaternions
 from cryoorient.io.star import Particles
-from cryoorient.reconstruct import particle_ctf, reconstruct
+from cryoorient.maps.reconstruct import particle_ctf, reconstruct
 
 N_BOX = 32
 
@@ -103,7 +103,7 @@ def test_axis_aligned_views_stay_inside_the_grid(n):
 
 
 def test_weighted_insertion_counts_an_image_as_often_as_its_weight():
-    from cryoorient.reconstruct import FourierInserter
+    from cryoorient.maps.reconstruct import FourierInserter
 
     g = torch.Generator().manual_seed(3)
     images = torch.randn(3, 16, 16, generator=g)

@@ -1,9 +1,9 @@
 import pytest
 import torch
-from cryoorient.align import orientation_error as eor
+from cryoorient.orientations.align import orientation_error as eor
 
 from cryoorient import ops
-from cryoorient.recover import (
+from cryoorient.orientations.recover import (
     DistanceFunction,
     ExactDistances,
     PerturbedDistances,

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cryoorient import ops
-from cryoorient.recover import recover_orientations_allpairs
+from cryoorient.orientations.recover import recover_orientations_allpairs
 
 
 def _truth(P, seed=0):

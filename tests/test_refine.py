@@ -6,15 +6,15 @@ import torch
 
 from _eor_helpers import mean_error
 from cryoorient.cli import main
-from cryoorient.ctf import ctf_2d
+from cryoorient.imaging.ctf import ctf_2d
 from cryoorient.geometry import euler_to_quat, quat_distance, quat_multiply, quat_to_euler, random_quaternions
 from cryoorient.io import Particles, read_star, write_map, write_stack, write_star
-from cryoorient.phantom import default_density
-from cryoorient.project import project_real
-from cryoorient.maps import mirror
-from cryoorient.project import FourierProjector
-from cryoorient.refine import _Band, _matching_scale, _rotvec_to_quat, _Search, mirror_orientations, refine
-from cryoorient.shift import shift_images
+from cryoorient.imaging.phantom import default_density
+from cryoorient.imaging.project import project_real
+from cryoorient.maps.transforms import mirror
+from cryoorient.imaging.project import FourierProjector
+from cryoorient.maps.refine import _Band, _matching_scale, _rotvec_to_quat, _Search, mirror_orientations, refine
+from cryoorient.imaging.shift import shift_images
 
 N_IMAGES, BOX, VOXEL = 300, 32, 4.0
 

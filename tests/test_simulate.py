@@ -14,11 +14,11 @@ from cryoorient.geometry import (
     quat_distance, quat_to_matrix, random_quaternions, symmetric_quat_distance, to_asymmetric_unit,
 )
 from cryoorient.io import FormatError, read_star
-from cryoorient.noise import add_white_noise, sigma2_for_snr, signal_variance, snr_db
-from cryoorient.pairs import PairSampler, sample_pairs, split_indices
-from cryoorient.project import FourierProjector, project_real
-from cryoorient.shift import shift_images
-from cryoorient.simulate import ImageSimulator, SimulationSettings, draw_parameters, load_dataset, simulate
+from cryoorient.imaging.noise import add_white_noise, sigma2_for_snr, signal_variance, snr_db
+from cryoorient.learning.pairs import PairSampler, sample_pairs, split_indices
+from cryoorient.imaging.project import FourierProjector, project_real
+from cryoorient.imaging.shift import shift_images
+from cryoorient.imaging.simulate import ImageSimulator, SimulationSettings, draw_parameters, load_dataset, simulate
 
 N = 32
 BLOBS = [((6.0, 0.0, 0.0), 2.5, 1.0), ((0.0, -7.0, 2.0), 3.0, 0.7), ((-3.0, 4.0, -6.0), 2.0, 0.9)]

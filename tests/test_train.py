@@ -6,8 +6,8 @@ import torch
 
 from _blobs import BlobRenderer
 from cryoorient.geometry import quat_distance, quat_multiply, random_quaternions, symmetry_group
-from cryoorient.model import EuclideanBaseline, SiameseNet
-from cryoorient.train import (
+from cryoorient.learning.model import EuclideanBaseline, SiameseNet
+from cryoorient.learning.train import (
     DatasetSource,
     OnTheFlySource,
     TrainConfig,
@@ -306,9 +306,9 @@ def test_cli_train_bad_input(tmp_path, capsys):
 
 
 def test_projection_renderer_on_the_fly(tmp_path):
-    simulate = pytest.importorskip("cryoorient.simulate")
+    simulate = pytest.importorskip("cryoorient.imaging.simulate")
     from _blobs import blob_volume
-    from cryoorient.train import ProjectionRenderer
+    from cryoorient.learning.train import ProjectionRenderer
 
     vol = blob_volume(24)
     clean = ProjectionRenderer(vol, 4.0, simulate.SimulationSettings(n=1, size=24, interpolation="linear"), pilot=64)
@@ -344,8 +344,8 @@ def test_particle_size_from_models_and_images(tmp_path):
     and particle_radius_of_gyration measures it back from the mean image."""
     import numpy as np
 
-    simulate = pytest.importorskip("cryoorient.simulate")
-    from cryoorient.train import ProjectionRenderer, particle_radius_of_gyration
+    simulate = pytest.importorskip("cryoorient.imaging.simulate")
+    from cryoorient.learning.train import ProjectionRenderer, particle_radius_of_gyration
 
     rng = np.random.default_rng(0)
     pdb = _model_pdb(tmp_path / "blob.pdb", rng.normal(size=(300, 3)).clip(-2.5, 2.5) * [9.0, 6.0, 4.0])
@@ -365,7 +365,7 @@ def test_particle_size_from_models_and_images(tmp_path):
 def test_structure_library_leaves_out_symmetric_models(tmp_path):
     import numpy as np
 
-    from cryoorient.train import structure_library
+    from cryoorient.learning.train import structure_library
 
     rng = np.random.default_rng(1)
     chain = rng.normal(size=(12, 3)) * 4.0 + [8.0, 0, 0]

@@ -5,7 +5,7 @@
 
 P orientations uniform on SO(3) (``recovery_paper.true_orientations``: the same per seed); the
 recovery sees d_q + ε with ε ~ N(0, σ²) fixed per pair and not clipped (paper §3.2), through
-``cryoorient.recover`` with ``bench/recovery_paper.py``'s settings (4 restarts, Adam lr 0.3,
+``cryoorient.orientations.recover`` with ``bench/recovery_paper.py``'s settings (4 restarts, Adam lr 0.3,
 40 pair evaluations per orientation and step, at most 2,000 steps). For each σ² and P: E_OR
 (radians, best O(4) alignment, eq. 5) and the final L_OR (rad², eq. 4). The paper's Fig. 5 uses
 the orientations only, so no map is read. Writes ``fig5.png`` (E_OR and L_OR against σ², one line
@@ -76,8 +76,8 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from cryoorient.align import orientation_error
-    from cryoorient.recover import PerturbedDistances, recover_orientations
+    from cryoorient.orientations.align import orientation_error
+    from cryoorient.orientations.recover import PerturbedDistances, recover_orientations
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)

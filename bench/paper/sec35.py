@@ -7,7 +7,7 @@ For each noise variance (``--sigma2``; 0 = noiseless): ``bench/snn_paper.py``'s 
 orientations from d̂_p, E_OR after the best O(4) alignment) with ``--reconstruct``: the map is
 reconstructed from the noiseless projections of the test orientations (as in the paper, to
 measure the orientation errors alone) with the recovered orientations, after
-``cryoorient.frame`` resolved their image frame from the (noisy) test images, aligned to the
+``cryoorient.orientations.frame`` resolved their image frame from the (noisy) test images, aligned to the
 truth (rotation and hand) and compared by FSC; the same with the true orientations is the best
 the box allows. The network trains on fresh on-the-fly projections (``--train-source dataset``:
 on the 2,500 training images, as the paper did) for 60 epochs of 100 steps by default. Options
@@ -97,7 +97,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from cryoorient.simulate import load_volume
+    from cryoorient.imaging.simulate import load_volume
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = parse_args(argv)

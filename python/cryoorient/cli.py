@@ -34,7 +34,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulate import SimulationSettings, simulate
+    from .imaging.simulate import SimulationSettings, simulate
 
     if args.shift_dist is None:
         args.shift_dist = "triangular" if args.shift_max > 0 else "none"
@@ -106,10 +106,10 @@ def _add_simulate(sub) -> None:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .fsc import fsc, plot_fsc
+    from .maps.fsc import fsc, plot_fsc
     from .io import read_map, read_star, write_map
-    from .maps import align_map
-    from .reconstruct import reconstruct_particles
+    from .maps.transforms import align_map
+    from .maps.reconstruct import reconstruct_particles
 
     out = Path(args.output)
     _refuse_existing(out, args.force)
@@ -160,14 +160,14 @@ def _add_reconstruct(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import train_from_args
+    from .learning.train import train_from_args
 
     train_from_args(args)
     return 0
 
 
 def _add_train(sub) -> None:
-    from .train import add_train_arguments
+    from .learning.train import add_train_arguments
 
     p = sub.add_parser("train", help="train the Siamese distance estimator (paper §2.2)")
     add_train_arguments(p)
@@ -191,8 +191,8 @@ def _recover_all_pairs(args: argparse.Namespace, model, images):
     full-batch recovery runs over all ranks (one process outside torchrun). Returns the
     orientations on rank 0, None on the others."""
     from . import distributed
-    from .pipeline import image_features
-    from .recover import recover_orientations_allpairs_sharded
+    from .learning.model import image_features
+    from .orientations.recover import recover_orientations_allpairs_sharded
 
     rank, world, n = distributed.rank(), distributed.world_size(), len(images)
     if n < 2:
@@ -222,9 +222,11 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 def _recover(args: argparse.Namespace, device) -> int:
     from . import distributed
     from .io import read_particle_images
-    from .model import SiameseNet
-    from .frame import resolve_frame
-    from .pipeline import image_features, recover_from_features, write_recovered_star
+    from .learning.model import SiameseNet
+    from .orientations.frame import resolve_frame
+    from .learning.model import image_features
+    from .orientations.recover import recover_from_features
+    from .io import write_recovered_star
 
     out = Path(args.output)
     _refuse_existing(out, args.force)
@@ -287,9 +289,9 @@ def _add_recover(sub) -> None:
 
 
 def _cmd_abinitio(args: argparse.Namespace) -> int:
-    from .abinitio import estimate_orientations
+    from .orientations.abinitio import estimate_orientations
     from .io import read_particle_images
-    from .pipeline import write_recovered_star
+    from .io import write_recovered_star
 
     out = Path(args.output)
     _refuse_existing(out, args.force)
@@ -337,7 +339,7 @@ def _particle_keys(particles) -> list:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .align import align_orientations, plot_error_histogram, save_errors_csv
+    from .orientations.align import align_orientations, plot_error_histogram, save_errors_csv
     from .geometry import euler_to_quat
     from .io import read_star
 
@@ -416,8 +418,8 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 
     from .geometry import euler_to_quat, quat_to_euler
     from .io import read_map, read_particle_images, read_star, write_map, write_star
-    from .reconstruct import particle_ctf
-    from .refine import refine
+    from .maps.reconstruct import particle_ctf
+    from .maps.refine import refine
 
     _refuse_existing(Path(args.output), args.force)
     if args.output_map:

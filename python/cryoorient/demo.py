@@ -55,18 +55,20 @@ class DemoSettings:
 def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force: bool = False,
              progress: bool = True) -> dict:
     """Run the demo into ``out_dir`` (refused if it exists, unless ``force``); returns the summary."""
-    from .align import align_orientations, plot_error_histogram
-    from .frame import resolve_frame
-    from .fsc import fsc, plot_fsc
+    from .orientations.align import align_orientations, plot_error_histogram
+    from .orientations.frame import resolve_frame
+    from .maps.fsc import fsc, plot_fsc
     from .io import read_star, write_map
-    from .maps import align_map
-    from .model import SiameseNet
-    from .phantom import default_density
-    from .pipeline import image_features, recover_from_features, write_recovered_star
-    from .reconstruct import reconstruct_particles
-    from .refine import refine
-    from .simulate import SimulationSettings, load_dataset, simulate
-    from .train import OnTheFlySource, ProjectionRenderer, TrainConfig, Trainer
+    from .maps.transforms import align_map
+    from .learning.model import SiameseNet
+    from .imaging.phantom import default_density
+    from .learning.model import image_features
+    from .orientations.recover import recover_from_features
+    from .io import write_recovered_star
+    from .maps.reconstruct import reconstruct_particles
+    from .maps.refine import refine
+    from .imaging.simulate import SimulationSettings, load_dataset, simulate
+    from .learning.train import OnTheFlySource, ProjectionRenderer, TrainConfig, Trainer
 
     s = settings or DemoSettings()
     out = Path(out_dir)

@@ -13,7 +13,7 @@ Units and conventions used throughout:
 
 from ._atomic import FormatError
 from .mrc import StackWriter, pad_to_cube, read_map, read_stack, write_map, write_stack
-from .star import OPTICS_COLUMNS, Particles, read_particle_images, read_star, write_star
+from .star import OPTICS_COLUMNS, Particles, read_particle_images, read_star, write_recovered_star, write_star
 from .structure import (
     centre_of_mass,
     density_from_atoms,
@@ -34,6 +34,7 @@ __all__ = [
     "Particles",
     "read_star",
     "write_star",
+    "write_recovered_star",
     "read_particle_images",
     "OPTICS_COLUMNS",
     "density_from_atoms",

@@ -625,3 +625,22 @@ def read_particle_images(particles: Particles, indices=None) -> np.ndarray:
         s = int(size[0]) if size is not None and len(size) else 0
         result = np.empty((0, s, s), dtype=np.float32)
     return result
+
+
+def write_recovered_star(particles, q, path, overwrite: bool = False) -> Path:
+    """Write ``particles`` with rlnAngleRot/Tilt/Psi from quaternions ``q`` (RELION A convention).
+
+    Origins are set to 0: the method recovers orientations, not shifts (the SNN features
+    are shift-invariant). CTF and optics are kept.
+    """
+    from ..geometry import quat_to_euler
+
+    if q.shape[0] != len(particles):
+        raise ValueError(f"{q.shape[0]} orientations for {len(particles)} particles")
+    out = particles.copy()
+    rot, tilt, psi = quat_to_euler(q.detach().double().cpu())
+    out.rot, out.tilt, out.psi = rot.numpy(), tilt.numpy(), psi.numpy()
+    out.origin_x_angst = np.zeros(len(out))
+    out.origin_y_angst = np.zeros(len(out))
+    write_star(path, out, overwrite=overwrite)
+    return Path(path)

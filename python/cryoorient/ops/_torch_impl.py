@@ -24,7 +24,7 @@ def align_loss(
     angles: Tensor, reflect: Tensor, q_true: Tensor, q_est: Tensor, group: Optional[Tensor] = None
 ) -> Tensor:
     """Reference for ``cryoorient.ops.align_loss``: builds the (K, P, 4) aligned set."""
-    from ..align import plane_rotations_to_matrix
+    from ..geometry import plane_rotations_to_matrix
 
     b = torch.einsum("kij,pj->kpi", plane_rotations_to_matrix(angles, reflect), q_est)
     if group is None:

@@ -3,7 +3,7 @@
 The transform of candidate k follows the paper's eq. 6,
 ``T = diag(m, 1, 1, 1) · G01(θ0) · G02(θ1) · G03(θ2) · G12(θ3) · G13(θ4) · G23(θ5)``
 (``m = -1`` if reflected; ``G_ij`` rotates the (x_i, x_j) plane of the scalar-first quaternion
-(w, x, y, z)); see ``cryoorient.align.plane_rotations_to_matrix``.
+(w, x, y, z)); see ``cryoorient.geometry.plane_rotations_to_matrix``.
 """
 
 from __future__ import annotations

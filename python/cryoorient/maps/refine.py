@@ -65,11 +65,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .fsc import FSCResult, fsc
-from .geometry import quat_distance, quat_multiply, quat_normalize, quat_to_matrix
-from .maps import align_map, lowpass, mirror
-from .project import FourierProjector
+from ..geometry import quat_distance, quat_multiply, quat_normalize, quat_to_matrix
+from .transforms import align_map, lowpass, mirror
+from ..imaging.project import FourierProjector
 from .reconstruct import FourierInserter
-from .shift import shift_images
+from ..imaging.shift import shift_images
 
 __all__ = ["refine", "RefineResult", "RoundStats", "mirror_orientations"]
 

@@ -38,9 +38,9 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from . import ops
-from .ops import DistanceCache
-from .ops.allpairs import check_inputs, distance_code, weight_cutoff
+from .. import ops
+from ..ops import DistanceCache
+from ..ops.allpairs import check_inputs, distance_code, weight_cutoff
 
 __all__ = [
     "DistanceSource",
@@ -512,7 +512,7 @@ def recover_orientations_allpairs_sharded(
     single-process function). Other arguments as ``recover_orientations_allpairs``, whose
     result this equals to float rounding; every rank returns it.
     """
-    from . import distributed
+    from .. import distributed
 
     _check_allpairs_options(lr, final_lr_ratio, max_epochs, tol, patience)
     if not isinstance(features, Tensor) or features.dim() != 2:
@@ -547,7 +547,7 @@ def _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, to
                    callback, reduce: bool) -> AllPairsRecovery:
     """The full-batch Adam loop: ``block_loss(q)`` is the loss sum over this process's pairs;
     with ``reduce``, loss and q-gradient are summed over the ranks before each step."""
-    from .distributed import all_reduce_sum_
+    from ..distributed import all_reduce_sum_
 
     if q0 is None:
         g = torch.Generator().manual_seed(seed)
@@ -606,3 +606,27 @@ def _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, to
     result.q = q.detach()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+DENSE_LIMIT = 8192  # up to this many projections d̂ is computed once for all pairs (≤ 256 MiB)
+
+
+def recover_from_features(model, features: Tensor, **options) -> RecoveryResult:
+    """Recover orientations with d̂_ij = model.distance(f_i, f_j) (options: see ``recover_orientations``).
+
+    Up to ``DENSE_LIMIT`` projections the distance matrix is computed once (in row blocks)
+    and looked up; beyond, d̂ is computed for each sampled batch of pairs.
+    """
+    f = features
+    P = f.shape[0]
+    if P <= DENSE_LIMIT:
+        D = torch.cat([model.pairwise_distance(f[s : s + 1024], f) for s in range(0, P, 1024)])
+
+        def distance(i: Tensor, j: Tensor) -> Tensor:
+            return D[i.to(D.device), j.to(D.device)].to(i.device)
+    else:
+
+        def distance(i: Tensor, j: Tensor) -> Tensor:
+            return model.distance(f[i.to(f.device)], f[j.to(f.device)]).to(i.device)
+
+    return recover_orientations(DistanceFunction(distance, P), **options)

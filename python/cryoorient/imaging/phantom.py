@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .io import density_from_atoms
+from ..io import density_from_atoms
 
 DOMAINS = np.array([[0.0, 0.0, 0.0], [26.0, 4.0, 0.0], [-4.0, 22.0, 8.0]])  # domain centres, Å
 RADII = np.array([17.0, 13.0, 10.0])  # Å

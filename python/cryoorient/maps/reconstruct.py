@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .geometry import quat_to_matrix
+from ..geometry import quat_to_matrix
 
 
 def _as_rotations(orientations, device) -> Tensor:
@@ -166,7 +166,7 @@ def particle_ctf(particles, indices: np.ndarray, size: int, device="cpu") -> Ten
     particle's optics (kV, mm, amplitude contrast; RELION defaults 300 kV, 2.7 mm, 0.1 where
     absent).
     """
-    from .ctf import ctf_2d
+    from ..imaging.ctf import ctf_2d
 
     pixel = _column(particles, "pixel_size", np.nan)[indices]
     du = _column(particles, "defocus_u", np.nan)[indices]
@@ -196,9 +196,9 @@ def particle_batches(particles, *, batch_size: int = 512, pad: int = 2, device="
     shifted by +origin / pixel size). The CTF, when the STAR file has defocus values and
     ``with_ctf``, is sampled on the grid of the ``pad``-fold padded image.
     """
-    from .geometry import euler_to_matrix
-    from .io import read_particle_images
-    from .shift import shift_images
+    from ..geometry import euler_to_matrix
+    from ..io import read_particle_images
+    from ..imaging.shift import shift_images
 
     if particles.angles is None:
         raise ValueError("the particles have no orientations (rlnAngleRot/Tilt/Psi)")

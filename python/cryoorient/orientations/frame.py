@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .geometry import quat_conjugate, quat_multiply, quat_normalize, quat_to_matrix, random_quaternions
-from .project import FourierProjector
-from .reconstruct import FourierInserter
+from ..geometry import quat_conjugate, quat_multiply, quat_normalize, quat_to_matrix, random_quaternions
+from ..imaging.project import FourierProjector
+from ..maps.reconstruct import FourierInserter
 
 
 LOCAL_RADII = (0.3, 0.15, 0.07)  # rad, step sizes of the local search

@@ -482,3 +482,16 @@ def _isotonic_knots(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
             vals[-1], wts[-1], xsum[-1] = v, w, s
     kx = np.asarray(xsum) / np.asarray(wts)
     return kx, np.asarray(vals)
+
+
+def image_features(model, images, *, batch_size: int = 512, progress: bool = False) -> Tensor:
+    """SNN features (N, F) of an image stack (array, memmap or tensor), computed batch by batch."""
+    from tqdm.auto import tqdm
+
+    n = len(images)
+    if n < 2:
+        raise ValueError(f"need at least 2 images to recover orientations; got {n}")
+    chunks = []
+    for s in tqdm(range(0, n, batch_size), desc="features", unit="batch", disable=not progress):
+        chunks.append(model.features(np.asarray(images[s : s + batch_size], dtype=np.float32), batch_size=batch_size))
+    return torch.cat(chunks)

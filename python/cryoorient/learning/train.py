@@ -60,8 +60,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import distributed
-from .geometry import (
+from .. import distributed
+from ..geometry import (
     quat_distance,
     quat_multiply,
     quat_normalize,
@@ -237,8 +237,8 @@ class DatasetSource:
         ``indices`` selects particles (positions in the file). Shifts and CTF are left in the
         images: the network is trained to ignore them.
         """
-        from .geometry import euler_to_quat
-        from .io import read_particle_images, read_star
+        from ..geometry import euler_to_quat
+        from ..io import read_particle_images, read_star
 
         particles = read_star(path)
         if indices is not None:
@@ -339,8 +339,8 @@ class ProjectionRenderer:
     """
 
     def __init__(self, volume, pixel_size: float, settings, device="cpu", pilot: int = 512):
-        from .noise import sigma2_for_snr, signal_variance
-        from .project import FourierProjector
+        from ..imaging.noise import sigma2_for_snr, signal_variance
+        from ..imaging.project import FourierProjector
 
         settings.check()
         if pilot < 1:
@@ -368,8 +368,8 @@ class ProjectionRenderer:
 
     def clean(self, q: Tensor, generator: torch.Generator) -> Tensor:
         """Projection, shift and CTF (not normalised) of orientations ``q`` (B, 4), float32 (B, size, size)."""
-        from .ctf import ctf_2d, random_defocus
-        from .shift import random_shifts
+        from ..imaging.ctf import ctf_2d, random_defocus
+        from ..imaging.shift import random_shifts
 
         s, b = self.settings, q.shape[0]
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
@@ -384,7 +384,7 @@ class ProjectionRenderer:
         return self.projector.images(q.to(self.device, torch.float32), shifts, ctf)
 
     def __call__(self, q: Tensor, generator: torch.Generator) -> Tensor:
-        from .noise import add_white_noise
+        from ..imaging.noise import add_white_noise
 
         img = self.clean(q, generator)
         if self.settings.normalize:
@@ -403,8 +403,8 @@ class ProjectionRenderer:
         ``resolution`` is given, a resolution of 2 pixels), so that proteins of any mass look as
         large as the particles the network will see (size augmentation with several values).
         """
-        from .io import model_atoms, radius_of_gyration
-        from .simulate import load_volume
+        from ..io import model_atoms, radius_of_gyration
+        from ..imaging.simulate import load_volume
 
         rgs = [float(r) for r in particle_rg]
         if any(not (math.isfinite(r) and r > 0) for r in rgs):
@@ -429,7 +429,7 @@ def structure_library(folder, max_symmetry: float = 0.5) -> tuple[list[Path], li
     symmetry-related views of them give identical projections, which the plain d_q target
     (one point group for the whole library) would ask the network to tell apart.
     """
-    from .io import repeated_chain_symmetry
+    from ..io import repeated_chain_symmetry
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -975,7 +975,7 @@ def _train(args, device: torch.device) -> dict:
             log_dir.mkdir(parents=True, exist_ok=True)
             _write_json(log_dir / "split.json", {k: v.tolist() for k, v in split.items()})
     else:
-        from .simulate import SimulationSettings
+        from ..imaging.simulate import SimulationSettings
 
         if args.structures:
             sources, symmetric = structure_library(args.structures)

@@ -53,9 +53,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import __version__
+from .. import __version__
 from .ctf import ctf_2d, random_defocus
-from .geometry import (
+from ..geometry import (
     asymmetric_unit_quaternions, euler_to_matrix, euler_to_quat, quat_to_euler, random_euler, random_quaternions,
 )
 from .noise import add_white_noise, sigma2_for_snr, signal_variance
@@ -219,7 +219,7 @@ def load_volume(
     ``pixel_size`` Å at ``resolution`` Å, default ``2·pixel_size``, ``io.density_from_model``),
     or a ``(volume, voxel_size)`` pair.
     """
-    from .io import density_from_model, pad_to_cube, read_map
+    from ..io import density_from_model, pad_to_cube, read_map
 
     if isinstance(source, tuple):
         volume, voxel = source
@@ -325,7 +325,7 @@ class ImageSimulator:
 
 
 def _particles(params: ParticleParameters, settings: SimulationSettings, pixel_size: float, size: int, root: Path):
-    from .io import Particles
+    from ..io import Particles
 
     cols = dict(
         rot=params.angles[:, 0].numpy(), tilt=params.angles[:, 1].numpy(), psi=params.angles[:, 2].numpy(),
@@ -388,7 +388,7 @@ def simulate(
     """
     from tqdm.auto import tqdm
 
-    from .io import StackWriter, write_star
+    from ..io import StackWriter, write_star
 
     settings.check()
     out = Path(os.fspath(out_dir)).absolute()
@@ -474,7 +474,7 @@ class SimulatedDataset:
 
 def load_dataset(path) -> SimulatedDataset:
     """Read a directory written by :func:`simulate`."""
-    from .io import read_stack, read_star
+    from ..io import read_stack, read_star
 
     root = Path(os.fspath(path))
     if not (root / SETTINGS_NAME).is_file():

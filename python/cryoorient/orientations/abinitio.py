@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .geometry import matrix_to_quat
+from ..geometry import matrix_to_quat
 
 __all__ = ["AbInitioResult", "polar_spectra", "rotational_neighbors", "frames_from_neighbors", "estimate_orientations"]
 

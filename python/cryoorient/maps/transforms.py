@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import quat_multiply, quat_to_matrix, random_quaternions
+from ..geometry import quat_multiply, quat_to_matrix, random_quaternions
 
 
 def _as_map(v, device=None) -> Tensor:

@@ -26,7 +26,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from .geometry import quat_distance, symmetric_quat_distance
+from ..geometry import quat_distance, symmetric_quat_distance
 
 __all__ = ["split_indices", "PairSampler", "sample_pairs", "SPLITS"]
 
@@ -95,7 +95,7 @@ class PairSampler:
         self._unit = unit.index_select(0, idx)  # the split's unit quaternions; pairs are drawn as positions in it
         self.symmetry = symmetry
         if symmetry is not None:
-            from .geometry import symmetry_group
+            from ..geometry import symmetry_group
 
             self._group = symmetry_group(symmetry, dtype=torch.float64)
         # d < k π / bins  <=>  max |<a, b·g>| > cos(k π / (2 bins)): bin from dot products, no arccos
@@ -135,7 +135,7 @@ class PairSampler:
             if self.symmetry is None:
                 dot = (qa * qb).sum(1).abs()
             else:
-                from .geometry import quat_multiply
+                from ..geometry import quat_multiply
 
                 dot = (qa[:, None] * quat_multiply(qb[:, None], self._group)).sum(-1).abs().amax(1)
             out.append(torch.bucketize(-dot, self._edges))

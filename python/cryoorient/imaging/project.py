@@ -51,7 +51,7 @@ import math
 import torch
 from torch import Tensor
 
-from .geometry import quat_to_matrix
+from ..geometry import quat_to_matrix
 from .shift import phase_ramp
 
 __all__ = ["as_rotation_matrices", "project_real", "project", "FourierProjector"]
