@@ -49,3 +49,10 @@ def wall_median_ms(fn, reps: int) -> float:
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
+
+
+def synchronize(device) -> None:
+    """Wait until ``device``'s queued work is done (CUDA); nothing to wait for on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

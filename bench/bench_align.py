@@ -3,8 +3,8 @@
 1. One loss + gradient evaluation of ``ops.align_loss`` (float32, P pairs, K candidates; the op
    with its Python wrapper, validate=False) against the plain-PyTorch reference
    (``ops._torch_impl.align_loss``) eager and under torch.compile, same process. Median of CUDA
-   event timings. Fractions: of H100 SXM HBM bandwidth (3.35 TB/s) for the bytes the op must
-   move (the two P×4 sets once), and of FP32 peak (67 TFLOP/s) for ≈130 FLOP (FMA = 2) per
+   event timings. Fractions of the detected GPU's peaks (bench/_peak.py): HBM bandwidth for the
+   bytes the op must move (the two P×4 sets once), and FP32 FLOP/s for ≈130 FLOP (FMA = 2) per
    (pair, candidate), counted from the kernel's inner loop. "fused" is ``ops.align_loss_and_grad``
    (value and gradient in one call, no autograd); "autograd" runs ``align_loss`` then backward.
 2. ``align_orientations`` at P = 10⁵ on the GPU (noisy planted problem): median wall time and
@@ -20,14 +20,13 @@ import argparse
 
 import torch
 
+from _peak import percent
 from _timing import cuda_graph, cuda_median_ms, wall_median_ms
 
 from cryoorient import ops
 from cryoorient.orientations.align import align_orientations, aligned_errors
 from cryoorient.ops import _torch_impl as ref
 
-HBM = 3.35e12
-FP32 = 67e12
 FLOP_PER_EVAL = 130
 
 
@@ -69,9 +68,9 @@ def bench_op(P: int, K: int, reps: int) -> None:
     for name, fn in rows:
         ms = cuda_median_ms(fn, reps)
         base = base or ms
-        bw = nbytes / (ms * 1e-3) / HBM
-        fl = P * K * FLOP_PER_EVAL / (ms * 1e-3) / FP32
-        print(f"{name:30s} {ms:9.4f} {ms / base:7.1f}x {bw:8.2%} {fl:7.1%}")
+        bw = percent(nbytes / (ms * 1e-3), "hbm")
+        fl = percent(P * K * FLOP_PER_EVAL / (ms * 1e-3), "fp32")
+        print(f"{name:30s} {ms:9.4f} {ms / base:7.1f}x {bw:>8} {fl:>7}")
 
 
 def bench_align(P: int, device: str, seed: int, reps: int) -> None:

@@ -21,10 +21,10 @@ import time
 
 import torch
 
+from _peak import percent
+
 from cryoorient import ops
 from cryoorient.ops import _torch_impl as ref
-
-HBM_BYTES_PER_S = 3.35e12  # H100 SXM
 
 
 def make_problem(P, nf, device, dtype, seed=0):
@@ -170,10 +170,10 @@ def main():
             run = epoch(lambda x: ops.allpairs_loss_cached(cache, x, validate=False), q)
             ms = timed(run, args.reps, device)
             rows.append(("loss+grad from the 1-byte cache", ms, extra_memory_gb(run, device),
-                         f"{cache.codes.numel() / 1e9:.2f} GB cache, {cache.codes.numel() / ms / 1e9 / HBM_BYTES_PER_S * 1e12:.0%} of H100 HBM"))
+                         f"{cache.codes.numel() / 1e9:.2f} GB cache, {percent(cache.codes.numel() / (ms * 1e-3), 'hbm', device)} of HBM"))
             ms = timed(run, args.reps, device, calls=10)
             rows.append(("  same, 10 epochs back to back, per epoch", ms, float("nan"),
-                         f"{cache.codes.numel() / ms / 1e9 / HBM_BYTES_PER_S * 1e12:.0%} of H100 HBM"))
+                         f"{percent(cache.codes.numel() / (ms * 1e-3), 'hbm', device)} of HBM"))
             del cache
             knn = lambda: ops.feature_knn(f, 32, validate=False)  # noqa: E731
             rows.append(("k-NN, k = 32 (all rows)", timed(knn, max(1, args.reps // 5), device), extra_memory_gb(knn, device), ""))

@@ -15,7 +15,7 @@ Measurements (rank 0 prints one row each and appends one JSON line to ``--out``)
   phantom), paper architecture, AMP auto. Each step: this rank's share of the batch is rendered,
   then the optimiser step; the step time is the slowest rank's median over ``--steps`` steps
   after ``--warmup``. images/s = B / step time; pairs/s = B(B−1)/2 / step time.
-* ``allpairs``: epochs of ``recover_orientations_allpairs_sharded`` (loss + q-gradient over this
+* ``allpairs``: epochs of ``recover_orientations_allpairs`` (loss + q-gradient over this
   rank's row block from n_f = ``--nf`` bfloat16 random non-negative features, one all-reduce of the
   (P, 4) gradient, Adam) at each ``--P``; the epoch time is the slowest rank's median of the
   intervals between the per-epoch callbacks (CUDA events; the loop syncs on the loss every
@@ -91,7 +91,9 @@ def _slowest(value: float, device) -> float:
 def bench_train(args, device) -> dict:
     from cryoorient.learning.model import SiameseNet
     from cryoorient.imaging.simulate import SimulationSettings
-    from cryoorient.learning.train import OnTheFlySource, ProjectionRenderer, TrainConfig, Trainer
+    from cryoorient.imaging.render import ProjectionRenderer
+    from cryoorient.learning.sources import OnTheFlySource
+    from cryoorient.learning.trainer import TrainConfig, Trainer
 
     settings = SimulationSettings(n=1, size=args.size, sigma2=16.0, ctf=True, defocus_min=5000.0,
                                   defocus_max=25000.0, shift_max=5.0, seed=0)
@@ -124,7 +126,7 @@ def bench_train(args, device) -> dict:
 
 
 def bench_allpairs(args, P: int, device) -> dict:
-    from cryoorient.orientations.recover import recover_orientations_allpairs_sharded
+    from cryoorient.orientations.recover import recover_orientations_allpairs
 
     rank, world = distributed.rank(), distributed.world_size()
     lo, hi = P * rank // world, P * (rank + 1) // world  # this rank's consecutive share of the features
@@ -134,7 +136,7 @@ def bench_allpairs(args, P: int, device) -> dict:
     now, ms = _timer(device)
     marks = []
     distributed.barrier()
-    result = recover_orientations_allpairs_sharded(
+    result = recover_orientations_allpairs(
         features, lr=0.05, max_epochs=args.epochs + 1, tol=0.0, patience=10**6, target_loss=0.0,
         callback=lambda epoch, q, loss: marks.append(now()))
     distributed.barrier()

@@ -10,8 +10,9 @@ device synchronisation). The reference runs the same autograd step eager and und
 torch.compile, in this process. On CUDA each figure is the median of per-call CUDA-event
 timings (host time included: one call at a time), and "graph" replays the fused call from a
 CUDA graph (GPU time without Python or launch overhead). "HBM" is the fraction of the
-H100's 3.35 TB/s that the bytes the op must move (indices, targets, q read and ∂L/∂q written
-once) would take at the fused call's time. Ratios are reference / fused.
+detected GPU's peak bandwidth (bench/_peak.py) that the bytes the op must move (indices,
+targets, q read and ∂L/∂q written once) would take at the fused call's time. Ratios are
+reference / fused.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import argparse
 
 import torch
 
+from _peak import percent
 from _timing import cuda_graph, cuda_median_ms, wall_median_ms
 
 from cryoorient import ops
 from cryoorient.ops import _torch_impl as ref
 
-HBM_BYTES_PER_S = 3.35e12
 
 
 def make_problem(P: int, M: int, device, itype, seed: int = 0):
@@ -82,9 +83,9 @@ def main() -> None:
             t_eager = timer(fwd_bwd(ref.pair_loss, q, i, j, t), max(5, args.reps // 10))
             t_comp = timer(fwd_bwd(compiled, q, i, j, t), args.reps) if compiled else float("nan")
             moved = M * (2 * i.element_size() + t.element_size()) + 2 * q.numel() * q.element_size()
-            hbm = moved / (t_fused * 1e-3) / HBM_BYTES_PER_S
+            hbm = percent(moved / (t_fused * 1e-3), "hbm", device)
             print(f"{M:>10} {str(itype).replace('torch.', ''):>6} {t_fused:9.3f} {t_graph:9.3f} {t_op:12.3f} "
-                  f"{hbm:6.1%} {t_eager:9.3f} {t_comp:11.3f} {t_eager / t_fused:8.1f} {t_comp / t_fused:10.1f}")
+                  f"{hbm:>6} {t_eager:9.3f} {t_comp:11.3f} {t_eager / t_fused:8.1f} {t_comp / t_fused:10.1f}")
             del q, i, j, t
 
 

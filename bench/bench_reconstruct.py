@@ -16,16 +16,13 @@ import time
 
 import torch
 
-from cryoorient.maps.fsc import fsc
+from _timing import synchronize
+
 from cryoorient.geometry import random_quaternions
-from cryoorient.io import read_map
 from cryoorient.imaging.project import FourierProjector
+from cryoorient.io import read_map
+from cryoorient.maps.fsc import fsc
 from cryoorient.maps.reconstruct import reconstruct
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -50,10 +47,10 @@ def main() -> None:
         return
     images = torch.randn(args.n, args.size, args.size, device=dev)
     reconstruct(images[: args.batch_size], q[: args.batch_size], batch_size=args.batch_size, device=dev, progress=False)
-    _sync(dev)
+    synchronize(dev)
     t = time.perf_counter()
     reconstruct(images, q, batch_size=args.batch_size, device=dev, progress=False)
-    _sync(dev)
+    synchronize(dev)
     dt = time.perf_counter() - t
     print(f"{name}: {args.n} images of {args.size}² into {args.size}³ in {dt:.2f} s ({args.n / dt:.0f} images/s)")
 

@@ -24,13 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
+from _timing import synchronize  # noqa: E402
 from cryoorient.imaging.phantom import default_density  # noqa: E402
 from cryoorient.imaging.simulate import ImageSimulator, SimulationSettings, draw_parameters, simulate  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv=None) -> int:
@@ -77,12 +73,12 @@ def main(argv=None) -> int:
 
     volume, voxel = load_volume(source, args.size)
     params = draw_parameters(settings, voxel)
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     sim = ImageSimulator(volume, voxel, settings, params, device)
     for _, images in sim.chunks():
         pass
-    _sync(device)
+    synchronize(device)
     rows.append(("compute only (no disk)", time.perf_counter() - t0, None))
     print(f"interpolation used: {sim.interpolation}")
 
@@ -93,7 +89,7 @@ def main(argv=None) -> int:
         try:
             t0 = time.perf_counter()
             out = simulate(source, work / "dataset", settings, device=device, progress=False)
-            _sync(device)
+            synchronize(device)
             dt = time.perf_counter() - t0
             size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
             rows.append(("end to end (.mrcs + STAR)", dt, size_mb))

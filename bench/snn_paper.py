@@ -30,7 +30,7 @@ orientations of the 1,650 test projections, with their noise, by ``cryoorient.ma
 next to that of the true orientations on the same images and half sets.
 
 Each run writes into ``--workdir`` (default bench/out/snn_paper/<protocol>): the simulated
-dataset (reused if present), the training logs and plots of :class:`cryoorient.learning.train.Trainer`,
+dataset (reused if present), the training logs and plots of :class:`cryoorient.learning.trainer.Trainer`,
 ``test_distances.png`` (the paper's Fig. 6b on 1,000 test pairs), ``recovery.png`` and
 ``results.json``; a one-line table is printed. GPU runs need CUDA (``--device cpu`` with small
 ``--n/--size/--epochs`` is a smoke test).
@@ -150,7 +150,7 @@ def dataset(args, workdir: Path, device):
     """The simulated test-protein dataset (STAR + mrcs via cryoorient.imaging.simulate), split 50/17/33."""
     from cryoorient.imaging.simulate import simulate
     from cryoorient.learning.pairs import split_indices
-    from cryoorient.learning.train import DatasetSource
+    from cryoorient.learning.sources import DatasetSource
 
     settings = simulation_settings(args, args.n)
     folder = workdir / "dataset"
@@ -179,7 +179,8 @@ def new_model(args, arch):
 
 
 def fly_source(args, sources, settings, device, pixel_size=None, particle_rg=()):
-    from cryoorient.learning.train import OnTheFlySource, ProjectionRenderer
+    from cryoorient.imaging.render import ProjectionRenderer
+    from cryoorient.learning.sources import OnTheFlySource
 
     renderers = ProjectionRenderer.from_sources(sources, settings, device, pixel_size, args.resolution,
                                                 particle_rg=particle_rg)
@@ -191,7 +192,8 @@ def evaluate(args, model, test, workdir: Path, device, label: str) -> dict:
     of all test projections (``test``: a DatasetSource)."""
     from cryoorient.orientations.align import align_orientations
     from cryoorient.orientations.recover import DistanceFunction, recover_orientations
-    from cryoorient.learning.train import evaluation_pairs, plot_distance_density
+    from cryoorient.learning.plots import plot_distance_density
+    from cryoorient.learning.sources import evaluation_pairs
 
     t0 = time.perf_counter()
     feats = model.features(test.images)
@@ -312,7 +314,7 @@ def euclidean_model(train, args):
     """The Appendix E baseline fitted (isotonic) on 20,000 uniform-distance training pairs, with
     the SNN's ``features``/``distance`` interface."""
     from cryoorient.learning.model import EuclideanBaseline
-    from cryoorient.learning.train import evaluation_pairs
+    from cryoorient.learning.sources import evaluation_pairs
 
     base = EuclideanBaseline()
     i, j, d = evaluation_pairs(train, 20000, seed=args.seed + 5)
@@ -323,7 +325,9 @@ def euclidean_model(train, args):
 
 def run_protocol(args, workdir: Path, device) -> list[dict]:
     from cryoorient.imaging.simulate import load_volume
-    from cryoorient.learning.train import TrainConfig, Trainer, particle_radius_of_gyration, structure_library
+    from cryoorient.imaging.render import particle_radius_of_gyration
+    from cryoorient.learning.library import structure_library
+    from cryoorient.learning.trainer import TrainConfig, Trainer
 
     data, tr, va, te, settings = dataset(args, workdir, device)
     test, val = data.subset(te), data.subset(va)
@@ -379,7 +383,7 @@ def run_throughput(args, workdir: Path, device) -> list[dict]:
     the second of two epochs of --throughput-steps steps (the first absorbs cuDNN autotuning and
     compilation). pairs/s counts every in-batch pair in the loss (B(B−1)/2 per step);
     anchor_pairs/s only the B/2 anchor–partner pairs."""
-    from cryoorient.learning.train import TrainConfig, Trainer
+    from cryoorient.learning.trainer import TrainConfig, Trainer
 
     settings = simulation_settings(args, 1)
     source = fly_source(args, [args.map], settings, device)

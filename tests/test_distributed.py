@@ -16,8 +16,9 @@ import torch.distributed as dist
 
 from cryoorient import distributed, ops
 from cryoorient.learning.model import SiameseNet
-from cryoorient.orientations.recover import recover_orientations_allpairs, recover_orientations_allpairs_sharded
-from cryoorient.learning.train import Batch, OnTheFlySource, TrainConfig, Trainer, batch_generator
+from cryoorient.orientations.recover import recover_orientations_allpairs
+from cryoorient.learning.sources import Batch, OnTheFlySource, batch_generator
+from cryoorient.learning.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
@@ -60,8 +61,8 @@ def _worker(rank: int, port: int, out: str, kind: str) -> None:
         mine = f[:SPLIT] if rank == 0 else f[SPLIT:]
         results = {
             "rows": distributed.row_block(P),
-            "plain": recover_orientations_allpairs_sharded(mine, **RECOVERY),
-            "cached": recover_orientations_allpairs_sharded(mine, cache=True, **RECOVERY),
+            "plain": recover_orientations_allpairs(mine, **RECOVERY),
+            "cached": recover_orientations_allpairs(mine, cache=True, **RECOVERY),
         }
         torch.save({k: (v if k == "rows" else (v.q.cpu(), v.losses)) for k, v in results.items()},
                    os.path.join(out, f"recovery{rank}.pt"))

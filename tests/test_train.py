@@ -7,16 +7,9 @@ import torch
 from _blobs import BlobRenderer
 from cryoorient.geometry import quat_distance, quat_multiply, random_quaternions, symmetry_group
 from cryoorient.learning.model import EuclideanBaseline, SiameseNet
-from cryoorient.learning.train import (
-    DatasetSource,
-    OnTheFlySource,
-    TrainConfig,
-    Trainer,
-    binned_de_loss,
-    pairwise_target_distance,
-    target_distance,
-    evaluation_pairs,
-)
+from cryoorient.learning.sources import DatasetSource, OnTheFlySource, evaluation_pairs
+from cryoorient.learning.targets import binned_de_loss, pairwise_target_distance, target_distance
+from cryoorient.learning.trainer import TrainConfig, Trainer
 
 TINY = dict(arch="paper", widths=(16, 32, 32, 64, 64))
 SMALL_RESNET = dict(arch="resnet", widths=(8, 16, 32, 64), depths=(1, 1, 1, 1))
@@ -308,7 +301,7 @@ def test_cli_train_bad_input(tmp_path, capsys):
 def test_projection_renderer_on_the_fly(tmp_path):
     simulate = pytest.importorskip("cryoorient.imaging.simulate")
     from _blobs import blob_volume
-    from cryoorient.learning.train import ProjectionRenderer
+    from cryoorient.imaging.render import ProjectionRenderer
 
     vol = blob_volume(24)
     clean = ProjectionRenderer(vol, 4.0, simulate.SimulationSettings(n=1, size=24, interpolation="linear"), pilot=64)
@@ -345,7 +338,7 @@ def test_particle_size_from_models_and_images(tmp_path):
     import numpy as np
 
     simulate = pytest.importorskip("cryoorient.imaging.simulate")
-    from cryoorient.learning.train import ProjectionRenderer, particle_radius_of_gyration
+    from cryoorient.imaging.render import ProjectionRenderer, particle_radius_of_gyration
 
     rng = np.random.default_rng(0)
     pdb = _model_pdb(tmp_path / "blob.pdb", rng.normal(size=(300, 3)).clip(-2.5, 2.5) * [9.0, 6.0, 4.0])
@@ -365,7 +358,7 @@ def test_particle_size_from_models_and_images(tmp_path):
 def test_structure_library_leaves_out_symmetric_models(tmp_path):
     import numpy as np
 
-    from cryoorient.learning.train import structure_library
+    from cryoorient.learning.library import structure_library
 
     rng = np.random.default_rng(1)
     chain = rng.normal(size=(12, 3)) * 4.0 + [8.0, 0, 0]

@@ -1,5 +1,6 @@
 """The results table of the paper reproductions in bench/paper (one row per experiment id), and
-the command-line plumbing their scripts share.
+the plumbing their scripts share: options, the start of a run (:func:`start_run`), snn_paper's
+protocol per setting (:func:`run_protocol`), figures and the rows a run writes (:class:`Run`).
 
 Rows live in a CSV file (``results.csv``); a script re-run replaces its rows (matched by the
 ``experiment`` id, e.g. ``fig5/sigma2=0.8/P=1650``, ``fig7b/sigma2=16``, ``sec3.5/noiseless``)
@@ -18,7 +19,9 @@ import os
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -69,16 +72,83 @@ def parse_passthrough(p, argv, own: tuple[str, ...], script: str):
     return args, rest
 
 
-def cannot_start(script: str, device: torch.device, map_path: Path) -> bool:
-    """Say why a run cannot start (--device cuda without a GPU, the map missing) on stderr; True if so."""
+class Run(NamedTuple):
+    """A started run: its device, the folder of its figures, its results table and the shell line
+    that reproduces it (recorded in every row)."""
+
+    device: torch.device
+    out: Path
+    table: Path
+    command: str
+
+    def row(self, experiment: str, setting: str, *, paper: str | None, **metrics) -> dict:
+        """:func:`make_row` with this run's device and command."""
+        return make_row(experiment, setting, paper=paper, device=self.device, command=self.command, **metrics)
+
+    def save(self, rows, figures=(), prefix: str = "") -> None:
+        """Write ``rows`` into the table; print ``prefix``, then what was written (``figures``, the rows)."""
+        upsert(self.table, rows)
+        print(f"{prefix}wrote " + " and ".join([*map(str, figures), f"{len(rows)} row(s) of {self.table}"]))
+
+
+def start_run(script: str, args, argv=None, *, map_path: Path | None = None, check=None) -> Run | None:
+    """The run of ``bench/paper/<script>.py`` with ``args`` (``--device``, ``--out``, ``--table``),
+    ``--out`` made; None, after one line on stderr and with nothing written, when it cannot start:
+    --device cuda without a GPU, ``map_path`` missing, or what ``check()`` returns (a reason, or None).
+    The scripts that read a map train snn_paper's network: the CPU hint names its size options."""
+    device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"{script}: no CUDA GPU here; pass --device cpu (with small --n/--size/--epochs)", file=sys.stderr)
-        return True
-    if not map_path.is_file():
-        print(f"{script}: map not found: {map_path} (the default is ../shared/data/maps/5j0n.mrc beside the "
-              "checkout; pass --map)", file=sys.stderr)
-        return True
-    return False
+        reason = "no CUDA GPU here; pass --device cpu" + (" (with small --n/--size/--epochs)" if map_path else "")
+    elif map_path is not None and not map_path.is_file():
+        reason = (f"map not found: {map_path} (the default is ../shared/data/maps/5j0n.mrc beside the checkout; "
+                  "pass --map)")
+    else:
+        reason = check() if check else None
+    if reason:
+        print(f"{script}: {reason}", file=sys.stderr)
+        return None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    args.out.mkdir(parents=True, exist_ok=True)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return Run(device, args.out, args.table or args.out / "results.csv", command_line(f"{script}.py", argv))
+
+
+def run_protocol(args, rest, name: str, sigma2: float, *extra: str) -> tuple[dict, float]:
+    """One setting of ``bench/snn_paper.py``'s protocol in ``<--workdir>/<name>``: the noiseless
+    protocol, or the noise protocol at σ² = ``sigma2``, with --map, --epochs and the options of
+    :func:`add_run_arguments`, then ``extra`` and the pass-through ``rest``; (its row, seconds)."""
+    import snn_paper  # bench/, on sys.path in the scripts that run it
+
+    argv = ["--protocol", "noise" if sigma2 else "noiseless", *(["--sigma2", f"{sigma2:g}"] if sigma2 else []),
+            "--map", str(args.map), "--arch", args.arch, "--train-source", args.train_source,
+            "--epochs", str(args.epochs), "--device", args.device, "--seed", str(args.seed),
+            *(["--quiet"] if args.quiet else []), *extra]
+    sargs = snn_paper.parse_args(argv + list(rest))
+    workdir = args.workdir / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    row = snn_paper.run_protocol(sargs, workdir, torch.device(args.device))[0]
+    return row, time.perf_counter() - t0
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (figures go to files; no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out ``fig``, write it to ``path`` (PNG, 120 dpi) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def device_name(device) -> str:

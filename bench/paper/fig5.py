@@ -23,10 +23,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from _results import PAPER, command_line, make_row, upsert  # noqa: E402
+from _results import PAPER, ROOT, pyplot, save_figure, start_run  # noqa: E402
 from recovery_paper import true_orientations  # noqa: E402
-
-ROOT = HERE.parents[1]
 
 
 def parse_args(argv=None):
@@ -49,12 +47,7 @@ def parse_args(argv=None):
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = pyplot().subplots(1, 3, figsize=(13, 3.8))
     for P in sorted({r["P"] for r in results}):
         rs = sorted((r for r in results if r["P"] == P), key=lambda r: r["sigma2"])
         s2 = [r["sigma2"] for r in rs]
@@ -70,42 +63,33 @@ def plot(results: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Fig. 5: orientation recovery from perturbed distances (d_q + N(0, σ²))")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:
     from cryoorient.orientations.align import orientation_error
     from cryoorient.orientations.recover import PerturbedDistances, recover_orientations
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("fig5: no CUDA GPU here; pass --device cpu", file=sys.stderr)
+    run = start_run("fig5", args, argv)
+    if run is None:
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = command_line("fig5.py", argv)
     results, rows = [], []
     print(f"{'P':>7} {'σ²':>5} {'E_OR rad':>9} {'L_OR':>9} {'steps':>6} {'seconds':>8}")
     for P in args.projections:
-        q = true_orientations(P, args.seed, device)
+        q = true_orientations(P, args.seed, run.device)
         for v in args.variances:
             result = recover_orientations(
                 PerturbedDistances(q, v, seed=args.seed), restarts=args.restarts, steps=args.steps,
                 pairs_per_step=max(1, round(args.pairs_per_orientation * P / 2)), lr=args.lr, seed=args.seed,
-                device=device, progress=False)
+                device=run.device, progress=False)
             e = orientation_error(q, result.orientations)
             print(f"{P:>7} {v:5.2f} {e:9.3g} {result.loss:9.3g} {result.steps:>6} {result.seconds:8.1f}", flush=True)
             results.append({"P": P, "sigma2": v, "E_OR": e, "L_OR": result.loss})
-            rows.append(make_row(f"fig5/sigma2={v:g}/P={P}", f"σ² = {v:g}, P = {P:,}", paper=f"fig5/sigma2={v:g}",
-                                 device=device, command=command, E_OR_rad=e, L_OR=result.loss,
-                                 seconds=result.seconds))
-    plot(results, args.out / "fig5.png")
-    table = args.table or args.out / "results.csv"
-    upsert(table, rows)
-    print(f"wrote {args.out / 'fig5.png'} and {len(rows)} row(s) of {table}")
+            rows.append(run.row(f"fig5/sigma2={v:g}/P={P}", f"σ² = {v:g}, P = {P:,}", paper=f"fig5/sigma2={v:g}",
+                                E_OR_rad=e, L_OR=result.loss, seconds=result.seconds))
+    plot(results, run.out / "fig5.png")
+    run.save(rows, [run.out / "fig5.png"])
     return 0
 
 

@@ -32,14 +32,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import snn_paper  # noqa: E402
 from _results import (  # noqa: E402
-    PAPER, add_run_arguments, cannot_start, command_line, make_row, parse_passthrough, upsert,
+    PAPER, add_run_arguments, parse_passthrough, pyplot, run_protocol, save_figure, start_run,
 )
 
 OWN = ("--protocol", "--workdir", "--sigma2", "--shift-max", "--snr")  # set by this script for each setting
@@ -64,27 +62,14 @@ def parse_args(argv):
     return args, rest
 
 
-def snn_args(args, rest, shift: float, sigma2: float):
-    """The setting's name and snn_paper's arguments (its noiseless or noise protocol, with the
-    setting's σ² and shift limit)."""
+def run_setting(args, rest, shift: float, sigma2: float) -> dict:
+    """snn_paper's protocol with the setting's σ² and shift limit: train, validate every epoch,
+    recover the test orientations; the validation L_DE per epoch."""
     name = f"fig7-shift{shift:g}-sigma2{sigma2:g}"
     steps = args.steps_per_epoch or (50 if args.train_source == "fly" else None)
-    argv = ["--protocol", "noise" if sigma2 else "noiseless", *(["--sigma2", f"{sigma2:g}"] if sigma2 else []),
-            "--shift-max", f"{shift:g}", "--map", str(args.map), "--arch", args.arch, "--train-source",
-            args.train_source, "--epochs", str(args.epochs), "--device", args.device, "--seed", str(args.seed)]
-    argv += ["--steps-per-epoch", str(steps)] if steps else []
-    return name, snn_paper.parse_args(argv + (["--quiet"] if args.quiet else []) + rest)
-
-
-def run_setting(args, rest, shift: float, sigma2: float, device) -> dict:
-    """Train, validate every epoch, recover the test orientations; the validation L_DE per epoch."""
-    name, sargs = snn_args(args, rest, shift, sigma2)
-    workdir = args.workdir / name
-    workdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    row = snn_paper.run_protocol(sargs, workdir, device)[0]
-    seconds = time.perf_counter() - t0
-    history = json.loads((workdir / f"{row['arch']}-{row['train_source']}" / "history.json").read_text())
+    row, seconds = run_protocol(args, rest, name, sigma2, "--shift-max", f"{shift:g}",
+                                *(["--steps-per-epoch", str(steps)] if steps else []))
+    history = json.loads((args.workdir / name / f"{row['arch']}-{row['train_source']}" / "history.json").read_text())
     val = [h["val_loss"] for h in history["epochs"]]
     print(f"[fig7] shift {shift:g} px, σ² {sigma2:g}: val L_DE {row['val_loss']:.4f}, L_OR {row['L_OR']:.4f}, "
           f"E_OR {row['E_OR']:.3f} rad; {seconds:.1f} s (training {row['train_seconds']:.1f} s)", flush=True)
@@ -93,14 +78,9 @@ def run_setting(args, rest, shift: float, sigma2: float, device) -> dict:
 
 def plot_panel(values, results, xlabel: str, title: str, paper: dict, path: Path) -> None:
     """The paper's Fig. 7 layout: validation L_DE over epochs as box plots, L_OR and E_OR per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [f"{v:g}" for v in values]
     x = list(range(1, len(values) + 1))
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax0, ax1) = pyplot().subplots(1, 2, figsize=(11, 4))
     ax0.boxplot([r["val_losses"] for r in results], positions=x)
     ax0.set_xticks(x, labels)
     ax0.set(xlabel=xlabel, ylabel="validation L_DE (rad²)", title="distance learning (over epochs)")
@@ -115,21 +95,14 @@ def plot_panel(values, results, xlabel: str, title: str, paper: dict, path: Path
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = parse_args(argv)
-    device = torch.device(args.device)
-    if cannot_start("fig7", device, args.map):
+    run = start_run("fig7", args, argv, map_path=args.map)
+    if run is None:
         return 2
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = command_line("fig7.py", argv)
     panels = {"a": [(t, 0.0) for t in args.shifts], "b": [(0.0, v) for v in args.sigma2]}
     runs: dict[tuple[float, float], dict] = {}
     rows = []
@@ -138,26 +111,24 @@ def main(argv=None) -> int:
         results = []
         for shift, sigma2 in panels[panel]:
             if (shift, sigma2) not in runs:
-                runs[shift, sigma2] = run_setting(args, rest, shift, sigma2, device)
+                runs[shift, sigma2] = run_setting(args, rest, shift, sigma2)
             r = runs[shift, sigma2]
             results.append(r)
             metrics = dict(E_OR_rad=r["E_OR"], L_OR=r["L_OR"], L_DE=r["L_DE"], seconds=r["seconds"])
             if panel == "a":
-                rows.append(make_row(f"fig7a/shift={shift:g}", f"shifts: triangular, limit {shift:g} px",
-                                     paper=None, device=device, command=command, **metrics))
+                rows.append(run.row(f"fig7a/shift={shift:g}", f"shifts: triangular, limit {shift:g} px", paper=None,
+                                    **metrics))
             else:
-                rows.append(make_row(f"fig7b/sigma2={sigma2:g}", f"noise σ² = {sigma2:g}" if sigma2 else "noiseless",
-                                     paper=f"fig7b/sigma2={sigma2:g}", device=device, command=command, **metrics))
+                rows.append(run.row(f"fig7b/sigma2={sigma2:g}", f"noise σ² = {sigma2:g}" if sigma2 else "noiseless",
+                                    paper=f"fig7b/sigma2={sigma2:g}", **metrics))
         if panel == "a":
             plot_panel(args.shifts, results, "shift limit (px)", "Fig. 7a: learning from shifted projections",
-                       {}, args.out / "fig7a_shift.png")
+                       {}, run.out / "fig7a_shift.png")
         else:
             paper = {float(k.split("=")[1]): v["paper_E_OR_rad"] for k, v in PAPER.items() if k.startswith("fig7b/")}
             plot_panel(args.sigma2, results, "noise variance σ²", "Fig. 7b: learning from noisy projections",
-                       paper, args.out / "fig7b_noise.png")
-    table = args.table or args.out / "results.csv"
-    upsert(table, rows)
-    print(f"[fig7] {len(runs)} setting(s) in {time.perf_counter() - start:.1f} s; wrote {len(rows)} row(s) of {table}")
+                       paper, run.out / "fig7b_noise.png")
+    run.save(rows, prefix=f"[fig7] {len(runs)} setting(s) in {time.perf_counter() - start:.1f} s; ")
     return 0
 
 

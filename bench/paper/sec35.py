@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import snn_paper  # noqa: E402
 from _results import (  # noqa: E402
-    add_run_arguments, cannot_start, command_line, make_row, parse_passthrough, upsert,
+    add_run_arguments, parse_passthrough, pyplot, run_protocol, save_figure, start_run,
 )
 
 OWN = ("--protocol", "--workdir", "--reconstruct", "--sigma2")  # set by this script for each setting
@@ -53,18 +50,20 @@ def parse_args(argv):
     return args, rest
 
 
-def run_setting(args, rest, sigma2: float, device) -> dict:
+def size_below_box(args, rest) -> str | None:
+    """Why the reconstruction cannot run (snn_paper's --size below the map's box), or None."""
+    from cryoorient.imaging.simulate import load_volume
+
+    box, size = load_volume(args.map)[0].shape[0], snn_paper.parse_args(["--protocol", "noiseless"] + rest).size
+    if size < box:
+        return f"--size {size} is smaller than the map box ({box}); the reconstruction needs --size >= {box}"
+    return None
+
+
+def run_setting(args, rest, sigma2: float) -> dict:
     """The protocol with --reconstruct; the row and the FSC curves (recovered, true orientations)."""
     protocol = "noise" if sigma2 else "noiseless"
-    argv = ["--protocol", protocol, "--map", str(args.map), "--arch", args.arch, "--train-source",
-            args.train_source, "--epochs", str(args.epochs), "--device", args.device, "--seed", str(args.seed),
-            "--reconstruct", *(["--sigma2", f"{sigma2:g}"] if sigma2 else []), *(["--quiet"] if args.quiet else [])]
-    sargs = snn_paper.parse_args(argv + rest)
-    workdir = args.workdir / f"sec35-{protocol}-sigma2{sigma2:g}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    row = snn_paper.run_protocol(sargs, workdir, device)[0]
-    seconds = time.perf_counter() - t0
+    row, seconds = run_protocol(args, rest, f"sec35-{protocol}-sigma2{sigma2:g}", sigma2, "--reconstruct")
     print(f"[sec35] σ² {sigma2:g}: E_OR {row['E_OR']:.3f} rad, FSC 0.5 {row['fsc05_A']:.2f} Å, "
           f"0.143 {row['fsc0143_A']:.2f} Å (true orientations {row['fsc05_true_A']:.2f} Å); {seconds:.1f} s "
           f"(training {row['train_seconds']:.1f} s)", flush=True)
@@ -72,12 +71,7 @@ def run_setting(args, rest, sigma2: float, device) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     for k, (sigma2, r) in enumerate(results.items()):
         label = f"σ² = {sigma2:g}" if sigma2 else "noiseless"
         c = f"C{k}"
@@ -91,41 +85,25 @@ def plot(results: dict, path: Path) -> None:
            title="§3.5: maps from the recovered orientations (FSC 0.5 in the legend)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:
-    from cryoorient.imaging.simulate import load_volume
-
-    argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = parse_args(argv)
-    device = torch.device(args.device)
-    if cannot_start("sec35", device, args.map):
+    run = start_run("sec35", args, argv, map_path=args.map, check=lambda: size_below_box(args, rest))
+    if run is None:
         return 2
-    box, size = load_volume(args.map)[0].shape[0], snn_paper.parse_args(["--protocol", "noiseless"] + rest).size
-    if size < box:
-        print(f"sec35: --size {size} is smaller than the map box ({box}); the reconstruction needs --size >= {box}",
-              file=sys.stderr)
-        return 2
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = command_line("sec35.py", argv)
     results, rows = {}, []
     for sigma2 in args.sigma2:
-        r = results[sigma2] = run_setting(args, rest, sigma2, device)
+        r = results[sigma2] = run_setting(args, rest, sigma2)
         row = r["row"]
         experiment, setting = ("sec3.5/noiseless", "noiseless") if not sigma2 else (
             f"sec3.5/sigma2={sigma2:g}", f"noise σ² = {sigma2:g}")
-        rows.append(make_row(experiment, setting, paper=experiment, device=device, command=command,
-                             E_OR_rad=row["E_OR"], L_OR=row["L_OR"], L_DE=row["val_loss"], fsc05_A=row["fsc05_A"],
-                             fsc0143_A=row["fsc0143_A"], fsc05_true_A=row["fsc05_true_A"], seconds=r["seconds"]))
-    plot(results, args.out / "sec35_fsc.png")
-    table = args.table or args.out / "results.csv"
-    upsert(table, rows)
-    print(f"wrote {args.out / 'sec35_fsc.png'} and {len(rows)} row(s) of {table}")
+        rows.append(run.row(experiment, setting, paper=experiment, E_OR_rad=row["E_OR"], L_OR=row["L_OR"],
+                            L_DE=row["val_loss"], fsc05_A=row["fsc05_A"], fsc0143_A=row["fsc0143_A"],
+                            fsc05_true_A=row["fsc05_true_A"], seconds=r["seconds"]))
+    plot(results, run.out / "sec35_fsc.png")
+    run.save(rows, [run.out / "sec35_fsc.png"])
     return 0
 
 

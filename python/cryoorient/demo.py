@@ -68,7 +68,9 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
     from .maps.reconstruct import reconstruct_particles
     from .maps.refine import refine
     from .imaging.simulate import SimulationSettings, load_dataset, simulate
-    from .learning.train import OnTheFlySource, ProjectionRenderer, TrainConfig, Trainer
+    from .imaging.render import ProjectionRenderer
+    from .learning.sources import OnTheFlySource
+    from .learning.trainer import TrainConfig, Trainer
 
     s = settings or DemoSettings()
     out = Path(out_dir)

@@ -146,15 +146,10 @@ def _grid(m: int, dim: int, ball: bool) -> tuple[Tensor, Tensor]:
     if ball:
         pts = pts[(pts * pts).sum(1) <= m * m]
     pts = pts[torch.argsort((pts * pts).sum(1), stable=True)]
-    where = {tuple(p.tolist()): i for i, p in enumerate(pts)}
-    nb = torch.full((len(pts), dim, 2), -1, dtype=torch.long)
-    for i, p in enumerate(pts.tolist()):
-        for a in range(dim):
-            for side, d in enumerate((-1, 1)):
-                p2 = list(p)
-                p2[a] += d
-                nb[i, a, side] = where.get(tuple(p2), -1)
-    return pts.to(torch.float64), nb
+    where = {tuple(p): i for i, p in enumerate(pts.tolist())}
+    unit = torch.eye(dim, dtype=pts.dtype)
+    nb = [[[where.get(tuple(p), -1) for p in (pts + d * unit[a]).tolist()] for d in (-1, 1)] for a in range(dim)]
+    return pts.to(torch.float64), torch.tensor(nb, dtype=torch.long).permute(2, 0, 1)
 
 
 def _parabola_peak(fm: Tensor, f0: Tensor, fp: Tensor, ok: Tensor) -> Tensor:
@@ -320,9 +315,27 @@ def _as_float64(x, name: str, shape: tuple[int, int]) -> Tensor:
 class _Reconstructor:
     """Gold-standard half maps from the current orientations and shifts."""
 
-    def __init__(self, images, half, ctf, n, pad, weight_floor, device, batch_size):
+    def __init__(self, images, half, ctf, n, pad, weight_floor, pixel_size, min_band, device, batch_size):
         self.images, self.half, self.ctf = images, half, ctf
         self.n, self.pad, self.floor, self.device, self.batch = n, pad, weight_floor, device, batch_size
+        self.pixel_size, self.min_band = pixel_size, min_band
+
+    def half_maps(self, q: Tensor, t: Tensor, w: Optional[Tensor] = None):
+        """The half sets' inserters (see :meth:`inserters`), their maps (2, n, n, n), FSC, FSC-0.143
+        resolution (Å) and the Fourier radius (pixels, at least ``min_band``) the scores then use."""
+        ins = self.inserters(q, t, w)
+        maps = torch.stack([i.volume() for i in ins])
+        curve = fsc(maps[0], maps[1], self.pixel_size)
+        res = curve.resolution(0.143)
+        band = min(max(self.n * self.pixel_size / res, self.min_band), self.n // 2 - 1)
+        return ins, maps, curve, res, band
+
+    def full_map(self, ins: list[FourierInserter], band: float) -> Tensor:
+        """The map (n, n, n) of both half sets' inserters, low-pass filtered at Fourier radius ``band``."""
+        full = FourierInserter(self.n, pad=self.pad, device=self.device, weight_floor=self.floor)
+        full.data = ins[0].data + ins[1].data
+        full.weight = ins[0].weight + ins[1].weight
+        return lowpass(full.volume(), self.pixel_size, self.n * self.pixel_size / band).cpu()
 
     def inserters(self, q: Tensor, t: Tensor, w: Optional[Tensor] = None) -> list[FourierInserter]:
         """Half-set inserters of the particles at orientations q (N, 4) and shifts t (N, 2), or, for a
@@ -365,23 +378,27 @@ def _matching_scale(own: Tensor, other: Tensor, search: _Search) -> float:
     return math.exp(0.5 * (lo + hi))
 
 
-def _soft_assignment(images, ctf, half: Tensor, q: Tensor, t: Tensor, projs: list[FourierProjector],
-                     search: _Search, radius: float, step: float, top: int, calibrate: int, batch_size: int,
-                     seed: int, device) -> tuple[Tensor, Tensor, Tensor, float]:
-    """Candidates (N, top, 4), shifts (N, top, 2) and probabilities (N, top) of every particle on the
-    ``search`` grid of ``radius`` (rad) and shift ``step`` (pixels) around (q, t), scored against its
-    own half map (``projs[half]``), and the inverse temperature used.
+def _soft_assignment(recon: _Reconstructor, q: Tensor, t: Tensor, maps: Tensor, curve: FSCResult, band: float,
+                     interpolation: str, batch_size: int, seed: int) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Candidates (N, SOFT_TOP, 4), shifts (N, SOFT_TOP, 2) and probabilities (N, SOFT_TOP) of every
+    particle on the soft-assignment grid around (q, t) (``SOFT_*``, Fourier radius ``band``
+    pixels), scored against its own half map of ``maps`` (FSC ``curve``), and the inverse
+    temperature used.
 
     A particle's own half map holds its own noise at its current orientation, which makes the
     likelihood of :meth:`_Search.log_prob` too sharp there; the temperature is therefore
-    calibrated on up to ``calibrate`` particles of each half, scored also against the other
+    calibrated on up to ``SOFT_CALIBRATE`` particles of each half, scored also against the other
     half map (:func:`_matching_scale`; one number, the maps stay independent)."""
+    device, top = recon.device, SOFT_TOP
+    search = _Search(_Band(recon.n, band, curve.fsc, device), SOFT_LATTICE, SOFT_SHIFT_GRID, device)
+    projs = [FourierProjector(m, pad=recon.pad, interpolation=interpolation) for m in maps]
+    radius, step = SOFT_LATTICE * SOFT_ANGLE / band, SOFT_SHIFT_STEP
     N = q.shape[0]
     gen = torch.Generator().manual_seed(int(seed) + 1)
 
     def scores_of(idx, proj):
-        img = _load(images, idx, device)
-        c = None if ctf is None else _load_ctf(ctf, idx, img.shape[-1], device)
+        img = _load(recon.images, idx, device)
+        c = None if recon.ctf is None else _load_ctf(recon.ctf, idx, recon.n, device)
         B = len(idx)
         return search.score(proj, img, c, q[idx].to(device), t[idx].to(device),
                             torch.full((B,), radius, dtype=torch.float64, device=device),
@@ -389,8 +406,8 @@ def _soft_assignment(images, ctf, half: Tensor, q: Tensor, t: Tensor, projs: lis
 
     own, other = [], []
     for h in (0, 1):
-        members = torch.nonzero(half == h).squeeze(1)
-        for idx in members[torch.randperm(len(members), generator=gen)[:calibrate]].split(batch_size):
+        members = torch.nonzero(recon.half == h).squeeze(1)
+        for idx in members[torch.randperm(len(members), generator=gen)[:SOFT_CALIBRATE]].split(batch_size):
             own.append(scores_of(idx, projs[h])[0])
             other.append(scores_of(idx, projs[1 - h])[0])
     scale = _matching_scale(torch.cat(own), torch.cat(other), search)
@@ -398,7 +415,7 @@ def _soft_assignment(images, ctf, half: Tensor, q: Tensor, t: Tensor, projs: lis
     tc = torch.zeros(N, top, 2, dtype=torch.float64)
     wc = torch.zeros(N, top, dtype=torch.float64)
     for h in (0, 1):
-        for idx in torch.nonzero(half == h).squeeze(1).split(batch_size):
+        for idx in torch.nonzero(recon.half == h).squeeze(1).split(batch_size):
             scores, cand = scores_of(idx, projs[h])
             step_b = torch.full((len(idx),), step, dtype=torch.float64, device=device)
             a, b, w = search.posterior(scores, cand, t[idx].to(device), step_b, top, scale)
@@ -408,31 +425,11 @@ def _soft_assignment(images, ctf, half: Tensor, q: Tensor, t: Tensor, projs: lis
 
 
 def refine(
-    images,
-    q_init,
-    *,
-    shifts=None,
-    ctf: Optional[CTFSource] = None,
-    rounds: int = 5,
-    passes: int = 2,
-    pixel_size: float = 1.0,
-    radius: float = 0.25,
-    shrink: float = 0.5,
-    lattice: int = 2,
-    shift_step: float = 1.0,
-    shift_grid: int = 2,
-    max_shift: Optional[float] = None,
-    min_band: float = 4.0,
-    reference=None,
-    align_reference: bool = False,
-    pad: int = 2,
-    weight_floor: float = 0.01,
-    interpolation: str = "linear",
-    soft: bool = True,
-    batch_size: Optional[int] = None,
-    seed: int = 0,
-    device=None,
-    progress: bool = True,
+    images, q_init, *, shifts=None, ctf: Optional[CTFSource] = None, rounds: int = 5, passes: int = 2,
+    pixel_size: float = 1.0, radius: float = 0.25, shrink: float = 0.5, lattice: int = 2, shift_step: float = 1.0,
+    shift_grid: int = 2, max_shift: Optional[float] = None, min_band: float = 4.0, reference=None,
+    align_reference: bool = False, pad: int = 2, weight_floor: float = 0.01, interpolation: str = "linear",
+    soft: bool = True, batch_size: Optional[int] = None, seed: int = 0, device=None, progress: bool = True,
 ) -> RefineResult:
     """Refine orientations (and in-plane shifts) of ``images`` by gold-standard projection matching.
 
@@ -461,10 +458,9 @@ def refine(
     least (CTF²-)weight a Fourier voxel of a reconstruction is divided by (see
     :class:`~cryoorient.reconstruct.FourierInserter`; one image's weight is about 1, and a
     floor near that attenuates sparsely sampled voxels differently for each orientation,
-    which biases the search); ``interpolation``
-    of the projector (``"linear"`` or ``"cubic"``); ``batch_size``: particles per search
-    batch (default: by a memory budget, larger on CUDA); ``seed``: the half-set split;
-    ``device``: where to compute (default CUDA if available).
+    which biases the search); ``interpolation`` of the projector (``"linear"`` or ``"cubic"``);
+    ``batch_size``: particles per search batch (default: by a memory budget, larger on CUDA);
+    ``seed``: the half-set split; ``device``: where to compute (default CUDA if available).
     """
     shape = tuple(images.shape) if hasattr(images, "shape") else None
     if shape is None or len(shape) != 3 or shape[1] != shape[2]:
@@ -479,6 +475,96 @@ def refine(
         raise ValueError("q_init contains zero quaternions")
     q = _positive_w(quat_normalize(q))
     t = torch.zeros(N, 2, dtype=torch.float64) if shifts is None else _as_float64(shifts, "shifts", (N, 2))
+    max_shift = _check_options(rounds, passes, pixel_size, radius, shift_step, weight_floor, soft, shrink, lattice,
+                               shift_grid, n / 4 if max_shift is None else float(max_shift))
+    ref = None
+    if reference is not None:
+        ref = torch.as_tensor(np.asarray(reference) if not torch.is_tensor(reference) else reference).float().cpu()
+        if tuple(ref.shape) != (n, n, n):
+            raise ValueError(f"reference must be a ({n}, {n}, {n}) map to match the images; got {tuple(ref.shape)}")
+        if not bool(torch.isfinite(ref).all()):
+            raise ValueError("reference map contains NaN or infinite values")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(int(seed)))
+    half = torch.zeros(N, dtype=torch.long)
+    half[perm[N // 2 :]] = 1
+    if batch_size is None:
+        budget = 1 << (26 if device.type == "cuda" else 21)  # candidate Fourier pixels held at once
+        batch_size = max(1, budget // ((2 * lattice + 1) ** 3 * n * (n // 2 + 1)))
+    recon = _Reconstructor(images, half, ctf, n, pad, weight_floor, pixel_size, min_band, device, max(batch_size, 64))
+    est = _Estimates(q, t, radius, shift_step, shrink, max_shift)
+    history: list[RoundStats] = []
+    bar = tqdm(range(int(rounds)), desc="refine", unit="round", disable=not progress)
+    for _ in bar:
+        history.append(_search_round(est, recon, lattice, shift_grid, passes, batch_size, interpolation))
+        stats = history[-1]
+        bar.set_postfix(res=f"{stats.resolution:.2f}", ncc=f"{stats.mean_score:.4f}", moved=f"{stats.mean_rotation:.4f}")
+    ins, maps, curve, res, band = recon.half_maps(q, t)
+    soft_scale = None
+    if soft and rounds > 0:
+        qc, tc, wc, soft_scale = _soft_assignment(recon, q, t, maps, curve, band, interpolation, batch_size, seed)
+        ins, maps, curve, res, band = recon.half_maps(qc, tc, wc)
+    final = recon.full_map(ins, band)
+    result = RefineResult(
+        quaternions=q, shifts=t, scores=est.scores, half=half, half_maps=maps.cpu(), map=final, fsc=curve,
+        resolution=res, pixel_size=float(pixel_size), rounds=history, soft_scale=soft_scale,
+    )
+    if ref is not None:
+        result.handedness_flipped, result.reference_fsc = _handedness(final, ref, curve, res, pixel_size, align_reference)
+    return result
+
+
+class _Estimates:
+    """Each particle's orientation q (N, 4), shift t (N, 2, pixels), NCC score (N,) and trust region
+    (search radius r (N, rad), shift step (N, pixels); see :func:`refine`), updated in place."""
+
+    def __init__(self, q: Tensor, t: Tensor, radius: float, shift_step: float, shrink: float, max_shift: float):
+        self.q, self.t = q, t
+        self.scores, self.r, self.step = (torch.full((q.shape[0],), float(v), dtype=torch.float64)
+                                          for v in (math.nan, radius, shift_step))
+        self.radius, self.shift_step, self.shrink, self.max_shift = radius, shift_step, shrink, max_shift
+
+    def update(self, idx: Tensor, q: Tensor, t: Tensor, score: Tensor, rot_in: Tensor, shift_in: Tensor) -> Tensor:
+        """Take the result of :meth:`_Search.run` for particles ``idx``; returns ``rot_in`` on the CPU."""
+        rot_in, shift_in = rot_in.cpu(), shift_in.cpu()
+        self.q[idx] = _positive_w(q).cpu()
+        self.t[idx] = t.cpu().clamp(-self.max_shift, self.max_shift)
+        self.scores[idx] = score.double().cpu()
+        self.r[idx] = torch.where(rot_in, self.r[idx] * self.shrink, (self.r[idx] / self.shrink).clamp(max=self.radius))
+        self.step[idx] = torch.where(shift_in, self.step[idx] * self.shrink,
+                                     (self.step[idx] / self.shrink).clamp(max=self.shift_step))
+        return rot_in
+
+
+def _search_round(est: _Estimates, recon: _Reconstructor, lattice: int, shift_grid: int, passes: int,
+                  batch_size: int, interpolation: str) -> RoundStats:
+    """One round: half maps of the current estimates, then ``passes`` local searches of every
+    particle against its own half map (``est`` updated in place)."""
+    _, maps, curve, res, band = recon.half_maps(est.q, est.t)
+    device = recon.device
+    search = _Search(_Band(recon.n, band, curve.fsc, device), lattice, shift_grid, device)
+    q_old, t_old, r_old, step_old = est.q.clone(), est.t.clone(), est.r.clone(), est.step.clone()
+    inside = torch.zeros(len(q_old), dtype=torch.bool)
+    for h in (0, 1):
+        proj = FourierProjector(maps[h], pad=recon.pad, interpolation=interpolation)
+        for idx in torch.nonzero(recon.half == h).squeeze(1).split(batch_size):
+            img = _load(recon.images, idx, device)
+            c = None if recon.ctf is None else _load_ctf(recon.ctf, idx, recon.n, device)
+            for _ in range(passes):
+                found = search.run(proj, img, c, *(x[idx].to(device) for x in (est.q, est.t, est.r, est.step)))
+                inside[idx] = est.update(idx, *found)
+        del proj
+    return RoundStats(
+        radius=float(r_old.mean()), shift_step=float(step_old.mean()), resolution=res, band=band,
+        mean_score=float(est.scores.mean()), mean_rotation=float(quat_distance(est.q, q_old).mean()),
+        mean_shift=float(torch.linalg.vector_norm(est.t - t_old, dim=1).mean()),
+        at_boundary=float(1 - inside.double().mean()),
+    )
+
+
+def _check_options(rounds, passes, pixel_size, radius, shift_step, weight_floor, soft, shrink, lattice,
+                   shift_grid, max_shift: float) -> float:
+    """Raise on an option of :func:`refine` out of its range; returns ``max_shift``."""
     if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 0:
         raise ValueError(f"rounds must be a non-negative integer; got {rounds!r}")
     if isinstance(passes, bool) or int(passes) != passes or passes < 1:
@@ -493,103 +579,22 @@ def refine(
         raise ValueError(f"shrink must be in (0, 1]; got {shrink!r}")
     if int(lattice) != lattice or lattice < 1 or int(shift_grid) != shift_grid or shift_grid < 0:
         raise ValueError(f"lattice must be an integer >= 1 and shift_grid >= 0; got {lattice!r}, {shift_grid!r}")
-    max_shift = n / 4 if max_shift is None else float(max_shift)
     if not (math.isfinite(max_shift) and max_shift >= 0):
         raise ValueError(f"max_shift must be a non-negative number of pixels; got {max_shift!r}")
-    ref = None
-    if reference is not None:
-        ref = torch.as_tensor(np.asarray(reference) if not torch.is_tensor(reference) else reference).float().cpu()
-        if tuple(ref.shape) != (n, n, n):
-            raise ValueError(f"reference must be a ({n}, {n}, {n}) map to match the images; got {tuple(ref.shape)}")
-        if not bool(torch.isfinite(ref).all()):
-            raise ValueError("reference map contains NaN or infinite values")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    return max_shift
 
-    perm = torch.randperm(N, generator=torch.Generator().manual_seed(int(seed)))
-    half = torch.zeros(N, dtype=torch.long)
-    half[perm[N // 2 :]] = 1
-    K = (2 * lattice + 1) ** 3
-    if batch_size is None:
-        budget = 1 << (26 if device.type == "cuda" else 21)  # candidate Fourier pixels held at once
-        batch_size = max(1, budget // (K * n * (n // 2 + 1)))
-    recon = _Reconstructor(images, half, ctf, n, pad, weight_floor, device, max(batch_size, 64))
 
-    def half_maps(*assignment):
-        ins = recon.inserters(*(assignment or (q, t)))
-        maps = torch.stack([i.volume() for i in ins])
-        curve = fsc(maps[0], maps[1], pixel_size)
-        res = curve.resolution(0.143)
-        band = min(max(n * pixel_size / res, min_band), n // 2 - 1)
-        return ins, maps, curve, res, band
+def _handedness(final: Tensor, ref: Tensor, curve: FSCResult, res: float, pixel_size: float,
+                align_reference: bool) -> tuple[bool, float]:
+    """Whether ``final`` is the mirror image of ``ref``, and its mean FSC with ``ref`` in the
+    reference's hand over the shells up to ``res`` (Å; at least 3 shells)."""
+    keep = max(3, int(np.searchsorted(curve.frequency, 1.0 / res, side="right")))
 
-    history: list[RoundStats] = []
-    r = torch.full((N,), float(radius), dtype=torch.float64)  # per-particle search radius, rad
-    step = torch.full((N,), float(shift_step), dtype=torch.float64)  # per-particle shift step, pixels
-    scores = torch.full((N,), float("nan"), dtype=torch.float64)
-    bar = tqdm(range(int(rounds)), desc="refine", unit="round", disable=not progress)
-    for i in bar:
-        _, maps, curve, res, band = half_maps()
-        search = _Search(_Band(n, band, curve.fsc, device), lattice, shift_grid, device)
-        q_old, t_old, r_old, step_old = q.clone(), t.clone(), r.clone(), step.clone()
-        inside = torch.zeros(N, dtype=torch.bool)
-        for h in (0, 1):
-            proj = FourierProjector(maps[h], pad=pad, interpolation=interpolation)
-            for idx in torch.nonzero(half == h).squeeze(1).split(batch_size):
-                img = _load(images, idx, device)
-                c = None if ctf is None else _load_ctf(ctf, idx, n, device)
-                for _ in range(passes):
-                    qb, tb, sb, rot_in, shift_in = search.run(
-                        proj, img, c, q[idx].to(device), t[idx].to(device), r[idx].to(device), step[idx].to(device)
-                    )
-                    q[idx] = _positive_w(qb).cpu()
-                    t[idx] = tb.cpu().clamp(-max_shift, max_shift)
-                    scores[idx] = sb.double().cpu()
-                    inside[idx] = rot_in.cpu()
-                    # trust region: narrower after an inner optimum, wider (up to the start) after an outer one
-                    r[idx] = torch.where(rot_in.cpu(), r[idx] * shrink, (r[idx] / shrink).clamp(max=radius))
-                    step[idx] = torch.where(shift_in.cpu(), step[idx] * shrink, (step[idx] / shrink).clamp(max=shift_step))
-            del proj
-        stats = RoundStats(
-            radius=float(r_old.mean()),
-            shift_step=float(step_old.mean()),
-            resolution=res,
-            band=band,
-            mean_score=float(scores.mean()),
-            mean_rotation=float(quat_distance(q, q_old).mean()),
-            mean_shift=float(torch.linalg.vector_norm(t - t_old, dim=1).mean()),
-            at_boundary=float(1 - inside.double().mean()),
-        )
-        history.append(stats)
-        bar.set_postfix(res=f"{res:.2f}", ncc=f"{stats.mean_score:.4f}", moved=f"{stats.mean_rotation:.4f}")
+    def agreement(m):
+        return float(np.mean(fsc(m, ref, pixel_size).fsc[:keep]))
 
-    ins, maps, curve, res, band = half_maps()
-    soft_scale = None
-    if soft and rounds > 0:
-        search = _Search(_Band(n, band, curve.fsc, device), SOFT_LATTICE, SOFT_SHIFT_GRID, device)
-        projs = [FourierProjector(m, pad=pad, interpolation=interpolation) for m in maps]
-        qc, tc, wc, soft_scale = _soft_assignment(
-            images, ctf, half, q, t, projs, search, SOFT_LATTICE * SOFT_ANGLE / band, SOFT_SHIFT_STEP, SOFT_TOP,
-            SOFT_CALIBRATE, batch_size, seed, device)
-        del projs
-        ins, maps, curve, res, band = half_maps(qc, tc, wc)
-    full = FourierInserter(n, pad=pad, device=device, weight_floor=weight_floor)
-    full.data = ins[0].data + ins[1].data
-    full.weight = ins[0].weight + ins[1].weight
-    final = lowpass(full.volume(), pixel_size, n * pixel_size / band).cpu()
-    result = RefineResult(
-        quaternions=q, shifts=t, scores=scores, half=half, half_maps=maps.cpu(), map=final, fsc=curve,
-        resolution=res, pixel_size=float(pixel_size), rounds=history, soft_scale=soft_scale,
-    )
-    if ref is not None:
-        keep = max(3, int(np.searchsorted(curve.frequency, 1.0 / res, side="right")))
-
-        def agreement(m):
-            return float(np.mean(fsc(m, ref, pixel_size).fsc[:keep]))
-
-        if align_reference:
-            aligned = align_map(final, ref)
-            result.handedness_flipped, result.reference_fsc = aligned.mirrored, agreement(aligned.aligned)
-        else:
-            same, mirrored = agreement(final), agreement(mirror(final))
-            result.handedness_flipped, result.reference_fsc = mirrored > same, max(same, mirrored)
-    return result
+    if align_reference:
+        aligned = align_map(final, ref)
+        return aligned.mirrored, agreement(aligned.aligned)
+    same, mirrored = agreement(final), agreement(mirror(final))
+    return mirrored > same, max(same, mirrored)

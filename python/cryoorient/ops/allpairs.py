@@ -41,6 +41,7 @@ from ._checks import (
     check_same_device,
     check_tensor,
 )
+from ._cupy import cupy_io
 from ._direct import autograd_function, call, direct, in_direct_backward
 
 # Must match csrc/allpairs/allpairs_math.h.
@@ -132,6 +133,7 @@ def unit_quaternions(q: Tensor, dtype: torch.dtype) -> Tensor:
     return (q / torch.linalg.vector_norm(q, dim=1, keepdim=True)).contiguous()
 
 
+@cupy_io
 def allpairs_loss(
     features: Tensor,
     q: Tensor,
@@ -219,23 +221,30 @@ def _(f, q, distance, cutoff, start, stop):
     return torch.empty_like(f)
 
 
-def _loss_setup(ctx, inputs, output):
-    f, q, distance, cutoff, start, stop = inputs
-    ctx.save_for_backward(f, q, output[1])
-    ctx.args = (distance, cutoff, start, stop)
+def feature_loss_autograd(grad_features_impl, grad_features_op):
+    """(setup_context, backward) of a feature loss op ``(f, q, *args) -> (loss, ∂loss/∂q)``: the
+    q-gradient comes from the forward pass; the feature gradient is ``grad_features(f, q, *args)``,
+    the implementation ``grad_features_impl`` in a direct backward, else the op ``grad_features_op``."""
+
+    def setup_context(ctx, inputs, output):
+        f, q, *args = inputs
+        ctx.save_for_backward(f, q, output[1])
+        ctx.args = tuple(args)
+
+    def backward(ctx, grad_loss, _grad_grad):
+        f, q, grad_q = ctx.saved_tensors
+        gf = gq = None
+        if ctx.needs_input_grad[1]:
+            gq = grad_loss.to(grad_q.dtype) * grad_q
+        if ctx.needs_input_grad[0]:
+            grad_features = grad_features_impl if in_direct_backward(ctx) else grad_features_op
+            gf = grad_loss.to(f.dtype) * grad_features(f, q, *ctx.args)
+        return (gf, gq) + (None,) * len(ctx.args)
+
+    return setup_context, backward
 
 
-def _loss_backward(ctx, grad_loss, _grad_grad):
-    f, q, grad_q = ctx.saved_tensors
-    gf = gq = None
-    if ctx.needs_input_grad[1]:
-        gq = grad_loss.to(grad_q.dtype) * grad_q
-    if ctx.needs_input_grad[0]:
-        grad_features = _allpairs_grad_features_impl if in_direct_backward(ctx) else _allpairs_grad_features
-        gf = grad_loss.to(f.dtype) * grad_features(f, q, *ctx.args)
-    return gf, gq, None, None, None, None
-
-
+_loss_setup, _loss_backward = feature_loss_autograd(_allpairs_grad_features_impl, _allpairs_grad_features)
 _allpairs_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
 _AllPairsLoss = autograd_function("_AllPairsLoss", _allpairs_loss_impl, _loss_setup, _loss_backward)
 
@@ -303,6 +312,7 @@ def _code_offset(r: Tensor, c: Tensor) -> Tensor:
     return w * 2048 + (m // 2) * 512 + (4 * g + t) * 16 + (m % 2) * 8 + n * 4 + h * 2 + e
 
 
+@cupy_io
 def allpairs_distance_cache(
     features: Tensor, distance: str = "snn", rows: tuple[int, int] | None = None, *, validate: bool = True
 ) -> DistanceCache:
@@ -344,6 +354,7 @@ def _(f, distance, start, stop):
     return f.new_empty(cache_bytes(f.shape[0], start, stop), dtype=torch.uint8)
 
 
+@cupy_io
 def allpairs_loss_cached(cache: DistanceCache, q: Tensor, weight=None, *, validate: bool = True) -> Tensor:
     """``allpairs_loss`` with d_p read from a ``DistanceCache`` (same pairs, rows and weights).
 

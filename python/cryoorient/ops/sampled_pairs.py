@@ -17,11 +17,13 @@ from .allpairs import (
     check_inputs,
     compute_dtypes,
     distance_code,
+    feature_loss_autograd,
     unit_features,
     unit_quaternions,
     weight_cutoff,
 )
-from ._direct import autograd_function, call, direct, in_direct_backward
+from ._cupy import cupy_io
+from ._direct import autograd_function, call, direct
 
 _MAX_SEED = 2**63
 
@@ -34,6 +36,7 @@ def _check_stream(P: int, n_pairs: int, seed: int, epoch: int) -> None:
         raise ValueError(f"pair sampling needs at least 2 projections; got P = {P}")
 
 
+@cupy_io
 def sampled_pairs(
     num_projections: int, n_pairs: int, seed: int, epoch: int = 0, *, device: torch.device | str = "cpu"
 ) -> tuple[Tensor, Tensor]:
@@ -61,6 +64,7 @@ def _(P, n_pairs, seed, epoch, device):
     return torch.empty(n_pairs, dtype=torch.int64, device=device), torch.empty(n_pairs, dtype=torch.int64, device=device)
 
 
+@cupy_io
 def sampled_feature_pair_loss(
     features: Tensor,
     q: Tensor,
@@ -134,22 +138,6 @@ def _(f, q, n_pairs, seed, epoch, distance, cutoff):
     return torch.empty_like(f)
 
 
-def _setup(ctx, inputs, output):
-    f, q, n_pairs, seed, epoch, distance, cutoff = inputs
-    ctx.save_for_backward(f, q, output[1])
-    ctx.args = (n_pairs, seed, epoch, distance, cutoff)
-
-
-def _backward(ctx, grad_loss, _grad_grad):
-    f, q, grad_q = ctx.saved_tensors
-    gf = gq = None
-    if ctx.needs_input_grad[1]:
-        gq = grad_loss.to(grad_q.dtype) * grad_q
-    if ctx.needs_input_grad[0]:
-        grad_features = _sampled_grad_features_impl if in_direct_backward(ctx) else _sampled_grad_features
-        gf = grad_loss.to(f.dtype) * grad_features(f, q, *ctx.args)
-    return gf, gq, None, None, None, None, None
-
-
+_setup, _backward = feature_loss_autograd(_sampled_grad_features_impl, _sampled_grad_features)
 _sampled_loss.register_autograd(_backward, setup_context=_setup)
 _SampledLoss = autograd_function("_SampledLoss", _sampled_loss_impl, _setup, _backward)

@@ -33,12 +33,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from .. import ops
+from .. import distributed, ops
 from ..ops import DistanceCache
 from ..ops.allpairs import check_inputs, distance_code, weight_cutoff
 
@@ -51,7 +52,6 @@ __all__ = [
     "RecoveryResult",
     "recover_orientations",
     "recover_orientations_allpairs",
-    "recover_orientations_allpairs_sharded",
     "plot_loss_curve",
 ]
 
@@ -406,10 +406,12 @@ def recover_orientations(
 
 # -- full-batch mode: every pair every epoch (all-pairs kernels) ------------------------- #
 # Full-batch orientation recovery: Adam over the quaternions on the all-pairs loss L_OR.
-# 
+#
 # Every epoch uses every pair i < j (paper eq. 4 without sampling), either with d_p computed from
 # the projection features by the fused kernel (``cryoorient.ops.allpairs_loss``) or read from a
 # 1-byte ``DistanceCache`` (``cryoorient.ops.allpairs_loss_cached``, ~4× less work per epoch).
+# The pairs are split over the ranks of the torch.distributed process group by rows
+# (``distributed.row_block``); one process is the world of size 1 and owns every row.
 # The objective is the mean over pairs, L_OR / n_pairs (radians²). The learning rate follows a
 # cosine decay from ``lr`` to ``lr·final_lr_ratio`` over ``max_epochs``; quaternions are
 # renormalised after each step. Recovery stops early once the loss has dropped by less than a
@@ -434,7 +436,7 @@ class AllPairsRecovery:
 def recover_orientations_allpairs(
     features: Tensor | None = None,
     *,
-    cache: DistanceCache | None = None,
+    cache: DistanceCache | bool = False,
     distance: str = "snn",
     weight=None,
     q0: Tensor | None = None,
@@ -447,108 +449,60 @@ def recover_orientations_allpairs(
     seed: int = 0,
     callback=None,
 ) -> AllPairsRecovery:
-    """Recover P orientations from all pairwise feature distances.
-
-    Give either ``features`` (P, n_f) with ``distance`` ("snn" or "signless"), or a ``cache``
-    from ``cryoorient.ops.allpairs_distance_cache`` covering all rows. ``weight`` as in
-    ``allpairs_loss``. ``q0``: (P, 4) initial quaternions (default: uniform random, from
-    ``seed``). ``callback(epoch, q, loss)``, if given, runs after every epoch. On CUDA without
-    a callback, each epoch's loss is read while the next epoch runs (no GPU idle time between
-    epochs), so a stop takes effect one Adam step late.
-    """
-    if (features is None) == (cache is None):
-        raise ValueError("give exactly one of features or cache")
-    if cache is not None:
-        if not isinstance(cache, DistanceCache):
-            raise TypeError(f"cache must be a DistanceCache; got {type(cache).__name__}")
-        if cache.rows != (0, cache.num_projections):
-            raise ValueError(f"cache must cover every row (0, {cache.num_projections}); got rows {cache.rows}")
-        P, device = cache.num_projections, cache.codes.device
-    else:
-        features, _ = check_inputs(features, None, validate=True)
-        distance_code(distance)
-        P, device = features.shape[0], features.device
-    weight_cutoff(weight)
-    _check_allpairs_options(lr, final_lr_ratio, max_epochs, tol, patience)
-
-    def block_loss(q: Tensor) -> Tensor:
-        if cache is not None:
-            return ops.allpairs_loss_cached(cache, q, weight, validate=False)
-        return ops.allpairs_loss(features, q, distance, weight, validate=False)
-
-    return _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, tol, patience, target_loss,
-                          seed, callback, reduce=False)
-
-
-def recover_orientations_allpairs_sharded(
-    features: Tensor,
-    *,
-    cache: bool = False,
-    distance: str = "snn",
-    weight=None,
-    q0: Tensor | None = None,
-    lr: float = 0.1,
-    final_lr_ratio: float = 0.01,
-    max_epochs: int = 300,
-    tol: float = 1e-3,
-    patience: int = 25,
-    target_loss: float = 1e-8,
-    seed: int = 0,
-    callback=None,
-) -> AllPairsRecovery:
-    """``recover_orientations_allpairs`` split over the ranks of the torch.distributed process
-    group (one process per GPU, e.g. under ``torchrun``); a single process without a group
-    runs the same computation alone.
+    """Recover P orientations from all pairwise feature distances, in one process or split over
+    the ranks of the torch.distributed process group (one process per GPU, e.g. under
+    ``torchrun``); one process is the world of size 1.
 
     ``features``: this rank's consecutive rows of the (P, n_f) features, rank 0 first (any
-    split, e.g. the images each rank embedded); they are all-gathered once. Rank k then owns
-    the row block ``distributed.row_block(P)`` (equal pair counts): every epoch it computes
-    the loss and the (P, 4) q-gradient of the pairs i < j with i in its block (the fused
-    kernel, or with ``cache=True`` the 1-byte distance cache of its block, ~P²/(2·world)
-    bytes, built once, after which the features are dropped). Loss and gradient are summed
-    over the ranks by one all-reduce and every rank takes the same Adam step on the full
-    (P, 4) quaternions (16 bytes a projection, so they stay replicated and need no gather).
-    ``q0`` (P, 4) must be the same on every rank (default: drawn from ``seed``, as in the
-    single-process function). Other arguments as ``recover_orientations_allpairs``, whose
-    result this equals to float rounding; every rank returns it.
+    split, e.g. the images each rank embedded; in one process all of them), compared by
+    ``distance`` ("snn" or "signless"); they are all-gathered once. Rank k owns the row block
+    ``distributed.row_block(P)`` (equal pair counts): every epoch it computes the loss and the
+    (P, 4) q-gradient of the pairs i < j with i in its block, by the fused kernel or, with
+    ``cache=True``, from the 1-byte distance cache of its block (~P²/(2·world) bytes, built
+    once, after which the features are dropped). Instead of features, ``cache`` may be a
+    ``DistanceCache`` (``cryoorient.ops.allpairs_distance_cache``) of this rank's block (in
+    one process: every row). Loss and gradient are summed over the ranks by one all-reduce
+    and every rank takes the same Adam step on the full (P, 4) quaternions (16 bytes a
+    projection, so they stay replicated) and returns the same result, which equals the
+    one-process result to float rounding.
+
+    ``weight`` as in ``allpairs_loss``. ``q0``: (P, 4) initial quaternions, the same on every
+    rank (default: uniform random, from ``seed``). ``callback(epoch, q, loss)``, if given, runs
+    after every epoch. On CUDA without a callback, each epoch's loss is read while the next
+    epoch runs (no GPU idle time between epochs), so a stop takes effect one Adam step late.
     """
-    from .. import distributed
-
-    _check_allpairs_options(lr, final_lr_ratio, max_epochs, tol, patience)
-    if not isinstance(features, Tensor) or features.dim() != 2:
-        raise ValueError(f"features must be a 2-D tensor (rows, n_f); got {getattr(features, 'shape', type(features))}")
-    features = distributed.all_gather_rows(features)
-    features, _ = check_inputs(features, None, validate=True)
-    distance_code(distance)
-    weight_cutoff(weight)
-    P, device = features.shape[0], features.device
-    rows = distributed.row_block(P)
-    if cache:
-        table = ops.allpairs_distance_cache(features, distance, rows, validate=False)
-        del features
-
-        def block_loss(q: Tensor) -> Tensor:
-            return ops.allpairs_loss_cached(table, q, weight, validate=False)
+    if not isinstance(cache, (bool, DistanceCache)):
+        raise TypeError(f"cache must be True, False or a DistanceCache; got {type(cache).__name__}")
+    if (features is None) != isinstance(cache, DistanceCache):
+        raise ValueError("give exactly one of features or cache (a DistanceCache)")
+    if features is None:
+        P, device = cache.num_projections, cache.codes.device
     else:
-
-        def block_loss(q: Tensor) -> Tensor:
-            return ops.allpairs_loss(features, q, distance, weight, rows, validate=False)
-
-    return _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, tol, patience, target_loss,
-                          seed, callback, reduce=distributed.world_size() > 1)
-
-
-def _check_allpairs_options(lr, final_lr_ratio, max_epochs, tol, patience) -> None:
+        if not isinstance(features, Tensor) or features.dim() != 2:
+            raise ValueError(f"features must be a 2-D tensor (rows, n_f); got {getattr(features, 'shape', type(features))}")
+        features, _ = check_inputs(distributed.all_gather_rows(features), None, validate=True)
+        distance_code(distance)
+        P, device = features.shape[0], features.device
+    rows = distributed.row_block(P)
+    if features is None and cache.rows != rows:
+        raise ValueError(f"cache must cover every row of this process's block {rows}; got rows {cache.rows}")
+    weight_cutoff(weight)
     if not (lr > 0 and 0 < final_lr_ratio <= 1 and max_epochs >= 1 and patience >= 1 and tol >= 0):
         raise ValueError("need lr > 0, 0 < final_lr_ratio <= 1, max_epochs >= 1, patience >= 1 and tol >= 0")
+    if cache is True:
+        cache, features = ops.allpairs_distance_cache(features, distance, rows, validate=False), None
+    if features is None:
+        block_loss = partial(ops.allpairs_loss_cached, cache, weight=weight, validate=False)
+    else:
+        block_loss = partial(ops.allpairs_loss, features, distance=distance, weight=weight, rows=rows, validate=False)
+    return _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, tol, patience, target_loss,
+                          seed, callback)
 
 
 def _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, tol, patience, target_loss, seed,
-                   callback, reduce: bool) -> AllPairsRecovery:
+                   callback) -> AllPairsRecovery:
     """The full-batch Adam loop: ``block_loss(q)`` is the loss sum over this process's pairs;
-    with ``reduce``, loss and q-gradient are summed over the ranks before each step."""
-    from ..distributed import all_reduce_sum_
-
+    in a world of several ranks, loss and q-gradient are summed over them before each step."""
     if q0 is None:
         g = torch.Generator().manual_seed(seed)
         q0 = torch.randn(P, 4, generator=g)
@@ -580,8 +534,8 @@ def _allpairs_adam(block_loss, P, device, q0, lr, final_lr_ratio, max_epochs, to
         loss = block_loss(q) / n_pairs
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if reduce:  # one all-reduce of [gradient, loss]
-            both = all_reduce_sum_(torch.cat((q.grad.reshape(-1), loss.detach().reshape(1))))
+        if distributed.world_size() > 1:  # one all-reduce of [gradient, loss]
+            both = distributed.all_reduce_sum_(torch.cat((q.grad.reshape(-1), loss.detach().reshape(1))))
             q.grad.copy_(both[:-1].view_as(q.grad))
             loss = both[-1]
         opt.step()
