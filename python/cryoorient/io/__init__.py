@@ -1,4 +1,4 @@
-"""File I/O for cryoorient: MRC maps/stacks, RELION STAR particles, atomic models.
+"""File I/O for cryoorient: MRC maps/stacks, RELION STAR and cryoSPARC .cs particles, atomic models.
 
 Units and conventions used throughout:
 
@@ -12,8 +12,11 @@ Units and conventions used throughout:
 """
 
 from ._atomic import FormatError
+from .cryosparc import read_cs, write_cs
+from .formats import PARTICLE_SUFFIXES, read_particles, write_particles, write_recovered_star
 from .mrc import StackWriter, pad_to_cube, read_map, read_stack, write_map, write_stack
-from .star import OPTICS_COLUMNS, Particles, read_particle_images, read_star, write_recovered_star, write_star
+from .particles import Particles, check_pixel_size, read_particle_images
+from .star import OPTICS_COLUMNS, read_star, write_star
 from .structure import (
     centre_of_mass,
     density_from_atoms,
@@ -32,8 +35,14 @@ __all__ = [
     "write_stack",
     "StackWriter",
     "Particles",
+    "check_pixel_size",
+    "read_particles",
+    "write_particles",
+    "PARTICLE_SUFFIXES",
     "read_star",
     "write_star",
+    "read_cs",
+    "write_cs",
     "write_recovered_star",
     "read_particle_images",
     "OPTICS_COLUMNS",

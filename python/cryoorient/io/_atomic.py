@@ -15,7 +15,7 @@ from typing import Iterator, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["FormatError", "atomic_path", "check_overwrite"]
+__all__ = ["FormatError", "atomic_path", "check_overwrite", "require_file"]
 
 
 class FormatError(ValueError):
@@ -28,6 +28,16 @@ class FormatError(ValueError):
 def _os_error(cls, message: str, path) -> OSError:
     """``cls(message)`` with ``filename`` left unset so ``str()`` is just the message."""
     return cls(message)
+
+
+def require_file(path, kind: str) -> Path:
+    """``path`` as a Path, or FileNotFoundError ("{kind} file not found: ...") / IsADirectoryError naming it."""
+    p = Path(os.fspath(path))
+    if not p.exists():
+        raise _os_error(FileNotFoundError, f"{kind} file not found: '{p}'", p)
+    if p.is_dir():
+        raise _os_error(IsADirectoryError, f"expected the {kind} file '{p}' but found a directory", p)
+    return p
 
 
 def check_overwrite(path: Path, overwrite: bool) -> None:

@@ -6,13 +6,16 @@ Conventions
   ``[nz, ny, nx]``, an image stack is ``[n, ny, nx]`` (image index first).
 * Voxel and pixel sizes are in Å; only isotropic sampling is used (the x size
   from the header is returned; a warning is issued if x, y, z differ).
-  A size of ``0.0`` means the header carries no cell dimensions.
+  A zero cell means the header carries no size: :func:`read_map` then needs
+  ``voxel_size`` (the ``--pixel-size`` flag), :func:`read_stack` returns 0.0.
 * Maps and stacks are written as float32 (MRC mode 2).
 * Every write is atomic (temp file in the same directory, then rename) and
   refuses to replace an existing file unless ``overwrite=True``.
-* Files are opened with ``permissive=False``; anything mrcfile complains
-  about (bad header, truncated or oversized data block) raises
-  :class:`~cryoorient.io.FormatError` naming the file.
+* Old-style and foreign headers are read as mrcfile's permissive mode allows
+  when the only defects are a missing ``MAP `` identifier or an unrecognised
+  machine stamp (one RuntimeWarning naming the file and the defect); anything
+  else mrcfile complains about (bad mode, truncated or oversized data block,
+  text) raises :class:`~cryoorient.io.FormatError` naming the file.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import mrcfile
 import numpy as np
 from mrcfile import utils as _mrcutils
 
-from ._atomic import FormatError, PathLike, _os_error, atomic_path, check_overwrite
+from ._atomic import FormatError, PathLike, atomic_path, check_overwrite, require_file
 
 __all__ = [
     "read_map",
@@ -41,17 +44,20 @@ __all__ = [
 # --------------------------------------------------------------------------- #
 # opening / validation
 # --------------------------------------------------------------------------- #
-def _require_file(path: PathLike) -> Path:
-    p = Path(os.fspath(path))
-    if not p.exists():
-        raise _os_error(FileNotFoundError, f"MRC file not found: '{p}'", p)
-    if p.is_dir():
-        raise _os_error(IsADirectoryError, f"expected an MRC file but '{p}' is a directory", p)
-    return p
+# mrcfile complaints that its permissive mode reads past (old-style or foreign headers), with what
+# they mean; any other complaint refuses the file.
+_TOLERATED = {
+    "Map ID string not found": "no 'MAP ' identifier (header bytes 208-211), read as mrcfile's permissive mode allows",
+    "Unrecognised machine stamp": "unrecognised machine stamp, read as little-endian (mrcfile's permissive mode)",
+}
 
 
 def _open_checked(p: Path, mmap: bool):
-    """Open ``p`` read-only with mrcfile, turning every complaint into FormatError."""
+    """Open ``p`` read-only with mrcfile; return ``(mrc, notes)``.
+
+    ``notes`` lists the header defects read past as mrcfile's permissive mode
+    allows (see ``_TOLERATED``); every other complaint raises FormatError.
+    """
     # Header first: gives a clear message for truncated data blocks in both modes.
     size = p.stat().st_size
     opener = mrcfile.mmap if mmap else mrcfile.open
@@ -59,7 +65,7 @@ def _open_checked(p: Path, mmap: bool):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with mrcfile.open(p, mode="r", permissive=False, header_only=True) as hdr_file:
+            with mrcfile.open(p, mode="r", permissive=True, header_only=True) as hdr_file:
                 header = hdr_file.header
                 dtype = _mrcutils.data_dtype_from_header(header)
                 shape = _mrcutils.data_shape_from_header(header)
@@ -71,16 +77,22 @@ def _open_checked(p: Path, mmap: bool):
                     f"(x*y*z) values of {dtype.name} = {expected - start} data bytes, "
                     f"but only {max(size - start, 0)} bytes follow the {start}-byte header"
                 )
-            mrc = opener(p, mode="r", permissive=False)
-        problems = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+            mrc = opener(p, mode="r", permissive=True)
+        notes, problems = [], []
         for w in caught:
             if not issubclass(w.category, RuntimeWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                continue
+            text = str(w.message)
+            meaning = next((m for key, m in _TOLERATED.items() if text.startswith(key)), None)
+            target, item = (notes, meaning) if meaning else (problems, text)
+            if item not in target:
+                target.append(item)
         if problems:
             raise FormatError(f"'{p}' is not a valid MRC file: " + "; ".join(problems))
         if mrc.data is None:
             raise FormatError(f"'{p}' is not a valid MRC file: data block could not be read")
-        return mrc
+        return mrc, notes
     except FormatError:
         if mrc is not None:
             mrc.close()
@@ -91,6 +103,11 @@ def _open_checked(p: Path, mmap: bool):
         if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise
         raise FormatError(f"'{p}' is not a valid MRC file: {err}") from err
+
+
+def warn_header_defects(where: str, notes) -> None:
+    """One RuntimeWarning line: ``where`` (the file) was read past ``notes`` (its header defects)."""
+    warnings.warn(f"{where}: {'; '.join(notes)}", RuntimeWarning, stacklevel=3)
 
 
 def _pixel_size(mrc, p: Path) -> float:
@@ -131,25 +148,35 @@ def _pad_to_cube(volume: np.ndarray) -> np.ndarray:
 pad_to_cube = _pad_to_cube  # public name (read_map's keyword argument shadows it there)
 
 
-def read_map(path: PathLike, pad_to_cube: bool = False) -> Tuple[np.ndarray, float]:
+def read_map(
+    path: PathLike, pad_to_cube: bool = False, voxel_size: Optional[float] = None
+) -> Tuple[np.ndarray, float]:
     """Read a 3D MRC map.
 
     Returns ``(volume, voxel_size_A)`` with ``volume`` a float32 ``[z, y, x]``
     array held in memory.  With ``pad_to_cube=True`` a non-cubic map is
-    zero-padded (centred, see :func:`pad_to_cube`) to a cube.
+    zero-padded (centred, see :func:`pad_to_cube`) to a cube.  ``voxel_size``
+    (Å) replaces the header's; without it a header whose cell is zero is refused
+    with a FormatError naming ``--pixel-size``.  Header defects that mrcfile's
+    permissive mode reads past give one RuntimeWarning.
 
     Raises FileNotFoundError (missing file) or FormatError (not a valid MRC
-    file, or not 3D).
+    file, not 3D, or no voxel size).
     """
-    p = _require_file(path)
-    mrc = _open_checked(p, mmap=False)
+    p = require_file(path, "MRC")
+    override = None if voxel_size is None else _check_size(voxel_size, "voxel_size")
+    mrc, notes = _open_checked(p, mmap=False)
     try:
         if mrc.data.ndim != 3:
             raise FormatError(f"'{p}' is not a 3D map: data has shape {mrc.data.shape}")
-        voxel = _pixel_size(mrc, p)
+        voxel = _pixel_size(mrc, p) if override is None else override
+        if not voxel > 0:
+            raise FormatError(f"'{p}' gives no voxel size (the header's cell is zero); pass --pixel-size")
         volume = np.array(mrc.data, dtype=np.float32, order="C")
     finally:
         mrc.close()
+    if notes:
+        warn_header_defects(f"'{p}'", notes)
     if pad_to_cube:
         volume = _pad_to_cube(volume)
     return volume, voxel
@@ -201,10 +228,23 @@ def read_stack(path: PathLike, mmap: bool = True) -> Tuple[np.ndarray, float]:
     ``images`` is a read-only ``numpy.memmap`` in the file's stored dtype, so
     stacks larger than RAM can be indexed cheaply (only the touched images are
     read).  With ``mmap=False`` a float32 in-memory copy is returned.
-    A single 2D image is returned as a stack of one.
+    A single 2D image is returned as a stack of one.  Header defects that
+    mrcfile's permissive mode reads past, and a zero cell (pixel size 0.0
+    returned), give one RuntimeWarning naming the file.
     """
-    p = _require_file(path)
-    mrc = _open_checked(p, mmap=mmap)
+    images, pixel, notes = read_stack_noting(path, mmap)
+    if not pixel > 0:
+        notes = notes + ["zero cell dimensions, so no pixel size (0.0 returned)"]
+    if notes:
+        warn_header_defects(f"'{Path(os.fspath(path))}'", notes)
+    return images, pixel
+
+
+def read_stack_noting(path: PathLike, mmap: bool = True) -> Tuple[np.ndarray, float, list]:
+    """:func:`read_stack` without warnings: ``(images, pixel_size_A, notes)``, ``notes`` the header
+    defects read past (for callers that report many files at once)."""
+    p = require_file(path, "MRC")
+    mrc, notes = _open_checked(p, mmap=mmap)
     try:
         data = mrc.data
         if data.ndim == 2:
@@ -217,7 +257,7 @@ def read_stack(path: PathLike, mmap: bool = True) -> Tuple[np.ndarray, float]:
     finally:
         # The memmap keeps its own mapping; closing the file does not invalidate it.
         mrc.close()
-    return data, pixel
+    return data, pixel, notes
 
 
 def write_stack(path: PathLike, images: np.ndarray, pixel_size: float, overwrite: bool = False) -> None:

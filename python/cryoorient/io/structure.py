@@ -19,14 +19,12 @@ Conventions
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from pathlib import Path
 from typing import Tuple, Union
 
 import numpy as np
 
-from ._atomic import FormatError, PathLike, _os_error
+from ._atomic import FormatError, PathLike, require_file
 
 __all__ = [
     "density_from_model",
@@ -50,9 +48,7 @@ def _load_structure(path_or_structure):
 
     if isinstance(path_or_structure, gemmi.Structure):
         return path_or_structure
-    p = Path(os.fspath(path_or_structure))
-    if not p.exists():
-        raise _os_error(FileNotFoundError, f"structure file not found: '{p}'", p)
+    p = require_file(path_or_structure, "structure")
     try:
         st = gemmi.read_structure(str(p))
     except Exception as err:  # gemmi raises RuntimeError/ValueError on bad input
