@@ -9,12 +9,15 @@ from cryoorient.orientations.align import (
     align_orientations,
     aligned_errors,
     orientation_error,
+    physical_error,
     plot_error_histogram,
     save_errors_csv,
 )
 from cryoorient.geometry import (
+    matrix_to_quat,
     plane_rotations_to_matrix,
     quat_conjugate,
+    quat_distance,
     quat_multiply,
     random_quaternions,
     symmetry_group,
@@ -81,7 +84,7 @@ def test_recovers_planted_transform_and_handedness(improper):
 
 
 def test_global_rotation_and_mirror_of_rotations():
-    # the recovery's physical ambiguities: R ↦ A·R·B (q ↦ a·q·b) and R ↦ Rᵀ (q ↦ q̄)
+    # the ambiguities of a recovery from distances: R ↦ A·R·B (q ↦ a·q·b) and R ↦ Rᵀ (q ↦ q̄)
     g = torch.Generator().manual_seed(3)
     qt = random_quaternions(500, g, dtype=torch.float64)
     a, b = random_quaternions(2, g, dtype=torch.float64)
@@ -186,3 +189,91 @@ def test_cuda_matches_cpu():
     cpu = align_orientations(qt, qe)
     gpu = align_orientations(qt.cuda(), qe.cuda())
     assert abs(gpu.error - cpu.error) < 1e-4 and gpu.reflected == cpu.reflected
+
+
+MIRROR = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64)  # A ↦ J·A·J
+
+
+def _turned(qt, g, mirrored):
+    """Orientations of the true map turned by a random rotation c (q·c), in its mirror image if asked, and c."""
+    c = random_quaternions(1, g, dtype=torch.float64)[0]
+    qe = quat_multiply(qt, c)
+    return (qe * MIRROR if mirrored else qe), c
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_physical_error_forgives_a_turned_map_and_its_mirror(mirrored):
+    g = torch.Generator().manual_seed(4 + mirrored)
+    qt = random_quaternions(300, g, dtype=torch.float64)
+    qe, c = _turned(qt, g, mirrored)
+    res = physical_error(qt, qe)
+    assert res.hand == ("mirror" if mirrored else "same")
+    assert res.error < 1e-7 and res.error_other_hand > 0.5
+    # q = h(q̂)·b with b = c⁻¹: the estimates describe the truth turned by B = matrix of c⁻¹
+    assert float(quat_distance(matrix_to_quat(res.rotation), quat_conjugate(c))) < 1e-6
+    torch.testing.assert_close(res.errors, aligned_errors(qt, qe, res.transform))
+    # noise on top: the error is the noise's mean angle; E_OR can only be lower
+    noisy = _perturb(qe, 0.05, g)
+    res = physical_error(qt, noisy)
+    assert res.hand == ("mirror" if mirrored else "same")
+    assert abs(res.error - 0.05 * math.sqrt(2 / math.pi)) < 0.003
+    assert orientation_error(qt, noisy) <= res.error + 1e-6
+
+
+def test_physical_error_does_not_forgive_a_left_factor_or_the_transpose():
+    # both are elements of O(4) (E_OR ≈ 0) that give other images, not a turned or mirrored map
+    g = torch.Generator().manual_seed(8)
+    qt = random_quaternions(300, g, dtype=torch.float64)
+    a = torch.tensor([math.cos(0.6), math.sin(0.6), 0.0, 0.0], dtype=torch.float64)  # 69° about x
+    left = quat_multiply(a, qt)
+    transposed = quat_multiply(quat_conjugate(qt), random_quaternions(1, g, dtype=torch.float64)[0])
+    for qe in (left, transposed, left * MIRROR, quat_conjugate(qt)):
+        assert orientation_error(qt, qe) < 1e-6
+        res = physical_error(qt, qe)
+        assert res.error > 0.4 and res.error_other_hand > 0.4
+
+
+@pytest.mark.parametrize("symmetry,mirrored", [("C4", True), ("D2", False), ("O", True)])
+def test_physical_error_with_symmetry(symmetry, mirrored):
+    g = torch.Generator().manual_seed(len(symmetry))
+    group = symmetry_group(symmetry, dtype=torch.float64)
+    qt = random_quaternions(200, g, dtype=torch.float64)
+    mates = quat_multiply(qt, group[torch.randint(0, group.shape[0], (200,), generator=g)])
+    qe, _ = _turned(mates, g, mirrored)
+    qe = _perturb(qe, 0.02, g)
+    res = physical_error(qt, qe, symmetry=symmetry)
+    assert res.hand == ("mirror" if mirrored else "same") and res.symmetry == symmetry
+    assert res.error < 0.02 and res.error_other_hand > res.error + 0.1
+    torch.testing.assert_close(res.errors, aligned_errors(qt, qe, res.transform, symmetry))
+    assert physical_error(qt, qe).error > res.error + 0.1  # the symmetry mates look like errors without the group
+
+
+def test_physical_error_checks_its_input():
+    qt, qe, _ = _planted(20, 0.0, seed=1)
+    with pytest.raises(ValueError, match="same number"):
+        physical_error(qt, qe[:19])
+    with pytest.raises(ValueError, match="unknown symmetry"):
+        physical_error(qt, qe, symmetry="X5")
+
+
+def test_physical_error_names_the_map_the_estimates_describe():
+    # images of the phantom at the true orientations, reconstructed at estimates of its mirror image
+    # turned by c: that map is mirror(rotate_map(truth, B)) with B = physical_error's rotation
+    from cryoorient.imaging.phantom import default_density
+    from cryoorient.imaging.project import FourierProjector
+    from cryoorient.maps.reconstruct import reconstruct
+    from cryoorient.maps.transforms import mirror, rotate_map
+
+    truth = torch.from_numpy(default_density(box_size=28, voxel_size=4.0, resolution=10.0))
+    g = torch.Generator().manual_seed(6)
+    qt = random_quaternions(600, g, dtype=torch.float64)
+    qe, _ = _turned(qt, g, mirrored=True)
+    res = physical_error(qt, qe)
+    assert res.hand == "mirror" and res.error < 1e-7
+    recon = reconstruct(FourierProjector(truth, interpolation="linear").images(qt.float()), qe.float(), progress=False)
+    turned = rotate_map(truth, res.rotation.float())
+
+    def corr(a, b):
+        return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+    assert corr(recon, mirror(turned)) > 0.95 > corr(recon, turned) + 0.1

@@ -1,12 +1,14 @@
-"""Operations on 3D maps: rotation, low-pass filtering and alignment to a reference.
+"""Operations on 3D maps: rotation, mirror, low-pass filtering, particle extent and alignment to a reference.
 
 Maps are cubic tensors indexed [z, y, x] with their centre at voxel n//2. A rotation
 R (3×3, acting on (x, y, z) column vectors about the centre) turns V into
-``V_R(r) = V(Rᵀ r)``: density at r moves to R r.
+``V_R(r) = V(Rᵀ r)``: density at r moves to R r; orientations A of V are A·Rᵀ for V_R.
+The mirror image is V(x, y, -z); orientations A of V are J·A·J (J = diag(1, 1, -1)) for it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..geometry import quat_multiply, quat_to_matrix, random_quaternions
+from ..geometry import quat_distance, quat_multiply, quat_to_matrix
 
 
 def _as_map(v, device=None) -> Tensor:
@@ -25,21 +27,47 @@ def _as_map(v, device=None) -> Tensor:
 
 
 def rotate_map(volume: Tensor, R: Tensor) -> Tensor:
-    """V_R(r) = V(Rᵀ r) for one R (3, 3) or a batch (B, 3, 3) -> (n, n, n) or (B, n, n, n); trilinear."""
+    """V_R(r) = V(Rᵀ r) for one R (3, 3) or a batch (B, 3, 3) -> (n, n, n) or (B, n, n, n).
+
+    Read trilinearly from V upsampled twice in Fourier space (:func:`_upsampled`): trilinear
+    reading on the map's own grid would blur it (halving the amplitude near Nyquist between
+    voxels), and blur noise far from the centre more than the particle.
+    """
     v = _as_map(volume)
     n = v.shape[0]
-    Rb = R.to(v).reshape(-1, 3, 3)
-    ax = (torch.arange(n, device=v.device, dtype=torch.float32) - n // 2)
+    ax = torch.arange(n, device=v.device, dtype=torch.float32) - n // 2
     z, y, x = torch.meshgrid(ax, ax, ax, indexing="ij")
-    r = torch.stack([x, y, z], -1).reshape(-1, 3)  # (n³, 3) as (x, y, z)
-    src = torch.einsum("bji,pj->bpi", Rb, r)  # Rᵀ r
-    # grid_sample's normalised coordinates (align_corners=True): -1 at index 0, +1 at index n-1
-    grid = (src + n // 2) / (n - 1) * 2 - 1
-    out = F.grid_sample(
-        v.expand(Rb.shape[0], 1, n, n, n), grid.view(Rb.shape[0], n, n, n, 3), align_corners=True, padding_mode="zeros"
-    )
-    out = out[:, 0]
+    points = torch.stack([x, y, z], -1).reshape(-1, 3)
+    out = _read(_upsampled(v), 2, n // 2, points, R.to(v).reshape(-1, 3, 3).transpose(1, 2)).view(-1, n, n, n)
     return out[0] if R.dim() == 2 else out
+
+
+def _upsampled(v: Tensor) -> Tensor:
+    """``v`` (n³) on a grid twice as fine, (2n)³ with voxel 2i at voxel i: its spectrum zero-padded
+    (band-limited interpolation)."""
+    n = v.shape[0]
+    k = torch.arange(n, device=v.device)
+    src, dst = k, torch.where(k <= n // 2, k, k + n)  # frequency f: index f mod n -> f mod 2n
+    weight = torch.ones(n, device=v.device)
+    if n % 2 == 0:  # the Nyquist bin holds frequencies +n/2 and -n/2: half to each
+        weight[n // 2] = 0.5
+        src, dst = torch.cat([src, k.new_tensor([n // 2])]), torch.cat([dst, k.new_tensor([3 * n // 2])])
+        weight = torch.cat([weight, weight.new_tensor([0.5])])
+    half = k[: n // 2 + 1]  # the rfft axis keeps its bins; a halved Nyquist bin meets its implicit conjugate
+    w = weight[:, None, None] * weight[None, :, None] * weight[None, None, half]
+    f = torch.fft.rfftn(v)
+    out = f.new_zeros(2 * n, 2 * n, n + 1)
+    out[dst[:, None, None], dst[None, :, None], half] = f[src[:, None, None], src[None, :, None], half] * w
+    return torch.fft.irfftn(out, s=(2 * n,) * 3) * 8
+
+
+def _read(volume: Tensor, step: int, centre: int, points: Tensor, S: Tensor) -> Tensor:
+    """Values (B, P) of a map at S_b·p for points p (P, 3) (x, y, z voxels about voxel ``centre``),
+    read trilinearly from ``volume``, the map on a grid ``step`` times finer (voxel step·i at voxel i)."""
+    scale = 2 * step / (volume.shape[-1] - 1)  # grid_sample, align_corners=True: -1 at index 0, +1 at the last
+    grid = torch.matmul(points, S.transpose(1, 2) * scale) + centre * scale - 1
+    return F.grid_sample(volume[None, None], grid[None, :, :, None], align_corners=True,
+                         padding_mode="zeros")[0, 0, :, :, 0]
 
 
 def lowpass(volume: Tensor, voxel_size: float, resolution: float) -> Tensor:
@@ -55,64 +83,200 @@ def lowpass(volume: Tensor, voxel_size: float, resolution: float) -> Tensor:
     return torch.fft.irfftn(torch.fft.rfftn(v) * mask, s=v.shape)
 
 
+def particle_radius(volume, fraction: float = 0.98) -> float:
+    """Radius (voxels, about the box centre) of the sphere holding ``fraction`` of the particle's density.
+
+    The map is low-passed to 4 voxels; its background level and noise σ are the median and
+    MAD of the box corners (outside the inscribed sphere), and the density counted is the
+    excess over the larger of 4 σ and 5 % of the peak. A map with nothing above that gives n/2.
+    """
+    v = lowpass(_as_map(volume), 1.0, 4.0)
+    n = v.shape[0]
+    ax = torch.arange(n, device=v.device, dtype=torch.float32) - n // 2
+    r = torch.sqrt(ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2).flatten()
+    corners = v.flatten()[r > n / 2]
+    background = corners.median()
+    sigma = 1.4826 * (corners - background).abs().median()
+    excess = v.flatten() - background
+    mass = (excess - torch.maximum(4 * sigma, 0.05 * excess.max())).clamp_min(0)
+    if not bool(mass.sum() > 0):
+        return n / 2
+    r, order = torch.sort(r)
+    cum = torch.cumsum(mass[order].double(), 0)
+    return float(r[torch.searchsorted(cum, fraction * cum[-1]).clamp_max(r.numel() - 1)])
+
+
 @dataclass
 class MapAlignment:
-    rotation: Tensor  # (3, 3): aligned = rotate_map(mirror(volume) if mirrored else volume, rotation)
-    mirrored: bool  # the volume was the mirror image (opposite handedness) of the reference
-    correlation: float  # real-space correlation of the aligned map with the reference
-    aligned: Tensor  # the aligned map
+    """Result of :func:`align_map`: ``aligned = rotate_map(mirror(volume) if mirrored else volume, rotation)``.
+
+    ``correlation`` is the real-space correlation of ``aligned`` with the reference (whole box);
+    ``correlation_same`` and ``correlation_mirror`` are the best of each hand, so a near-tie
+    (a hand the data cannot tell) is visible. ``mirrored`` is True when the mirror hand
+    correlates better: the volume is the mirror image (opposite hand) of the reference.
+    Orientations A of ``volume`` are A·Rᵀ (J·A·J·Rᵀ when mirrored; R = ``rotation``,
+    J = diag(1, 1, -1)) in the reference's frame.
+    """
+
+    rotation: Tensor  # (3, 3)
+    mirrored: bool
+    correlation: float
+    aligned: Tensor
+    correlation_same: float
+    correlation_mirror: float
 
 
 def mirror(volume: Tensor) -> Tensor:
-    """The mirror image through the centre plane z = 0 (flips handedness)."""
+    """The mirror image V(x, y, -z) through the centre plane z = 0 (flips the hand).
+
+    Orientations A of V and J·A·J (J = diag(1, 1, -1)) of its mirror give the same images.
+    """
     v = _as_map(volume)
     n = v.shape[0]
     return torch.roll(torch.flip(v, dims=(0,)), shifts=1 - n % 2, dims=0)
 
 
-def _corr(a: Tensor, b: Tensor) -> Tensor:
-    a = a.flatten(-3) - a.flatten(-3).mean(-1, keepdim=True)
-    b = b.flatten(-3) - b.flatten(-3).mean(-1, keepdim=True)
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
+def _corr(a: Tensor, b: Tensor) -> float:
+    a = a.flatten() - a.mean()
+    b = b.flatten() - b.mean()
+    return float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-30))
 
 
-def align_map(volume, reference, *, n_search: int = 2000, search_size: int = 24, refine_size: int = 40,
-              refine_steps: int = 60, seed: int = 0) -> MapAlignment:
+def _rotation_grid(n: int) -> Tensor:
+    """``n`` rotations (n, 4) float64 spread evenly over SO(3): the super-Fibonacci spiral (Alexa, CVPR 2022)."""
+    s = torch.arange(n, dtype=torch.float64) + 0.5
+    r, rc = torch.sqrt(s / n), torch.sqrt(1 - s / n)
+    a, b = 2 * math.pi * s / math.sqrt(2), 2 * math.pi * s / 1.533751168755204288118041
+    return torch.stack([r * torch.sin(a), r * torch.cos(a), rc * torch.sin(b), rc * torch.cos(b)], -1)
+
+
+class _Level:
+    """One sampling of the search: both maps low-passed to ``lowpass_to`` voxels and read at the
+    points of a grid of ``spacing`` voxels inside a sphere of ``radius`` voxels (from their
+    :func:`_upsampled` copies when the spacing is below 2 voxels). A candidate (q, mirrored)
+    reads the volume at S·p, S = M(q) or J·M(q): the aligned map is
+    ``rotate_map(volume or its mirror, M(q)ᵀ)``."""
+
+    def __init__(self, volume: Tensor, reference: Tensor, radius: float, spacing: float, lowpass_to: float):
+        self.step, self.centre = (2 if spacing < 2 else 1), volume.shape[0] // 2
+        maps = [lowpass(m, 1.0, lowpass_to) for m in (volume, reference)]
+        self.volume, reference = [_upsampled(m) for m in maps] if self.step == 2 else maps
+        m = int(radius / spacing)
+        ax = torch.arange(-m, m + 1, device=volume.device, dtype=torch.float32) * spacing
+        z, y, x = torch.meshgrid(ax, ax, ax, indexing="ij")
+        p = torch.stack([x, y, z], -1).reshape(-1, 3)
+        self.points = p[p.norm(dim=-1) <= radius]
+        b = _read(reference, self.step, self.centre, self.points, torch.eye(3, device=volume.device)[None])[0]
+        b = b - b.mean()
+        self.reference = b / b.norm().clamp_min(1e-30)
+
+    def score(self, q: Tensor, mirrored: Tensor) -> Tensor:
+        """Scores (B,) of the candidates q (B, 4) (float64), mirrored (B,): the volume's values times
+        the normalised, zero-mean reference. Not divided by the values' own norm, which in a
+        continuous map is the same at every rotation: read from a grid, it is smaller where
+        interpolation smooths the noise, which would pull the search there."""
+        chunk = max(1, (1 << 21) // self.points.shape[0])
+        S = _reading(q, mirrored)
+        return torch.cat([_read(self.volume, self.step, self.centre, self.points, Sc) @ self.reference
+                          for Sc in S.split(chunk)])
+
+
+def _reading(q: Tensor, mirrored: Tensor) -> Tensor:
+    """Where candidates (q (B, 4), mirrored (B,)) read the volume: S = M(q), or J·M(q) when mirrored."""
+    S = quat_to_matrix(q).float()
+    S[:, 2] = torch.where(mirrored[:, None], -S[:, 2], S[:, 2])
+    return S
+
+
+_SAMPLES = (6, 12, 24)  # particle radius in samples at each level of the search
+_COMPASS = torch.cat([torch.zeros(1, 3), torch.eye(3), -torch.eye(3)]).double()  # stay, ±x, ±y, ±z
+
+
+def _best_per_hand(q, mirrored, score, keep: int, separation: float):
+    """The ``keep`` best candidates of each hand, at least ``separation`` rad apart."""
+    chosen = []
+    for hand in (False, True):
+        idx = torch.nonzero(mirrored == hand).flatten()
+        taken = []
+        for i in idx[torch.argsort(score[idx], descending=True)][: 50 * keep].tolist():
+            if all(float(quat_distance(q[i], q[j])) > separation for j in taken):
+                taken.append(i)
+                if len(taken) == keep:
+                    break
+        chosen += taken
+    chosen = torch.tensor(chosen, device=q.device)
+    return q[chosen], mirrored[chosen]
+
+
+def _compass(level: _Level, q, mirrored, step, min_step: float, steps: int):
+    """Compass search of each candidate: move to the best of its rotations by ±step about x, y
+    or z, or halve its step when it is already the best; until every step is below ``min_step``."""
+    rows = torch.arange(q.shape[0], device=q.device)
+    for _ in range(steps):
+        angle = _COMPASS.to(q.device)[None] * step[:, None, None]  # (C, 7, 3)
+        half = angle.norm(dim=-1, keepdim=True) / 2
+        axis = _COMPASS.to(q.device)[None].expand_as(angle)
+        delta = torch.cat([torch.cos(half), torch.sin(half) * axis], -1)
+        trial = quat_multiply(delta, q[:, None])
+        scores = level.score(trial.reshape(-1, 4), mirrored.repeat_interleave(7)).view(-1, 7)
+        best = scores.argmax(1)
+        q, score = trial[rows, best], scores[rows, best]
+        step = torch.where(best == 0, step / 2, step)
+        if bool((step < min_step).all()):
+            break
+    return q, score
+
+
+def align_map(volume, reference, *, voxel_size: float = 1.0, resolution: float | None = None,
+              radius: float | None = None, n_search: int = 2000, candidates: int = 4,
+              refine_steps: int = 30) -> MapAlignment:
     """Rotate (and if better, mirror) ``volume`` onto ``reference`` (both centred, same box).
 
-    A global search over ``n_search`` random rotations of both hands on maps resampled
-    to ``search_size``³, then Adam on a local rotation of the two best candidates of
-    each hand at ``refine_size``³. Used to compare a map reconstructed from recovered
-    orientations, which are known only up to a global rotation and reflection, with a
-    ground-truth map.
+    The search samples the particle, not the box. ``radius`` (voxels; default the larger
+    :func:`particle_radius` of the two maps) bounds it: both maps are cropped to it plus a
+    margin and read inside that sphere at three levels, the radius spanning 6, 12 and 24
+    samples, low-passed to 2.5 samples. Samples are never finer than a voxel; given the maps'
+    ``resolution`` (in the units of ``voxel_size``), they are low-passed to it too, and samples
+    are no finer than a third of it once the radius spans 12 of them. The first level scores
+    ``n_search`` rotations spread evenly over SO(3) in both hands and keeps the best
+    ``candidates`` of each hand (distinct basins); each level polishes its candidates by a
+    compass search (at most ``refine_steps`` moves, down to a fraction of a sample at the
+    particle's edge) and keeps fewer, the last the best of each hand. The hand is the one
+    whose aligned map correlates better with the reference; both correlations are returned.
     """
     v, ref = _as_map(volume), _as_map(reference)
     if v.shape != ref.shape:
         raise ValueError(f"map and reference differ in size: {tuple(v.shape)} vs {tuple(ref.shape)}")
+    if n_search < 1 or candidates < 1:
+        raise ValueError(f"n_search and candidates must be >= 1; got {n_search} and {candidates}")
+    n = v.shape[0]
+    radius = max(particle_radius(v), particle_radius(ref)) if radius is None else float(radius)
+    radius = min(max(radius, 2.0), (n - 1) / 2)
+    finest = 1.0 if resolution is None else max(1.0, min(resolution / voxel_size / 3, radius / 12))
+    spacings = sorted({round(max(radius / k, finest), 6) for k in _SAMPLES}, reverse=True)
+    crop = min(math.ceil(radius + 2 * spacings[0]) + 2, (n - 1) // 2)  # the particle and a margin
+    box = slice(n // 2 - crop, n // 2 + crop + 1)
+    v_box, ref_box = v[box, box, box], ref[box, box, box]
+    grid_step = 2 * (3 * math.pi / (4 * n_search)) ** (1 / 3)  # rad: SO(3) shared evenly by n_search balls
 
-    def resample(m, size):
-        size = min(size, m.shape[0])
-        return F.interpolate(m[None, None], size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
-
-    q = random_quaternions(n_search, generator=seed, device=v.device)
-    q[0] = torch.tensor([1.0, 0, 0, 0], device=v.device)
-    one = torch.ones(1, device=v.device)
-    results = []
-    for hand, m in ((False, v), (True, mirror(v))):
-        ms, ref_s = resample(m, search_size), resample(ref, search_size)
-        with torch.no_grad():
-            scores = torch.cat([_corr(rotate_map(ms, quat_to_matrix(qc)), ref_s) for qc in q.split(256)])
-        mr, ref_r = resample(m, refine_size), resample(ref, refine_size)
-        for q0 in q[torch.topk(scores, 2).indices]:
-            dq = torch.zeros(3, device=v.device, requires_grad=True)
-            opt = torch.optim.Adam([dq], lr=0.01)
-            for _ in range(refine_steps):
-                loss = -_corr(rotate_map(mr, quat_to_matrix(quat_multiply(torch.cat([one, dq]), q0))), ref_r)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            with torch.no_grad():
-                R = quat_to_matrix(quat_multiply(torch.cat([one, dq]), q0))
-                aligned = rotate_map(m, R)
-                results.append(MapAlignment(R, hand, float(_corr(aligned, ref)), aligned))
-    return max(results, key=lambda r: r.correlation)
+    q = _rotation_grid(n_search).to(v.device).repeat(2, 1)
+    mirrored = torch.arange(2 * n_search, device=v.device) >= n_search
+    step = torch.full((2 * candidates,), grid_step / 2, dtype=torch.float64, device=v.device)
+    with torch.no_grad():
+        for k, spacing in enumerate(spacings):
+            blur = 2.5 * spacing if resolution is None else max(2.5 * spacing, resolution / voxel_size)
+            level = _Level(v_box, ref_box, min(radius + spacing, crop), spacing, blur)
+            if k == 0:
+                q, mirrored = _best_per_hand(q, mirrored, level.score(q, mirrored), candidates, 2 * grid_step)
+            last = k == len(spacings) - 1
+            min_step = (0.05 if last else 0.5) * spacing / radius
+            q, score = _compass(level, q, mirrored, step[: q.shape[0]], min_step, refine_steps)
+            q, mirrored = _best_per_hand(q, mirrored, score, 1 if last else max(1, candidates >> (k + 1)), min_step)
+            step = torch.full((q.shape[0],), 2 * min_step, dtype=torch.float64, device=v.device)
+        hands = {}
+        for R, hand in zip(quat_to_matrix(q).float().transpose(1, 2), mirrored.tolist()):
+            aligned = rotate_map(mirror(v) if hand else v, R)
+            hands[hand] = (_corr(aligned, ref), R, aligned)
+    best = max(hands, key=lambda hand: hands[hand][0])
+    corr, R, aligned = hands[best]
+    return MapAlignment(R, best, corr, aligned, correlation_same=hands[False][0], correlation_mirror=hands[True][0])

@@ -1,10 +1,17 @@
-"""Alignment of recovered orientations to the truth, and the orientation recovery error E_OR.
+"""Alignment of recovered orientations to the truth: the orientation recovery error E_OR and the
+physical error.
 
 Recovered orientations are defined up to an isometry of the quaternion sphere, so the paper
 (eq. 5) scores them after the best global alignment T ∈ O(4):
-``E_OR = min_T (1/P) Σ_i d_q(q_i, T·q̂_i)``. O(4) covers every ambiguity of the recovery: a
-global rotation on either side (``q ↦ a·q·b``, proper) and the handedness flip (``q ↦ q̄``,
-improper; the paper's reflection ``diag(-1, 1, 1, 1)`` maps q to -q̄, the same rotation).
+``E_OR = min_T (1/P) Σ_i d_q(q_i, T·q̂_i)``. O(4) covers every ambiguity of a recovery from
+pairwise distances: a global rotation on either side (``q ↦ a·q·b``, proper) and ``q ↦ q̄``
+(``R ↦ Rᵀ``, improper; the paper's reflection ``diag(-1, 1, 1, 1)`` maps q to -q̄, the same rotation).
+
+Only part of that is an ambiguity of the images (:func:`physical_error`): a global rotation of
+the map, ``A ↦ A·B`` (``q ↦ q·b``), and the map's mirror image V(x, y, -z), ``A ↦ J·A·J``
+(J = diag(1, 1, -1); ``(w, x, y, z) ↦ (w, -x, -y, z)``, a proper element of O(4)). A left factor
+``A ↦ C·A`` (the same turn of every particle frame) and ``A ↦ Aᵀ`` give other images, not those
+of one map: E_OR forgives them, the physical error does not.
 
 T follows the paper's eq. 6, ``T = diag(m, 1, 1, 1) · G01(θ0)·G02(θ1)·G03(θ2)·G12(θ3)·G13(θ4)·G23(θ5)``
 with ``m = -1`` for an improper T and ``G_ij`` the rotation of the (x_i, x_j) plane of the
@@ -42,8 +49,9 @@ class Alignment:
 
     transform: T (4, 4) float64 orthogonal, with ``q_true_i ≈ ±T·q_est_i`` (times a symmetry mate
     ``g`` on the right of ``q_true_i`` under a point group); ``angles`` (6,) float64 and
-    ``reflected`` its eq. 6 parameters. ``reflected`` True means T is improper: the recovered set
-    is the mirror image (handedness flipped; each ``q̂`` maps to its conjugate, ``R ↦ Rᵀ``).
+    ``reflected`` its eq. 6 parameters. ``reflected`` True means T is improper: it includes
+    ``q̂ ↦ conj(q̂)`` (``R ↦ Rᵀ``). That is not the mirror image of the map (``A ↦ J·A·J`` is proper):
+    :func:`physical_error` tells the map's hand.
     error: E_OR in radians; errors: (P,) float64 per-projection d_q (radians) after alignment.
     """
 
@@ -155,6 +163,118 @@ def aligned_errors(q_true: Tensor, q_est: Tensor, T: Tensor, symmetry: str | Ten
     qt, qe = _validated_pair(q_true, q_est)
     group, _ = _group(symmetry, qt)
     return _errors(T.to(device=qt.device, dtype=torch.float64)[None], qt, qe, group)[0]
+
+
+@dataclass
+class PhysicalAlignment:
+    """Result of ``physical_error``: the estimates as orientations of the true map, turned and in one hand.
+
+    ``q_true_i ≈ ±h(q_est_i)·b`` (times a symmetry mate ``g`` on the right of ``q_true_i``) with h
+    the identity (``hand == "same"``) or the mirror ``A ↦ J·A·J``, ``(w, x, y, z) ↦ (w, -x, -y, z)``
+    (``hand == "mirror"``): the estimates describe ``rotate_map(truth, rotation)`` or its mirror
+    image (:mod:`cryoorient.maps.transforms`). rotation: B = matrix of b (3, 3) float64;
+    transform: the same map on quaternions, T (4, 4) with ``T·q̂ = h(q̂)·b``, as in ``Alignment``.
+    error (rad) and errors (P,) float64: d_q after it; error_other_hand: the best error in the
+    other hand, so that a near-tie is visible.
+    """
+
+    transform: Tensor
+    rotation: Tensor
+    hand: str
+    error: float
+    errors: Tensor
+    error_other_hand: float
+    symmetry: str | None = None
+
+
+_HANDS = {"same": (1.0, 1.0, 1.0, 1.0), "mirror": (1.0, -1.0, -1.0, 1.0)}  # h: q ↦ q, or A ↦ J·A·J
+_CONJ = (1.0, -1.0, -1.0, -1.0)
+
+
+def physical_error(
+    q_true: Tensor, q_est: Tensor, symmetry: str | Tensor | None = None, anchors: int = 8, screen: int = 2000,
+    seed: int = 0, tol: float = 1e-9, max_iter: int = 50,
+) -> PhysicalAlignment:
+    """The error left after the ambiguities of the images alone: a global rotation of the map and its hand.
+
+    ``min over b ∈ SO(3), h ∈ {identity, mirror} of (1/P) Σ_i d_q(q_i, h(q̂_i)·b)`` (see
+    ``PhysicalAlignment``); never below E_OR (these maps are elements of O(4)). q_true, q_est,
+    symmetry as in ``align_orientations``. Per hand, with ``u_i = h(q̂_i)⁻¹·q_i`` (each a
+    candidate b): starts are the least-squares fit (the top eigenvector of Σ u_i u_iᵀ,
+    sign-invariant, exact for an exact image) and ``anchors`` of the u_i (times every
+    symmetry mate), screened on ``screen`` projections; the best few are polished by Newton
+    steps on the sphere of b (halved until the mean error drops) until it gains less than
+    ``tol`` (rad) or after ``max_iter`` steps.
+    """
+    qt, qe = _validated_pair(q_true, q_est)
+    group, name = _group(symmetry, qt)
+    gen = torch.Generator().manual_seed(seed)
+    fits = {hand: _fit_right_factor(qt, qe * qe.new_tensor(h), group, anchors, screen, gen, tol, max_iter)
+            for hand, h in _HANDS.items()}
+    hand, other = sorted(fits, key=lambda h: float(fits[h][1].mean()))
+    b, errors = fits[hand]
+    eye = torch.eye(4, dtype=torch.float64, device=qt.device)
+    T = quat_multiply(eye * eye.new_tensor(_HANDS[hand]), b).T  # column j: h(e_j)·b
+    return PhysicalAlignment(
+        transform=T, rotation=quat_to_matrix(b), hand=hand, error=float(errors.mean()), errors=errors,
+        error_other_hand=float(fits[other][1].mean()), symmetry=name,
+    )
+
+
+def _physical_errors(b: Tensor, qt: Tensor, p: Tensor, group: Tensor | None) -> Tensor:
+    """(N, P) d_q(q_i (·g), p_i·b_n) for right factors b (N, 4)."""
+    aligned = quat_multiply(p[None], b[:, None])
+    return quat_distance(qt, aligned) if group is None else symmetric_quat_distance(aligned, qt, group)
+
+
+def _fit_right_factor(qt, p, group, anchors, screen, gen, tol, max_iter, keep: int = 4):
+    """(b (4,), errors (P,)): the right factor minimising the mean d_q(q_i (·g), p_i·b)."""
+    P = qt.shape[0]
+    p_inv = p * p.new_tensor(_CONJ)
+    u = quat_multiply(p_inv, qt)  # p_i·u_i = q_i
+    starts = [torch.linalg.eigh(u.T @ u).eigenvectors[:, -1][None]]
+    picked = u[torch.randperm(P, generator=gen)[:anchors].to(u.device)]
+    starts.append(picked if group is None else quat_multiply(picked[:, None], group).reshape(-1, 4))
+    b = torch.cat(starts)
+    sub = torch.randperm(P, generator=gen)[:screen].to(u.device)
+    chunk = max(1, (1 << 22) // (sub.numel() * (1 if group is None else group.shape[0])))
+    screened = torch.cat([_physical_errors(bc, qt[sub], p[sub], group).mean(-1) for bc in b.split(chunk)])
+    b = b[torch.argsort(screened)[:keep]]
+    errors = _physical_errors(b, qt, p, group)
+    loss = errors.mean(-1)
+    active = torch.ones(b.shape[0], dtype=torch.bool, device=b.device)
+    for _ in range(max_iter):
+        # Newton on the sphere: with c_i = <u_i, b> and t_i the unit tangent at b towards s_i·u_i
+        # (s_i = sign c_i), d_i = 2·arccos|c_i| has gradient -2·t_i and Hessian
+        # 2|c_i|/sin(d_i/2)·(I - b bᵀ - t_i t_iᵀ) in the tangent space (b bᵀ is added to solve there).
+        aligned = quat_multiply(p[None], b[:, None])
+        mates = qt.expand_as(aligned) if group is None else _nearest_mates(qt, aligned, group)
+        ub = quat_multiply(p_inv[None], mates) * torch.sign((aligned * mates).sum(-1, keepdim=True))
+        c = (ub * b[:, None]).sum(-1)
+        sin_half = torch.sqrt((1 - c * c).clamp_min(1e-18))
+        t = (ub - c[..., None] * b[:, None]) / sin_half[..., None]
+        eye = torch.eye(4, dtype=b.dtype, device=b.device)
+        H = (2 * c / sin_half).sum(-1)[:, None, None] * (eye - b[:, :, None] * b[:, None, :])
+        H = H - torch.einsum("np,npi,npj->nij", 2 * c / sin_half, t, t) + b[:, :, None] * b[:, None, :]
+        step = torch.linalg.solve(H, 2 * t.sum(1))
+        moved = torch.zeros_like(active)
+        for scale in (1.0, 0.5, 0.25, 0.125):
+            trial = b + scale * step
+            trial = trial / trial.norm(dim=-1, keepdim=True)
+            err_new = _physical_errors(trial, qt, p, group)
+            loss_new = err_new.mean(-1)
+            take = active & ~moved & (loss_new < loss)
+            b = torch.where(take[:, None], trial, b)
+            errors = torch.where(take[:, None], err_new, errors)
+            moved |= take & (loss - loss_new > tol)
+            loss = torch.where(take, loss_new, loss)
+            if bool((moved | ~active).all()):
+                break
+        active = moved
+        if not bool(active.any()):
+            break
+    k = int(torch.argmin(loss))
+    return b[k], errors[k]
 
 
 def save_errors_csv(path, errors: Tensor | Alignment) -> None:
