@@ -15,9 +15,11 @@ from torch import Tensor
 
 from .._ext import FLOAT_CODES, _C, launch_args
 from ._checks import FLOATS, check_quaternions, check_same_device, check_tensor, check_values
+from ._cupy import cupy_io
 from ._direct import autograd_function, call, direct
 
 
+@cupy_io
 def align_loss(
     angles: Tensor,
     reflect: Tensor,
@@ -45,6 +47,7 @@ def align_loss(
     return _align_loss(angles, reflect, q_true, q_est, group, need_grad)[0]
 
 
+@cupy_io
 def align_loss_and_grad(
     angles: Tensor,
     reflect: Tensor,

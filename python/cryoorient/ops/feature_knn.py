@@ -7,12 +7,14 @@ from torch import Tensor
 
 from .._ext import _C, launch_args
 from ._checks import check_row_block
+from ._cupy import cupy_io
 from ._direct import direct
 from .allpairs import check_inputs, compute_dtypes, distance_code, kernel_code, unit_features
 
 MAX_K = 32
 
 
+@cupy_io
 def feature_knn(
     features: Tensor,
     k: int,

@@ -18,11 +18,13 @@ from ._checks import (
     check_tensor,
     check_values,
 )
+from ._cupy import cupy_io
 from ._direct import autograd_function, call, direct, in_direct_backward
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
+@cupy_io
 def pair_loss(
     q: Tensor,
     i: Tensor,
@@ -57,6 +59,7 @@ def pair_loss(
     return _pair_loss(q, i, j, target, weight, reduction, fuse)[0]
 
 
+@cupy_io
 def pair_loss_and_grad(
     q: Tensor,
     i: Tensor,

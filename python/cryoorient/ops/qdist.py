@@ -7,9 +7,11 @@ from torch import Tensor
 
 from .._ext import FLOAT_CODES, INDEX_CODES, _C, launch_args
 from ._checks import FLOATS, INDICES, check_pair_indices, check_quaternions, check_same_device, check_tensor
+from ._cupy import cupy_io
 from ._direct import autograd_function, call, direct, in_direct_backward
 
 
+@cupy_io
 def qdist(q: Tensor, i: Tensor, j: Tensor, *, validate: bool = True) -> Tensor:
     """d_q(q[i[m]], q[j[m]]) = 2·arccos|<q̂_i, q̂_j>| in radians, for M index pairs.
 
