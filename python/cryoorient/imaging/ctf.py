@@ -34,6 +34,7 @@ __all__ = [
     "ctf_2d",
     "ctf_1d",
     "apply_ctf",
+    "phase_flip",
     "random_defocus",
     "plot_ctf",
     "plot_power_spectrum",
@@ -248,3 +249,14 @@ def plot_power_spectrum(path, images: Tensor, pixel_size: float) -> None:
     ax1.set_ylabel("rotationally averaged power")
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def phase_flip(images: Tensor, ctf: Tensor) -> Tensor:
+    """Phase-flip square images (B, n, n): multiply their ``rfft2`` spectra by sign(``ctf``) (B or 1, n, n // 2 + 1).
+
+    An image whose spectrum is CTF·F comes out as |CTF|·F (exactly, 0 on the CTF's zeros; for an
+    even n except on the Nyquist column, where an astigmatic CTF is not Hermitian): the contrast
+    inversions are undone, the amplitudes keep the CTF's envelope, and white noise stays white.
+    The CTF must belong to the images (same defocus, pixel size, optics).
+    """
+    return apply_ctf(images, torch.sign(ctf))

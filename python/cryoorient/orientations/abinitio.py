@@ -6,6 +6,8 @@ module estimates orientations from the images themselves, after Singer, Zhao, Sh
 Hadani, "Viewing angle classification of cryo-electron microscopy images using eigenvectors",
 SIAM J. Imaging Sci. 4 (2011):
 
+0. **CTF and centring.** Given CTF parameters, each image is phase-flipped by its own CTF
+   (:func:`cryoorient.imaging.ctf.phase_flip`), then centred (:func:`centre_particles`).
 1. **In-plane-invariant comparison.** Each image's Fourier transform is sampled on ``n_rings``
    rings (radii 1, 2, … Fourier pixels) × ``n_angles`` angles and Fourier transformed along the
    angle. Per angular frequency, a Wiener filter over the rings (data covariance minus noise
@@ -33,19 +35,24 @@ SIAM J. Imaging Sci. 4 (2011):
 6. **Landmarks.** Beyond ``landmarks`` images, steps 3–5 run on that many random images and
    their mirrors only; every other image then takes the frame its neighbours among them imply.
 
-Output: scalar-first quaternions of RELION's A (map → image frame, :mod:`cryoorient.project`),
-defined up to a global rotation of the map and its hand, as projections allow: unlike
-orientations recovered from distances (:mod:`cryoorient.frame`), they need no frame resolution
-and reconstruct a map directly. The fit fixes the image frame up to a half turn R_z(π)·A, which
-gives the projections of the point-inverted, i.e. mirror-image, map. They can be refined as they
-are (:func:`cryoorient.refine.refine`).
+Output: scalar-first quaternions of RELION's A (map → image frame), defined up to a global
+rotation of the map and its hand (the fit fixes the image frame up to a half turn R_z(π)·A, the
+projections of the mirror-image map); they reconstruct a map and can be refined as they are
+(:func:`cryoorient.maps.refine.refine`).
 
-Assumptions: centred particles (no shift search), no CTF (phase-flip CTF-affected images first),
-white noise, the particle inside the inscribed circle (the corners measure the noise), viewing
-directions that cover the sphere. The pair comparison costs O(P·L·n_rings·n_angles) and the
-eigendecomposition is dense in 2L, for L = min(P, ``landmarks``) images on which the graph is
-built; the other images are placed from their neighbours among those (bench/README.md has
-timings and the accuracy against P).
+**Diagnostics**, computed from the data: the solution is ``determined`` when (a) the third
+eigenvalue of the normalised matrix exceeds the largest of a null model, the same graph with
+random in-plane angles (:func:`null_edge`), and (b) the gap λ3 − λ4 exceeds the spread λ1 − λ3:
+for views that cover the sphere the top three are one degenerate group, the three coordinates
+of the frames. It says the angles hold one consistent set of views, not how accurate: (b) split
+E_OR below and above 0.3 rad on 32²–64² phantoms (0 to −10 dB), noise fails it, but 5j0n (128²,
+CTF, shifts, −12 dB) passed at 0.43 rad.
+
+Assumptions, checked where the data allow: at least :func:`minimum_images` images; finite pixel
+values; the particle inside the inscribed circle (:func:`corner_signal`; refused unless
+``accept`` names ``"corners"``); white noise; views that cover the sphere; CTF-free or
+phase-flipped images when no CTF is given. Cost: the pair comparison O(P·L·n_rings·n_angles), a
+dense eigendecomposition in 2L, L = min(P, ``landmarks``) (bench/README.md has timings).
 """
 
 from __future__ import annotations
@@ -59,32 +66,85 @@ import torch
 from torch import Tensor
 
 from ..geometry import matrix_to_quat
+from ..imaging.ctf import phase_flip
+from ..imaging.shift import shift_images
 
-__all__ = ["AbInitioResult", "polar_spectra", "rotational_neighbors", "frames_from_neighbors", "estimate_orientations"]
+__all__ = ["AbInitioResult", "ASSUMPTIONS", "minimum_images", "centre_particles", "corner_signal", "polar_spectra",
+           "rotational_neighbors", "frames_from_neighbors", "null_edge", "estimate_orientations"]
+
+#: Checks :func:`estimate_orientations` can be told to proceed past (``accept``); each then leaves
+#: one line in :attr:`AbInitioResult.warnings`.
+ASSUMPTIONS = {"corners": "the particle lies inside the inscribed circle, so that the image corners measure the noise"}
+
+#: Largest angle (degrees) between an image's viewing direction and those of its ``neighbors``
+#: nearest views that the minimum number of images (uniform views) keeps.
+NEIGHBOUR_CAP_DEG = 25.0
+CORNER_SHARE, CORNER_Z = 0.1, 5.0  # refuse above this share of the signal variance, if this significant
 
 
 @dataclass
 class AbInitioResult:
     """Orientations estimated by :func:`estimate_orientations`.
 
-    ``quaternions`` (P, 4) float64, RELION A. ``landmarks`` the L images the graph was built on
-    (None: all P). ``neighbors`` (2P, K): for image i (row i) and its mirror image (row P + i),
-    the nearest landmark nodes (node r < L: landmark r, the image ``landmarks[r]`` or image r;
-    node L + r: its mirror image); ``angles`` (2P, K) their in-plane angles α (radians: rotating the
-    neighbour's image by α matches the row's) and ``scores`` (2P, K) the hub-corrected scores.
-    ``eigenvalues``: the six largest of the normalised class-averaging matrix (descending; three
-    close to 1 above a gap is a well-determined solution); ``frame_residual`` the mean squared
-    distance of the eigenvector fit from the nearest exact frames (0 = exact); ``seconds``.
+    ``quaternions`` (P, 4) float64, RELION A; ``shifts`` (P, 2) float64, pixels (x, y), the
+    centring of step 0 (image content moved by +t; zeros without centring). ``landmarks`` the L
+    images the graph was built on (None: all P). ``neighbors``
+    (2P, K): for image i (row i) and its mirror image (row P + i), the nearest landmark nodes (node
+    r < L: landmark r, the image ``landmarks[r]`` or image r; node L + r: its mirror image);
+    ``angles`` (2P, K) their in-plane angles α (radians: rotating the neighbour's image by α matches
+    the row's) and ``scores`` (2P, K) the hub-corrected scores. ``eigenvalues``: the six largest of
+    the normalised class-averaging matrix (descending); ``null_edge`` the largest eigenvalue of the
+    null model (module docstring, "Diagnostics"); ``frame_residual`` the mean squared distance of the
+    eigenvector fit from the nearest exact frames (0 = exact); ``phase_flipped`` whether a CTF was
+    applied; ``warnings`` one line per assumption violated but accepted; ``seconds``.
     """
 
     quaternions: Tensor
+    shifts: Tensor
     landmarks: Tensor | None
     neighbors: Tensor
     angles: Tensor
     scores: Tensor
     eigenvalues: Tensor
+    null_edge: float
     frame_residual: float
+    phase_flipped: bool
+    warnings: list[str]
     seconds: float
+
+    @property
+    def spectral_gap(self) -> float:
+        """λ3 − λ4 of the normalised matrix."""
+        return float(self.eigenvalues[2] - self.eigenvalues[3])
+
+    @property
+    def spread(self) -> float:
+        """λ1 − λ3: how far the top three are from one degenerate group."""
+        return float(self.eigenvalues[0] - self.eigenvalues[2])
+
+    @property
+    def determined(self) -> bool:
+        """The data's verdict: λ3 above the null model's largest eigenvalue and λ3 − λ4 > λ1 − λ3."""
+        return float(self.eigenvalues[2]) > self.null_edge and self.spectral_gap > self.spread
+
+    def summary(self) -> str:
+        """One line: the verdict and the numbers it rests on."""
+        ev = self.eigenvalues.tolist()
+        above = ">" if ev[2] > self.null_edge else "<="
+        group = ">" if self.spectral_gap > self.spread else "<="
+        verdict = "determined" if self.determined else "NOT determined"
+        return (f"ab initio: {self.quaternions.shape[0]} orientations {verdict} in {self.seconds:.1f} s "
+                f"(eigenvalues {ev[0]:.4f} {ev[1]:.4f} {ev[2]:.4f} {ev[3]:.4f}: λ3 {above} {self.null_edge:.4f}, "
+                f"the largest with random in-plane angles on the same graph; gap λ3-λ4 {self.spectral_gap:.4f} "
+                f"{group} spread λ1-λ3 {self.spread:.4f}; frame residual "
+                f"{self.frame_residual:.3f}{'; phase-flipped' if self.phase_flipped else ''})")
+
+
+def minimum_images(neighbors: int) -> int:
+    """Fewest images for ``neighbors`` neighbours per image: the method takes an image's nearest
+    neighbours for views from nearly its direction, and of P uniform views (2P nodes with the
+    mirrors) the nearest ``neighbors`` lie within NEIGHBOUR_CAP_DEG only if neighbors <= P·(1 − cos cap)."""
+    return math.ceil(neighbors / (1 - math.cos(math.radians(NEIGHBOUR_CAP_DEG))))
 
 
 def _as_images(images, device) -> Tensor:
@@ -94,8 +154,10 @@ def _as_images(images, device) -> Tensor:
     if not x.is_floating_point():
         raise TypeError(f"images must be floating point; got {x.dtype}")
     x = x.to(device=device, dtype=torch.float32)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("images contain NaN or infinite values")
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten()
+        raise ValueError(f"{bad.numel()} images contain NaN or infinite values (the first: image {int(bad[0])})")
     return x
 
 
@@ -103,9 +165,85 @@ def _corner_variance(images: Tensor) -> float:
     """Pixel variance outside the inscribed circle: the noise, if the particle stays inside it
     (at least 10⁻⁶ of the whole images' variance, so that clean images keep a defined filter)."""
     n = images.shape[-1]
-    c = torch.arange(n, device=images.device) - n // 2
-    outside = (c[:, None] ** 2 + c[None, :] ** 2) > (n / 2) ** 2
+    outside = _radius(n, images.device) > n / 2
     return max(float(images[:, outside].double().var()), 1e-6 * float(images.double().var()), 1e-30)
+
+
+def _radius(n: int, device) -> Tensor:
+    """Distance (n, n) of each pixel from the centre pixel n//2."""
+    c = torch.arange(n, device=device, dtype=torch.float32) - n // 2
+    return torch.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
+
+
+def centre_particles(images: Tensor, *, max_shift: float | None = None, blur: float | None = None,
+                     iterations: int = 3, chunk: int = 4096) -> Tensor:
+    """Shifts (P, 2) float64 (pixels x, y; content moved by +t) that centre ``images`` (P, n, n).
+
+    Each round cross-correlates every image, blurred by a Gaussian of ``blur`` pixels (default
+    n/8), with the rotational average of the images centred by the previous round's shifts (first:
+    as they are), equally blurred, and takes the peak within ``max_shift`` pixels (default n/4) of
+    the centre, polished by a parabola along x and y; ``shift_images(images, -t)`` centres them.
+    The reference is rotation-invariant, so the centre turns with the image (one view gets one
+    centre up to in-plane rotation); it is one point of the particle up to a wobble with the
+    view, not its projected centre of mass. The blur makes the peak unimodal, so that the centre
+    moves smoothly with the view (clean 32² phantom with CTF: E_OR 0.24 rad after centring at
+    n/8, 0.52 unblurred, 0.21 from the true centres).
+    """
+    P, n = images.shape[0], images.shape[-1]
+    dev = images.device
+    max_shift = n / 4 if max_shift is None else float(max_shift)
+    blur = n / 8 if blur is None else float(blur)
+    k2 = torch.fft.fftfreq(n, device=dev)[:, None] ** 2 + torch.fft.rfftfreq(n, device=dev)[None, :] ** 2
+    gauss2 = torch.exp(-4 * math.pi**2 * blur**2 * k2)  # the blur of image and reference
+    r = _radius(n, dev)
+    lag = torch.fft.fftfreq(n, d=1.0 / n, device=dev)
+    allowed = (lag[:, None] ** 2 + lag[None, :] ** 2) <= max_shift ** 2
+    ring, frac = r.floor().long(), r - r.floor()
+    counts = torch.bincount(ring.flatten(), minlength=n + 1).clamp(min=1).to(torch.float64)
+    t = torch.zeros(P, 2, dtype=torch.float64, device=dev)
+    for _ in range(iterations):
+        mean = torch.zeros(n, n, dtype=torch.float64, device=dev)
+        for s in range(0, P, chunk):
+            mean += shift_images(images[s : s + chunk], -t[s : s + chunk].float()).double().sum(0)
+        profile = torch.bincount(ring.flatten(), (mean / P).flatten(), minlength=n + 1) / counts
+        ref = (profile[ring] * (1 - frac) + profile[ring + 1] * frac).float()  # rotational average, centre n//2
+        ref_f = torch.fft.rfft2(ref).conj() * gauss2
+        for s in range(0, P, chunk):
+            cc = torch.fft.irfft2(torch.fft.rfft2(images[s : s + chunk]) * ref_f, s=(n, n))  # [lag y, lag x]
+            cc = cc.masked_fill(~allowed, -math.inf)
+            k = cc.flatten(1).argmax(1)
+            iy, ix, b = k // n, k % n, torch.arange(len(k), device=dev)
+            v0, off = cc[b, iy, ix], []
+            for dy, dx, pos in ((1, 0, iy), (0, 1, ix)):
+                lo, hi = cc[b, (iy - dy) % n, (ix - dx) % n], cc[b, (iy + dy) % n, (ix + dx) % n]
+                edge = ~(torch.isfinite(lo) & torch.isfinite(hi))  # at max_shift: no polish
+                low = v0 - v0.abs() - 1
+                three = torch.stack([torch.where(edge, low, lo), v0, torch.where(edge, low, hi)])
+                off.append(lag[pos] + _parabolic_peak(three)[1] - 1)
+            t[s : s + chunk] = torch.stack([off[1], off[0]], 1).double()
+    return t.cpu()
+
+
+def corner_signal(images: Tensor, max_images: int = 2000) -> tuple[float, float]:
+    """How much particle signal the image corners hold: (share, z).
+
+    The pixel variance across the images is flat wherever only noise (stationary, of any colour)
+    falls and rises towards the particle. Outside the inscribed circle, the inner half of the
+    corner pixels (by radius) should then have the variance of the outer half; ``share`` is their
+    difference over the signal variance (mean pixel variance minus the outer corners'), ``z`` the
+    difference over its standard error under Gaussian noise. Up to ``max_images`` evenly spaced
+    images are used.
+    """
+    P, n = images.shape[0], images.shape[-1]
+    x = images[:: max(1, P // max_images)].double()
+    v = x.var(0)
+    r = _radius(n, images.device)
+    corner = r > n / 2
+    mid = r[corner].median()
+    inner, outer = corner & (r <= mid), corner & (r > mid)
+    vi, vo = float(v[inner].mean()), float(v[outer].mean())
+    se = vo * math.sqrt(2 / max(x.shape[0] - 1, 1) * (1 / int(inner.sum()) + 1 / int(outer.sum())))
+    return (vi - vo) / max(float(v.mean()) - vo, 1e-30), (vi - vo) / max(se, 1e-30)
 
 
 def polar_spectra(images: Tensor, n_rings: int, n_angles: int, chunk: int = 512) -> Tensor:
@@ -282,6 +420,43 @@ def _mirror_frames(Z: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([w * phase, w.conj() * phase], -2), w
 
 
+def _class_matrix(index: Tensor, angle: Tensor, device) -> tuple[Tensor, Tensor]:
+    """H (2P, 2P) complex128, H_uj = e^{iα_uj} summed over both ends' choices, and deg^{-1/2}."""
+    n_nodes = index.shape[0]
+    rows = torch.arange(n_nodes)[:, None].expand_as(index)
+    H = torch.zeros(n_nodes, n_nodes, dtype=torch.complex128)
+    H[rows.reshape(-1), index.reshape(-1)] = torch.polar(torch.ones(index.numel(), dtype=torch.float64),
+                                                          angle.reshape(-1).double())
+    H = (H + H.mH).to(device)  # weight 2 where both ends chose each other
+    deg = H.abs().sum(1)
+    if bool((deg == 0).any()):
+        raise ValueError("a node has no neighbours")
+    return H, deg.rsqrt()
+
+
+def null_edge(index: Tensor, *, draws: int = 2, seed: int = 0, device="cpu") -> float:
+    """Largest eigenvalue of the normalised matrix of the graph ``index`` (2P, K) with random in-plane angles.
+
+    The null model of the diagnostics: the angles carry no orientation, but keep what measured
+    angles obey, φ(v, u) = −φ(u, v) (both ends of a pair measure one angle) and φ(P + u, P + v) =
+    −φ(u, v) (mirror images turn the other way), so that pairs chosen from both ends add up as
+    they do in the data. φ = h(u, v) − h(v, u) − h(u', v') + h(v', u') (u' the mirror node) with
+    h(u, v) = 2π·frac(a_u·b_v) for random a, b in [0, 1000). The largest over ``draws`` draws.
+    """
+    n_nodes = index.shape[0]
+    gen = torch.Generator().manual_seed(seed + 1)
+    u = torch.arange(n_nodes)[:, None].expand_as(index)
+    mirror = lambda w: (w + n_nodes // 2) % n_nodes  # noqa: E731
+    top = -math.inf
+    for _ in range(draws):
+        a, b = torch.rand(2, n_nodes, generator=gen, dtype=torch.float64) * 1000
+        h = lambda i, j: torch.frac(a[i] * b[j])  # noqa: E731
+        phi = 2 * math.pi * (h(u, index) - h(index, u) - h(mirror(u), mirror(index)) + h(mirror(index), mirror(u)))
+        H, d = _class_matrix(index, phi, device)
+        top = max(top, float(torch.linalg.eigvalsh(H * d[:, None] * d[None, :])[-1]))
+    return top
+
+
 def frames_from_neighbors(index: Tensor, angle: Tensor, *, restarts: int = 8, iterations: int = 200,
                           polish: int = 500, seed: int = 0, device="cpu") -> tuple[Tensor, Tensor, float]:
     """Frames z_i = a_i1 + i·a_i2 (first two rows of A_i) of the P images from the neighbour graph (steps 4–5).
@@ -309,15 +484,7 @@ def frames_from_neighbors(index: Tensor, angle: Tensor, *, restarts: int = 8, it
         raise ValueError(f"need an even number of at least 8 nodes (2P); got {n_nodes}")
     if int(index.min()) < 0 or int(index.max()) >= n_nodes:
         raise ValueError(f"neighbour indices must lie in [0, {n_nodes})")
-    rows = torch.arange(n_nodes)[:, None].expand_as(index)
-    H = torch.zeros(n_nodes, n_nodes, dtype=torch.complex128)
-    H[rows.reshape(-1), index.reshape(-1)] = torch.polar(torch.ones(index.numel(), dtype=torch.float64),
-                                                          angle.reshape(-1).double())
-    H = (H + H.mH).to(device)  # weight 2 where both ends chose each other
-    deg = H.abs().sum(1)
-    if bool((deg == 0).any()):
-        raise ValueError("a node has no neighbours")
-    d = deg.rsqrt()
+    H, d = _class_matrix(index, angle, device)
     ev, vec = torch.linalg.eigh(H * d[:, None] * d[None, :])
     V = vec[:, -3:] * d[:, None]
     V = V / (V.abs() ** 2).sum(1).mean().sqrt()
@@ -341,41 +508,90 @@ def frames_from_neighbors(index: Tensor, angle: Tensor, *, restarts: int = 8, it
     return _mirror_frames(Z)[1].cpu(), ev.flip(0)[:6].cpu(), float(resid[best])
 
 
-def estimate_orientations(images, *, neighbors: int = 10, n_rings: int | None = None, n_angles: int = 128,
+def _prepare(images, ctf, centre: bool, max_shift, accept, device, chunk: int = 4096):
+    """Step 0 and the checks: phase-flipped, centred images on ``device``, their shifts, and warnings."""
+    x = _as_images(images, device)  # may share memory with the caller's images: changes go to a copy
+    P, n = x.shape[0], x.shape[-1]
+    own = None
+    if ctf is not None:
+        own = torch.empty_like(x)
+        for s in range(0, P, chunk):
+            idx = torch.arange(s, min(P, s + chunk))
+            c = torch.as_tensor(ctf(idx, n))
+            if tuple(c.shape) != (len(idx), n, n // 2 + 1):
+                raise ValueError(f"ctf(indices, {n}) must return shape {(len(idx), n, n // 2 + 1)}; "
+                                 f"got {tuple(c.shape)}")
+            own[s : s + chunk] = phase_flip(x[s : s + chunk], c.to(device=x.device, dtype=torch.float32))
+        x = own
+    shifts = torch.zeros(P, 2, dtype=torch.float64)
+    if centre:
+        shifts = centre_particles(x, max_shift=max_shift)
+        own = torch.empty_like(x) if own is None else own
+        for s in range(0, P, chunk):
+            own[s : s + chunk] = shift_images(x[s : s + chunk], -shifts[s : s + chunk].to(x.device, torch.float32))
+        x = own
+    warnings = []
+    share, z = corner_signal(x)
+    if share > CORNER_SHARE and z > CORNER_Z:
+        line = (f"particle density reaches the image corners ({100 * share:.0f} % of the signal variance, "
+                f"z = {z:.0f}): the corners then overstate the noise")
+        if "corners" not in accept:
+            raise ValueError(f"{line}; use a box that holds the whole particle (re-extract larger), or accept "
+                             f"'corners' to proceed")
+        warnings.append(f"proceeding although {line}")
+    return x, shifts, warnings
+
+
+def estimate_orientations(images, *, ctf=None, centre: bool = True, max_shift: float | None = None,
+                          accept=(), neighbors: int = 10, n_rings: int | None = None, n_angles: int = 128,
                           hub_k: int = 10, candidates: int = 64, restarts: int = 8, landmarks: int | None = 5000,
                           seed: int = 0, device="cpu", progress: bool = False) -> AbInitioResult:
-    """Orientations of centred particle images ``images`` (P, n, n), from the images alone.
+    """Orientations of particle images ``images`` (P, n, n), from the images alone.
 
-    Steps 1–6 of the module docstring. With more than ``landmarks`` images (None: no limit), the
-    graph is built on that many randomly chosen (``seed``) landmark images and their mirrors
-    only, and every other image then takes the frame its neighbours among them imply,
-    z_i = nearest frame of Σ_k e^{iα_ik} z_{j_k}: the all-pairs comparison costs P·landmarks instead
-    of P², and the dense eigendecomposition stays at 2·landmarks. Returns an :class:`AbInitioResult`
-    (``neighbors``, ``angles``, ``scores`` index landmark nodes then); the orientations are
-    defined up to a global rotation and the hand of the map.
+    Steps 0–6 of the module docstring. ``ctf``: None for CTF-free (or already phase-flipped)
+    images, else ``ctf(indices, size)`` -> the real CTFs (B, size, size // 2 + 1) of the particles
+    ``indices`` (B,) on the ``rfft2`` grid (as :func:`cryoorient.maps.refine.refine` takes it);
+    the images are phase-flipped with them. ``centre``: centre the images first (step 0, shifts
+    within ``max_shift`` pixels, default n/4). ``accept``: names of :data:`ASSUMPTIONS` to proceed
+    past when the data violate them (one warning line each). With more than ``landmarks`` images
+    (None: no limit), the graph is built on that many randomly chosen (``seed``) landmark images
+    and their mirrors only, and every other image then takes the frame its neighbours among them
+    imply, z_i = nearest frame of Σ_k e^{iα_ik} z_{j_k}: the all-pairs comparison costs P·landmarks
+    instead of P², and the dense eigendecomposition stays at 2·landmarks. Returns an
+    :class:`AbInitioResult` (``neighbors``, ``angles``, ``scores`` index landmark nodes then); the
+    orientations are defined up to a global rotation and the hand of the map.
     """
     t0 = time.perf_counter()
     P = len(images)
-    if P < 20:
-        raise ValueError(f"need at least 20 images; got {P}")
-    if landmarks is not None and (isinstance(landmarks, bool) or int(landmarks) != landmarks or landmarks < 20):
-        raise ValueError(f"landmarks must be an integer >= 20 or None; got {landmarks!r}")
+    need = minimum_images(neighbors)
+    if P < need:
+        raise ValueError(f"need at least {need} images for {neighbors} neighbours per image; got {P}: with fewer, "
+                         f"even uniformly spread views put an image's nearest neighbours more than "
+                         f"{NEIGHBOUR_CAP_DEG:.0f}° away, and the method takes them for views from its own direction")
+    if landmarks is not None and (isinstance(landmarks, bool) or int(landmarks) != landmarks or landmarks < need):
+        raise ValueError(f"landmarks must be an integer >= {need} (minimum_images({neighbors})) or None; "
+                         f"got {landmarks!r}")
+    unknown = set(accept) - set(ASSUMPTIONS)
+    if unknown:
+        raise ValueError(f"accept names unknown checks {sorted(unknown)}; known: {sorted(ASSUMPTIONS)}")
+    x, shifts, warnings = _prepare(images, ctf, centre, max_shift, set(accept), device)
     ref = None
     if landmarks is not None and P > landmarks:
         ref = torch.randperm(P, generator=torch.Generator().manual_seed(seed))[:landmarks].sort().values
-    index, angle, score = rotational_neighbors(images, neighbors=neighbors, n_rings=n_rings, n_angles=n_angles,
+    index, angle, score = rotational_neighbors(x, neighbors=neighbors, n_rings=n_rings, n_angles=n_angles,
                                                hub_k=hub_k, candidates=candidates, reference=ref, seed=seed,
                                                device=device, progress=progress)
-    if ref is None:
-        z, ev, resid = frames_from_neighbors(index, angle, restarts=restarts, seed=seed, device=device)
-    else:
-        rows = torch.cat([ref, ref + P])  # the landmarks and their mirrors, in reference-node order
-        z_ref, ev, resid = frames_from_neighbors(index[rows], angle[rows], restarts=restarts, seed=seed,
-                                                 device=device)
-        node_frames = torch.cat([z_ref, z_ref.conj()])  # mirror node: the mirror frame
+    del x
+    rows = torch.arange(2 * P) if ref is None else torch.cat([ref, ref + P])  # landmarks and mirrors, node order
+    z, ev, resid = frames_from_neighbors(index[rows], angle[rows], restarts=restarts, seed=seed, device=device)
+    edge = null_edge(index[rows], seed=seed, device=device)
+    if ref is not None:
+        node_frames = torch.cat([z, z.conj()])  # mirror node: the mirror frame
+        z_ref = z
         z = _nearest_frames((torch.polar(torch.ones_like(angle[:P], dtype=torch.float64), angle[:P].double())[..., None]
                              * node_frames[index[:P]]).sum(1))  # z_i = e^{iα_ij} z_j
         z[ref] = z_ref
     a1, a2 = z.real, z.imag
     q = matrix_to_quat(torch.stack([a1, a2, torch.linalg.cross(a1, a2)], 1))
-    return AbInitioResult(q, ref, index, angle, score, ev, resid, time.perf_counter() - t0)
+    return AbInitioResult(q, shifts, ref, index, angle, score, ev, edge, resid, ctf is not None, warnings,
+                          time.perf_counter() - t0)

@@ -1,0 +1,239 @@
+"""Ab initio reconstruction from particle images alone: orientations, shifts, half maps and a map.
+
+The chain, for a particle stack and its CTF parameters (no map, no trained network):
+
+1. ``abinitio`` — :func:`cryoorient.orientations.abinitio.estimate_orientations`: each image
+   phase-flipped by its own CTF and centred, then orientations from the in-plane-invariant
+   neighbour graph, with the data's own verdict on them (:meth:`AbInitioResult.summary`);
+2. ``refine`` — :func:`cryoorient.maps.refine.refine` from those orientations and shifts, with
+   the CTF: gold-standard half maps, their FSC, the map. The maps are then moved so that the
+   map's centre of mass sits at the box centre (voxel n//2; as RELION centres an initial model),
+   and every shift by the projection of that move, so that the shifts centre each particle.
+
+Each finished stage is checkpointed into ``workdir`` (``abinitio.pt``, ``refine.pt``; atomic
+writes) with a key of the images (shape and a sample of pixels), the CTF of that sample and the
+options of the stage and those before it: a call with ``resume=True`` loads the stages whose key
+matches and runs the rest; ``stop_after`` ends the run after a stage (as an interruption would).
+
+Conventions: images (P, n, n) [y, x], centre n//2; orientations are scalar-first quaternions of
+RELION's A; shifts t (pixels, x, y) move the particle by +t in the image (:mod:`cryoorient.imaging.shift`),
+so RELION's ``rlnOriginX/YAngst`` = −t · pixel size (:attr:`ChainResult.origins_angst`). The map's
+global rotation and hand are those the ab initio stage chose (arbitrary).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import __version__
+from ..geometry import quat_to_matrix
+from ..io import centre_of_mass
+from ..io._atomic import atomic_path
+from ..maps.refine import RefineResult, refine
+from .abinitio import AbInitioResult, estimate_orientations
+
+__all__ = ["STAGES", "ChainResult", "run_chain", "star_ctf"]
+
+STAGES = ("abinitio", "refine")
+
+
+@dataclass
+class ChainResult:
+    """What :func:`run_chain` found: the ab initio stage, the refinement (None if stopped before it),
+    the map-centring move (voxels x, y, z, removed from the maps) and one line per caveat."""
+
+    abinitio: AbInitioResult
+    refined: RefineResult | None
+    pixel_size: float
+    map_shift: Tensor | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def quaternions(self) -> Tensor:
+        """(P, 4) float64: the refined orientations, else the ab initio ones."""
+        return (self.refined or self.abinitio).quaternions
+
+    @property
+    def shifts(self) -> Tensor:
+        """(P, 2) float64 pixels (x, y), the particle moved by +t in its image."""
+        return (self.refined or self.abinitio).shifts
+
+    @property
+    def origins_angst(self) -> Tensor:
+        """RELION ``rlnOriginXAngst/YAngst`` (P, 2): −shifts · pixel size."""
+        return -self.shifts * self.pixel_size
+
+    def summary(self) -> list[str]:
+        """Lines for a report: the ab initio verdict, the refinement's resolution, the caveats."""
+        lines = [self.abinitio.summary()]
+        if self.refined is not None:
+            r = self.refined
+            lines.append(f"refine: {len(r.rounds)} rounds, FSC 0.143 resolution {r.resolution:.2f} Å "
+                         f"(gold-standard half maps); mean shift {float(r.shifts.norm(dim=1).mean()):.2f} px")
+        return lines + self.warnings
+
+
+def star_ctf(particles, *, ignore_ctf: bool = False):
+    """The CTF of a RELION particle set for :func:`run_chain`: ``(ctf, phase_flipped, notes)``.
+
+    ``ctf(indices, size)`` (see :func:`cryoorient.maps.reconstruct.particle_ctf`) from the STAR
+    file's defocus and optics columns, or None where it has none; ``phase_flipped`` from
+    ``rlnCtfDataArePhaseFlipped``; ``notes`` the lines to print about it. CTF columns are never
+    dropped silently: ``ignore_ctf`` drops them with a note; CTF-premultiplied images are refused.
+    """
+    from ..maps.reconstruct import particle_ctf
+
+    flag = lambda label: label in particles.data and bool(np.any(particles.data[label].to_numpy() == 1))  # noqa: E731
+    if particles.defocus_u is None:
+        return None, False, ["no CTF columns (rlnDefocusU): the images are taken to be CTF-free"]
+    if ignore_ctf:
+        return None, False, ["CTF columns present but ignored on request: the images are taken to be CTF-free"]
+    if flag("rlnCtfDataAreCtfPremultiplied"):
+        raise ValueError("rlnCtfDataAreCtfPremultiplied = 1: CTF-premultiplied images are not supported")
+    if particles.pixel_size is None:
+        raise ValueError("the particles have CTF columns but no pixel size (rlnImagePixelSize)")
+
+    def ctf(indices, size):
+        return particle_ctf(particles, torch.as_tensor(indices).cpu().numpy(), size)
+
+    flipped = flag("rlnCtfDataArePhaseFlipped")
+    return ctf, flipped, [f"CTF from the STAR file's columns{' (images already phase-flipped)' if flipped else ''}"]
+
+
+def _shift_map(volume: Tensor, t: Tensor) -> Tensor:
+    """``volume`` [z, y, x] moved by t (x, y, z) voxels (Fourier phase ramp, periodic)."""
+    n = volume.shape[-1]
+    f = torch.fft.rfftn(volume.double(), dim=(-3, -2, -1))
+    k = torch.fft.fftfreq(n, dtype=torch.float64, device=volume.device)
+    kx = torch.fft.rfftfreq(n, dtype=torch.float64, device=volume.device)
+    t = t.double().to(volume.device)
+    phase = -2 * np.pi * (t[0] * kx[None, None, :] + t[1] * k[None, :, None] + t[2] * k[:, None, None])
+    moved = torch.fft.irfftn(f * torch.polar(torch.ones_like(phase), phase), s=(n, n, n), dim=(-3, -2, -1))
+    return moved.to(volume.dtype)
+
+
+def _centre_map(result: RefineResult) -> Tensor:
+    """Move the maps of ``result`` so that the centre of mass of its map's density above the mean plus
+    one standard deviation (the particle, not the background's noise) is at the centre, and its
+    shifts with them (module docstring); returns the move removed (x, y, z, voxels)."""
+    v = result.map.double()
+    c = torch.from_numpy(centre_of_mass((v - v.mean() - v.std()).clamp(min=0).numpy(), 1.0))
+    result.map = _shift_map(result.map, -c)
+    result.half_maps = _shift_map(result.half_maps, -c)
+    A = quat_to_matrix(result.quaternions)
+    result.shifts = result.shifts + (A[:, :2, :] @ c)  # image_i = S_{t + (A c)_xy} P_A (map moved by −c)
+    return c
+
+
+def _data_key(images, ctf, pixel_size: float) -> str:
+    """A fingerprint of the images and their CTF: shape, pixel size, and 8 images from each end and the middle."""
+    P = len(images)
+    sample = sorted({*range(min(8, P)), *range(max(0, P // 2 - 4), min(P, P // 2 + 4)), *range(max(0, P - 8), P)})
+    h = hashlib.sha256(json.dumps([list(images.shape), float(pixel_size)]).encode())
+    x = images[sample] if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images[sample]))
+    h.update(x.detach().cpu().float().contiguous().numpy().tobytes())
+    if ctf is not None:
+        h.update(torch.as_tensor(ctf(torch.as_tensor(sample), images.shape[-1])).cpu().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Checkpoints:
+    """Stage results in ``workdir`` (None: none kept), each stored with its key."""
+
+    def __init__(self, workdir, resume: bool, force: bool):
+        self.dir = None if workdir is None else Path(os.fspath(workdir))
+        self.resume = resume
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        found = [s for s in STAGES if self.path(s).exists()]
+        if found and not resume and not force:
+            raise FileExistsError(f"'{self.dir}' holds checkpoints ({', '.join(found)}); pass resume=True (--resume) "
+                                  f"to continue from them or force=True (--force) to start over")
+        for stage in found if force and not resume else ():
+            self.path(stage).unlink()  # starting over: no stale later stage survives
+
+    def path(self, stage: str) -> Path:
+        return self.dir / f"{stage}.pt"
+
+    def load(self, stage: str, key: str):
+        if self.dir is None or not self.resume or not self.path(stage).exists():
+            return None
+        saved = torch.load(self.path(stage), map_location="cpu", weights_only=False)
+        if saved.get("key") != key:
+            raise ValueError(f"checkpoint '{self.path(stage)}' was made from other images, CTF or options; "
+                             f"remove it or pass force=True (--force) to start over")
+        return saved["result"]
+
+    def save(self, stage: str, key: str, result) -> None:
+        if self.dir is not None:
+            with atomic_path(self.path(stage), overwrite=True) as tmp:
+                torch.save({"key": key, "result": result}, tmp)
+
+
+def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = False, workdir=None,
+              resume: bool = False, force: bool = False, stop_after: str | None = None,
+              abinitio_options: dict | None = None, refine_options: dict | None = None, seed: int = 0,
+              device="cpu", progress: bool = False) -> ChainResult:
+    """Orientations, shifts, half maps and map of ``images`` (P, n, n) from the images alone (module docstring).
+
+    ``pixel_size`` in Å. ``ctf``: None for CTF-free images, else ``ctf(indices, size)`` -> real
+    CTFs (B, size, size // 2 + 1) on the ``rfft2`` grid (:func:`star_ctf` makes it from a STAR
+    file); ``phase_flipped``: the images are already phase-flipped (no second flip; refinement
+    uses |CTF|). ``workdir``: where checkpoints go (None: none); an existing checkpoint is used
+    with ``resume``, replaced with ``force``, else refused. ``stop_after``: a stage of
+    :data:`STAGES` to end after. ``abinitio_options`` / ``refine_options``: further keyword
+    arguments of :func:`estimate_orientations` / :func:`cryoorient.maps.refine.refine`.
+    """
+    if stop_after is not None and stop_after not in STAGES:
+        raise ValueError(f"stop_after must be one of {STAGES} or None; got {stop_after!r}")
+    ab_opts, ref_opts = dict(abinitio_options or {}), dict(refine_options or {})
+    common = ("ctf", "seed", "device", "progress")
+    for name, opts, own in (("abinitio_options", ab_opts, common),
+                            ("refine_options", ref_opts, common + ("shifts", "pixel_size"))):
+        clash = set(opts) & set(own)
+        if clash:
+            raise ValueError(f"{name} must not set {sorted(clash)}: run_chain sets them")
+    from tqdm.auto import tqdm
+
+    checkpoints = _Checkpoints(workdir, resume, force)
+    key = _data_key(images, ctf, pixel_size)
+    key_ab = hashlib.sha256(json.dumps([__version__, key, phase_flipped, seed, ab_opts], sort_keys=True,
+                                       default=str).encode()).hexdigest()
+    key_ref = hashlib.sha256(json.dumps([key_ab, ref_opts], sort_keys=True, default=str).encode()).hexdigest()
+    bar = tqdm(total=len(STAGES), desc="ab initio chain", unit="stage", disable=not progress)
+    ab = checkpoints.load("abinitio", key_ab)
+    if ab is None:
+        ab = estimate_orientations(images, ctf=None if phase_flipped else ctf, seed=seed, device=device,
+                                   progress=progress, **ab_opts)
+        checkpoints.save("abinitio", key_ab, ab)
+    bar.update(1)
+    result = ChainResult(ab, None, float(pixel_size), warnings=list(ab.warnings))
+    if not ab.determined:
+        result.warnings.append("proceeding although the ab initio orientations are NOT determined (see above): "
+                               "the refinement may not converge")
+    if stop_after == "abinitio":
+        bar.close()
+        return result
+    saved = checkpoints.load("refine", key_ref)
+    if saved is None:
+        refine_ctf = ctf
+        if ctf is not None and phase_flipped:
+            def refine_ctf(indices, size):  # the images carry |CTF| now
+                return torch.as_tensor(ctf(indices, size)).abs()
+        refined = refine(images, ab.quaternions, shifts=ab.shifts.clone(), ctf=refine_ctf, pixel_size=pixel_size,
+                         seed=seed, device=device, progress=progress, **ref_opts)
+        saved = {"refined": refined, "map_shift": _centre_map(refined)}
+        checkpoints.save("refine", key_ref, saved)
+    bar.update(1)
+    bar.close()
+    result.refined, result.map_shift = saved["refined"], saved["map_shift"]
+    return result

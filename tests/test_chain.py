@@ -1,0 +1,123 @@
+"""cryoorient.orientations.chain: ab initio -> refinement -> centred maps, checkpoints and resume."""
+
+import numpy as np
+import pytest
+import torch
+
+from cryoorient.geometry import random_quaternions
+from cryoorient.imaging.ctf import ctf_2d, random_defocus
+from cryoorient.imaging.phantom import default_density
+from cryoorient.imaging.project import FourierProjector
+from cryoorient.maps.fsc import fsc
+from cryoorient.maps.transforms import align_map
+from cryoorient.orientations import chain
+from cryoorient.orientations.align import align_orientations
+from cryoorient.io import centre_of_mass
+from cryoorient.orientations.chain import run_chain, star_ctf
+
+BOX, PIXEL, P = 32, 3.0, 300
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """Noiseless CTF-affected 32² projections of the phantom (defocus 0.8–2.5 µm, astigmatism up to
+    0.1 µm), the particles shifted by N(0, 1.5 px) clipped at 3 px."""
+    vol = torch.from_numpy(default_density(box_size=BOX, voxel_size=PIXEL, resolution=6.0))
+    q = random_quaternions(P, generator=2, dtype=torch.float64)
+    t = (torch.randn(P, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 1.5).clamp(-3, 3)
+    du, dv, da = random_defocus(P, 8000, 25000, 1000, generator=3)
+
+    def ctf(indices, size):
+        return ctf_2d(size, PIXEL, du[indices], dv[indices], da[indices])
+
+    images = FourierProjector(vol, pad=2.0).images(q.float(), t.float(), ctf(torch.arange(P), BOX))
+    return vol, q, t, ctf, images
+
+
+@pytest.fixture(scope="module")
+def chained(stack):
+    vol, q, t, ctf, images = stack
+    return run_chain(images, pixel_size=PIXEL, ctf=ctf, refine_options={"rounds": 3})
+
+
+def test_chain_recovers_orientations_shifts_and_map(stack, chained):
+    vol, q, t, ctf, images = stack
+    res = chained
+    assert res.abinitio.phase_flipped and res.abinitio.determined, res.abinitio.summary()
+    assert align_orientations(q, res.abinitio.quaternions).error < 0.3
+    assert align_orientations(q, res.quaternions).error < 0.1
+    # the planted shifts, with the map centred on its centre of mass as the phantom is
+    err = torch.linalg.vector_norm(res.shifts - t, dim=1)
+    assert float(err.mean()) < 0.5 and float(err.max()) < 1.5, (err.mean(), err.max())
+    assert torch.allclose(res.origins_angst, -res.shifts * PIXEL)
+    v = res.refined.map.double()
+    assert np.linalg.norm(centre_of_mass((v - v.mean() - v.std()).clamp(min=0).numpy(), 1.0)) < 0.05
+    assert res.refined.half_maps.shape == (2, BOX, BOX, BOX)
+    # the map is the phantom (up to the arbitrary rotation and hand)
+    aligned = align_map(res.refined.map, vol, voxel_size=PIXEL)
+    assert float(np.mean(fsc(aligned.aligned, vol, PIXEL).fsc[:8])) > 0.9
+    lines = res.summary()
+    assert lines[0].startswith("ab initio: 300 orientations determined") and "FSC 0.143" in lines[1]
+
+
+def test_map_shift():
+    vol = torch.zeros(16, 16, 16)
+    vol[9, 5, 11] = 1.0  # [z, y, x]: at (3, -3, 1) voxels from the centre
+    moved = chain._shift_map(vol, torch.tensor([-3.0, 3.0, -1.0]))
+    assert np.allclose(centre_of_mass(moved.numpy(), 1.0), 0.0, atol=1e-5) and moved[8, 8, 8] > 0.99
+
+
+def test_resume_skips_finished_stages(stack, tmp_path, monkeypatch):
+    vol, q, t, ctf, images = stack
+    work = tmp_path / "work"
+    opts = {"refine_options": {"rounds": 1, "soft": False}}
+    first = run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, stop_after="abinitio", **opts)
+    assert first.refined is None and (work / "abinitio.pt").exists() and not (work / "refine.pt").exists()
+    with pytest.raises(FileExistsError, match="resume"):
+        run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, **opts)
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(chain, "estimate_orientations", recomputed)
+    resumed = run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, resume=True, **opts)
+    assert torch.equal(resumed.abinitio.quaternions, first.abinitio.quaternions)
+    assert resumed.refined is not None and len(resumed.refined.rounds) == 1 and (work / "refine.pt").exists()
+    monkeypatch.setattr(chain, "refine", recomputed)
+    again = run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, resume=True, **opts)  # nothing left to run
+    assert torch.equal(again.quaternions, resumed.quaternions)
+    # other images, CTF or options do not resume from these checkpoints
+    with pytest.raises(ValueError, match="other images"):
+        run_chain(images.flip(0), pixel_size=PIXEL, ctf=ctf, workdir=work, resume=True, **opts)
+    with pytest.raises(ValueError, match="other images"):
+        run_chain(images, pixel_size=PIXEL, ctf=None, workdir=work, resume=True, **opts)
+    monkeypatch.undo()
+    restart = run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, force=True, stop_after="abinitio", **opts)
+    assert restart.refined is None and not (work / "refine.pt").exists()  # starting over drops the later stage
+    with pytest.raises(ValueError, match="stop_after"):
+        run_chain(images, pixel_size=PIXEL, stop_after="maps")
+    with pytest.raises(ValueError, match="run_chain sets"):
+        run_chain(images, pixel_size=PIXEL, refine_options={"ctf": None})
+
+
+def test_star_ctf(tmp_path):
+    from cryoorient.io import Particles
+
+    def particles(**cols):
+        return Particles.create("stack.mrcs", np.arange(4), 2.0, 32, root=tmp_path, **cols)
+
+    with_ctf = particles(defocus_u=[1e4, 1.2e4, 1.4e4, 2e4], defocus_v=[1e4, 1.1e4, 1.4e4, 1.9e4],
+                         defocus_angle=[0.0, 10.0, 20.0, 30.0], voltage=300.0, spherical_aberration=2.7,
+                         amplitude_contrast=0.1)
+    ctf, flipped, notes = star_ctf(with_ctf)
+    c = ctf(torch.tensor([3, 1]), 32)
+    assert c.shape == (2, 32, 17) and not flipped and "STAR" in notes[0]
+    assert torch.allclose(c[0], ctf_2d(32, 2.0, 2e4, 1.9e4, 30.0)[0])
+    ctf, _, notes = star_ctf(with_ctf, ignore_ctf=True)
+    assert ctf is None and "ignored" in notes[0]
+    assert star_ctf(particles())[0] is None and "no CTF columns" in star_ctf(particles())[2][0]
+    with_ctf.data["rlnCtfDataArePhaseFlipped"] = 1
+    assert star_ctf(with_ctf)[1] is True
+    with_ctf.data["rlnCtfDataAreCtfPremultiplied"] = 1
+    with pytest.raises(ValueError, match="premultiplied"):
+        star_ctf(with_ctf)
