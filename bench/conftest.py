@@ -80,7 +80,7 @@ class Bench:
 
         rounds = 1
         if self.timed:
-            call()
+            _first_call(call)
             start = time.perf_counter()
             call()
             rounds = min(MAX_ROUNDS, max(MIN_ROUNDS, int(BUDGET_S / max(time.perf_counter() - start, 1e-9))))
@@ -100,6 +100,17 @@ class Bench:
                 if share is not None:
                     info[f"{kind}_fraction"] = share
         return result
+
+
+def _first_call(call) -> None:
+    """The untimed first call; a reference that inductor cannot compile is skipped, saying why."""
+    try:
+        call()
+    except Exception as err:  # torch._inductor.exc.InductorError, raised from inductor's worker
+        if type(err).__name__ != "InductorError":
+            raise
+        reason = next((line for line in str(err).splitlines() if "Error(" in line), str(err).splitlines()[0])
+        pytest.skip(f"torch.compile (inductor) cannot compile this reference: {reason.strip()}")
 
 
 @pytest.fixture
