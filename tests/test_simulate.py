@@ -80,7 +80,7 @@ def test_dataset_round_trip_and_relion_origin_sign(tmp_path):
     out = simulate(SOURCE, tmp_path / "ds", settings, progress=False)
     ds = load_dataset(out)
     assert ds.images.shape == (40, N, N) and ds.images.dtype == np.float32
-    assert sorted(os.listdir(out)) == ["particles.mrcs", "particles.star", "simulation.json"]
+    assert sorted(os.listdir(out)) == [".cryoorient", "particles.mrcs", "particles.star", "simulation.json"]
     # the STAR file is the exact ground truth that the images were made from
     truth = draw_parameters(settings, 2.0)
     torch.testing.assert_close(ds.params.angles, truth.angles, rtol=0, atol=1e-9)
@@ -271,3 +271,21 @@ def test_sample_pairs_distinct_and_symmetric_distance():
     torch.testing.assert_close(d, symmetric_quat_distance(q[pairs[:, 0]], q[pairs[:, 1]], "D2"))
     with pytest.raises(ValueError, match="n_pairs"):
         sample_pairs(q, torch.arange(3), 4)
+
+
+def test_a_map_with_a_zero_cell_needs_and_takes_pixel_size(tmp_path, capsys):
+    """A header without voxel size: refused naming --pixel-size; with the flag the run uses it."""
+    import mrcfile
+
+    from cryoorient.imaging.phantom import default_density
+    from cryoorient.io import write_map
+
+    path = tmp_path / "nocell.mrc"
+    write_map(path, default_density(box_size=16, voxel_size=5.0, resolution=12.0), 5.0)
+    with mrcfile.open(path, mode="r+") as m:
+        m.voxel_size = 0.0
+    argv = ["simulate", str(path), "-n", "4", "-o", str(tmp_path / "sim"), "-q", "--device", "cpu"]
+    assert main(argv) == 2
+    assert "--pixel-size" in capsys.readouterr().err and not (tmp_path / "sim").exists()
+    assert main(argv + ["--pixel-size", "4.0"]) == 0
+    assert read_star(tmp_path / "sim" / "particles.star").pixel_size[0] == pytest.approx(4.0)

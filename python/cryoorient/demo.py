@@ -15,13 +15,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .io.figure import save_figure
 
 
 @dataclass
@@ -54,8 +55,26 @@ class DemoSettings:
 
 def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force: bool = False,
              progress: bool = True) -> dict:
-    """Run the demo into ``out_dir`` (refused if it exists, unless ``force``); returns the summary."""
-    from .orientations.align import align_orientations, plot_error_histogram
+    """Run the demo into ``out_dir``; returns the summary.
+
+    ``out_dir`` is refused if it exists, unless ``force`` and cryoorient wrote it, and wherever
+    ``io.check_output_dir`` refuses; it is built in a temporary directory renamed into place at the
+    end (``io.output_dir``), so an error or an interruption leaves nothing behind. Sizes that cannot
+    fit on the disk or in memory are refused first.
+    """
+    from .imaging.simulate import SimulationSettings, simulation_bytes
+    from .io import output_dir, require_resources
+
+    s = settings or DemoSettings()
+    require_resources(out_dir, *simulation_bytes(SimulationSettings(n=s.n_test, size=s.box), s.box),
+                      what=f"the demo's {s.n_test:,} images of {s.box}×{s.box} px")
+    with output_dir(out_dir, force=force) as work:
+        return _run(work, s, torch.device(device), progress)
+
+
+def _run(out: Path, s: DemoSettings, device: torch.device, progress: bool) -> dict:
+    """The demo's steps, writing into the (temporary) directory ``out``."""
+    from .orientations.align import align_orientations, physical_error, plot_error_histogram
     from .orientations.frame import resolve_frame
     from .maps.fsc import fsc, plot_fsc
     from .io import read_star, write_map
@@ -72,14 +91,6 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
     from .learning.sources import OnTheFlySource
     from .learning.trainer import TrainConfig, Trainer
 
-    s = settings or DemoSettings()
-    out = Path(out_dir)
-    if out.exists():
-        if not force:
-            raise FileExistsError(f"'{out}' exists; pass --force to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    device = torch.device(device)
     times, summary = {}, {"settings": asdict(s), "device": str(device)}
 
     t0 = time.perf_counter()
@@ -118,12 +129,13 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
     t0 = time.perf_counter()
     q_true = data.params.quaternions
     alignment = align_orientations(q_true, q_rec)
+    physical = physical_error(q_true, q_rec)
     plot_error_histogram(out / "errors.png", alignment, title="Orientation error after alignment")
     times["evaluate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     recon = reconstruct_particles(read_star(out / "recovered.star"), device=device, progress=progress).cpu()
-    aligned = align_map(recon, torch.from_numpy(truth))
+    aligned = align_map(recon, torch.from_numpy(truth), voxel_size=s.voxel_size)
     write_map(out / "reconstruction.mrc", aligned.aligned.numpy(), s.voxel_size)
     truth_recon = reconstruct_particles(data.particles, device=device, progress=False).cpu()
     curve = fsc(aligned.aligned, truth, s.voxel_size)
@@ -136,7 +148,7 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
     refined = refine(data.images, q_rec, rounds=s.refine_rounds, pixel_size=s.voxel_size,
                      reference=truth, align_reference=True, device=device, progress=progress)
     refined_alignment = align_orientations(q_true, refined.quaternions)
-    refined_map = align_map(refined.map, torch.from_numpy(truth))
+    refined_map = align_map(refined.map, torch.from_numpy(truth), voxel_size=s.voxel_size)
     refined_curve = fsc(refined_map.aligned, truth, s.voxel_size)
     write_map(out / "refined.mrc", refined_map.aligned.numpy(), s.voxel_size)
     plot_error_histogram(out / "errors_refined.png", refined_alignment, title="Orientation error after refinement")
@@ -145,7 +157,8 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
     summary.update({
         "E_OR_rad": alignment.error,
         "E_OR_deg": alignment.error_deg,
-        "handedness_flipped": alignment.reflected,
+        "physical_error_rad": physical.error,
+        "map_hand_from_orientations": physical.hand,
         "median_error_rad": float(alignment.errors.median()),
         "L_OR": result.loss,
         "validation_L_DE": train_summary.get("best_val_loss"),
@@ -153,6 +166,7 @@ def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force:
         "fsc0143_A": curve.resolution(0.143),
         "fsc05_true_orientations_A": curve_true.resolution(0.5),
         "map_hand_flipped": aligned.mirrored,
+        "map_hand_correlations": [aligned.correlation_same, aligned.correlation_mirror],
         "refined_E_OR_rad": refined_alignment.error,
         "refined_median_error_rad": float(refined_alignment.errors.median()),
         "refined_fsc05_A": refined_curve.resolution(0.5),
@@ -182,9 +196,7 @@ def _plot_slices(path, truth, recon, recon_true) -> None:
                 axes[row, col].set_title(name, fontsize=9)
             if col == 0:
                 axes[row, col].set_ylabel(f"central {axis} slice", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _write_report(path: Path, s: dict, train_summary: dict) -> None:
@@ -201,7 +213,9 @@ def _write_report(path: Path, s: dict, train_summary: dict) -> None:
         "|---|---|",
         f"| orientation recovery error E_OR | {s['E_OR_rad']:.3f} rad ({s['E_OR_deg']:.1f}°) |",
         f"| median per-projection error | {s['median_error_rad']:.3f} rad |",
-        f"| handedness of the recovered set | {'mirrored' if s['handedness_flipped'] else 'as the truth'} |",
+        f"| error after only a global rotation of the map and its hand | {s['physical_error_rad']:.3f} rad |",
+        f"| hand of the recovered map (orientations; map correlation same / mirror) | "
+        f"{s['map_hand_from_orientations']}; {s['map_hand_correlations'][0]:.3f} / {s['map_hand_correlations'][1]:.3f} |",
         f"| final L_OR (accuracy proxy without ground truth) | {s['L_OR']:.4f} rad² |",
         f"| FSC 0.5 / 0.143 vs truth, recovered orientations | {s['fsc05_A']:.1f} / {s['fsc0143_A']:.1f} Å |",
         f"| FSC 0.5 vs truth, true orientations | {s['fsc05_true_orientations_A']:.1f} Å |",

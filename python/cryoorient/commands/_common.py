@@ -1,11 +1,9 @@
 """What several commands share: the closing run flags, the --device choice, the refusal to
-overwrite, and reading particles from a RELION STAR file or a bare .mrcs stack."""
+overwrite, and the particle file with its --pixel-size."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 
 from ..distributed import DEVICE_HELP
 
@@ -30,20 +28,41 @@ def torch_device(name: str):
     return local_device(device_option(name))
 
 
-def refuse_existing(path: Path, force: bool) -> None:
-    """Refuse before any work is done, rather than after, to overwrite a user's file."""
+def refuse_existing(path: Path, force: bool, inputs=()) -> None:
+    """Refuse before any work is done, rather than after, to overwrite a user's file: an existing output
+    file ``path`` without --force, and even with it a directory or one of the command's ``inputs``."""
+    if any(path.resolve() == Path(item).resolve() for item in inputs):
+        raise ValueError(f"refusing to overwrite '{path}', even with --force: it is an input; give another output")
+    if path.is_dir():
+        raise IsADirectoryError(f"'{path}' is a directory; give the output a file name")
     if path.exists() and not force:
         raise FileExistsError(f"'{path}' exists; pass --force to overwrite it")
 
 
-def read_particles(path: str):
-    """A RELION STAR file, or a bare .mrcs stack (pixel size from its header, no angles)."""
-    from ..io import Particles, read_stack, read_star
+def add_particles_args(p, what: str = "particles") -> None:
+    """The positional particle file and --pixel-size, as every command that reads images takes them."""
+    p.add_argument("particles", help=f"{what}: RELION STAR (.star), cryoSPARC (.cs) or a bare .mrcs stack")
+    p.add_argument("--pixel-size", type=float,
+                   help="Å per pixel, where the file has none (a zero MRC cell, no rlnImagePixelSize) or to override it")
 
-    p = Path(path)
-    if p.suffix in (".mrcs", ".mrc"):
-        images, pixel = read_stack(p)
-        return Particles.create([p.resolve()] * len(images), np.arange(len(images)), pixel_size=pixel,
-                                image_size=images.shape[-1], root=p.resolve().parent)
-    return read_star(p)
 
+def read_particles(args):
+    """The particles named by :func:`add_particles_args`' flags; refuses them without a pixel size."""
+    from ..io import read_particles as read
+
+    return read(args.particles, args.pixel_size, require_pixel_size=True)
+
+
+def read_reference_map(path: str, pixel_size: float, flag: str):
+    """The cubic map ``path`` (given by ``flag``) at the particles' ``pixel_size`` (Å).
+
+    A zero header cell takes the particles' pixel size; a voxel size off by more than 1 % is
+    refused, naming ``cryoorient map --pixel-size`` to resample it.
+    """
+    from ..io import read_map
+
+    volume, voxel = read_map(path, pad_to_cube=True, fallback_voxel_size=pixel_size)
+    if abs(voxel - pixel_size) > 0.01 * pixel_size:
+        raise ValueError(f"{flag} '{path}' has voxel size {voxel:.4f} Å but the particles have {pixel_size:.4f} Å; "
+                         f"resample it with 'cryoorient map {path} --pixel-size {pixel_size:g} --box N -o OUT.mrc'")
+    return volume

@@ -21,7 +21,7 @@ DESCRIPTION = (
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="cryoorient-demo", help="output directory (default ./cryoorient-demo)")
     p.add_argument("--quick", action="store_true", help="a reduced run of about a minute (tiny, inaccurate)")
-    add_run_flags(p, "replace the output directory", seed=True, quiet="no progress bars")
+    add_run_flags(p, "replace the output directory if cryoorient wrote it", seed=True, quiet="no progress bars")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ DESCRIPTION = (
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="map (.mrc/.map) or atomic model (.cif/.pdb)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory (must not exist unless --force)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory (must not exist unless --force; "
+                   "never one holding the current directory, the home directory or SOURCE)")
     p.add_argument("-n", type=int, default=5000, help="number of projections (default 5000)")
     p.add_argument("--size", type=int, help="image edge in pixels (default: map edge; larger pads, smaller crops)")
     p.add_argument("--pixel-size", type=float, help="Å per pixel (overrides the map header; required for models)")
@@ -54,7 +55,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="Fourier-slice interpolation: cubic (~0.05%% error) or linear (~2.5%%, 5-8x faster on "
                    "CPU); auto = cubic on CUDA, linear on CPU (default)")
     p.add_argument("--pad", type=float, default=2.0, help="Fourier oversampling of the map (default 2)")
-    add_run_flags(p, "replace the output directory if it exists", seed=True)
+    add_run_flags(p, "replace the output directory if it exists and cryoorient wrote it", seed=True)
 
 
 def main(args: argparse.Namespace) -> int:

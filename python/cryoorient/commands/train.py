@@ -7,14 +7,13 @@ distances.png; split.json for a dataset). Distances in radians, L_DE in rad². R
 from __future__ import annotations
 
 import argparse
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .. import distributed
-from ._common import add_run_flags
+from ._common import add_run_flags, refuse_existing
 
 HELP = "train the Siamese distance estimator (paper §2.2)"
 DESCRIPTION = None
@@ -112,21 +111,32 @@ def _train(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def _prepare_outputs(args: argparse.Namespace, output: Path, log_dir: Path) -> None:
-    """Refuse to overwrite without --force (rank 0 removes OUTPUT and LOG_DIR with it); with
-    --resume, require LOG_DIR/checkpoint.pt."""
+    """Refuse absurd --size and outputs that are inputs; without --resume, refuse an existing OUTPUT or
+    LOG_DIR unless --force (then rank 0 removes OUTPUT and LOG_DIR, the latter only if cryoorient wrote
+    it: ``io.make_output_dir``) and create LOG_DIR; with --resume, require LOG_DIR/checkpoint.pt."""
+    from ..imaging.simulate import SimulationSettings, simulation_bytes
+    from ..io import check_output_dir, make_output_dir, require_resources
+
     if args.resume and args.force:
         raise ValueError("--resume and --force exclude each other")
-    if not args.resume and (output.exists() or log_dir.exists()):
-        if not args.force:
-            raise FileExistsError(f"{output if output.exists() else log_dir} exists; pass --force to start over "
-                                  "or --resume to continue")
-        distributed.barrier()  # every rank has looked before rank 0 removes
-        if distributed.rank() == 0:
-            shutil.rmtree(log_dir, ignore_errors=True)
-            output.unlink(missing_ok=True)
-        distributed.barrier()
-    if args.resume and not (log_dir / "checkpoint.pt").is_file():
-        raise FileNotFoundError(f"nothing to resume: {log_dir / 'checkpoint.pt'} does not exist")
+    if args.size and not args.dataset:
+        need = simulation_bytes(SimulationSettings(n=args.val_images, size=args.size, chunk_size=args.batch_size),
+                                args.size)[1]
+        require_resources(log_dir, memory=need, what=f"rendering {args.size}×{args.size} px images on the fly")
+    inputs = [Path(p) for p in (args.map or [args.structures or args.dataset])]
+    if not args.resume and log_dir.exists() and not args.force:
+        raise FileExistsError(f"{log_dir} exists; pass --force to start over or --resume to continue")
+    refuse_existing(output, args.force or args.resume, inputs)
+    if args.resume:
+        if not (log_dir / "checkpoint.pt").is_file():
+            raise FileNotFoundError(f"nothing to resume: {log_dir / 'checkpoint.pt'} does not exist")
+        return
+    check_output_dir(log_dir, force=args.force, inputs=inputs, flag="--log-dir")
+    distributed.barrier()  # every rank has looked before rank 0 removes
+    if distributed.rank() == 0:
+        output.unlink(missing_ok=True)
+        make_output_dir(log_dir, force=args.force, inputs=inputs, flag="--log-dir")
+    distributed.barrier()
 
 
 def _dataset_sources(args: argparse.Namespace, symmetry, device, log_dir: Path):
@@ -135,7 +145,7 @@ def _dataset_sources(args: argparse.Namespace, symmetry, device, log_dir: Path):
     from ..learning.sources import DatasetSource
     from ..learning.trainer import write_json
 
-    data = DatasetSource.from_star(args.dataset, symmetry=symmetry, device=device)
+    data = DatasetSource.from_star(args.dataset, symmetry=symmetry, device=device, pixel_size=args.pixel_size)
     train_frac, val_frac = args.split
     split = split_indices(len(data), (train_frac, val_frac, max(0.0, 1.0 - train_frac - val_frac)), seed=args.seed)
     if distributed.rank() == 0:

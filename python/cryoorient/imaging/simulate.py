@@ -31,9 +31,10 @@ Conventions
   float64 from ``seed`` and do not depend on the device or the chunk size. The noise is
   drawn chunk by chunk on the compute device from ``seed`` and the chunk's first index: the
   same ``seed``, device type and ``chunk_size`` give the same stack.
-* Writing is atomic: everything goes to a temporary directory next to the target, renamed
-  into place at the end; on any error nothing is left behind. An existing target is refused
-  unless ``force=True`` (then it is replaced only once the new dataset is complete).
+* Writing is atomic (``io.output_dir``): everything goes to a temporary directory next to the
+  target, renamed into place at the end; on any error or interruption nothing is left behind.
+  An existing target is refused unless ``force=True``, and even then unless cryoorient wrote it
+  (then it is replaced only once the new dataset is complete).
 """
 
 from __future__ import annotations
@@ -42,8 +43,6 @@ import json
 import math
 import os
 import queue
-import shutil
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +70,7 @@ __all__ = [
     "simulate",
     "SimulatedDataset",
     "load_dataset",
+    "simulation_bytes",
     "ORIENTATION_MODES",
 ]
 
@@ -220,25 +220,23 @@ def load_volume(
     or a ``(volume, voxel_size)`` pair.
     """
     from ..io import density_from_model, pad_to_cube, read_map
+    from ..io.structure import is_model_path
 
     if isinstance(source, tuple):
         volume, voxel = source
         volume = pad_to_cube(np.asarray(volume, dtype=np.float32))
     else:
         path = Path(os.fspath(source))
-        suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
-        if suffix in (".cif", ".mmcif", ".pdb", ".ent", ".cif.gz", ".pdb.gz"):
+        if is_model_path(path):
             if size is None or pixel_size is None:
                 raise ValueError(f"a map from the atomic model '{path}' needs size and pixel_size")
             res = 2.0 * pixel_size if resolution is None else resolution
             volume, voxel = density_from_model(path, size, pixel_size, res), float(pixel_size)
         else:
-            volume, voxel = read_map(path, pad_to_cube=True)
-            if pixel_size is not None:
-                voxel = float(pixel_size)
+            volume, voxel = read_map(path, pad_to_cube=True, voxel_size=pixel_size)  # pixel_size overrides
     voxel = float(voxel)
     if not (math.isfinite(voxel) and voxel > 0):
-        raise ValueError(f"the map's voxel size must be positive (Å), got {voxel!r}; pass pixel_size")
+        raise ValueError(f"the map's voxel size must be positive (Å), got {voxel!r}; pass --pixel-size")
     if volume.ndim != 3 or min(volume.shape) < 2:
         raise ValueError(f"the map must be 3D with at least 2 voxels per edge, got shape {volume.shape}")
     if not np.all(np.isfinite(volume)):
@@ -383,30 +381,25 @@ def simulate(
 ) -> Path:
     """Simulate ``settings.n`` particle images of ``source`` (see :func:`load_volume`) into ``out_dir``.
 
-    Returns the dataset directory. Raises FileExistsError if it exists and ``force`` is False,
-    ValueError for bad settings or maps, FileNotFoundError / ``io.FormatError`` for bad files.
+    Returns the dataset directory. Raises FileExistsError if it exists and ``force`` is False (or,
+    with ``force``, was not written by cryoorient), ValueError for bad settings or maps, an output
+    that would hold ``source`` (``io.check_output_dir``) or sizes that cannot fit on the disk or in
+    memory (:func:`simulation_bytes`), FileNotFoundError / ``io.FormatError`` for bad files.
     """
     from tqdm.auto import tqdm
 
-    from ..io import StackWriter, write_star
+    from ..io import StackWriter, output_dir, write_star
 
     settings.check()
     out = Path(os.fspath(out_dir)).absolute()
-    if out.exists() and not force:
-        raise FileExistsError(f"output directory '{out}' exists; pass force=True (--force) to replace it")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output path '{out}' exists and is not a directory")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"parent directory of '{out}' does not exist")
-    volume, voxel = load_volume(source, settings.size, pixel_size, resolution)
-    params = draw_parameters(settings, voxel)
-    sim = ImageSimulator(volume, voxel, settings, params, device)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+    inputs = () if isinstance(source, tuple) else (source,)
+    if settings.size is not None:  # before anything is read: n and size alone
+        _require_room(settings, settings.size, out)
+    with output_dir(out_dir, force=force, inputs=inputs) as tmp:
+        volume, voxel = load_volume(source, settings.size, pixel_size, resolution)
+        _require_room(settings, volume.shape[0], out)
+        params = draw_parameters(settings, voxel)
+        sim = ImageSimulator(volume, voxel, settings, params, device)
         with StackWriter(tmp / STACK_NAME, (settings.n, sim.size, sim.size), voxel) as stack:
             writer = _Writer(stack)
             writer.start()
@@ -431,30 +424,32 @@ def simulate(
             "noise": {"sigma2": sim.sigma2, "signal_variance": sim.signal_variance, "snr_db": sim.pilot_snr_db},
         }
         (tmp / SETTINGS_NAME).write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
-        _replace_dir(tmp, out, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
+
+
+def simulation_bytes(settings: SimulationSettings, map_edge: int) -> tuple[int, int]:
+    """Lower bounds of the ``(disk, memory)`` bytes that simulating ``settings`` from a map of edge
+    ``map_edge`` takes: the float32 stack and STAR rows; the oversampled Fourier grid (float32 box
+    and its complex64 transform), one chunk of images and the float64 per-particle table."""
+    size = settings.size or map_edge
+    grid = round(settings.pad * max(size, map_edge))
+    disk = settings.n * (4 * size * size + 100)
+    memory = 12 * grid**3 + 4 * min(settings.chunk_size, settings.n) * size * size + 64 * settings.n
+    return disk, memory
+
+
+def _require_room(settings: SimulationSettings, map_edge: int, out: Path) -> None:
+    from ..io import require_resources
+
+    size = settings.size or map_edge
+    require_resources(out, *simulation_bytes(settings, map_edge),
+                      what=f"simulating {settings.n:,} images of {size}×{size} px")
 
 
 def _json_default(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     raise TypeError(f"not JSON serialisable: {value!r}")
-
-
-def _replace_dir(tmp: Path, out: Path, force: bool) -> None:
-    """Move the finished ``tmp`` to ``out``; an existing ``out`` (``force``) is removed only afterwards."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    if not force:
-        raise FileExistsError(f"output directory '{out}' appeared while simulating")
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.rename(out, old / out.name)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass

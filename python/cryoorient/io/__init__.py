@@ -8,13 +8,15 @@ Units and conventions used throughout:
 * arrays follow mrcfile's ``[z, y, x]`` order; image stacks are ``[n, y, x]``;
 * the box centre is voxel ``n // 2`` on each axis;
 * writers are atomic (temp file + rename) and refuse to overwrite unless
-  ``overwrite=True``; invalid files raise :class:`FormatError` (a ValueError).
+  ``overwrite=True``; invalid files raise :class:`FormatError` (a ValueError);
+* output directories follow :mod:`cryoorient.io.outdir` (marker file, places never written).
 """
 
 from ._atomic import FormatError
 from .cryosparc import read_cs, write_cs
 from .formats import PARTICLE_SUFFIXES, read_particles, write_particles, write_recovered_star
 from .mrc import StackWriter, pad_to_cube, read_map, read_stack, write_map, write_stack
+from .outdir import OUTPUT_MARKER, check_output_dir, make_output_dir, output_dir, remove_stale, require_resources
 from .particles import Particles, check_pixel_size, read_particle_images
 from .star import OPTICS_COLUMNS, read_star, write_star
 from .structure import (
@@ -52,4 +54,10 @@ __all__ = [
     "model_atoms",
     "radius_of_gyration",
     "repeated_chain_symmetry",
+    "OUTPUT_MARKER",
+    "check_output_dir",
+    "output_dir",
+    "make_output_dir",
+    "remove_stale",
+    "require_resources",
 ]

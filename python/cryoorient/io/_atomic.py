@@ -3,19 +3,25 @@
 Every writer in ``cryoorient.io`` writes into a temporary file in the
 destination's directory and moves it into place only once it is complete, so a
 crash or an exception never leaves a partial file under the final name.
+Temporary siblings are named ``.NAME.PID.XXXXXXXX.part`` (``.old`` for a directory
+being replaced); those whose process is gone (a killed run) are removed by the
+next write of the same name (:func:`remove_stale`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["FormatError", "atomic_path", "check_overwrite", "require_file"]
+__all__ = ["FormatError", "atomic_path", "check_overwrite", "remove_stale", "require_file", "temp_prefix"]
 
 
 class FormatError(ValueError):
@@ -48,6 +54,55 @@ def check_overwrite(path: Path, overwrite: bool) -> None:
         )
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot write to '{path}': it is a directory")
+
+
+def temp_prefix(dest: Path) -> str:
+    """Prefix of ``dest``'s temporary siblings, ``.NAME.PID.``: the PID tells a live writer from a killed one."""
+    return f".{dest.name}.{os.getpid()}."
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (assumed so where that cannot be asked)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale(dest: PathLike) -> list[Path]:
+    """Remove the temporary siblings of ``dest`` left by killed runs and name them in one line on stderr.
+
+    Stale: ``.NAME.PID.XXXXXXXX.part``/``.old`` whose process is gone, or ``.NAME.XXXXXXXX.part``/``.old``
+    without a PID (written by an older version). Temporaries of a live process are left alone.
+    Returns the removed paths.
+    """
+    dest = Path(os.fspath(dest))
+    directory = dest.parent
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.(?:part|old)")
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    stale = []
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match and not (match.group(1) and _running(int(match.group(1)))):
+            stale.append(directory / name)
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    if stale:
+        print(f"cryoorient: removed {', '.join(repr(str(p)) for p in stale)}, left by an interrupted run",
+              file=sys.stderr)
+    return stale
 
 
 def _default_mode() -> int:
@@ -97,15 +152,17 @@ def atomic_path(path: PathLike, overwrite: bool = False) -> Iterator[str]:
 
     The temp file lives in the same directory (so the final move is an atomic
     rename).  On normal exit it is flushed to disk and moved to ``path``;
-    if the body raises, the temp file is deleted and ``path`` is untouched.
-    Raises FileExistsError up front when ``path`` exists and not ``overwrite``.
+    if the body raises (KeyboardInterrupt included), the temp file is deleted and
+    ``path`` is untouched. Raises FileExistsError up front when ``path`` exists
+    and not ``overwrite``; removes temp files of ``path`` left by killed runs.
     """
     dest = Path(os.fspath(path))
     check_overwrite(dest, overwrite)
     directory = dest.parent if str(dest.parent) else Path(".")
     if not directory.is_dir():
         raise FileNotFoundError(f"cannot write '{dest}': directory '{directory}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=directory)
+    remove_stale(dest)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest), suffix=".part", dir=directory)
     os.close(fd)
     try:
         os.chmod(tmp, _default_mode())
