@@ -8,7 +8,7 @@ from _eor_helpers import mean_error
 from cryoorient.cli import main
 from cryoorient.imaging.ctf import ctf_2d
 from cryoorient.geometry import euler_to_quat, quat_distance, quat_multiply, quat_to_euler, random_quaternions
-from cryoorient.io import Particles, read_star, write_map, write_stack, write_star
+from cryoorient.io import Particles, read_particles, read_star, write_map, write_stack, write_star
 from cryoorient.imaging.phantom import default_density
 from cryoorient.imaging.project import project_real
 from cryoorient.maps.transforms import mirror
@@ -72,11 +72,13 @@ def test_handedness_is_reported_against_a_reference(toy):
     vol, q, t, images = toy
     same = refine(images, q, shifts=t, rounds=0, pixel_size=VOXEL, reference=vol, progress=False)
     assert same.handedness_flipped is False and same.reference_fsc > 0.8
+    assert same.hand_correlations[0] > same.hand_correlations[1]  # (same, mirror)
     assert same.soft_scale is None  # no search, no soft assignment: the maps of the given orientations
     # orientations of the mirror image reconstruct the mirrored map
     mirrored = refine(images, mirror_orientations(q), shifts=t, rounds=0, pixel_size=VOXEL, reference=vol,
                       progress=False)
     assert mirrored.handedness_flipped is True and mirrored.reference_fsc > 0.8
+    assert mirrored.hand_correlations == pytest.approx(same.hand_correlations[::-1], abs=0.02)
     assert mirrored.rounds == [] and mirrored.resolution == pytest.approx(same.resolution, rel=0.05)
 
 
@@ -87,6 +89,7 @@ def test_handedness_against_a_reference_in_another_frame(toy):
     res = refine(images, quat_multiply(mirror_orientations(q), turn), shifts=t, rounds=0, pixel_size=VOXEL,
                  reference=vol, align_reference=True, progress=False)
     assert res.handedness_flipped is True and res.reference_fsc > 0.8
+    assert res.hand_correlations[1] > res.hand_correlations[0] + 0.1
 
 
 def _toy_search(vol, q, t, images, radius=0.1, step=0.5):
@@ -179,6 +182,17 @@ def test_bad_inputs_raise_clear_errors(toy, change, message):
         refine(im, qq, rounds=1, progress=False)
 
 
+def test_the_caller_s_shifts_are_not_modified(toy):
+    """Refinement moves its own copy of the shifts (a float64 CPU tensor or an array were once updated in place)."""
+    vol, q, t, images = toy
+    for given in (t[:40].clone() + 0.7, t[:40].numpy() + 0.7):
+        before = given.copy() if isinstance(given, np.ndarray) else given.clone()
+        res = refine(images[:40], q[:40], shifts=given, rounds=1, passes=1, pixel_size=VOXEL, soft=False,
+                     progress=False)
+        assert not torch.equal(res.shifts, torch.as_tensor(before))  # the search moved them
+        np.testing.assert_array_equal(np.asarray(given), np.asarray(before))
+
+
 def test_bad_options_raise_clear_errors(toy):
     vol, q, _, images = toy
     with pytest.raises(ValueError, match="rounds"):
@@ -207,7 +221,7 @@ def test_cli_refines_a_star_file(toy, tmp_path, capsys):
             "--device", "cpu", "--same-frame"]
     assert main(args + ["--output-map", str(tmp_path / "refined.mrc")]) == 0
     text = capsys.readouterr().out
-    assert "same hand" in text and "final resolution" in text
+    assert "hand: same (correlation" in text and "final resolution" in text
     refined = read_star(out)
     assert len(refined) == n and refined.image_names[0].endswith("@particles.mrcs")
     q1 = euler_to_quat(*(torch.from_numpy(a) for a in refined.angles.T))
@@ -222,6 +236,10 @@ def test_cli_refines_a_star_file(toy, tmp_path, capsys):
     assert main(args + ["--rounds", "0", "--force"]) == 0
     assert main(args + ["--rounds", "1", "--hard", "--force"]) == 0
     assert "final resolution" in capsys.readouterr().out
+    # cryoSPARC out, by the suffix: with no rounds, the starting orientations
+    assert main(args[:5] + [str(tmp_path / "refined.cs")] + args[6:] + ["--rounds", "0", "-q"]) == 0
+    q_cs = euler_to_quat(*(torch.from_numpy(a) for a in read_particles(tmp_path / "refined.cs").angles.T))
+    assert float(quat_distance(q_cs, q0).max()) < 1e-4
 
 
 def test_cli_rejects_particles_without_orientations(toy, tmp_path, capsys):

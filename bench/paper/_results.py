@@ -142,15 +142,6 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: Path) -> None:
-    """Lay out ``fig``, write it to ``path`` (PNG, 120 dpi) and close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def device_name(device) -> str:
     device = torch.device(device)
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -23,7 +23,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from _results import PAPER, ROOT, pyplot, save_figure, start_run  # noqa: E402
+from _results import PAPER, ROOT, pyplot, start_run  # noqa: E402
+from cryoorient.io.figure import save_figure  # noqa: E402
 from recovery_paper import true_orientations  # noqa: E402
 
 

@@ -37,8 +37,9 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import snn_paper  # noqa: E402
 from _results import (  # noqa: E402
-    PAPER, add_run_arguments, parse_passthrough, pyplot, run_protocol, save_figure, start_run,
+    PAPER, add_run_arguments, parse_passthrough, pyplot, run_protocol, start_run,
 )
+from cryoorient.io.figure import save_figure  # noqa: E402
 
 OWN = ("--protocol", "--workdir", "--sigma2", "--shift-max", "--snr")  # set by this script for each setting
 

@@ -30,8 +30,9 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import snn_paper  # noqa: E402
 from _results import (  # noqa: E402
-    add_run_arguments, parse_passthrough, pyplot, run_protocol, save_figure, start_run,
+    add_run_arguments, parse_passthrough, pyplot, run_protocol, start_run,
 )
+from cryoorient.io.figure import save_figure  # noqa: E402
 
 OWN = ("--protocol", "--workdir", "--reconstruct", "--sigma2")  # set by this script for each setting
 

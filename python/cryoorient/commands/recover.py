@@ -1,7 +1,7 @@
-"""``cryoorient recover``: takes particles (RELION STAR file or a bare .mrcs stack) and a trained
-Siamese network (.pt); writes a RELION 3.1 STAR with rlnAngleRot/Tilt/Psi (degrees) and origins
-0 Å, and OUTPUT_loss.png (L_OR in rad² per step) unless --all-pairs. Runs under torchrun with
---all-pairs (the pairs split over the processes; rank 0 writes)."""
+"""``cryoorient recover``: takes particles (RELION STAR, cryoSPARC .cs or a bare .mrcs stack) and a
+trained Siamese network (.pt); writes a RELION 3.1 STAR (or .cs by the suffix) with
+rlnAngleRot/Tilt/Psi (degrees) and origins 0 Å, and OUTPUT_loss.png (L_OR in rad² per step) unless
+--all-pairs. Runs under torchrun with --all-pairs (the pairs split over the processes; rank 0 writes)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import add_run_flags, read_particles, refuse_existing
+from ._common import add_particles_args, add_run_flags, read_particles, refuse_existing
 
 HELP = "recover particle orientations from the images with a trained Siamese network"
 DESCRIPTION = (
     "Estimate distances between projections with the Siamese network, then find the orientations "
-    "whose pairwise distances match (L_OR). Writes a RELION 3.1 STAR with rlnAngleRot/Tilt/Psi (degrees) and "
-    "origins set to 0. Distances leave a global O(4) ambiguity; the part that the images can see is then fixed "
-    "(--resolve-frame), so the remaining global rotation of the map and its handedness are arbitrary. L_OR is "
-    "the accuracy proxy when no ground truth exists."
+    "whose pairwise distances match (L_OR). Writes a RELION 3.1 STAR (or cryoSPARC .cs) with rlnAngleRot/Tilt/Psi "
+    "(degrees) and origins set to 0. Distances leave a global O(4) ambiguity; the part that the images can see is "
+    "then fixed (--resolve-frame), so the remaining global rotation of the map and the map's hand are arbitrary. "
+    "L_OR is the accuracy proxy when no ground truth exists."
 )
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("particles", help="RELION STAR file or a bare .mrcs stack")
+    add_particles_args(p)
     p.add_argument("--model", required=True, help="trained network (.pt from `cryoorient train`)")
-    p.add_argument("-o", "--output", required=True, help="output STAR file")
+    p.add_argument("-o", "--output", required=True, help="output: RELION 3.1 STAR (.star) or cryoSPARC (.cs)")
     p.add_argument("--restarts", type=int, default=4, help="random restarts run together (default 4)")
     p.add_argument("--steps", type=int, default=2000,
                    help="maximum optimisation steps, or epochs with --all-pairs (default 2000)")
@@ -82,8 +82,8 @@ def _recover(args: argparse.Namespace, device) -> int:
     from ..orientations.recover import recover_from_features
 
     out = Path(args.output)
-    refuse_existing(out, args.force)
-    particles = read_particles(args.particles)
+    refuse_existing(out, args.force, inputs=(args.particles, args.model))
+    particles = read_particles(args)
     model = SiameseNet.load(args.model, map_location=device)
     images = read_particle_images(particles)
     if args.all_pairs:
@@ -105,6 +105,6 @@ def _recover(args: argparse.Namespace, device) -> int:
         plot = out.with_name(out.stem + "_loss.png")
         result.plot(str(plot))
         print(f"recovered {len(particles)} orientations: L_OR {result.loss:.4f} rad² (restart {result.restart}, "
-              f"{result.seconds:.1f} s); the global frame and handedness are arbitrary. Loss curve: {plot}")
+              f"{result.seconds:.1f} s); the map's global rotation and hand are arbitrary. Loss curve: {plot}")
     print(out)
     return 0

@@ -149,15 +149,17 @@ pad_to_cube = _pad_to_cube  # public name (read_map's keyword argument shadows i
 
 
 def read_map(
-    path: PathLike, pad_to_cube: bool = False, voxel_size: Optional[float] = None
+    path: PathLike, pad_to_cube: bool = False, voxel_size: Optional[float] = None,
+    fallback_voxel_size: Optional[float] = None,
 ) -> Tuple[np.ndarray, float]:
     """Read a 3D MRC map.
 
     Returns ``(volume, voxel_size_A)`` with ``volume`` a float32 ``[z, y, x]``
     array held in memory.  With ``pad_to_cube=True`` a non-cubic map is
     zero-padded (centred, see :func:`pad_to_cube`) to a cube.  ``voxel_size``
-    (Å) replaces the header's; without it a header whose cell is zero is refused
-    with a FormatError naming ``--pixel-size``.  Header defects that mrcfile's
+    (Å) replaces the header's; ``fallback_voxel_size`` (Å) is used only where the
+    header's cell is zero; without either, such a header is refused with a
+    FormatError naming ``--pixel-size``.  Header defects that mrcfile's
     permissive mode reads past give one RuntimeWarning.
 
     Raises FileNotFoundError (missing file) or FormatError (not a valid MRC
@@ -170,6 +172,8 @@ def read_map(
         if mrc.data.ndim != 3:
             raise FormatError(f"'{p}' is not a 3D map: data has shape {mrc.data.shape}")
         voxel = _pixel_size(mrc, p) if override is None else override
+        if not voxel > 0 and fallback_voxel_size is not None:
+            voxel = _check_size(fallback_voxel_size, "fallback_voxel_size")
         if not voxel > 0:
             raise FormatError(f"'{p}' gives no voxel size (the header's cell is zero); pass --pixel-size")
         volume = np.array(mrc.data, dtype=np.float32, order="C")

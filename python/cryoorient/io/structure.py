@@ -13,7 +13,8 @@ Conventions
       sigma = resolution / (π · √2)     [Å]
 
   i.e. the Gaussian's Fourier transform falls to 1/e at spatial frequency
-  1 / resolution.
+  1 / resolution. :func:`density_from_atoms` can also blur each atom by its B-factor
+  (Å²): its variance grows by B / (8π²) Å² per axis (the Debye–Waller factor exp(−B s²/4)).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import numpy as np
 from ._atomic import FormatError, PathLike, require_file
 
 __all__ = [
+    "MODEL_SUFFIXES",
+    "is_model_path",
     "density_from_model",
     "density_from_atoms",
     "centre_of_mass",
@@ -41,6 +44,14 @@ except ImportError:  # pragma: no cover
     _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 _TRUNCATE = 4.5  # Gaussian truncated at this many sigma
+
+#: File name endings of the atomic models :func:`model_atoms` reads (gemmi; gzip allowed).
+MODEL_SUFFIXES = (".cif", ".mmcif", ".pdb", ".ent", ".cif.gz", ".mmcif.gz", ".pdb.gz", ".ent.gz")
+
+
+def is_model_path(path: PathLike) -> bool:
+    """Whether ``path`` names an atomic model (PDB/mmCIF) by its suffix, case-insensitively."""
+    return str(path).lower().endswith(MODEL_SUFFIXES)
 
 
 def _load_structure(path_or_structure):
@@ -81,11 +92,11 @@ def model_atoms(path_or_structure, model_index: int = 0, remove_waters: bool = T
     return np.asarray(xyz, dtype=np.float64).reshape(-1, 3), np.asarray(w, dtype=np.float64)
 
 
-def _profiles(c: np.ndarray, s: float, k: int, n: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-atom 1D voxel-integrated Gaussian windows: (start index [A], profile [A, k])."""
+def _profiles(c: np.ndarray, s: np.ndarray, k: int, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-atom 1D voxel-integrated Gaussian windows of widths ``s`` [A] (voxels): (start index [A], profile [A, k])."""
     start = np.floor(c - (k - 1) / 2.0).astype(np.int64)  # window centred on the atom
     edges = start[:, None] + np.arange(k + 1)[None, :] - 0.5 - c[:, None]
-    cdf = _erf(edges / (s * math.sqrt(2.0)))
+    cdf = _erf(edges / (s[:, None] * math.sqrt(2.0)))
     prof = 0.5 * (cdf[:, 1:] - cdf[:, :-1])
     idx = start[:, None] + np.arange(k)[None, :]
     prof[(idx < 0) | (idx >= n)] = 0.0
@@ -120,12 +131,14 @@ def density_from_model(
 
 
 def density_from_atoms(
-    xyz: np.ndarray, weights: np.ndarray, box_size: int, voxel_size: float, resolution: float, center: bool = True
+    xyz: np.ndarray, weights: np.ndarray, box_size: int, voxel_size: float, resolution: float, center: bool = True,
+    *, b_factors: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gaussian density of atoms at ``xyz`` (n, 3) = (x, y, z) Å with ``weights`` (n,), float32 ``[z, y, x]``.
 
     ``voxel_size`` and ``resolution`` are in Å; sigma = resolution / (π √2)
-    (see module docstring). With ``center=True`` the weighted centre of mass sits
+    (see module docstring), widened per atom by ``b_factors`` (n,) Å² if given
+    (variance + B / (8π²)). With ``center=True`` the weighted centre of mass sits
     at voxel ``box_size // 2`` on every axis; otherwise coordinate 0 Å is voxel 0.
     Warns if the density does not fit in the box.
     """
@@ -141,8 +154,11 @@ def density_from_atoms(
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     if w.shape[0] != xyz.shape[0]:
         raise ValueError(f"{xyz.shape[0]} atoms but {w.shape[0]} weights")
+    b = np.zeros_like(w) if b_factors is None else np.asarray(b_factors, dtype=np.float64).reshape(-1)
+    if b.shape != w.shape or not np.all(np.isfinite(b) & (b >= 0)):
+        raise ValueError(f"b_factors must be {w.shape[0]} finite values >= 0 (Å²)")
     keep = w > 0
-    xyz, w = xyz[keep], w[keep]
+    xyz, w, b = xyz[keep], w[keep], b[keep]
     if w.size == 0:
         raise FormatError("structure has no atoms with a known element and non-zero occupancy")
 
@@ -151,8 +167,8 @@ def density_from_atoms(
         c = (xyz - com) / vs + n // 2
     else:
         c = xyz / vs
-    s = res / (math.pi * math.sqrt(2.0)) / vs  # sigma in voxels
-    k = 2 * int(math.ceil(_TRUNCATE * s + 0.5)) + 1
+    s = np.sqrt((res / (math.pi * math.sqrt(2.0))) ** 2 + b / (8 * math.pi**2)) / vs  # sigma per atom, voxels
+    k = 2 * int(math.ceil(_TRUNCATE * s.max() + 0.5)) + 1
     reach = (k - 1) / 2.0 + 0.5
     if (c.min() - reach < -0.5) or (c.max() + reach > n - 0.5):
         warnings.warn(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import repeated_chain_symmetry
+from ..io.structure import is_model_path, repeated_chain_symmetry
 
 __all__ = ["structure_library"]
 
@@ -24,7 +24,7 @@ def structure_library(folder, max_symmetry: float = 0.5) -> tuple[list[Path], li
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such directory: {folder}")
-    models = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".cif", ".pdb", ".mmcif"))
+    models = sorted(p for p in folder.iterdir() if is_model_path(p))
     if not models:
         raise ValueError(f"no .cif/.pdb files in {folder}")
     symmetric = [p for p in models if repeated_chain_symmetry(p) > max_symmetry]

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..io.figure import save_figure
+
 __all__ = ["plot_history", "plot_distance_density"]
 
 
@@ -32,9 +34,7 @@ def plot_history(history: list[dict], reference: dict, path) -> None:
     ax.set_ylabel("L_DE (rad²)")
     ax.set_yscale("log")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_distance_density(d_q: Tensor, d_p: Tensor, path, title: str = "") -> None:
@@ -53,6 +53,4 @@ def plot_distance_density(d_q: Tensor, d_p: Tensor, path, title: str = "") -> No
     ax.set_ylabel("estimated d_p (rad)")
     ax.set_title(title or f"{x.size} pairs")
     ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

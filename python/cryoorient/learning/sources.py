@@ -79,15 +79,17 @@ class DatasetSource:
         return self.images.shape[0]
 
     @classmethod
-    def from_star(cls, path, indices=None, symmetry: Optional[str] = None, device=None) -> "DatasetSource":
-        """Images and orientations (rlnAngleRot/Tilt/Psi) of a RELION particle STAR file.
+    def from_star(cls, path, indices=None, symmetry: Optional[str] = None, device=None,
+                  pixel_size: Optional[float] = None) -> "DatasetSource":
+        """Images and orientations (rlnAngleRot/Tilt/Psi) of a RELION STAR or cryoSPARC .cs particle file.
 
-        ``indices`` selects particles (positions in the file). Shifts and CTF are left in the
+        ``indices`` selects particles (positions in the file). ``pixel_size`` (Å) supplies or
+        replaces the file's; particles without one are refused. Shifts and CTF are left in the
         images: the network is trained to ignore them.
         """
-        from ..io import read_particle_images, read_star
+        from ..io import read_particle_images, read_particles
 
-        particles = read_star(path)
+        particles = read_particles(path, pixel_size, require_pixel_size=True)
         if indices is not None:
             particles = particles.subset(np.asarray(indices))
         angles = particles.angles

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io.figure import save_figure
+
 
 @dataclass
 class FSCResult:
@@ -81,8 +83,4 @@ def plot_fsc(result: FSCResult, path, thresholds=(0.5, 0.143), title: str = "FSC
     ax.set_ylabel("FSC")
     ax.set_ylim(-0.1, 1.05)
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

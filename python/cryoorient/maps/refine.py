@@ -46,11 +46,10 @@ the mirror image of the particle refine just as well and give the mirror-image m
 Orientations A of a map V and ``M A M`` (M = diag(1, 1, −1)) of its mirror V(x, y, −z)
 give identical images (:func:`mirror_orientations`, :func:`cryoorient.maps.mirror`).
 Given a ``reference`` map, the result records which hand the refined map has
-(:attr:`RefineResult.handedness_flipped`): by the FSC of the map and of its mirror with
-the reference when both are in the orientations' frame (the map the orientations were
-estimated against, the truth of a simulation started from it), or after a global
-rotational alignment of both hands (:func:`cryoorient.maps.align_map`) with
-``align_reference=True`` (a reference in any frame).
+(:attr:`RefineResult.handedness_flipped`): the hand that correlates better with the reference,
+as they are when both are in the orientations' frame (the map the orientations were estimated
+against, the truth of a simulation started from it), or after a global rotational alignment of
+both hands (:func:`cryoorient.maps.align_map`) with ``align_reference=True`` (any frame).
 """
 
 from __future__ import annotations
@@ -66,7 +65,7 @@ from tqdm.auto import tqdm
 
 from .fsc import FSCResult, fsc
 from ..geometry import quat_distance, quat_multiply, quat_normalize, quat_to_matrix
-from .transforms import align_map, lowpass, mirror
+from .transforms import align_map, correlation, lowpass, mirror
 from ..imaging.project import FourierProjector
 from .reconstruct import FourierInserter
 from ..imaging.shift import shift_images
@@ -114,6 +113,7 @@ class RefineResult:
     rounds: list[RoundStats] = field(default_factory=list)
     handedness_flipped: Optional[bool] = None  # True: ``map`` is the mirror image of the reference
     reference_fsc: Optional[float] = None  # mean FSC (shells to ``resolution``) of the map, in the reference's hand, vs it
+    hand_correlations: Optional[tuple[float, float]] = None  # (same, mirror) hands: correlation with the reference
     soft_scale: Optional[float] = None  # inverse temperature of the final soft assignment (1: as derived); None: hard
 
     @property
@@ -474,7 +474,7 @@ def refine(
     if bool((torch.linalg.vector_norm(q, dim=1) == 0).any()):
         raise ValueError("q_init contains zero quaternions")
     q = _positive_w(quat_normalize(q))
-    t = torch.zeros(N, 2, dtype=torch.float64) if shifts is None else _as_float64(shifts, "shifts", (N, 2))
+    t = torch.zeros(N, 2, dtype=torch.float64) if shifts is None else _as_float64(shifts, "shifts", (N, 2)).clone()
     max_shift = _check_options(rounds, passes, pixel_size, radius, shift_step, weight_floor, soft, shrink, lattice,
                                shift_grid, n / 4 if max_shift is None else float(max_shift))
     ref = None
@@ -510,7 +510,8 @@ def refine(
         resolution=res, pixel_size=float(pixel_size), rounds=history, soft_scale=soft_scale,
     )
     if ref is not None:
-        result.handedness_flipped, result.reference_fsc = _handedness(final, ref, curve, res, pixel_size, align_reference)
+        hand = _handedness(final, ref, curve, res, pixel_size, align_reference)
+        result.handedness_flipped, result.reference_fsc, result.hand_correlations = hand
     return result
 
 
@@ -585,16 +586,15 @@ def _check_options(rounds, passes, pixel_size, radius, shift_step, weight_floor,
 
 
 def _handedness(final: Tensor, ref: Tensor, curve: FSCResult, res: float, pixel_size: float,
-                align_reference: bool) -> tuple[bool, float]:
-    """Whether ``final`` is the mirror image of ``ref``, and its mean FSC with ``ref`` in the
-    reference's hand over the shells up to ``res`` (Å; at least 3 shells)."""
-    keep = max(3, int(np.searchsorted(curve.frequency, 1.0 / res, side="right")))
-
-    def agreement(m):
-        return float(np.mean(fsc(m, ref, pixel_size).fsc[:keep]))
-
+                align_reference: bool) -> tuple[bool, float, tuple[float, float]]:
+    """Whether ``final`` is the mirror image of ``ref`` (its mirror correlates better), its mean FSC with
+    ``ref`` in the reference's hand over the shells up to ``res`` (Å; at least 3 shells), and the
+    correlations (same, mirror) of both hands, after :func:`align_map` with ``align_reference``."""
     if align_reference:
-        aligned = align_map(final, ref)
-        return aligned.mirrored, agreement(aligned.aligned)
-    same, mirrored = agreement(final), agreement(mirror(final))
-    return mirrored > same, max(same, mirrored)
+        a = align_map(final, ref, voxel_size=pixel_size, resolution=res)
+        same, mirrored, aligned = a.correlation_same, a.correlation_mirror, a.aligned
+    else:
+        same, mirrored = correlation(final, ref), correlation(mirror(final), ref)
+        aligned = mirror(final) if mirrored > same else final
+    keep = max(3, int(np.searchsorted(curve.frequency, 1.0 / res, side="right")))
+    return mirrored > same, float(np.mean(fsc(aligned, ref, pixel_size).fsc[:keep])), (same, mirrored)

@@ -1,4 +1,5 @@
-"""Operations on 3D maps: rotation, mirror, low-pass filtering, particle extent and alignment to a reference.
+"""Operations on 3D maps: rotation, mirror, low-pass filtering, box and voxel size, particle extent and
+alignment to a reference.
 
 Maps are cubic tensors indexed [z, y, x] with their centre at voxel n//2. A rotation
 R (3×3, acting on (x, y, z) column vectors about the centre) turns V into
@@ -83,6 +84,56 @@ def lowpass(volume: Tensor, voxel_size: float, resolution: float) -> Tensor:
     return torch.fft.irfftn(torch.fft.rfftn(v) * mask, s=v.shape)
 
 
+def resize_map(volume, box: int) -> Tensor:
+    """The map in a ``box``³ box: zero-padded or cropped about its centre (voxel n//2 -> box//2)."""
+    v = _as_map(volume)
+    if isinstance(box, bool) or int(box) != box or box < 1:
+        raise ValueError(f"box must be a positive number of voxels; got {box!r}")
+    n, box = v.shape[0], int(box)
+    src, dst = max(0, n // 2 - box // 2), max(0, box // 2 - n // 2)
+    k = min(n - src, box - dst)
+    out = v.new_zeros(box, box, box)
+    out[dst : dst + k, dst : dst + k, dst : dst + k] = v[src : src + k, src : src + k, src : src + k]
+    return out
+
+
+def resample_map(volume, voxel_size: float, new_voxel_size: float) -> tuple[Tensor, float]:
+    """The map on a grid of about ``new_voxel_size`` (units of ``voxel_size``) over the same extent.
+
+    Its spectrum is cropped (frequencies beyond the new Nyquist dropped) or zero-padded to
+    m = round(n·voxel_size / new_voxel_size) voxels per edge, so the voxel is exactly
+    n·voxel_size / m (returned with the map; it differs from the request when m must round, as
+    RELION's rescaling). Values are kept (band-limited interpolation, not integrals), and the
+    centre stays at voxel m//2.
+    """
+    v = _as_map(volume)
+    for name, size in (("voxel_size", voxel_size), ("new_voxel_size", new_voxel_size)):
+        if not (math.isfinite(size) and size > 0):
+            raise ValueError(f"{name} must be a positive number; got {size!r}")
+    n = v.shape[0]
+    m = max(1, round(n * voxel_size / new_voxel_size))
+    out = torch.roll(v.double(), (-(n // 2),) * 3, dims=(0, 1, 2))  # the centre to index 0, the DFT's origin
+    for dim in range(3):
+        out = _resample_axis(out, dim, m)
+    return torch.roll(out, (m // 2,) * 3, dims=(0, 1, 2)).float(), n * voxel_size / m
+
+
+def _resample_axis(x: Tensor, dim: int, m: int) -> Tensor:
+    """``x`` band-limited-resampled to ``m`` samples along ``dim`` (sample 0 fixed, same period)."""
+    n = x.shape[dim]
+    if m == n:
+        return x
+    f = torch.fft.rfft(x, dim=dim).movedim(dim, -1)
+    keep = min(n, m) // 2 + 1
+    g = f.new_zeros(*f.shape[:-1], m // 2 + 1)
+    g[..., :keep] = f[..., :keep]
+    if m > n and n % 2 == 0:  # the old Nyquist bin holds +n/2 and -n/2: half to each
+        g[..., n // 2] *= 0.5
+    elif m < n and m % 2 == 0:  # the new Nyquist bin stands for +m/2 and -m/2 both
+        g[..., m // 2] *= 2
+    return torch.fft.irfft(g * (m / n), n=m, dim=-1).movedim(-1, dim)
+
+
 def particle_radius(volume, fraction: float = 0.98) -> float:
     """Radius (voxels, about the box centre) of the sphere holding ``fraction`` of the particle's density.
 
@@ -136,7 +187,8 @@ def mirror(volume: Tensor) -> Tensor:
     return torch.roll(torch.flip(v, dims=(0,)), shifts=1 - n % 2, dims=0)
 
 
-def _corr(a: Tensor, b: Tensor) -> float:
+def correlation(a: Tensor, b: Tensor) -> float:
+    """Pearson correlation of two maps of one shape over the whole box."""
     a = a.flatten() - a.mean()
     b = b.flatten() - b.mean()
     return float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-30))
@@ -276,7 +328,7 @@ def align_map(volume, reference, *, voxel_size: float = 1.0, resolution: float |
         hands = {}
         for R, hand in zip(quat_to_matrix(q).float().transpose(1, 2), mirrored.tolist()):
             aligned = rotate_map(mirror(v) if hand else v, R)
-            hands[hand] = (_corr(aligned, ref), R, aligned)
+            hands[hand] = (correlation(aligned, ref), R, aligned)
     best = max(hands, key=lambda hand: hands[hand][0])
     corr, R, aligned = hands[best]
     return MapAlignment(R, best, corr, aligned, correlation_same=hands[False][0], correlation_mirror=hands[True][0])
