@@ -67,7 +67,7 @@ def main() -> int:
             sync()
             t = time.perf_counter()
             res = estimate_orientations(images, neighbors=args.neighbors, landmarks=landmarks or None, seed=args.seed,
-                                        device=device)
+                                        centre=False, device=device)  # centred, CTF-free projections
             sync()
             seconds = time.perf_counter() - t
             a = align_orientations(q_true, res.quaternions)

@@ -296,8 +296,8 @@ def evaluate_abinitio(args, test, device) -> dict:
     from cryoorient.orientations.abinitio import estimate_orientations
     from cryoorient.orientations.align import align_orientations
 
-    res = estimate_orientations(test.images, neighbors=args.neighbors, seed=args.seed, device=device,
-                                progress=not args.quiet)
+    res = estimate_orientations(test.images, neighbors=args.neighbors, centre=False, seed=args.seed,
+                                device=device, progress=not args.quiet)  # centred, CTF-free projections
     alignment = align_orientations(test.quats.double().cpu(), res.quaternions)
     row = {"protocol": args.protocol, "arch": "abinitio", "E_OR": alignment.error, "E_OR_deg": alignment.error_deg,
            "E_OR_median": float(alignment.errors.median()), "abinitio_seconds": res.seconds,

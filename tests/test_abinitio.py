@@ -12,9 +12,9 @@ import torch
 from _blobs import BlobRenderer
 from cryoorient.imaging.ctf import apply_ctf, ctf_2d, phase_flip, random_defocus
 from cryoorient.imaging.shift import shift_images
-from cryoorient.orientations.abinitio import (centre_particles, corner_signal, estimate_orientations,
-                                              frames_from_neighbors, minimum_images, null_edge,
-                                              rotational_neighbors)
+from cryoorient.orientations.abinitio import (estimate_orientations, frames_from_neighbors, minimum_images,
+                                              null_edge, rotational_neighbors)
+from cryoorient.orientations.preprocess import centre_particles, corner_signal
 from cryoorient.orientations.align import align_orientations
 from cryoorient.geometry import matrix_to_quat, quat_multiply, quat_to_matrix, random_quaternions
 
@@ -260,32 +260,6 @@ def phantom_map(tmp_path):
     return path
 
 
-def test_cli_abinitio(tmp_path, phantom_map, capsys):
-    from cryoorient.cli import main
-    from cryoorient.geometry import euler_to_quat
-    from cryoorient.io import read_star
-
-    data = tmp_path / "data"
-    assert main(["simulate", str(phantom_map), "-o", str(data), "-n", "400", "--size", "32", "--snr", "10",
-                 "--device", "cpu", "-q"]) == 0
-    out = tmp_path / "abinitio.star"
-    assert main(["abinitio", str(data / "particles.star"), "-o", str(out), "--landmarks", "300", "--device", "cpu",
-                 "-q"]) == 0
-    assert "estimated 400 orientations" in capsys.readouterr().out
-    est, truth = read_star(out), read_star(data / "particles.star")
-    assert list(est.indices) == list(truth.indices) and np.all(est.origin_x_angst == 0)
-    qe = euler_to_quat(*torch.as_tensor(np.asarray(est.angles, dtype=np.float64)).unbind(1))
-    qt = euler_to_quat(*torch.as_tensor(np.asarray(truth.angles, dtype=np.float64)).unbind(1))
-    assert align_orientations(qt, qe).error < 0.25
-    assert _relative_error(qt, qe) < 0.35
-    before = out.read_bytes()
-    assert main(["abinitio", str(data / "particles.star"), "-o", str(out), "--device", "cpu", "-q"]) == 2
-    assert "--force" in capsys.readouterr().err and out.read_bytes() == before
-    assert main(["abinitio", str(data / "particles.star"), "-o", str(tmp_path / "x.star"), "--neighbors", "0",
-                 "--device", "cpu", "-q"]) == 2
-    assert "neighbors" in capsys.readouterr().err and not (tmp_path / "x.star").exists()
-
-
 def _snn_paper():
     path = Path(__file__).resolve().parents[1] / "bench" / "snn_paper.py"
     spec = importlib.util.spec_from_file_location("bench_snn_paper", path)
@@ -301,7 +275,7 @@ def test_snn_paper_abinitio_row(tmp_path, phantom_map, capsys):
     assert snn_paper.main(argv) == 0
     row, = json.loads((tmp_path / "work" / "results.json").read_text())
     assert row["arch"] == "abinitio" and row["protocol"] == "noise" and row["target"] == 0.15
-    assert 0 <= row["E_OR"] < 0.4 and row["abinitio_seconds"] > 0 and len(row["eigenvalues"]) == 6
+    assert 0 <= row["E_OR"] < 0.35 and row["abinitio_seconds"] > 0 and len(row["eigenvalues"]) == 6
     assert "abinitio" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         snn_paper.parse_args(["--protocol", "ctf", "--estimator", "abinitio"])

@@ -1,49 +1,195 @@
-"""``cryoorient abinitio``: takes centred particles without CTF (RELION STAR file or a bare .mrcs
-stack) and no network or reference; writes a RELION 3.1 STAR with rlnAngleRot/Tilt/Psi (degrees)
-and origins 0 Å, estimated by the common-lines eigenvector method (cryoorient.orientations.abinitio)."""
+"""``cryoorient abinitio``: takes particles (RELION STAR, cryoSPARC .cs or a bare .mrcs stack; CTF
+columns used where present) and no network or reference; writes the directory OUT_DIR with
+particles.star (RELION 3.1: rlnAngleRot/Tilt/Psi in degrees, rlnOriginX/YAngst in Å), map.mrc,
+half_map_1.mrc, half_map_2.mrc (voxel size = the particles' pixel size, Å), fsc.png, report.txt and
+the checkpoints of :func:`cryoorient.orientations.chain.run_chain` (``--resume`` continues from them)."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
+import time
 from pathlib import Path
 
-from ._common import add_run_flags, read_particles, refuse_existing, torch_device
+from ._common import add_particles_args, add_run_flags, read_particles, torch_device
 
-HELP = "estimate particle orientations from the images alone (no network, no reference)"
+HELP = "ab initio map from the images alone: orientations, shifts, half maps, map (no network, no reference)"
 DESCRIPTION = (
-    "Compare every image and mirror image with every other under in-plane rotation, keep the "
-    "nearest neighbours and solve for the orientations that explain their in-plane angles (the eigenvector "
-    "method of Singer et al. 2011; cryoorient.abinitio). For proteins the network never saw. Needs centred "
-    "particles without CTF (phase-flip first) and white noise; the particle must lie inside the inscribed "
-    "circle. Writes a RELION 3.1 STAR with rlnAngleRot/Tilt/Psi (degrees) and origins set to 0, ready for "
-    "`cryoorient reconstruct` or `cryoorient refine`."
+    "Phase-flip each image by its CTF (the STAR/.cs CTF columns) and centre it, estimate the orientations from "
+    "the images alone (the in-plane-invariant neighbour graph of Singer et al. 2011, with the data's own verdict "
+    "on them), then refine orientations and shifts by gold-standard projection matching with the CTF. For "
+    "proteins the network never saw. The particle must lie inside the inscribed circle of the box. Writes "
+    "OUT_DIR/particles.star (angles and origins), map.mrc, half_map_1.mrc, half_map_2.mrc, fsc.png and "
+    "report.txt; the map's global rotation and hand are arbitrary. Each finished stage is checkpointed into "
+    "OUT_DIR: --resume continues an interrupted run."
 )
+
+#: Files written into OUT_DIR besides the checkpoints: the maps and the FSC plot only when the refinement ran,
+#: the .cs only with --cs.
+STAR, CS, REPORT = "particles.star", "particles.cs", "report.txt"
+MAPS, FSC_PLOT = ("map.mrc", "half_map_1.mrc", "half_map_2.mrc"), "fsc.png"
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("particles", help="RELION STAR file or a bare .mrcs stack")
-    p.add_argument("-o", "--output", required=True, help="output STAR file")
+    add_particles_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
+                   help="output directory (must not exist unless --force or --resume; never one holding the current "
+                   "directory, the home directory or the particles)")
+    p.add_argument("--ignore-ctf", action="store_true",
+                   help="ignore the particles' CTF columns (images taken to be CTF-free; default: use them)")
+    p.add_argument("--abinitio-only", action="store_true",
+                   help="stop after the ab initio stage: particles.star with its orientations and centring origins, "
+                   "no maps")
+    p.add_argument("--rounds", type=int, default=5, help="refinement rounds (default 5)")
     p.add_argument("--neighbors", type=int, default=10, help="neighbours kept per image and mirror image (default 10)")
     p.add_argument("--landmarks", type=int, default=5000,
                    help="build the neighbour graph on this many random images, place the others from their "
                    "neighbours among them (default 5000; 0: on all images, dense in the number of images)")
-    add_run_flags(p, "overwrite the output", seed=True)
+    p.add_argument("--accept-corners", action="store_true",
+                   help="proceed (with a warning) although particle density reaches the image corners")
+    p.add_argument("--cs", action="store_true", help="also write OUT_DIR/particles.cs (cryoSPARC .cs)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in OUT_DIR (same particles and options); a new run if none")
+    add_run_flags(p, "replace OUT_DIR if it exists and cryoorient wrote it (start over; --resume continues)", seed=True,
+                  quiet="no progress bars (the summary and warnings are still printed)")
+
+
+def _pixel_size(particles) -> float:
+    import numpy as np
+
+    pixel = particles.pixel_size
+    if pixel is None or not np.allclose(pixel, pixel[0], rtol=1e-4):
+        raise ValueError("the particles need one pixel size (rlnImagePixelSize) for all optics groups")
+    return float(pixel[0])
+
+
+def _checkpoints(out: Path) -> list[str]:
+    """The stages checkpointed in ``out`` (run_chain's STAGE.pt files)."""
+    from ..orientations.chain import STAGES
+
+    return [stage for stage in STAGES if (out / f"{stage}.pt").is_file()]
+
+
+def _prepare(args, particles):
+    """Everything refused before OUT_DIR is touched: ``(images, pixel size, (ctf, phase_flipped), notes)``."""
+    from ..io import read_particle_images
+    from ..orientations.abinitio import check_counts
+    from ..orientations.chain import star_ctf
+    from ..orientations.preprocess import as_images
+
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1; got {args.rounds}")
+    pixel = _pixel_size(particles)
+    ctf, flipped, notes = star_ctf(particles, ignore_ctf=args.ignore_ctf)
+    check_counts(len(particles), neighbors=args.neighbors, landmarks=args.landmarks or None)
+    images = read_particle_images(particles)
+    as_images(images)  # refuses NaN or infinite pixels
+    return images, pixel, (ctf, flipped), notes
+
+
+def _run(args, images, pixel: float, ctf, out: Path, resume: bool):
+    """run_chain on the images, checkpointed into ``out``; ``(result, seconds of this run)``."""
+    from ..orientations.chain import run_chain
+
+    t0 = time.perf_counter()
+    result = run_chain(images, pixel_size=pixel, ctf=ctf[0], phase_flipped=ctf[1], workdir=out, resume=resume,
+                       force=args.force, stop_after="abinitio" if args.abinitio_only else None,
+                       abinitio_options={"neighbors": args.neighbors, "landmarks": args.landmarks or None,
+                                         "accept": ("corners",) if args.accept_corners else ()},
+                       refine_options={"rounds": args.rounds}, seed=args.seed, device=torch_device(args.device),
+                       progress=not args.quiet)
+    return result, time.perf_counter() - t0
+
+
+def _write_particles(args, particles, result, out: Path) -> list[str]:
+    """particles.star (and .cs): the input's rows and optics, with the result's angles and origins."""
+    from ..geometry import quat_to_euler
+    from ..io import write_particles
+
+    star = particles.copy()
+    rot, tilt, psi = quat_to_euler(result.quaternions.double().cpu())
+    star.rot, star.tilt, star.psi = rot.numpy(), tilt.numpy(), psi.numpy()
+    star.origin_x_angst, star.origin_y_angst = result.origins_angst.double().cpu().numpy().T
+    if result.refined is not None:
+        star.data["rlnRandomSubset"] = result.refined.half.cpu().numpy() + 1  # the gold-standard halves
+    for name, wanted in ((STAR, True), (CS, args.cs)):
+        if wanted:
+            write_particles(out / name, star, overwrite=True)
+        else:
+            (out / name).unlink(missing_ok=True)  # of an earlier run in this directory
+    return [STAR] + ([CS] if args.cs else [])
+
+
+def _write_maps(result, out: Path) -> list[str]:
+    """map.mrc, the half maps and fsc.png (voxel size: the pixel size, Å); removes them after --abinitio-only."""
+    from ..io import write_map
+    from ..maps.fsc import plot_fsc
+
+    r = result.refined
+    if r is None:
+        for name in (*MAPS, FSC_PLOT):
+            (out / name).unlink(missing_ok=True)  # of an earlier run in this directory
+        return []
+    for name, volume in zip(MAPS, (r.map, *r.half_maps)):
+        write_map(out / name, volume.detach().cpu().numpy(), r.pixel_size, overwrite=True)
+    plot_fsc(r.fsc, out / FSC_PLOT, thresholds=(0.143,),
+             title=f"gold-standard FSC: {r.resolution:.2f} Å at 0.143")
+    return [*MAPS, FSC_PLOT]
+
+
+def _write_report(args, particles, result, notes, reused, seconds: float, written, out: Path) -> None:
+    """report.txt: the input, the CTF notes, the chain's summary (verdict, resolution, warnings) and timings."""
+    from .. import __version__
+    from ..io._atomic import atomic_path
+
+    ab = result.abinitio
+    lines = [f"cryoorient {__version__} abinitio", f"particles: {args.particles} ({len(particles)} images, "
+             f"{result.pixel_size:.4f} Å/pixel)",
+             f"options: neighbors {args.neighbors}, landmarks {args.landmarks or 'all'}, rounds {args.rounds}, "
+             f"seed {args.seed}{', abinitio only' if args.abinitio_only else ''}"
+             f"{', corners accepted' if args.accept_corners else ''}", *notes, *result.summary(),
+             f"verdict: determined {ab.determined}; spectral gap {ab.spectral_gap:.4f}, spread {ab.spread:.4f}, "
+             f"null edge {ab.null_edge:.4f}",
+             f"timings: ab initio {ab.seconds:.1f} s; this run {seconds:.1f} s in all"
+             + (f" (reused the checkpoints of {', '.join(reused)})" if reused else ""),
+             f"files: {', '.join(written)}"]
+    if result.refined is not None:
+        lines.insert(-2, f"resolution: {result.refined.resolution:.2f} Å (FSC 0.143, gold-standard half maps)")
+    with atomic_path(out / REPORT, overwrite=True) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..io import read_particle_images, write_recovered_star
-    from ..orientations.abinitio import estimate_orientations
+    from ..io import check_output_dir, make_output_dir
 
-    out = Path(args.output)
-    refuse_existing(out, args.force)
-    particles = read_particles(args.particles)
-    images = read_particle_images(particles)
-    result = estimate_orientations(images, neighbors=args.neighbors, landmarks=args.landmarks or None, seed=args.seed,
-                                   device=torch_device(args.device), progress=not args.quiet)
-    write_recovered_star(particles, result.quaternions, out, overwrite=args.force)
-    ev = ", ".join(f"{v:.4f}" for v in result.eigenvalues.tolist())
-    print(f"estimated {len(particles)} orientations in {result.seconds:.1f} s; the global rotation and the "
-          f"handedness of the map are arbitrary. Largest eigenvalues: {ev} (three close to 1 above a gap: "
-          f"well determined)")
+    particles = read_particles(args)
+    if len(particles) == 0:
+        raise ValueError(f"'{args.particles}' holds no particles")
+    inputs = [args.particles, *sorted(set(map(str, particles.stack_paths)))]
+    reused = _checkpoints(Path(args.output)) if args.resume else []
+    out = check_output_dir(args.output, force=args.force or bool(reused), inputs=inputs)
+    images, pixel, ctf, notes = _prepare(args, particles)
+    for line in notes:
+        print(line)
+    if not reused:
+        out = make_output_dir(out, force=args.force, inputs=inputs)
+    try:
+        result, seconds = _run(args, images, pixel, ctf, out, resume=bool(reused))
+    except BaseException as err:
+        if not reused and not _checkpoints(out):  # a new run with nothing to resume: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            print(f"cryoorient abinitio: '{out}' keeps the checkpoints of {', '.join(_checkpoints(out))} "
+                  f"(--resume continues from them)", file=sys.stderr)
+        if isinstance(err, ValueError) and "accept 'corners'" in str(err):
+            raise ValueError(str(err).replace("accept 'corners'", "pass --accept-corners")) from None
+        raise
+    for line in result.warnings:
+        print(line, file=sys.stderr)
+    written = _write_particles(args, particles, result, out) + _write_maps(result, out)
+    _write_report(args, particles, result, notes, reused, seconds, written + [REPORT], out)
+    for line in result.summary()[: 2 if result.refined is not None else 1]:
+        print(line)
     print(out)
     return 0

@@ -6,8 +6,8 @@ module estimates orientations from the images themselves, after Singer, Zhao, Sh
 Hadani, "Viewing angle classification of cryo-electron microscopy images using eigenvectors",
 SIAM J. Imaging Sci. 4 (2011):
 
-0. **CTF and centring.** Given CTF parameters, each image is phase-flipped by its own CTF
-   (:func:`cryoorient.imaging.ctf.phase_flip`), then centred (:func:`centre_particles`).
+0. **CTF and centring** (:mod:`cryoorient.orientations.preprocess`). Given CTF parameters, each
+   image is phase-flipped by its own CTF, then centred (:func:`~.preprocess.centre_particles`).
 1. **In-plane-invariant comparison.** Each image's Fourier transform is sampled on ``n_rings``
    rings (radii 1, 2, … Fourier pixels) × ``n_angles`` angles and Fourier transformed along the
    angle. Per angular frequency, a Wiener filter over the rings (data covariance minus noise
@@ -49,7 +49,7 @@ E_OR below and above 0.3 rad on 32²–64² phantoms (0 to −10 dB), noise fail
 CTF, shifts, −12 dB) passed at 0.43 rad.
 
 Assumptions, checked where the data allow: at least :func:`minimum_images` images; finite pixel
-values; the particle inside the inscribed circle (:func:`corner_signal`; refused unless
+values; the particle inside the inscribed circle (:func:`~.preprocess.corner_signal`; refused unless
 ``accept`` names ``"corners"``); white noise; views that cover the sphere; CTF-free or
 phase-flipped images when no CTF is given. Cost: the pair comparison O(P·L·n_rings·n_angles), a
 dense eigendecomposition in 2L, L = min(P, ``landmarks``) (bench/README.md has timings).
@@ -61,25 +61,18 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..geometry import matrix_to_quat
-from ..imaging.ctf import phase_flip
-from ..imaging.shift import shift_images
+from .preprocess import _corner_variance, _parabolic_peak, as_images, prepare_images
 
-__all__ = ["AbInitioResult", "ASSUMPTIONS", "minimum_images", "centre_particles", "corner_signal", "polar_spectra",
-           "rotational_neighbors", "frames_from_neighbors", "null_edge", "estimate_orientations"]
-
-#: Checks :func:`estimate_orientations` can be told to proceed past (``accept``); each then leaves
-#: one line in :attr:`AbInitioResult.warnings`.
-ASSUMPTIONS = {"corners": "the particle lies inside the inscribed circle, so that the image corners measure the noise"}
+__all__ = ["AbInitioResult", "minimum_images", "check_counts", "polar_spectra", "rotational_neighbors",
+           "frames_from_neighbors", "null_edge", "estimate_orientations"]
 
 #: Largest angle (degrees) between an image's viewing direction and those of its ``neighbors``
 #: nearest views that the minimum number of images (uniform views) keeps.
 NEIGHBOUR_CAP_DEG = 25.0
-CORNER_SHARE, CORNER_Z = 0.1, 5.0  # refuse above this share of the signal variance, if this significant
 
 
 @dataclass
@@ -147,103 +140,17 @@ def minimum_images(neighbors: int) -> int:
     return math.ceil(neighbors / (1 - math.cos(math.radians(NEIGHBOUR_CAP_DEG))))
 
 
-def _as_images(images, device) -> Tensor:
-    x = images if torch.is_tensor(images) else torch.as_tensor(np.asarray(images, dtype=np.float32))
-    if x.ndim != 3 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"images must be (N, n, n); got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"images must be floating point; got {x.dtype}")
-    x = x.to(device=device, dtype=torch.float32)
-    finite = torch.isfinite(x).flatten(1).all(1)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero().flatten()
-        raise ValueError(f"{bad.numel()} images contain NaN or infinite values (the first: image {int(bad[0])})")
-    return x
-
-
-def _corner_variance(images: Tensor) -> float:
-    """Pixel variance outside the inscribed circle: the noise, if the particle stays inside it
-    (at least 10⁻⁶ of the whole images' variance, so that clean images keep a defined filter)."""
-    n = images.shape[-1]
-    outside = _radius(n, images.device) > n / 2
-    return max(float(images[:, outside].double().var()), 1e-6 * float(images.double().var()), 1e-30)
-
-
-def _radius(n: int, device) -> Tensor:
-    """Distance (n, n) of each pixel from the centre pixel n//2."""
-    c = torch.arange(n, device=device, dtype=torch.float32) - n // 2
-    return torch.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
-
-
-def centre_particles(images: Tensor, *, max_shift: float | None = None, blur: float | None = None,
-                     iterations: int = 3, chunk: int = 4096) -> Tensor:
-    """Shifts (P, 2) float64 (pixels x, y; content moved by +t) that centre ``images`` (P, n, n).
-
-    Each round cross-correlates every image, blurred by a Gaussian of ``blur`` pixels (default
-    n/8), with the rotational average of the images centred by the previous round's shifts (first:
-    as they are), equally blurred, and takes the peak within ``max_shift`` pixels (default n/4) of
-    the centre, polished by a parabola along x and y; ``shift_images(images, -t)`` centres them.
-    The reference is rotation-invariant, so the centre turns with the image (one view gets one
-    centre up to in-plane rotation); it is one point of the particle up to a wobble with the
-    view, not its projected centre of mass. The blur makes the peak unimodal, so that the centre
-    moves smoothly with the view (clean 32² phantom with CTF: E_OR 0.24 rad after centring at
-    n/8, 0.52 unblurred, 0.21 from the true centres).
-    """
-    P, n = images.shape[0], images.shape[-1]
-    dev = images.device
-    max_shift = n / 4 if max_shift is None else float(max_shift)
-    blur = n / 8 if blur is None else float(blur)
-    k2 = torch.fft.fftfreq(n, device=dev)[:, None] ** 2 + torch.fft.rfftfreq(n, device=dev)[None, :] ** 2
-    gauss2 = torch.exp(-4 * math.pi**2 * blur**2 * k2)  # the blur of image and reference
-    r = _radius(n, dev)
-    lag = torch.fft.fftfreq(n, d=1.0 / n, device=dev)
-    allowed = (lag[:, None] ** 2 + lag[None, :] ** 2) <= max_shift ** 2
-    ring, frac = r.floor().long(), r - r.floor()
-    counts = torch.bincount(ring.flatten(), minlength=n + 1).clamp(min=1).to(torch.float64)
-    t = torch.zeros(P, 2, dtype=torch.float64, device=dev)
-    for _ in range(iterations):
-        mean = torch.zeros(n, n, dtype=torch.float64, device=dev)
-        for s in range(0, P, chunk):
-            mean += shift_images(images[s : s + chunk], -t[s : s + chunk].float()).double().sum(0)
-        profile = torch.bincount(ring.flatten(), (mean / P).flatten(), minlength=n + 1) / counts
-        ref = (profile[ring] * (1 - frac) + profile[ring + 1] * frac).float()  # rotational average, centre n//2
-        ref_f = torch.fft.rfft2(ref).conj() * gauss2
-        for s in range(0, P, chunk):
-            cc = torch.fft.irfft2(torch.fft.rfft2(images[s : s + chunk]) * ref_f, s=(n, n))  # [lag y, lag x]
-            cc = cc.masked_fill(~allowed, -math.inf)
-            k = cc.flatten(1).argmax(1)
-            iy, ix, b = k // n, k % n, torch.arange(len(k), device=dev)
-            v0, off = cc[b, iy, ix], []
-            for dy, dx, pos in ((1, 0, iy), (0, 1, ix)):
-                lo, hi = cc[b, (iy - dy) % n, (ix - dx) % n], cc[b, (iy + dy) % n, (ix + dx) % n]
-                edge = ~(torch.isfinite(lo) & torch.isfinite(hi))  # at max_shift: no polish
-                low = v0 - v0.abs() - 1
-                three = torch.stack([torch.where(edge, low, lo), v0, torch.where(edge, low, hi)])
-                off.append(lag[pos] + _parabolic_peak(three)[1] - 1)
-            t[s : s + chunk] = torch.stack([off[1], off[0]], 1).double()
-    return t.cpu()
-
-
-def corner_signal(images: Tensor, max_images: int = 2000) -> tuple[float, float]:
-    """How much particle signal the image corners hold: (share, z).
-
-    The pixel variance across the images is flat wherever only noise (stationary, of any colour)
-    falls and rises towards the particle. Outside the inscribed circle, the inner half of the
-    corner pixels (by radius) should then have the variance of the outer half; ``share`` is their
-    difference over the signal variance (mean pixel variance minus the outer corners'), ``z`` the
-    difference over its standard error under Gaussian noise. Up to ``max_images`` evenly spaced
-    images are used.
-    """
-    P, n = images.shape[0], images.shape[-1]
-    x = images[:: max(1, P // max_images)].double()
-    v = x.var(0)
-    r = _radius(n, images.device)
-    corner = r > n / 2
-    mid = r[corner].median()
-    inner, outer = corner & (r <= mid), corner & (r > mid)
-    vi, vo = float(v[inner].mean()), float(v[outer].mean())
-    se = vo * math.sqrt(2 / max(x.shape[0] - 1, 1) * (1 / int(inner.sum()) + 1 / int(outer.sum())))
-    return (vi - vo) / max(float(v.mean()) - vo, 1e-30), (vi - vo) / max(se, 1e-30)
+def check_counts(images: int, *, neighbors: int = 10, landmarks: int | None = 5000) -> None:
+    """Refuse (ValueError, one line) fewer than :func:`minimum_images` ``images`` or ``landmarks``
+    (None: no landmarks), as :func:`estimate_orientations` does before any work."""
+    need = minimum_images(neighbors)
+    if images < need:
+        raise ValueError(f"need at least {need} images for {neighbors} neighbours per image; got {images}: with "
+                         f"fewer, even uniformly spread views put an image's nearest neighbours more than "
+                         f"{NEIGHBOUR_CAP_DEG:.0f}° away, and the method takes them for views from its own direction")
+    if landmarks is not None and (isinstance(landmarks, bool) or int(landmarks) != landmarks or landmarks < need):
+        raise ValueError(f"landmarks must be an integer >= {need} (minimum_images({neighbors})) or None; "
+                         f"got {landmarks!r}")
 
 
 def polar_spectra(images: Tensor, n_rings: int, n_angles: int, chunk: int = 512) -> Tensor:
@@ -304,17 +211,6 @@ def _wiener(G: Tensor, noise_cov: Tensor, chunk: int = 4096) -> Tensor:
     return out
 
 
-def _parabolic_peak(cc: Tensor) -> tuple[Tensor, Tensor]:
-    """Peak value and (fractional) position along dim 0 of circular samples ``cc``."""
-    n = cc.shape[0]
-    v, k = cc.max(0)
-    lo = cc.gather(0, ((k - 1) % n)[None])[0]
-    hi = cc.gather(0, ((k + 1) % n)[None])[0]
-    den = lo - 2 * v + hi
-    delta = torch.where(den < 0, 0.5 * (lo - hi) / den.clamp(max=-1e-12), torch.zeros_like(v)).clamp(-0.5, 0.5)
-    return v - 0.25 * (lo - hi) * delta, k.to(cc.dtype) + delta
-
-
 def rotational_neighbors(images, *, neighbors: int = 10, n_rings: int | None = None, n_angles: int = 128,
                          hub_k: int = 10, candidates: int = 64, noise_samples: int = 8000, reference=None,
                          seed: int = 0, device="cpu", progress: bool = False) -> tuple[Tensor, Tensor, Tensor]:
@@ -331,7 +227,7 @@ def rotational_neighbors(images, *, neighbors: int = 10, n_rings: int | None = N
     correction; the noise covariance of the Wiener filter comes from ``noise_samples`` white-noise
     images.
     """
-    x = _as_images(images, device)
+    x = as_images(images, device)
     P, n = x.shape[0], x.shape[-1]
     n_rings = n // 2 - 1 if n_rings is None else int(n_rings)
     if not 1 <= n_rings <= n // 2 - 1:
@@ -508,40 +404,6 @@ def frames_from_neighbors(index: Tensor, angle: Tensor, *, restarts: int = 8, it
     return _mirror_frames(Z)[1].cpu(), ev.flip(0)[:6].cpu(), float(resid[best])
 
 
-def _prepare(images, ctf, centre: bool, max_shift, accept, device, chunk: int = 4096):
-    """Step 0 and the checks: phase-flipped, centred images on ``device``, their shifts, and warnings."""
-    x = _as_images(images, device)  # may share memory with the caller's images: changes go to a copy
-    P, n = x.shape[0], x.shape[-1]
-    own = None
-    if ctf is not None:
-        own = torch.empty_like(x)
-        for s in range(0, P, chunk):
-            idx = torch.arange(s, min(P, s + chunk))
-            c = torch.as_tensor(ctf(idx, n))
-            if tuple(c.shape) != (len(idx), n, n // 2 + 1):
-                raise ValueError(f"ctf(indices, {n}) must return shape {(len(idx), n, n // 2 + 1)}; "
-                                 f"got {tuple(c.shape)}")
-            own[s : s + chunk] = phase_flip(x[s : s + chunk], c.to(device=x.device, dtype=torch.float32))
-        x = own
-    shifts = torch.zeros(P, 2, dtype=torch.float64)
-    if centre:
-        shifts = centre_particles(x, max_shift=max_shift)
-        own = torch.empty_like(x) if own is None else own
-        for s in range(0, P, chunk):
-            own[s : s + chunk] = shift_images(x[s : s + chunk], -shifts[s : s + chunk].to(x.device, torch.float32))
-        x = own
-    warnings = []
-    share, z = corner_signal(x)
-    if share > CORNER_SHARE and z > CORNER_Z:
-        line = (f"particle density reaches the image corners ({100 * share:.0f} % of the signal variance, "
-                f"z = {z:.0f}): the corners then overstate the noise")
-        if "corners" not in accept:
-            raise ValueError(f"{line}; use a box that holds the whole particle (re-extract larger), or accept "
-                             f"'corners' to proceed")
-        warnings.append(f"proceeding although {line}")
-    return x, shifts, warnings
-
-
 def estimate_orientations(images, *, ctf=None, centre: bool = True, max_shift: float | None = None,
                           accept=(), neighbors: int = 10, n_rings: int | None = None, n_angles: int = 128,
                           hub_k: int = 10, candidates: int = 64, restarts: int = 8, landmarks: int | None = 5000,
@@ -552,8 +414,8 @@ def estimate_orientations(images, *, ctf=None, centre: bool = True, max_shift: f
     images, else ``ctf(indices, size)`` -> the real CTFs (B, size, size // 2 + 1) of the particles
     ``indices`` (B,) on the ``rfft2`` grid (as :func:`cryoorient.maps.refine.refine` takes it);
     the images are phase-flipped with them. ``centre``: centre the images first (step 0, shifts
-    within ``max_shift`` pixels, default n/4). ``accept``: names of :data:`ASSUMPTIONS` to proceed
-    past when the data violate them (one warning line each). With more than ``landmarks`` images
+    within ``max_shift`` pixels, default n/4). ``accept``: names of checks to proceed past when the
+    data violate them (:data:`~.preprocess.ASSUMPTIONS`; one warning line each). With more than ``landmarks`` images
     (None: no limit), the graph is built on that many randomly chosen (``seed``) landmark images
     and their mirrors only, and every other image then takes the frame its neighbours among them
     imply, z_i = nearest frame of Σ_k e^{iα_ik} z_{j_k}: the all-pairs comparison costs P·landmarks
@@ -563,18 +425,9 @@ def estimate_orientations(images, *, ctf=None, centre: bool = True, max_shift: f
     """
     t0 = time.perf_counter()
     P = len(images)
-    need = minimum_images(neighbors)
-    if P < need:
-        raise ValueError(f"need at least {need} images for {neighbors} neighbours per image; got {P}: with fewer, "
-                         f"even uniformly spread views put an image's nearest neighbours more than "
-                         f"{NEIGHBOUR_CAP_DEG:.0f}° away, and the method takes them for views from its own direction")
-    if landmarks is not None and (isinstance(landmarks, bool) or int(landmarks) != landmarks or landmarks < need):
-        raise ValueError(f"landmarks must be an integer >= {need} (minimum_images({neighbors})) or None; "
-                         f"got {landmarks!r}")
-    unknown = set(accept) - set(ASSUMPTIONS)
-    if unknown:
-        raise ValueError(f"accept names unknown checks {sorted(unknown)}; known: {sorted(ASSUMPTIONS)}")
-    x, shifts, warnings = _prepare(images, ctf, centre, max_shift, set(accept), device)
+    check_counts(P, neighbors=neighbors, landmarks=landmarks)
+    x, shifts, warnings = prepare_images(images, ctf, centre=centre, max_shift=max_shift, accept=accept,
+                                         device=device)
     ref = None
     if landmarks is not None and P > landmarks:
         ref = torch.randperm(P, generator=torch.Generator().manual_seed(seed))[:landmarks].sort().values
