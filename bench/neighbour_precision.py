@@ -1,0 +1,183 @@
+"""Neighbour precision of a comparison of projections on proteins held out of training, per protein × SNR.
+
+    python bench/neighbour_precision.py --device cuda --out results/neighbours          # acceptance (issue 20)
+    python bench/neighbour_precision.py --device cpu --P 2000 --size 64 --proteins 5j0n 5h73 4p5j gen:0
+    python bench/neighbour_precision.py --comparison mypackage.module:function ...     # another comparison
+
+Proteins (``--proteins``; default 5j0n, the library models of
+``cryoorient.learning.synthetic.HELD_OUT`` and two generated ones): 5j0n (``--map``, at its own
+voxel size); library models of ``--structures`` by stem, rendered at 1.5–2 Å/px (the pixel size
+that makes their diameter 3/4 of the box) at a resolution of 2 px; ``gen:S``, the generated
+protein ``random_protein(EVALUATION_SEEDS + S)`` (seeds no training uses), rendered likewise
+with its B-factors. Only held-out proteins are accepted unless ``--allow-training-proteins``.
+
+Data, per protein × SNR (``bench/abinitio_realistic.py``'s ``simulate_case``; nothing written):
+P images of ``--size``² with uniform orientations; CTF 300 kV, Cs 2.7 mm, amplitude contrast 0.1,
+defocus uniform in 0.8–2.5 µm, astigmatism up to 0.1 µm; shifts N(0, 3 px) per axis, the shift
+vector clipped to 10 px; white noise at the SNR: the variance of the clean CTF-affected image
+over the whole box (mean over a 1,000-image pilot) over the noise variance.
+
+Comparison (``--comparison``): ``handmade`` is the ab initio module's (step 0 then steps 1–3 of
+:mod:`cryoorient.orientations.abinitio`, as ``estimate_orientations`` runs them with its
+defaults): ``prepare_images`` (phase flip by the true CTFs, centring) then
+``rotational_neighbors`` with every image a candidate (no landmarks). Another comparison is
+``module:function`` taking ``(images (P, n, n) on the device, ctf(indices, size), neighbors,
+device)`` and returning neighbour nodes (P or 2P, ≥ neighbors) as ``rotational_neighbors`` does
+(node r < P: image r; node P + r: its mirror image).
+
+Metric (``cryoorient.learning.neighbours.neighbour_precision``): for each image, the fraction of
+its 10 best-scored partners whose true viewing direction (−v for a mirror-image node) lies within
+10° of its own; the mean over images. ``chance`` is (1 − cos 10°)/2, ``ceiling`` the precision of
+the true 10 nearest nodes (below 1 when P is too small for 10 views within 10°). Rows sorted worst
+protein first (lowest precision over its SNRs); every case is a row of ``--out``/results.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from abinitio_realistic import _pixel_size, simulate_case  # noqa: E402 - the same simulations
+
+from cryoorient.learning.generator import protein_density, random_protein  # noqa: E402
+from cryoorient.learning.neighbours import neighbour_precision, true_neighbours  # noqa: E402
+from cryoorient.learning.synthetic import EVALUATION_SEEDS, HELD_OUT  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_PROTEINS = ["5j0n", *HELD_OUT, "gen:0", "gen:1"]
+COLUMNS = ["protein", "pixel_A", "snr_db", "P", "size", "comparison", "precision", "chance", "ceiling", "seconds",
+           "simulation_seconds"]
+
+
+def handmade(images, ctf, neighbors: int, device):
+    """The ab initio module's comparison: phase flip and centring, then rotational_neighbors over all images."""
+    from cryoorient.orientations.abinitio import rotational_neighbors
+    from cryoorient.orientations.preprocess import prepare_images
+
+    x, _, _ = prepare_images(images, ctf, device=device)
+    return rotational_neighbors(x, neighbors=neighbors, device=device)[0]
+
+
+def comparison(name: str):
+    if name == "handmade":
+        return handmade
+    module, _, func = name.partition(":")
+    if not func:
+        sys.exit(f"neighbour_precision: --comparison must be 'handmade' or 'module:function'; got {name!r}")
+    return getattr(importlib.import_module(module), func)
+
+
+def proteins(args) -> list[tuple[str, object, float | None]]:
+    """(name, source for load_volume, pixel size or None for the map's own) of ``args.proteins``."""
+    out = []
+    for name in args.proteins:
+        held = name == "5j0n" or name.startswith("gen:") or name.lower() in HELD_OUT
+        if not held and not args.allow_training_proteins:
+            sys.exit(f"neighbour_precision: {name} is not held out of training ({', '.join(DEFAULT_PROTEINS)}, gen:S); "
+                     f"pass --allow-training-proteins to measure it anyway")
+        if name == "5j0n":
+            out.append((name, args.map, None))
+        elif name.startswith("gen:"):
+            model = random_protein(EVALUATION_SEEDS + int(name[4:]))
+            px = _pixel_size(model.coords, model.weights, args.size)
+            out.append((name, protein_density(model, args.size, px), px))
+        else:
+            path = Path(args.structures) / f"{name}.cif"
+            if not path.is_file():
+                sys.exit(f"neighbour_precision: no model {path}")
+            from cryoorient.io import model_atoms
+
+            out.append((name, path, _pixel_size(*model_atoms(path), args.size)))
+    return out
+
+
+def run_case(name, source, pixel, args, snr, compare, device) -> dict:
+    t0 = time.perf_counter()
+    images, q_true, _, ctf, voxel = simulate_case(source, pixel, args, snr, args.seed, device)
+    sim_seconds = time.perf_counter() - t0
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    index = compare(images, ctf, args.neighbors, device)
+    sync()
+    seconds = time.perf_counter() - t0
+    return {"protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "P": args.P, "size": args.size,
+            "comparison": args.comparison, "precision": neighbour_precision(index, q_true, k=args.neighbors),
+            "chance": (1 - math.cos(math.radians(10))) / 2,
+            "ceiling": neighbour_precision(true_neighbours(q_true, args.neighbors), q_true, k=args.neighbors),
+            "seconds": seconds, "simulation_seconds": sim_seconds}
+
+
+def table(rows: list[dict]) -> str:
+    worst = {}
+    for r in rows:
+        worst[r["protein"]] = min(worst.get(r["protein"], 1.0), r["precision"])
+    lines = [f"neighbour precision (10 best partners within 10°), comparison {rows[0]['comparison']}; chance "
+             f"{rows[0]['chance']:.4f}; worst protein first",
+             f"{'protein':>8} {'Å/px':>5} {'SNR dB':>6} {'P':>6} {'size':>4} {'precision':>9} {'ceiling':>7} {'s':>6}"]
+    for r in sorted(rows, key=lambda r: (worst[r["protein"]], r["protein"], -r["snr_db"])):
+        lines.append(f"{r['protein']:>8} {r['pixel_A']:5.2f} {r['snr_db']:6.0f} {r['P']:6d} {r['size']:4d} "
+                     f"{r['precision']:9.3f} {r['ceiling']:7.3f} {r['seconds']:6.1f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--map", default=str(SHARED / "maps" / "5j0n.mrc"))
+    p.add_argument("--structures", default=str(SHARED / "structures"))
+    p.add_argument("--proteins", nargs="+", default=DEFAULT_PROTEINS,
+                   help=f"5j0n, library stems, gen:S (default {' '.join(DEFAULT_PROTEINS)})")
+    p.add_argument("--allow-training-proteins", action="store_true", help="also accept proteins not held out")
+    p.add_argument("--P", type=int, default=10000, help="images per case (default 10,000)")
+    p.add_argument("--size", type=int, default=128, help="image edge, pixels (default 128)")
+    p.add_argument("--snr", type=float, nargs="+", default=[-12.0, -16.0, -20.0], help="SNRs in dB")
+    p.add_argument("--neighbors", type=int, default=10, help="best partners scored per image (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    p.add_argument("--comparison", default="handmade", help="'handmade' or module:function (module docstring)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", default="results/neighbour_precision", help="folder for results.csv")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("neighbour_precision: no CUDA GPU (pass --device cpu); skipped")
+        return 0
+    compare = comparison(args.comparison)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = proteins(args)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; {args.P} images of {args.size}², comparison {args.comparison}, proteins: "
+          f"{', '.join(c[0] for c in cases)}", flush=True)
+    rows = []
+    for prot, source, pixel in cases:
+        for snr in args.snr:
+            row = run_case(prot, source, pixel, args, snr, compare, device)
+            rows.append(row)
+            print(f"{prot} {snr:.0f} dB: precision {row['precision']:.3f} (ceiling {row['ceiling']:.3f}), "
+                  f"{row['seconds']:.1f} s (simulation {row['simulation_seconds']:.1f} s)", flush=True)
+            tmp = out / ".results.csv.part"
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS)
+                w.writeheader()
+                w.writerows(rows)
+            os.replace(tmp, out / "results.csv")
+    print(table(rows))
+    print(out / "results.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
