@@ -73,3 +73,16 @@ def test_bad_input():
         astra.reconstruct_astra(torch.zeros(2, 8, 8), random_quaternions(2, generator=0), algorithm="fbp")
     with pytest.raises(ValueError, match="2 images but 3 orientations"):
         astra.reconstruct_astra(torch.zeros(2, 8, 8), random_quaternions(3, generator=0))
+
+
+def test_simulation_with_the_astra_projector(volume):
+    """simulate(projector="astra") makes the native projector's clean images (shifts, CTF) to a few per cent."""
+    from cryoorient.imaging.simulate import ImageSimulator, SimulationSettings, draw_parameters
+
+    images = {}
+    for projector in ("fourier", "astra"):
+        s = SimulationSettings(n=16, size=48, ctf=True, shift_max=3.0, seed=7, projector=projector,
+                               interpolation="cubic", normalize=False)
+        sim = ImageSimulator(volume, 2.5, s, draw_parameters(s, 2.5), device="cuda")
+        images[projector] = sim.clean(0, 16).cpu()
+    assert _relative(images["astra"], images["fourier"]) < 0.1

@@ -289,3 +289,19 @@ def test_a_map_with_a_zero_cell_needs_and_takes_pixel_size(tmp_path, capsys):
     assert "--pixel-size" in capsys.readouterr().err and not (tmp_path / "sim").exists()
     assert main(argv + ["--pixel-size", "4.0"]) == 0
     assert read_star(tmp_path / "sim" / "particles.star").pixel_size[0] == pytest.approx(4.0)
+
+
+def test_astra_projector_without_astra_is_one_clear_error(tmp_path, capsys):
+    from cryoorient.imaging.astra import unavailable
+
+    if unavailable() is None:
+        pytest.skip("ASTRA runs here; tests/test_astra.py covers the projector")
+    from cryoorient.imaging.phantom import default_density
+    from cryoorient.io import write_map
+
+    write_map(tmp_path / "m.mrc", default_density(box_size=16, voxel_size=5.0, resolution=12.0), 5.0)
+    argv = ["simulate", str(tmp_path / "m.mrc"), "-n", "4", "-o", str(tmp_path / "sim"), "--projector", "astra",
+            "-q", "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ASTRA" in err and not (tmp_path / "sim").exists()

@@ -55,6 +55,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="Fourier-slice interpolation: cubic (~0.05%% error) or linear (~2.5%%, 5-8x faster on "
                    "CPU); auto = cubic on CUDA, linear on CPU (default)")
     p.add_argument("--pad", type=float, default=2.0, help="Fourier oversampling of the map (default 2)")
+    p.add_argument("--projector", choices=["fourier", "astra"], default="fourier",
+                   help="fourier: the native Fourier-slice projector (default); astra: the ASTRA Toolbox's GPU "
+                   "ray integrator, as the paper projected (needs astra-toolbox and a GPU)")
     add_run_flags(p, "replace the output directory if it exists and cryoorient wrote it", seed=True)
 
 
@@ -71,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         defocus_max=args.defocus_max * 1e4, astigmatism=args.astigmatism, voltage=args.voltage, cs=args.cs,
         amplitude_contrast=args.amplitude_contrast, b_factor=args.b_factor, phase_shift=args.phase_shift,
         snr_db=args.snr, sigma2=args.sigma2, normalize=args.normalize, seed=args.seed,
-        chunk_size=args.chunk_size, interpolation=args.interpolation, pad=args.pad,
+        chunk_size=args.chunk_size, interpolation=args.interpolation, pad=args.pad, projector=args.projector,
     )
     out = simulate(args.source, args.output, settings, device=torch_device(args.device), force=args.force,
                    progress=not args.quiet, pixel_size=args.pixel_size, resolution=args.resolution)
