@@ -1,21 +1,22 @@
-"""cryoorient.orientations.chain: ab initio -> refinement -> centred maps, checkpoints and resume."""
+"""cryoorient.orientations.chain: ab initio -> global search -> refinement -> centred maps, checkpoints and resume."""
 
 import numpy as np
 import pytest
 import torch
+from _ctf_stack import ctf_projections
 
-from cryoorient.geometry import random_quaternions
-from cryoorient.imaging.ctf import ctf_2d, random_defocus
+from cryoorient.imaging.ctf import ctf_2d
 from cryoorient.imaging.phantom import default_density
-from cryoorient.imaging.project import FourierProjector
 from cryoorient.maps.fsc import fsc
 from cryoorient.maps.transforms import align_map
 from cryoorient.orientations import chain
 from cryoorient.orientations.align import align_orientations
 from cryoorient.io import centre_of_mass
 from cryoorient.orientations.chain import run_chain, star_ctf
+from cryoorient.orientations.global_search import GlobalIteration, GlobalResult
 
 BOX, PIXEL, P = 32, 3.0, 300
+GLOBAL = {"restarts": 1, "minibatch": 128, "steps": 20}  # a global search small enough for the CPU
 
 
 @pytest.fixture(scope="module")
@@ -23,21 +24,14 @@ def stack():
     """Noiseless CTF-affected 32² projections of the phantom (defocus 0.8–2.5 µm, astigmatism up to
     0.1 µm), the particles shifted by N(0, 1.5 px) clipped at 3 px."""
     vol = torch.from_numpy(default_density(box_size=BOX, voxel_size=PIXEL, resolution=6.0))
-    q = random_quaternions(P, generator=2, dtype=torch.float64)
-    t = (torch.randn(P, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 1.5).clamp(-3, 3)
-    du, dv, da = random_defocus(P, 8000, 25000, 1000, generator=3)
-
-    def ctf(indices, size):
-        return ctf_2d(size, PIXEL, du[indices], dv[indices], da[indices])
-
-    images = FourierProjector(vol, pad=2.0).images(q.float(), t.float(), ctf(torch.arange(P), BOX))
+    q, t, ctf, images = ctf_projections(vol, P, PIXEL, shift_sigma=1.5, shift_clip=3.0)
     return vol, q, t, ctf, images
 
 
 @pytest.fixture(scope="module")
 def chained(stack):
     vol, q, t, ctf, images = stack
-    return run_chain(images, pixel_size=PIXEL, ctf=ctf, refine_options={"rounds": 3})
+    return run_chain(images, pixel_size=PIXEL, ctf=ctf, global_options=GLOBAL, refine_options={"rounds": 3})
 
 
 def test_chain_recovers_orientations_shifts_and_map(stack, chained):
@@ -45,6 +39,7 @@ def test_chain_recovers_orientations_shifts_and_map(stack, chained):
     res = chained
     assert res.abinitio.phase_flipped and res.abinitio.determined, res.abinitio.summary()
     assert align_orientations(q, res.abinitio.quaternions).error < 0.3
+    assert align_orientations(q, res.searched.quaternions).error < 0.15  # within its grid's spacing, 1.5/12 rad
     assert align_orientations(q, res.quaternions).error < 0.1
     # the planted shifts, with the map centred on its centre of mass as the phantom is
     err = torch.linalg.vector_norm(res.shifts - t, dim=1)
@@ -57,7 +52,8 @@ def test_chain_recovers_orientations_shifts_and_map(stack, chained):
     aligned = align_map(res.refined.map, vol, voxel_size=PIXEL)
     assert float(np.mean(fsc(aligned.aligned, vol, PIXEL).fsc[:8])) > 0.9
     lines = res.summary()
-    assert lines[0].startswith("ab initio: 300 orientations determined") and "FSC 0.143" in lines[1]
+    assert lines[0].startswith("ab initio: 300 orientations determined")
+    assert lines[1].startswith("global search: start") and "FSC 0.143" in lines[2]
 
 
 def test_map_shift():
@@ -70,9 +66,10 @@ def test_map_shift():
 def test_resume_skips_finished_stages(stack, tmp_path, monkeypatch):
     vol, q, t, ctf, images = stack
     work = tmp_path / "work"
-    opts = {"refine_options": {"rounds": 1, "soft": False}}
+    opts = {"global_options": {"restarts": 0, "steps": 0, "iterations": 1}, "refine_options": {"rounds": 1, "soft": False}}
     first = run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, stop_after="abinitio", **opts)
-    assert first.refined is None and (work / "abinitio.pt").exists() and not (work / "refine.pt").exists()
+    assert first.refined is None and first.searched is None and (work / "abinitio.pt").exists()
+    assert not (work / "global.pt").exists() and not (work / "refine.pt").exists()
     with pytest.raises(FileExistsError, match="resume"):
         run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, **opts)
 
@@ -80,8 +77,12 @@ def test_resume_skips_finished_stages(stack, tmp_path, monkeypatch):
         raise AssertionError("a finished stage ran again")
 
     monkeypatch.setattr(chain, "estimate_orientations", recomputed)
+    searched = run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, resume=True, stop_after="global", **opts)
+    assert torch.equal(searched.abinitio.quaternions, first.abinitio.quaternions) and searched.refined is None
+    assert torch.equal(searched.quaternions, searched.searched.quaternions) and (work / "global.pt").exists()
+    monkeypatch.setattr(chain, "global_search", recomputed)
     resumed = run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, resume=True, **opts)
-    assert torch.equal(resumed.abinitio.quaternions, first.abinitio.quaternions)
+    assert torch.equal(resumed.searched.quaternions, searched.searched.quaternions)
     assert resumed.refined is not None and len(resumed.refined.rounds) == 1 and (work / "refine.pt").exists()
     monkeypatch.setattr(chain, "refine", recomputed)
     again = run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, resume=True, **opts)  # nothing left to run
@@ -93,11 +94,34 @@ def test_resume_skips_finished_stages(stack, tmp_path, monkeypatch):
         run_chain(images, pixel_size=PIXEL, ctf=None, workdir=work, resume=True, **opts)
     monkeypatch.undo()
     restart = run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, force=True, stop_after="abinitio", **opts)
-    assert restart.refined is None and not (work / "refine.pt").exists()  # starting over drops the later stage
+    assert restart.refined is None and not (work / "refine.pt").exists()  # starting over drops the later stages
+    assert not (work / "global.pt").exists()
     with pytest.raises(ValueError, match="stop_after"):
         run_chain(images, pixel_size=PIXEL, stop_after="maps")
     with pytest.raises(ValueError, match="run_chain sets"):
         run_chain(images, pixel_size=PIXEL, refine_options={"ctf": None})
+    with pytest.raises(ValueError, match="run_chain sets"):
+        run_chain(images, pixel_size=PIXEL, global_options={"shifts": None})
+
+
+def test_unreproducible_global_search_is_said(stack, monkeypatch):
+    """A global search whose independent starts disagree gives a warning line; one whose agree, none."""
+    vol, q, t, ctf, images = stack
+    seen = {}
+
+    def fake(images, q_init, **kwargs):
+        res = GlobalResult(quaternions=q_init, shifts=kwargs["shifts"], scores=torch.zeros(len(q_init)),
+                           map=vol, map_pixel_size=PIXEL, resolution=10.0, start="random 1",
+                           start_scores=[0.5, 0.5], runner_up="random 2", agreement=seen["agreement"],
+                           iterations=[GlobalIteration(8, 24, 10.0, 100, 56, 0.5, 0.0, 0.0, 0.0)])
+        return res
+
+    monkeypatch.setattr(chain, "global_search", fake)
+    for agreement, said in ((1.2, True), (0.05, False)):
+        seen["agreement"] = agreement
+        res = run_chain(images, pixel_size=PIXEL, ctf=ctf, stop_after="global")
+        assert any("NOT reproducible (1.200 rad" in w for w in res.warnings) == said, res.warnings
+        assert ("; NOT reproducible: starts 'random 1' and 'random 2'" in res.searched.summary()) == said
 
 
 def test_star_ctf(tmp_path):

@@ -42,7 +42,8 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chained(data):
-    """--abinitio-only into OUT_DIR, a snapshot of it, then --resume there (one refinement round, --cs too),
+    """--abinitio-only into OUT_DIR, a snapshot of it, then --resume there (the global search from the ab initio
+    start only, one refinement round, --cs too),
     with the ab initio stage made to fail if it ran again."""
     root = data.parent.parent
     out = root / "out"
@@ -55,8 +56,8 @@ def chained(data):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(chain, "estimate_orientations", again)
-        second = run(["abinitio", str(data), "-o", str(out), "--resume", "--rounds", "1", "--cs", "--device", "cpu",
-                      "-q"])
+        second = run(["abinitio", str(data), "-o", str(out), "--resume", "--restarts", "0", "--rounds", "1", "--cs",
+                      "--device", "cpu", "-q"])
     return out, first, names, second
 
 
@@ -71,14 +72,15 @@ def test_abinitio_only_writes_angles_and_no_maps(data, chained):
 def test_resume_writes_every_output(data, chained):
     out, _, _, (status, stdout, err) = chained
     assert status == 0, err
-    for name in ("particles.star", "particles.cs", *MAPS, "fsc.png", "report.txt", "abinitio.pt", "refine.pt"):
+    for name in ("particles.star", "particles.cs", *MAPS, "fsc.png", "report.txt", "abinitio.pt", "global.pt",
+                 "refine.pt"):
         assert (out / name).stat().st_size > 0, name
     for name in MAPS:
         volume, voxel = read_map(out / name)
         assert volume.shape == (BOX, BOX, BOX) and voxel == pytest.approx(PIXEL)
-    assert "refine: 1 rounds" in stdout and str(out) in stdout
+    assert "global search: start 'given" in stdout and "refine: 1 rounds" in stdout and str(out) in stdout
     report = (out / "report.txt").read_text()
-    for text in ("ab initio: 250 orientations", "spectral gap", "resolution:", "timings:", "reused the checkpoints "
+    for text in ("ab initio: 250 orientations", "global search: start", "restarts 0", "spectral gap", "resolution:", "timings:", "reused the checkpoints "
                  "of abinitio", "CTF from the STAR file's columns"):
         assert text in report, text
     truth = read_particles(data)
@@ -97,13 +99,13 @@ def test_resume_writes_every_output(data, chained):
         assert np.corrcoef(found, planted)[0, 1] > 0.6
 
 
-def test_interrupted_refinement_keeps_the_checkpoint(data, chained, capsys, monkeypatch):
+def test_interrupted_run_keeps_the_checkpoint(data, chained, capsys, monkeypatch):
     stopped = data.parent.parent / "stopped"
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(chain, "refine", interrupted)
+    monkeypatch.setattr(chain, "global_search", interrupted)
     assert main(["abinitio", str(data), "-o", str(stopped), "--resume", "--device", "cpu", "-q"]) == 130
     assert "keeps the checkpoints of abinitio (--resume" in capsys.readouterr().err
     assert (stopped / "abinitio.pt").exists() and not (stopped / "map.mrc").exists()
@@ -129,6 +131,10 @@ def test_refusals_write_nothing(data, chained, tmp_path, capsys):
     kept = chained[0].parent / "stopped"
     assert main(["abinitio", str(tmp_path / "few.star"), "-o", str(kept), "--force", "--device", "cpu", "-q"]) == 2
     assert "need at least" in capsys.readouterr().err and (kept / "abinitio.pt").exists()
+
+    assert main(["abinitio", str(data), "-o", str(out), "--restarts", "-1", "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--restarts must be at least 0" in err and len(err.strip().splitlines()) == 1 and not out.exists()
 
     images = read_particle_images(particles).copy()
     images[7, 3, 4] = np.nan
@@ -159,11 +165,11 @@ def test_ignore_ctf_says_so_and_drops_the_ctf(data, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(chain, "run_chain", fake_chain)
     out = tmp_path / "out"
     assert main(["abinitio", str(data), "-o", str(out), "--ignore-ctf", "--accept-corners", "--rounds", "3",
-                 "--seed", "4", "--device", "cpu", "-q"]) == 2
+                 "--restarts", "1", "--seed", "4", "--device", "cpu", "-q"]) == 2
     captured = capsys.readouterr()
     assert captured.out.splitlines() == ["CTF columns present but ignored on request: the images are taken to be "
                                          "CTF-free"]
     assert "stopped here" in captured.err and not out.exists()  # a failed new run leaves nothing behind
     assert seen["ctf"] is None and seen["abinitio_options"]["accept"] == ("corners",)
-    assert seen["refine_options"] == {"rounds": 3} and seen["seed"] == 4 and seen["device"] == torch.device("cpu")
+    assert seen["refine_options"] == {"rounds": 3} and seen["global_options"] == {"restarts": 1} and seen["seed"] == 4 and seen["device"] == torch.device("cpu")
     assert seen["stop_after"] is None and seen["workdir"].resolve() == out.resolve()

@@ -41,6 +41,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--abinitio-only", action="store_true",
                    help="stop after the ab initio stage: particles.star with its orientations and centring origins, "
                    "no maps")
+    p.add_argument("--restarts", type=int, default=2,
+                   help="random starts of the global search beside the ab initio orientations; the start whose "
+                   "particles match best goes on (default 2)")
     p.add_argument("--rounds", type=int, default=5, help="refinement rounds (default 5)")
     p.add_argument("--neighbors", type=int, default=10, help="neighbours kept per image and mirror image (default 10)")
     p.add_argument("--landmarks", type=int, default=5000,
@@ -80,6 +83,8 @@ def _prepare(args, particles):
 
     if args.rounds < 1:
         raise ValueError(f"--rounds must be at least 1; got {args.rounds}")
+    if args.restarts < 0:
+        raise ValueError(f"--restarts must be at least 0; got {args.restarts}")
     pixel = _pixel_size(particles)
     ctf, flipped, notes = star_ctf(particles, ignore_ctf=args.ignore_ctf)
     check_counts(len(particles), neighbors=args.neighbors, landmarks=args.landmarks or None)
@@ -97,8 +102,8 @@ def _run(args, images, pixel: float, ctf, out: Path, resume: bool):
                        force=args.force, stop_after="abinitio" if args.abinitio_only else None,
                        abinitio_options={"neighbors": args.neighbors, "landmarks": args.landmarks or None,
                                          "accept": ("corners",) if args.accept_corners else ()},
-                       refine_options={"rounds": args.rounds}, seed=args.seed, device=torch_device(args.device),
-                       progress=not args.quiet)
+                       global_options={"restarts": args.restarts}, refine_options={"rounds": args.rounds},
+                       seed=args.seed, device=torch_device(args.device), progress=not args.quiet)
     return result, time.perf_counter() - t0
 
 
@@ -146,12 +151,15 @@ def _write_report(args, particles, result, notes, reused, seconds: float, writte
     ab = result.abinitio
     lines = [f"cryoorient {__version__} abinitio", f"particles: {args.particles} ({len(particles)} images, "
              f"{result.pixel_size:.4f} Å/pixel)",
-             f"options: neighbors {args.neighbors}, landmarks {args.landmarks or 'all'}, rounds {args.rounds}, "
+             f"options: neighbors {args.neighbors}, landmarks {args.landmarks or 'all'}, restarts {args.restarts}, "
+             f"rounds {args.rounds}, "
              f"seed {args.seed}{', abinitio only' if args.abinitio_only else ''}"
              f"{', corners accepted' if args.accept_corners else ''}", *notes, *result.summary(),
              f"verdict: determined {ab.determined}; spectral gap {ab.spectral_gap:.4f}, spread {ab.spread:.4f}, "
              f"null edge {ab.null_edge:.4f}",
-             f"timings: ab initio {ab.seconds:.1f} s; this run {seconds:.1f} s in all"
+             f"timings: ab initio {ab.seconds:.1f} s"
+             + (f", global search {result.searched.seconds:.1f} s" if result.searched is not None else "")
+             + f"; this run {seconds:.1f} s in all"
              + (f" (reused the checkpoints of {', '.join(reused)})" if reused else ""),
              f"files: {', '.join(written)}"]
     if result.refined is not None:
@@ -189,7 +197,7 @@ def main(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     written = _write_particles(args, particles, result, out) + _write_maps(result, out)
     _write_report(args, particles, result, notes, reused, seconds, written + [REPORT], out)
-    for line in result.summary()[: 2 if result.refined is not None else 1]:
+    for line in result.summary()[: 1 + (result.searched is not None) + (result.refined is not None)]:
         print(line)
     print(out)
     return 0

@@ -5,13 +5,17 @@ The chain, for a particle stack and its CTF parameters (no map, no trained netwo
 1. ``abinitio`` — :func:`cryoorient.orientations.abinitio.estimate_orientations`: each image
    phase-flipped by its own CTF and centred, then orientations from the in-plane-invariant
    neighbour graph, with the data's own verdict on them (:meth:`AbInitioResult.summary`);
-2. ``refine`` — :func:`cryoorient.maps.refine.refine` from those orientations and shifts, with
+2. ``global`` — :func:`cryoorient.orientations.global_search.global_search`: global projection
+   matching with shifts and the CTF, started from those orientations and shifts and from random
+   ones (the start whose particles match best goes on), so that particles the ab initio stage
+   got wrong are found again;
+3. ``refine`` — :func:`cryoorient.maps.refine.refine` from those orientations and shifts, with
    the CTF: gold-standard half maps, their FSC, the map. The maps are then moved so that the
    map's centre of mass sits at the box centre (voxel n//2; as RELION centres an initial model),
    and every shift by the projection of that move, so that the shifts centre each particle.
 
-Each finished stage is checkpointed into ``workdir`` (``abinitio.pt``, ``refine.pt``; atomic
-writes) with a key of the images (shape and a sample of pixels), the CTF of that sample and the
+Each finished stage is checkpointed into ``workdir`` (``abinitio.pt``, ``global.pt``, ``refine.pt``;
+atomic writes) with a key of the images (shape and a sample of pixels), the CTF of that sample and the
 options of the stage and those before it: a call with ``resume=True`` loads the stages whose key
 matches and runs the rest; ``stop_after`` ends the run after a stage (as an interruption would).
 
@@ -39,18 +43,21 @@ from ..io import centre_of_mass
 from ..io._atomic import atomic_path
 from ..maps.refine import RefineResult, refine
 from .abinitio import AbInitioResult, estimate_orientations
+from .global_search import GlobalResult, global_search
 
 __all__ = ["STAGES", "ChainResult", "run_chain", "star_ctf"]
 
-STAGES = ("abinitio", "refine")
+STAGES = ("abinitio", "global", "refine")
 
 
 @dataclass
 class ChainResult:
-    """What :func:`run_chain` found: the ab initio stage, the refinement (None if stopped before it),
-    the map-centring move (voxels x, y, z, removed from the maps) and one line per caveat."""
+    """What :func:`run_chain` found: the ab initio stage, the global search and the refinement (None if
+    stopped before them), the map-centring move (voxels x, y, z, removed from the maps) and one line
+    per caveat."""
 
     abinitio: AbInitioResult
+    searched: GlobalResult | None
     refined: RefineResult | None
     pixel_size: float
     map_shift: Tensor | None = None
@@ -58,13 +65,13 @@ class ChainResult:
 
     @property
     def quaternions(self) -> Tensor:
-        """(P, 4) float64: the refined orientations, else the ab initio ones."""
-        return (self.refined or self.abinitio).quaternions
+        """(P, 4) float64: the refined orientations, else those of the last stage run."""
+        return (self.refined or self.searched or self.abinitio).quaternions
 
     @property
     def shifts(self) -> Tensor:
         """(P, 2) float64 pixels (x, y), the particle moved by +t in its image."""
-        return (self.refined or self.abinitio).shifts
+        return (self.refined or self.searched or self.abinitio).shifts
 
     @property
     def origins_angst(self) -> Tensor:
@@ -72,8 +79,8 @@ class ChainResult:
         return -self.shifts * self.pixel_size
 
     def summary(self) -> list[str]:
-        """Lines for a report: the ab initio verdict, the refinement's resolution, the caveats."""
-        lines = [self.abinitio.summary()]
+        """Lines for a report: the ab initio verdict, the global search, the refinement's resolution, the caveats."""
+        lines = [self.abinitio.summary()] + ([self.searched.summary()] if self.searched is not None else [])
         if self.refined is not None:
             r = self.refined
             lines.append(f"refine: {len(r.rounds)} rounds, FSC 0.143 resolution {r.resolution:.2f} Å "
@@ -181,7 +188,8 @@ class _Checkpoints:
 
 def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = False, workdir=None,
               resume: bool = False, force: bool = False, stop_after: str | None = None,
-              abinitio_options: dict | None = None, refine_options: dict | None = None, seed: int = 0,
+              abinitio_options: dict | None = None, global_options: dict | None = None,
+              refine_options: dict | None = None, seed: int = 0,
               device="cpu", progress: bool = False) -> ChainResult:
     """Orientations, shifts, half maps and map of ``images`` (P, n, n) from the images alone (module docstring).
 
@@ -190,14 +198,16 @@ def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = Fals
     file); ``phase_flipped``: the images are already phase-flipped (no second flip; refinement
     uses |CTF|). ``workdir``: where checkpoints go (None: none); an existing checkpoint is used
     with ``resume``, replaced with ``force``, else refused. ``stop_after``: a stage of
-    :data:`STAGES` to end after. ``abinitio_options`` / ``refine_options``: further keyword
-    arguments of :func:`estimate_orientations` / :func:`cryoorient.maps.refine.refine`.
+    :data:`STAGES` to end after. ``abinitio_options`` / ``global_options`` / ``refine_options``:
+    further keyword arguments of :func:`estimate_orientations` / :func:`global_search` /
+    :func:`cryoorient.maps.refine.refine`.
     """
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after must be one of {STAGES} or None; got {stop_after!r}")
-    ab_opts, ref_opts = dict(abinitio_options or {}), dict(refine_options or {})
+    ab_opts, glob_opts, ref_opts = (dict(o or {}) for o in (abinitio_options, global_options, refine_options))
     common = ("ctf", "seed", "device", "progress")
     for name, opts, own in (("abinitio_options", ab_opts, common),
+                            ("global_options", glob_opts, common + ("shifts", "pixel_size")),
                             ("refine_options", ref_opts, common + ("shifts", "pixel_size"))):
         clash = set(opts) & set(own)
         if clash:
@@ -208,7 +218,8 @@ def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = Fals
     key = _data_key(images, ctf, pixel_size)
     key_ab = hashlib.sha256(json.dumps([__version__, key, phase_flipped, seed, ab_opts], sort_keys=True,
                                        default=str).encode()).hexdigest()
-    key_ref = hashlib.sha256(json.dumps([key_ab, ref_opts], sort_keys=True, default=str).encode()).hexdigest()
+    key_glob = hashlib.sha256(json.dumps([key_ab, glob_opts], sort_keys=True, default=str).encode()).hexdigest()
+    key_ref = hashlib.sha256(json.dumps([key_glob, ref_opts], sort_keys=True, default=str).encode()).hexdigest()
     bar = tqdm(total=len(STAGES), desc="ab initio chain", unit="stage", disable=not progress)
     ab = checkpoints.load("abinitio", key_ab)
     if ab is None:
@@ -216,21 +227,35 @@ def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = Fals
                                    progress=progress, **ab_opts)
         checkpoints.save("abinitio", key_ab, ab)
     bar.update(1)
-    result = ChainResult(ab, None, float(pixel_size), warnings=list(ab.warnings))
+    result = ChainResult(ab, None, None, float(pixel_size), warnings=list(ab.warnings))
     if not ab.determined:
-        result.warnings.append("proceeding although the ab initio orientations are NOT determined (see above): "
-                               "the refinement may not converge")
+        result.warnings.append("the ab initio orientations are NOT determined (see above): the global search "
+                               "chooses between them and random starts by how well the particles match")
     if stop_after == "abinitio":
+        bar.close()
+        return result
+    ctf_now = ctf
+    if ctf is not None and phase_flipped:
+        def ctf_now(indices, size):  # the images carry |CTF| now
+            return torch.as_tensor(ctf(indices, size)).abs()
+    searched = checkpoints.load("global", key_glob)
+    if searched is None:
+        searched = global_search(images, ab.quaternions, shifts=ab.shifts, ctf=ctf_now, pixel_size=pixel_size,
+                                 seed=seed, device=device, progress=progress, **glob_opts)
+        checkpoints.save("global", key_glob, searched)
+    bar.update(1)
+    result.searched = searched
+    if searched.reproducible is False:
+        result.warnings.append(f"proceeding although the global search's orientations are NOT reproducible "
+                               f"({searched.agreement:.3f} rad between two independent starts): the map and "
+                               f"orientations may be wrong")
+    if stop_after == "global":
         bar.close()
         return result
     saved = checkpoints.load("refine", key_ref)
     if saved is None:
-        refine_ctf = ctf
-        if ctf is not None and phase_flipped:
-            def refine_ctf(indices, size):  # the images carry |CTF| now
-                return torch.as_tensor(ctf(indices, size)).abs()
-        refined = refine(images, ab.quaternions, shifts=ab.shifts.clone(), ctf=refine_ctf, pixel_size=pixel_size,
-                         seed=seed, device=device, progress=progress, **ref_opts)
+        refined = refine(images, searched.quaternions, shifts=searched.shifts.clone(), ctf=ctf_now,
+                         pixel_size=pixel_size, seed=seed, device=device, progress=progress, **ref_opts)
         saved = {"refined": refined, "map_shift": _centre_map(refined)}
         checkpoints.save("refine", key_ref, saved)
     bar.update(1)

@@ -1,0 +1,463 @@
+"""Global orientation and shift search against a low-passed map, iterated with increasing resolution.
+
+Projection matching over all of SO(3), between ab initio orientations and local refinement
+(:func:`cryoorient.maps.refine.refine`), which cannot leave the basin it starts in. All comparisons
+are at a Fourier band of K pixels (radius in units of 1/(n · pixel size)), on the particles
+Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
+
+* **Scores.** A particle is compared with the projections of a map along J directions (a Fibonacci
+  sphere of spacing ``sampling``/K rad), each at every in-plane rotation of a polar grid of
+  L ≈ 2πK angles: polar spectra (:func:`cryoorient.orientations.abinitio.polar_spectra`) of the
+  CTF-multiplied image and of the projections, one matrix product per angular frequency and an
+  inverse FFT over the angle give all J × L candidates at once. The score is the normalised
+  cross-correlation (NCC) in the band of the image with the CTF-modulated projection (the CTF's
+  ring mean in the projection's norm: exact without astigmatism).
+* **Exploration** (:func:`_explore`), from the map of a start: stochastic, annealed expectation
+  maximisation, in the spirit of cryoSPARC's stochastic gradient descent (Punjani et al. 2017).
+  Minibatches of particles are inserted each at one orientation and shift offset drawn from
+  its posterior at a temperature that falls to 1, and the map follows them; the particles then
+  take their best candidates. Orientations are thereby found from a poor or random start.
+* **Iterations** (:func:`_iterate`): half maps of the particles at their orientations and shifts
+  (:class:`cryoorient.maps.reconstruct.FourierInserter`, with the CTF); the reference is their
+  sum, each shell weighted by sqrt(FSC) of the full map (2F/(1+F)), its expected correlation with
+  the truth; every particle takes its shift (cross-correlation with its CTF-modulated projection,
+  peak within ``max_shift`` of the centre, parabola-polished), its best orientation, and its
+  shift again. The half maps' FSC-0.143 resolution sets the next band.
+
+Starts: the given orientations (the ab initio stage's), as they are and explored, and ``restarts``
+sets of random ones, explored, all at the starting band; the start whose particles then match best (mean NCC, computed
+from the data) goes on with iterations until the band stops growing and fewer than ``tolerance``
+of the particles change orientation by more than a grid step.
+
+Verdict (computed from the data): the orientations the winner reached are compared with those of the
+best start of another origin (the given ones or another random set), E_OR between the two
+(:func:`cryoorient.orientations.align.align_orientations`); they are *reproducible* when the two
+agree to less than :data:`AGREEMENT` rad. Independent starts that reach different orientations
+with about the same score mean that the data do not determine them.
+
+Conventions: images (P, n, n) [y, x], centre at pixel n//2; quaternions scalar-first of RELION's
+A = Rz(psi)·Ry(tilt)·Rz(rot) (map → image frame), w >= 0; shifts t (P, 2) in pixels (x, y) of the
+images, the particle moved by +t (:mod:`cryoorient.imaging.shift`). ``ctf(indices, size)`` -> real
+CTFs (B, size, size // 2 + 1) on the ``rfft2`` grid of an image of edge ``size`` at the particles'
+pixel size, or None for CTF-free images. The map is in the orientations' frame (any global
+rotation, either hand).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..geometry import euler_to_quat, quat_distance, quat_multiply, quat_to_matrix, random_quaternions
+from ..imaging.project import FourierProjector
+from ..imaging.shift import phase_ramp
+from ..maps.fsc import FSCResult, fsc
+from ..maps.reconstruct import FourierInserter
+from ..maps.transforms import particle_radius
+from .abinitio import polar_spectra
+from .align import align_orientations
+
+__all__ = ["AGREEMENT", "GlobalIteration", "GlobalResult", "direction_grid", "global_search"]
+
+#: E_OR (rad) between two independent starts below which their orientations count as reproducible.
+AGREEMENT = 0.3
+
+
+@dataclass
+class GlobalIteration:
+    """One iteration: the band it compared in, the map it compared against, what changed."""
+
+    band: int  # Fourier radius of the comparison, pixels of the n-box
+    box: int  # working box m (the particles Fourier-cropped to it)
+    resolution: float  # FSC-0.143 resolution of the half maps searched against, Å
+    directions: int  # J
+    angles: int  # L in-plane angles
+    mean_score: float  # mean best NCC
+    changed: float  # fraction of particles moved by more than one grid step
+    mean_rotation: float  # mean rotation applied, rad
+    mean_shift: float  # mean change of the shifts, pixels
+
+
+@dataclass
+class GlobalResult:
+    """Orientations and shifts found by :func:`global_search`, its last map, and the history."""
+
+    quaternions: Tensor  # (P, 4) float64, RELION A, w >= 0
+    shifts: Tensor  # (P, 2) float64, pixels (x, y), particle moved by +t
+    scores: Tensor  # (P,) best NCC in the last iteration
+    map: Tensor  # (m, m, m) float32: the reference of the last iteration (sqrt(FSC)-weighted), box m
+    map_pixel_size: float  # Å per voxel of ``map`` (pixel size · n / m)
+    resolution: float  # Å, FSC 0.143 of the last half maps (not gold-standard: one reference for both)
+    start: str  # the start that won: "given as is", "given" (explored) or "random k"
+    start_scores: list[float]  # mean NCC of every start after its exploration, in that order
+    runner_up: str | None = None  # the best start of another origin than the winner's (None: no other origin)
+    agreement: float | None = None  # E_OR (rad) between the winner's and the runner-up's orientations
+    iterations: list[GlobalIteration] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def reproducible(self) -> bool | None:
+        """Whether two independent starts reached the same orientations (agreement < AGREEMENT); None if
+        there was one origin only."""
+        return None if self.agreement is None else self.agreement < AGREEMENT
+
+    def verdict(self) -> str:
+        """The reproducibility of the orientations, from the two best independent starts."""
+        if self.agreement is None:
+            return "reproducibility not checked (one origin of starts; use random restarts)"
+        word = "reproducible" if self.reproducible else "NOT reproducible"
+        return (f"{word}: starts '{self.start}' and '{self.runner_up}' reach orientations {self.agreement:.3f} rad "
+                f"apart (E_OR between them; reproducible below {AGREEMENT} rad)")
+
+    def summary(self) -> str:
+        """One line: the start chosen and on what, the verdict, the last band, score and resolution."""
+        last = self.iterations[-1]
+        starts = ", ".join(f"{s:.4f}" for s in self.start_scores)
+        return (f"global search: start '{self.start}' (mean NCC of the starts {starts}); {self.verdict()}; "
+                f"{len(self.iterations)} iterations to band {last.band} px, mean NCC {last.mean_score:.4f}, "
+                f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å; {self.seconds:.1f} s")
+
+
+def direction_grid(count: int) -> Tensor:
+    """``count`` quaternions (count, 4) float64 of A = Ry(tilt)·Rz(rot) (psi 0) whose viewing directions
+    (the third row of A) form a Fibonacci sphere: nearly uniform, spacing ≈ sqrt(4π / count) rad."""
+    i = torch.arange(count, dtype=torch.float64) + 0.5
+    tilt = torch.rad2deg(torch.acos(1 - 2 * i / count))
+    rot = torch.rad2deg(torch.remainder(i * math.pi * (3 - math.sqrt(5)), 2 * math.pi))
+    return euler_to_quat(rot, tilt, torch.zeros_like(rot))
+
+
+def _crop(spec: Tensor, m: int) -> Tensor:
+    """The frequencies of an m-box (B, m, m//2 + 1) from ``rfft2`` spectra (B, s, s//2 + 1), s >= m even."""
+    h = m // 2
+    return torch.cat([spec[:, :h, : h + 1], spec[:, spec.shape[1] - h :, : h + 1]], 1)
+
+
+class _Stack:
+    """The particles' spectra Fourier-cropped once to the largest working box, the centre pixel n//2
+    at the origin, on ``device``; their CTF; the random half sets."""
+
+    def __init__(self, images, ctf, m_max: int, device, batch: int, seed: int):
+        self.P, self.n, self.m_max, self.ctf, self.device, self.batch = len(images), images.shape[-1], m_max, ctf, device, batch
+        self.spec = torch.empty(self.P, m_max, m_max // 2 + 1, dtype=torch.complex64, device=device)
+        centre = torch.full((1, 2), -float(self.n // 2), device=device)
+        for idx in torch.arange(self.P).split(batch):
+            x = images[idx.to(images.device)] if torch.is_tensor(images) else torch.from_numpy(
+                np.ascontiguousarray(images[idx.numpy()]))
+            x = x.to(device, torch.float32)
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"images {int(idx[0])}..{int(idx[-1])} contain NaN or infinite values")
+            self.spec[idx.to(device)] = _crop(torch.fft.rfft2(x) * phase_ramp(centre, self.n), m_max)
+        self.half = torch.randperm(self.P, generator=torch.Generator().manual_seed(seed)) % 2
+
+    def ctf_at(self, idx: Tensor, m: int, pad: int = 1) -> Tensor | None:
+        """CTFs (B, pad·m, pad·m//2 + 1) of particles ``idx`` at the frequencies of the pad·m-box of the crop."""
+        if self.ctf is None:
+            return None
+        c = torch.as_tensor(self.ctf(idx, pad * self.n)).to(self.device, torch.float32)
+        if tuple(c.shape) != (len(idx), pad * self.n, pad * self.n // 2 + 1):
+            raise ValueError(f"ctf(indices, {pad * self.n}) must return shape "
+                             f"{(len(idx), pad * self.n, pad * self.n // 2 + 1)}; got {tuple(c.shape)}")
+        return _crop(c, pad * m)
+
+    def images(self, idx: Tensor, m: int, t: Tensor, ctf: Tensor | None = None) -> Tensor:
+        """Particles ``idx`` (B, m, m) in the m-box, moved by −t (n-pixels) to its centre m//2, times ``ctf``."""
+        s = _crop(self.spec[idx.to(self.device)], m)
+        s = s * phase_ramp(m // 2 - t.to(self.device, torch.float32) * (m / self.n), m)
+        return torch.fft.irfft2(s if ctf is None else s * ctf, s=(m, m))
+
+
+def _rings(m: int, K: int, device) -> tuple[Tensor, Tensor]:
+    """Ring (0..K-1 for radii 1..K, K outside) of every rfft2 pixel of the m-box, and pixels per ring (K,)."""
+    ky = torch.fft.fftfreq(m, d=1.0 / m, device=device)
+    kx = torch.fft.rfftfreq(m, d=1.0 / m, device=device)
+    r = torch.round(torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)).long().flatten()
+    ring = torch.where((r >= 1) & (r <= K), r - 1, K)
+    return ring, torch.bincount(ring, minlength=K + 1)[:K].clamp_min(1)
+
+
+def _ring_mean(x: Tensor, ring: Tensor, count: Tensor) -> Tensor:
+    """Means (B, K) over each ring of real values (B, m, m//2 + 1) on the rfft2 grid."""
+    K = count.numel()
+    out = x.new_zeros(x.shape[0], K + 1).index_add_(1, ring, x.flatten(1))
+    return out[:, :K] / count
+
+
+def _map(stack: _Stack, q: Tensor, t: Tensor, m: int, weight_floor: float, pixel_size: float):
+    """Half maps of the particles at (q, t) in the m-box: the sqrt(FSC)-weighted full map and the FSC."""
+    ins = [FourierInserter(m, pad=2, device=stack.device, weight_floor=weight_floor) for _ in (0, 1)]
+    for idx in torch.arange(stack.P).split(stack.batch):
+        img = stack.images(idx, m, t[idx])
+        c = stack.ctf_at(idx, m, pad=2)
+        A = quat_to_matrix(q[idx].to(stack.device)).float()
+        for h in (0, 1):
+            sel = (stack.half[idx] == h).nonzero().squeeze(1).to(stack.device)
+            ins[h].insert(img[sel], A[sel], None if c is None else c[sel])
+    halves = [i.volume() for i in ins]
+    curve = fsc(halves[0], halves[1], pixel_size * stack.n / m)
+    full = FourierInserter(m, pad=2, device=stack.device, weight_floor=weight_floor)
+    full.data, full.weight = ins[0].data + ins[1].data, ins[0].weight + ins[1].weight
+    f = np.clip(curve.fsc, 0.0, 1.0)
+    weight = torch.as_tensor(np.sqrt(np.concatenate([[1.0], 2 * f / (1 + f)])), dtype=torch.float32, device=stack.device)
+    k = torch.fft.fftfreq(m, d=1.0 / m, device=stack.device)
+    kx = torch.fft.rfftfreq(m, d=1.0 / m, device=stack.device)
+    shell = torch.round(torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx ** 2)).long()
+    spec = torch.fft.rfftn(full.volume()) * weight[shell.clamp(max=len(weight) - 1)] * (shell < len(weight))
+    return torch.fft.irfftn(spec, s=(m, m, m)), curve
+
+
+class _Search:
+    """The reference's polar spectra at J directions (K rings, L angles) and the comparison of particles with them."""
+
+    def __init__(self, volume: Tensor, K: int, opts: dict, shifts: int = 1):
+        m, device = volume.shape[0], volume.device
+        self.K, self.L = K, 8 * math.ceil(2 * math.pi * K / 8)
+        self.dirs = direction_grid(math.ceil(4 * math.pi * (K / opts["sampling"]) ** 2))
+        self.proj = FourierProjector(volume, pad=2.0, interpolation="linear")
+        chunk = max(1, opts["budget"] // (m * m * 8))
+        pol = torch.cat([polar_spectra(self.proj.images(d.to(device).float()), K, self.L)
+                         for d in self.dirs.split(chunk)], 1)  # (L, J, K)
+        self.power = (pol.abs() ** 2).sum(0)  # (J, K): each ring's share of a projection's squared norm
+        self.refs = pol[: self.L // 2 + 1].conj().transpose(1, 2).contiguous()  # (M, K, J), m >= 0 suffices
+        self.ring, self.count = _rings(m, K, device)
+        self.rows = max(1, opts["budget"] // (self.L * len(self.dirs) * shifts))  # particles per batch
+
+    def scores(self, stack: _Stack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None) -> Tensor:
+        """NCC (B, S·J·L) of particles ``idx`` at shifts t + offsets[s] (S offsets, n-pixels; default one,
+        zero) with every orientation; candidate (s·J + j)·L + l: offset s, direction j, angle l."""
+        S = 1 if offsets is None else len(offsets)
+        rep = idx.repeat_interleave(S)
+        t = t.to(stack.device).float().repeat_interleave(S, 0) + (0 if offsets is None else offsets.repeat(len(idx), 1))
+        c = stack.ctf_at(idx, m)
+        c = None if c is None else c.repeat_interleave(S, 0)
+        x = stack.images(rep, m, t)
+        X = polar_spectra(x, self.K, self.L)
+        xnorm = (X.abs() ** 2).sum((0, 2))
+        if c is not None:
+            X = polar_spectra(stack.images(rep, m, t, c), self.K, self.L)
+        X = X[: self.L // 2 + 1]
+        c2 = torch.ones(len(rep), self.K, device=x.device) if c is None else _ring_mean(c * c, self.ring, self.count)
+        den = torch.sqrt((c2 @ self.power.T) * xnorm[:, None]).clamp_min(1e-30)  # (B·S, J)
+        cc = torch.fft.irfft(X @ self.refs, n=self.L, dim=0) * self.L  # (L, B·S, J)
+        return (cc / den).permute(1, 2, 0).reshape(len(idx), -1)
+
+    def orientations(self, flat: Tensor) -> Tensor:
+        """Quaternions (..., 4) float64, w >= 0, of candidates ``flat`` (modulo J·L: j·L + l): Rz(α_l)·A_j,
+        the projection along direction j rotated by α_l = 2πl/L in the image plane."""
+        flat = flat.cpu() % (len(self.dirs) * self.L)
+        a = (flat % self.L).double() * (2 * math.pi / self.L)
+        inplane = torch.stack([torch.cos(a / 2), torch.zeros_like(a), torch.zeros_like(a), torch.sin(a / 2)], -1)
+        q = quat_multiply(inplane, self.dirs[flat // self.L])
+        return torch.where(q[..., :1] < 0, -q, q)
+
+    def sample(self, scores: Tensor, beta: float, gen: torch.Generator) -> Tensor:
+        """One candidate (B,) per row of NCC ``scores`` (B, C), drawn from the posterior at inverse temperature
+        ``beta`` (Gumbel-max): Gaussian noise and the best scale of each projection give log-likelihoods
+        N (c² − c_max²) / (2 (1 − c_max²)), N the real Fourier coefficients in the band, the noise power
+        estimated from the best candidate's residual (as :mod:`cryoorient.maps.refine` does)."""
+        cmax = scores.amax(1, keepdim=True).clamp(0.0, 1.0 - 1e-6)
+        N = 2.0 * float(self.count.sum())
+        logp = beta * N * (scores.clamp_min(0) ** 2 - cmax**2) / (2 * (1 - cmax**2))
+        u = torch.rand(scores.shape, generator=gen, device=scores.device).clamp_min(1e-30)
+        return (logp - torch.log(-torch.log(u))).argmax(1)
+
+    def shifts(self, stack: _Stack, idx: Tensor, m: int, q: Tensor, max_shift: float) -> Tensor:
+        """Shifts (B, 2) n-pixels of particles ``idx`` at orientations q: the band-limited cross-correlation
+        peak of each image with its CTF-modulated projection, within ``max_shift`` of the centre."""
+        F = self.proj.slices(q.to(stack.device).float())
+        c = stack.ctf_at(idx, m)
+        if c is not None:
+            F = F * c
+        band = (self.ring < self.K).view(m, m // 2 + 1)
+        x = _crop(stack.spec[idx.to(stack.device)], m)
+        cc = torch.fft.irfft2(x * F.conj() * band, s=(m, m))  # cc[sy, sx]: the image is the projection moved by s
+        s = torch.fft.fftfreq(m, d=1.0 / m, device=stack.device)
+        far = (s[:, None] ** 2 + s[None, :] ** 2) * (stack.n / m) ** 2 > max_shift**2
+        best = cc.masked_fill(far, -math.inf).flatten(1).argmax(1)
+        iy, ix = best // m, best % m
+        rows = torch.arange(len(idx), device=stack.device)
+        f0 = cc[rows, iy, ix]
+
+        def vertex(fm, fp):  # offset of the parabola's vertex through (-1, fm), (0, f0), (1, fp)
+            den = fm - 2 * f0 + fp
+            return torch.where(den < 0, 0.5 * (fm - fp) / torch.where(den < 0, den, -1.0), 0.0).clamp(-0.5, 0.5)
+
+        dx = vertex(cc[rows, iy, (ix - 1) % m], cc[rows, iy, (ix + 1) % m])
+        dy = vertex(cc[rows, (iy - 1) % m, ix], cc[rows, (iy + 1) % m, ix])
+        t = torch.stack([s[ix] + dx, s[iy] + dy], 1).double().cpu() * (stack.n / m)
+        length = torch.linalg.vector_norm(t, dim=1, keepdim=True)
+        return t * (max_shift / length.clamp_min(1e-12)).clamp(max=1.0)
+
+
+def _box(K: int, m_max: int) -> int:
+    """The working box for band K: a multiple of 8 at least 2K + 8, at most ``m_max``."""
+    return min(m_max, 8 * math.ceil((2 * K + 8) / 8))
+
+
+def _insert(ins: FourierInserter, stack: _Stack, idx: Tensor, m: int, t: Tensor, q: Tensor, rows=None, w=None):
+    """Insert particles ``idx`` (at shifts t (B, 2)) into ``ins``, image ``rows[k]`` at orientation q[k]
+    with weight w[k] (default: each image once, weight 1)."""
+    img, c = stack.images(idx, m, t), stack.ctf_at(idx, m, pad=2)
+    if rows is not None:
+        img, c = img[rows], None if c is None else c[rows]
+    ins.insert(img, quat_to_matrix(q.to(stack.device)).float(), c, None if w is None else w.float())
+
+
+def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
+    """Stochastic, annealed expectation maximisation at band K from the map of the particles at (q, t).
+
+    Each of ``steps`` steps draws ``minibatch`` particles and inserts each at one orientation and
+    shift offset (``shift_grid`` offsets each way, n/(4K) pixels apart, about t) drawn from its
+    posterior against the current map at inverse temperature β (:meth:`_Search.sample`), β rising geometrically from ``beta0`` to
+    1 (hot draws explore, cold ones settle); the map's Fourier sums move towards those of the draw,
+    scaled to all P particles, by b / H, the horizon H growing from 2b to P. Then every particle
+    takes its best candidate against the final map (q, t updated in place); returns their mean NCC."""
+    m, P, device = _box(K, stack.m_max), stack.P, stack.device
+    grid = torch.arange(-opts["shift_grid"], opts["shift_grid"] + 1.0, device=device)
+    offsets = torch.cartesian_prod(grid, grid) * (stack.n / (4 * K))
+    ins = FourierInserter(m, pad=2, device=device, weight_floor=opts["weight_floor"])
+    for idx in torch.arange(P).split(stack.batch):
+        _insert(ins, stack, idx, m, t[idx], q[idx])
+    data, weight, b, steps = ins.data, ins.weight, min(P, opts["minibatch"]), opts["steps"]
+    for s in range(steps + 1):
+        ins.data, ins.weight = data, weight
+        search = _Search(ins.volume(), K, opts, len(offsets))
+        if s == steps:
+            break
+        draw = FourierInserter(m, pad=2, device=device, weight_floor=opts["weight_floor"])
+        beta = opts["beta0"] ** (1 - s / max(1, steps - 1))
+        for idx in torch.randperm(P, generator=opts["gen"])[:b].split(search.rows):
+            pick = search.sample(search.scores(stack, idx, m, t[idx], offsets), beta, opts["device_gen"])
+            shifted = t[idx] + offsets[pick // (len(search.dirs) * search.L)].double().cpu()
+            _insert(draw, stack, idx, m, shifted, search.orientations(pick))
+        eta = b / (2 * b + (P - 2 * b) * s / max(1, steps - 1))
+        data = (1 - eta) * data + (eta * P / b) * draw.data
+        weight = (1 - eta) * weight + (eta * P / b) * draw.weight
+    total = 0.0
+    for idx in torch.arange(P).split(search.rows):
+        score, best = search.scores(stack, idx, m, t[idx], offsets).max(1)
+        t[idx] += offsets[best // (len(search.dirs) * search.L)].double().cpu()
+        q[idx], total = search.orientations(best), total + float(score.double().sum())
+    return total / P
+
+
+def _start_band(stack: _Stack, q: Tensor, t: Tensor, top: int, opts: dict) -> int:
+    """The starting band from the particle's diameter D in the map of (q, t) (98 % of its density,
+    :func:`cryoorient.maps.transforms.particle_radius`): 5.75·n/D Fourier pixels, resolution D/5.75,
+    clamped to [6, top]."""
+    m = _box(8, stack.m_max)
+    ins = FourierInserter(m, pad=2, device=stack.device, weight_floor=opts["weight_floor"])
+    for idx in torch.arange(stack.P).split(stack.batch):
+        _insert(ins, stack, idx, m, t[idx], q[idx])
+    diameter = 2 * particle_radius(ins.volume()) * stack.n / m
+    return int(min(top, max(6, round(5.75 * stack.n / max(diameter, 1.0)))))
+
+
+def _iterate(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> tuple[GlobalIteration, Tensor, Tensor]:
+    """One iteration at band K (module docstring, 1–3); updates q, t in place; returns its record, the
+    particles' NCC and the reference it searched against."""
+    m = _box(K, stack.m_max)
+    volume, curve = _map(stack, q, t, m, opts["weight_floor"], opts["pixel_size"])
+    search = _Search(volume, K, opts)
+    q_old, t_old = q.clone(), t.clone()
+    scores = torch.empty(stack.P, dtype=torch.float64)
+    for idx in torch.arange(stack.P).split(stack.batch):  # the shifts at this band, before the orientations
+        t[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"])
+    for idx in torch.arange(stack.P).split(search.rows):
+        score, best = search.scores(stack, idx, m, t[idx]).max(1)
+        scores[idx], q[idx] = score.double().cpu(), search.orientations(best)
+    for idx in torch.arange(stack.P).split(stack.batch):
+        t[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"])
+    moved = quat_distance(q, q_old)
+    record = GlobalIteration(band=K, box=m, resolution=curve.resolution(0.143), directions=len(search.dirs),
+                             angles=search.L, mean_score=float(scores.mean()),
+                             changed=float((moved > opts["sampling"] / K).double().mean()),
+                             mean_rotation=float(moved.mean()),
+                             mean_shift=float(torch.linalg.vector_norm(t - t_old, dim=1).mean()))
+    return record, scores, volume
+
+
+def _origin(start: str) -> str:
+    """The origin of a start: "given" for the given orientations (as they are or explored), else the start."""
+    return "given" if start.startswith("given") else start
+
+
+def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 1.0, restarts: int = 2,
+                  steps: int = 40, minibatch: int | None = None, beta0: float = 0.03, shift_grid: int = 2,
+                  iterations: int = 10,
+                  start_band: int | None = None, max_band: int = 32, sampling: float = 1.5,
+                  max_shift: float | None = None, tolerance: float = 0.02, weight_floor: float = 0.01, seed: int = 0,
+                  device=None, progress: bool = False) -> GlobalResult:
+    """Orientations and shifts of ``images`` (P, n, n) by global projection matching (module docstring).
+
+    ``q_init`` (P, 4): the given start (e.g. ab initio orientations), or None for random starts only;
+    ``shifts`` (P, 2): starting shifts (pixels, default 0); ``ctf``: see the module docstring;
+    ``pixel_size``: Å (reported resolutions only). Exploration (:func:`_explore`) of each start (the
+    given one, also kept as it is, and ``restarts`` random ones) at ``start_band`` (Fourier pixels of the n-box; default
+    from the particle's diameter, :func:`_start_band`): ``steps`` draws of ``minibatch`` particles
+    (default P/10, at least 256), inverse temperature from ``beta0`` to 1, shift offsets on a grid of
+    (2·``shift_grid`` + 1)² points n/(4K) pixels apart. The start of the best
+    mean NCC then runs up to ``iterations`` of projection matching with shift searches, its band
+    following the half maps' FSC-0.143 resolution (never decreasing, at most ``max_band`` and
+    n/2 − 4), until the band stays and fewer than ``tolerance`` of the particles move by more than a
+    grid step. ``sampling``: direction spacing in units of 1/band rad (in-plane ≈ 1/band).
+    ``max_shift``: pixels from the centre (default n/8). ``weight_floor``: of the reconstructions
+    (:class:`FourierInserter`). ``seed``: random starts, draws and half sets.
+    """
+    t0 = time.perf_counter()
+    P, n = len(images), images.shape[-1]
+    if len(images.shape) != 3 or images.shape[1] != n or n < 24 or n % 2:
+        raise ValueError(f"images must be a stack (P, n, n) of even n >= 24; got shape {tuple(images.shape)}")
+    if P < 4:
+        raise ValueError(f"global search needs at least 4 images; got {P}")
+    top = min(int(max_band), n // 2 - 4)
+    if start_band is not None and not 2 <= start_band <= top:
+        raise ValueError(f"start_band must be in [2, {top}] (max_band, n/2 - 4); got {start_band}")
+    if q_init is None and restarts < 1:
+        raise ValueError("no start: give q_init or restarts >= 1")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    opts = {"pixel_size": float(pixel_size), "sampling": float(sampling), "weight_floor": float(weight_floor),
+            "max_shift": n / 8 if max_shift is None else float(max_shift), "steps": int(steps), "beta0": float(beta0),
+            "minibatch": max(256, P // 10) if minibatch is None else int(minibatch), "shift_grid": int(shift_grid),
+            "budget": 1 << (28 if device.type == "cuda" else 23), "gen": torch.Generator().manual_seed(seed),
+            "device_gen": torch.Generator(device=device).manual_seed(seed)}
+    stack = _Stack(images, ctf, _box(top, n), device, 1024 if device.type == "cuda" else 256, seed)
+    t_start = torch.zeros(P, 2, dtype=torch.float64) if shifts is None else torch.as_tensor(shifts).double().cpu()
+    given = [] if q_init is None else [torch.as_tensor(q_init).double().cpu()]
+    starts = [(name, q.clone(), k) for q in given for name, k in (("given as is", 0), ("given", opts["steps"]))
+              if k or name == "given as is"]
+    starts += [(f"random {k + 1}", random_quaternions(P, generator=seed + 1 + k, dtype=torch.float64), opts["steps"])
+               for k in range(int(restarts))]
+    K = start_band or _start_band(stack, starts[0][1], t_start, top, opts)
+    bar = tqdm(total=len(starts) + iterations, desc="global search", unit="it", disable=not progress)
+    trials = []
+    for name, q, steps in starts:
+        t = t_start.clone()
+        trials.append((_explore(stack, q, t, K, {**opts, "steps": steps}), name, q, t))
+        bar.update(1)
+    _, name, q, t = max(trials, key=lambda trial: trial[0])
+    others = [trial for trial in trials if _origin(trial[1]) != _origin(name)]
+    runner_up = max(others, key=lambda trial: trial[0]) if others else None
+    agreement = None if runner_up is None else align_orientations(q, runner_up[2]).error
+    history = []
+    for _ in range(max(1, iterations)):
+        record, scores, volume = _iterate(stack, q, t, K, opts)
+        history.append(record)
+        bar.update(1)
+        bar.set_postfix(band=K, ncc=f"{record.mean_score:.4f}", changed=f"{record.changed:.3f}")
+        grown = min(top, max(K, round(n * pixel_size / record.resolution)))
+        if grown == K and record.changed < tolerance:
+            break
+        K = grown
+    bar.close()
+    return GlobalResult(quaternions=q, shifts=t, scores=scores, map=volume.cpu(),
+                        map_pixel_size=pixel_size * n / history[-1].box, resolution=history[-1].resolution,
+                        start=name, start_scores=[trial[0] for trial in trials],
+                        runner_up=None if runner_up is None else runner_up[1], agreement=agreement, iterations=history,
+                        seconds=time.perf_counter() - t0)
