@@ -3,7 +3,7 @@
 Every writer in ``cryoorient.io`` writes into a temporary file in the
 destination's directory and moves it into place only once it is complete, so a
 crash or an exception never leaves a partial file under the final name.
-Temporary siblings are named ``.NAME.PID.XXXXXXXX.part`` (``.old`` for a directory
+Temporary siblings are named ``.NAME.PID.<random>.part`` (``.old`` for a directory
 being replaced); those whose process is gone (a killed run) are removed by the
 next write of the same name (:func:`remove_stale`).
 """
@@ -77,7 +77,7 @@ def _running(pid: int) -> bool:
 def remove_stale(dest: PathLike) -> list[Path]:
     """Remove the temporary siblings of ``dest`` left by killed runs and name them in one line on stderr.
 
-    Stale: ``.NAME.PID.XXXXXXXX.part``/``.old`` whose process is gone, or ``.NAME.XXXXXXXX.part``/``.old``
+    Stale: ``.NAME.PID.<random>.part``/``.old`` whose process is gone, or ``.NAME.<random>.part``/``.old``
     without a PID (written by an older version). Temporaries of a live process are left alone.
     Returns the removed paths.
     """

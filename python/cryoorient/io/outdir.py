@@ -6,7 +6,7 @@ Rules (sizes in bytes):
   ``force`` replaces only such a directory or an empty one, never a directory of the user's;
 * never an output, even with ``force``: the current directory or one holding it (``/`` too),
   the home directory or one holding it, a directory holding one of the run's inputs;
-* :func:`output_dir` builds ``.NAME.PID.XXXXXXXX.part`` next to the target and renames it into
+* :func:`output_dir` builds ``.NAME.PID.<random>.part`` next to the target and renames it into
   place at the end; leftovers of killed runs are named and removed first (:func:`remove_stale`);
 * :func:`require_resources` refuses a run whose output or working memory cannot fit, before it starts.
 """
