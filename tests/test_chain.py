@@ -56,13 +56,6 @@ def test_chain_recovers_orientations_shifts_and_map(stack, chained):
     assert lines[1].startswith("global search: start") and "FSC 0.143" in lines[2]
 
 
-def test_map_shift():
-    vol = torch.zeros(16, 16, 16)
-    vol[9, 5, 11] = 1.0  # [z, y, x]: at (3, -3, 1) voxels from the centre
-    moved = chain._shift_map(vol, torch.tensor([-3.0, 3.0, -1.0]))
-    assert np.allclose(centre_of_mass(moved.numpy(), 1.0), 0.0, atol=1e-5) and moved[8, 8, 8] > 0.99
-
-
 def test_resume_skips_finished_stages(stack, tmp_path, monkeypatch):
     vol, q, t, ctf, images = stack
     work = tmp_path / "work"

@@ -10,6 +10,7 @@ from cryoorient.geometry import quat_multiply, quat_to_matrix, random_quaternion
 from cryoorient.imaging.phantom import default_density
 from cryoorient.imaging.project import FourierProjector
 from cryoorient.maps.refine import _rotvec_to_quat
+from cryoorient.maps.transforms import density_centre, shift_map
 from cryoorient.orientations import global_search as gs
 from cryoorient.orientations.align import align_orientations
 from cryoorient.orientations.global_search import direction_grid, global_search
@@ -80,6 +81,20 @@ def test_pure_noise_is_not_reproducible():
                           minibatch=64, iterations=1, start_band=6)
     assert given.reproducible is None and given.runner_up is None  # one origin (the given orientations) only
     assert "reproducibility not checked" in given.summary()
+
+
+def test_the_map_is_centred_and_the_shifts_take_the_offset(phantom):
+    """Particles of an off-centre map, imaged without shifts: the search centres its reference and the
+    shifts take the particle's offset, the projection (A c)_xy of the map's centre c."""
+    moved = shift_map(phantom.float(), torch.tensor([2.5, -1.5, 1.0]))
+    c = density_centre(moved)  # (x, y, z) voxels: where the particle's density is
+    q = random_quaternions(300, generator=11, dtype=torch.float64)
+    images = FourierProjector(moved, pad=2.0).images(q.float())
+    res = global_search(images, q, restarts=0, steps=0, iterations=2, start_band=10, pixel_size=PIXEL)
+    assert float(density_centre(res.map).norm()) < 0.3  # m-box voxels
+    err = torch.linalg.vector_norm(res.shifts - quat_to_matrix(q)[:, :2, :] @ c, dim=1)
+    assert float(err.mean()) < 0.25, float(err.mean())
+    assert align_orientations(q, res.quaternions).error < 0.2  # the grid's spacing is 1.5/10 rad at band 10
 
 
 def test_the_ctf_is_used(stack):

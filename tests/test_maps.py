@@ -11,7 +11,9 @@ from cryoorient.imaging.project import FourierProjector
 from cryoorient.io import density_from_model
 from cryoorient.maps.fsc import fsc
 from cryoorient.maps.reconstruct import reconstruct
-from cryoorient.maps.transforms import align_map, lowpass, mirror, particle_radius, rotate_map
+from cryoorient.io import centre_of_mass
+from cryoorient.maps.transforms import (align_map, density_centre, lowpass, mirror, particle_radius, rotate_map,
+                                         shift_map)
 
 # the maps that fill their box (diameter ~100 %) touch it by design: their renderers warn of it
 pytestmark = pytest.mark.filterwarnings("ignore:model density extends beyond:RuntimeWarning")
@@ -178,3 +180,22 @@ def test_lowpass_removes_high_frequencies(volume):
     assert f[r > 1 / 20 + 2 / (n * 3.5)].max() < 1e-4 * f.max()
     with pytest.raises(ValueError, match="cubic"):
         lowpass(volume[:-1], 3.5, 20.0)
+
+
+def test_shift_map_moves_density_by_t():
+    vol = torch.zeros(16, 16, 16)
+    vol[9, 5, 11] = 1.0  # [z, y, x]: at (3, -3, 1) voxels from the centre
+    moved = shift_map(vol, torch.tensor([-3.0, 3.0, -1.0]))
+    assert np.allclose(centre_of_mass(moved.numpy(), 1.0), 0.0, atol=1e-5) and moved[8, 8, 8] > 0.99
+    ax = torch.arange(16.0) - 8
+    blob = torch.exp(-(ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + (ax[None, None, :] - 1) ** 2) / 4)
+    half = shift_map(blob, torch.tensor([0.5, 0.0, 0.0]))  # between voxels: the sum stays, the centre moves
+    assert math.isclose(float(half.sum()), float(blob.sum()), rel_tol=1e-5)
+    assert np.allclose(centre_of_mass(half.numpy(), 1.0), [1.5, 0.0, 0.0], atol=1e-3)
+
+
+def test_density_centre_finds_the_particle_not_the_noise(volume):
+    t = torch.tensor([2.5, -1.0, 3.0])
+    g = torch.Generator().manual_seed(0)
+    noisy = shift_map(volume, t) + 0.02 * float(volume.max()) * torch.randn(volume.shape, generator=g)
+    assert torch.allclose(density_centre(noisy) - density_centre(volume), t.double(), atol=0.3)

@@ -137,3 +137,20 @@ def test_particle_ctf_uses_each_particles_defocus_and_phase_shift():
     plain = particle_ctf(Particles(data.drop(columns="rlnPhaseShift")), np.arange(3), 32)
     torch.testing.assert_close(plain[1], ctf_2d(32, 2.0, 15000.0)[0])
     assert not torch.allclose(plain[1], ctf[1])
+
+
+def test_translate_moves_the_accumulated_map_like_moved_images():
+    from cryoorient.maps.reconstruct import FourierInserter
+
+    c, s, w = _blobs()
+    t = torch.tensor([1.5, -2.0, 0.75], dtype=torch.float64)  # voxels (x, y, z)
+    A = quat_to_matrix(random_quaternions(800, generator=5, dtype=torch.float64))
+    moved, direct = FourierInserter(N_BOX, weight_floor=1e-3), FourierInserter(N_BOX, weight_floor=1e-3)
+    moved.insert(_projections(c, s, w, A).float(), A.float())
+    moved.translate(t)
+    direct.insert(_projections(c + t, s, w, A).float(), A.float())  # the blobs themselves at c + t
+    assert torch.allclose(moved.weight, direct.weight)
+    err = torch.linalg.norm(moved.volume() - direct.volume()) / torch.linalg.norm(direct.volume())
+    assert err < 0.02, err
+    truth = _volume(c + t, s, w)
+    assert torch.linalg.norm(moved.volume().double() - truth) / torch.linalg.norm(truth) < 0.1

@@ -101,6 +101,18 @@ class FourierInserter:
                     self.data[1].index_add_(0, idx, (w * f.imag).flatten())
                     self.weight.index_add_(0, idx, (w if w_img is None else w * w_img).flatten())
 
+    def translate(self, t: Tensor) -> None:
+        """Move the map accumulated so far by t (x, y, z) voxels: a phase ramp on the Fourier sums (the
+        weights stay), as if every image had been inserted moved by the projection of t."""
+        p = self.p
+        k = torch.arange(p, device=self.device, dtype=torch.float64) - p // 2
+        t = torch.as_tensor(t, dtype=torch.float64, device=self.device)
+        phase = (-2 * torch.pi / p) * (t[2] * k[:, None, None] + t[1] * k[None, :, None] + t[0] * k[None, None, :])
+        c, s = torch.cos(phase).flatten().float(), torch.sin(phase).flatten().float()
+        re, im = self.data[0].clone(), self.data[1]
+        self.data[0] = re * c - im * s
+        self.data[1] = re * s + im * c
+
     def volume(self) -> Tensor:
         """The reconstructed map (n, n, n), [z, y, x], centre at n//2."""
         p, n = self.p, self.n

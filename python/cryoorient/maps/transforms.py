@@ -1,5 +1,5 @@
-"""Operations on 3D maps: rotation, mirror, low-pass filtering, box and voxel size, particle extent and
-alignment to a reference.
+"""Operations on 3D maps: rotation, translation and centring, mirror, low-pass filtering, box and voxel
+size, particle extent and alignment to a reference.
 
 Maps are cubic tensors indexed [z, y, x] with their centre at voxel n//2. A rotation
 R (3×3, acting on (x, y, z) column vectors about the centre) turns V into
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..geometry import quat_distance, quat_multiply, quat_to_matrix
+from ..io.structure import centre_of_mass
 
 
 def _as_map(v, device=None) -> Tensor:
@@ -69,6 +70,25 @@ def _read(volume: Tensor, step: int, centre: int, points: Tensor, S: Tensor) -> 
     grid = torch.matmul(points, S.transpose(1, 2) * scale) + centre * scale - 1
     return F.grid_sample(volume[None, None], grid[None, :, :, None], align_corners=True,
                          padding_mode="zeros")[0, 0, :, :, 0]
+
+
+def shift_map(volume: Tensor, t: Tensor) -> Tensor:
+    """``volume`` [z, y, x] moved by t (x, y, z) voxels (Fourier phase ramp, periodic), in its dtype."""
+    n = volume.shape[-1]
+    f = torch.fft.rfftn(volume.double(), dim=(-3, -2, -1))
+    k = torch.fft.fftfreq(n, dtype=torch.float64, device=volume.device)
+    kx = torch.fft.rfftfreq(n, dtype=torch.float64, device=volume.device)
+    t = torch.as_tensor(t).double().to(volume.device)
+    phase = -2 * np.pi * (t[0] * kx[None, None, :] + t[1] * k[None, :, None] + t[2] * k[:, None, None])
+    moved = torch.fft.irfftn(f * torch.polar(torch.ones_like(phase), phase), s=(n, n, n), dim=(-3, -2, -1))
+    return moved.to(volume.dtype)
+
+
+def density_centre(volume) -> Tensor:
+    """Centre of mass (x, y, z) float64, voxels from the centre n//2, of the map's density above its mean
+    plus one standard deviation (the particle, not the background's noise)."""
+    v = _as_map(volume).double()
+    return torch.from_numpy(centre_of_mass((v - v.mean() - v.std()).clamp(min=0).cpu().numpy(), 1.0))
 
 
 def lowpass(volume: Tensor, voxel_size: float, resolution: float) -> Tensor:

@@ -39,9 +39,9 @@ from torch import Tensor
 
 from .. import __version__
 from ..geometry import quat_to_matrix
-from ..io import centre_of_mass
 from ..io._atomic import atomic_path
 from ..maps.refine import RefineResult, refine
+from ..maps.transforms import density_centre, shift_map
 from .abinitio import AbInitioResult, estimate_orientations
 from .global_search import GlobalResult, global_search
 
@@ -115,26 +115,13 @@ def star_ctf(particles, *, ignore_ctf: bool = False):
     return ctf, flipped, [f"CTF from the STAR file's columns{' (images already phase-flipped)' if flipped else ''}"]
 
 
-def _shift_map(volume: Tensor, t: Tensor) -> Tensor:
-    """``volume`` [z, y, x] moved by t (x, y, z) voxels (Fourier phase ramp, periodic)."""
-    n = volume.shape[-1]
-    f = torch.fft.rfftn(volume.double(), dim=(-3, -2, -1))
-    k = torch.fft.fftfreq(n, dtype=torch.float64, device=volume.device)
-    kx = torch.fft.rfftfreq(n, dtype=torch.float64, device=volume.device)
-    t = t.double().to(volume.device)
-    phase = -2 * np.pi * (t[0] * kx[None, None, :] + t[1] * k[None, :, None] + t[2] * k[:, None, None])
-    moved = torch.fft.irfftn(f * torch.polar(torch.ones_like(phase), phase), s=(n, n, n), dim=(-3, -2, -1))
-    return moved.to(volume.dtype)
-
-
 def _centre_map(result: RefineResult) -> Tensor:
     """Move the maps of ``result`` so that the centre of mass of its map's density above the mean plus
     one standard deviation (the particle, not the background's noise) is at the centre, and its
     shifts with them (module docstring); returns the move removed (x, y, z, voxels)."""
-    v = result.map.double()
-    c = torch.from_numpy(centre_of_mass((v - v.mean() - v.std()).clamp(min=0).numpy(), 1.0))
-    result.map = _shift_map(result.map, -c)
-    result.half_maps = _shift_map(result.half_maps, -c)
+    c = density_centre(result.map)
+    result.map = shift_map(result.map, -c)
+    result.half_maps = shift_map(result.half_maps, -c)
     A = quat_to_matrix(result.quaternions)
     result.shifts = result.shifts + (A[:, :2, :] @ c)  # image_i = S_{t + (A c)_xy} P_A (map moved by −c)
     return c

@@ -15,12 +15,16 @@ Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
 * **Exploration** (:func:`_explore`), from the map of a start: stochastic, annealed expectation
   maximisation, in the spirit of cryoSPARC's stochastic gradient descent (Punjani et al. 2017).
   Minibatches of particles are inserted each at one orientation and shift offset drawn from
-  its posterior at a temperature that falls to 1, and the map follows them; the particles then
-  take their best candidates. Orientations are thereby found from a poor or random start.
+  its posterior at a temperature that falls to 1, and the map follows them, kept centred (its
+  density's centre of mass, :func:`cryoorient.maps.transforms.density_centre`, at the box centre);
+  the particles then take their best candidates. Orientations are thereby found from a poor or
+  random start.
 * **Iterations** (:func:`_iterate`): half maps of the particles at their orientations and shifts
   (:class:`cryoorient.maps.reconstruct.FourierInserter`, with the CTF); the reference is their
   sum, each shell weighted by sqrt(FSC) of the full map (2F/(1+F)), its expected correlation with
-  the truth; every particle takes its shift (cross-correlation with its CTF-modulated projection,
+  the truth, centred, the shifts moved with it (a map drifted off centre needs shifts beyond
+  ``max_shift``, and particles then settle on a wrong orientation that a wrong shift fits); every
+  particle takes its shift (cross-correlation with its CTF-modulated projection,
   peak within ``max_shift`` of the centre, parabola-polished), its best orientation, and its
   shift again. The half maps' FSC-0.143 resolution sets the next band.
 
@@ -59,7 +63,7 @@ from ..imaging.project import FourierProjector
 from ..imaging.shift import phase_ramp
 from ..maps.fsc import FSCResult, fsc
 from ..maps.reconstruct import FourierInserter
-from ..maps.transforms import particle_radius
+from ..maps.transforms import density_centre, particle_radius, shift_map
 from .abinitio import polar_spectra
 from .align import align_orientations
 
@@ -327,6 +331,7 @@ def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     data, weight, b, steps = ins.data, ins.weight, min(P, opts["minibatch"]), opts["steps"]
     for s in range(steps + 1):
         ins.data, ins.weight = data, weight
+        ins.translate(-density_centre(ins.volume()))  # the map stays centred (``data`` moves with it)
         search = _Search(ins.volume(), K, opts, len(offsets))
         if s == steps:
             break
@@ -364,8 +369,11 @@ def _iterate(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> tuple[G
     particles' NCC and the reference it searched against."""
     m = _box(K, stack.m_max)
     volume, curve = _map(stack, q, t, m, opts["weight_floor"], opts["pixel_size"])
-    search = _Search(volume, K, opts)
     q_old, t_old = q.clone(), t.clone()
+    c = density_centre(volume)  # the map centred, the shifts with it (an off-centre map needs larger shifts)
+    volume = shift_map(volume, -c)
+    t += (quat_to_matrix(q)[:, :2, :] @ c) * (stack.n / m)
+    search = _Search(volume, K, opts)
     scores = torch.empty(stack.P, dtype=torch.float64)
     for idx in torch.arange(stack.P).split(stack.batch):  # the shifts at this band, before the orientations
         t[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"])
