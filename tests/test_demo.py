@@ -16,7 +16,9 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
                 "errors_refined.png",
                 "slices.png"):
         assert png in report and (out / png).stat().st_size > 0
-    for f in ("truth.mrc", "reconstruction.mrc", "recovered.star", "data/particles.star"):
+    assert math.isfinite(summary["abinitio_E_OR_rad"]) and summary["abinitio_report"][0].startswith("ab initio:")
+    assert "## Without a map: the ab initio chain" in report and summary["abinitio_report"][1] in report
+    for f in ("truth.mrc", "reconstruction.mrc", "recovered.star", "data/particles.star", "abinitio.mrc"):
         assert (out / f).exists()
     assert "Report:" in capsys.readouterr().out
     # never overwrite without being asked
@@ -32,3 +34,4 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert first["device"] == again["device"] == "cpu"
     assert again["E_OR_rad"] == first["E_OR_rad"]
     assert again["validation_L_DE"] == first["validation_L_DE"]
+    assert again["abinitio_E_OR_rad"] == first["abinitio_E_OR_rad"]

@@ -199,3 +199,4 @@ def test_density_centre_finds_the_particle_not_the_noise(volume):
     g = torch.Generator().manual_seed(0)
     noisy = shift_map(volume, t) + 0.02 * float(volume.max()) * torch.randn(volume.shape, generator=g)
     assert torch.allclose(density_centre(noisy) - density_centre(volume), t.double(), atol=0.3)
+    assert torch.equal(density_centre(torch.full((8, 8, 8), 2.0)), torch.zeros(3, dtype=torch.float64))  # flat

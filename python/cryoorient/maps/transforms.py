@@ -86,9 +86,12 @@ def shift_map(volume: Tensor, t: Tensor) -> Tensor:
 
 def density_centre(volume) -> Tensor:
     """Centre of mass (x, y, z) float64, voxels from the centre n//2, of the map's density above its mean
-    plus one standard deviation (the particle, not the background's noise)."""
+    plus one standard deviation (the particle, not the background's noise); zero for a flat map."""
     v = _as_map(volume).double()
-    return torch.from_numpy(centre_of_mass((v - v.mean() - v.std()).clamp(min=0).cpu().numpy(), 1.0))
+    w = (v - v.mean() - v.std()).clamp(min=0)
+    if not float(w.sum()) > 0:
+        return torch.zeros(3, dtype=torch.float64)
+    return torch.from_numpy(centre_of_mass(w.cpu().numpy(), 1.0))
 
 
 def lowpass(volume: Tensor, voxel_size: float, resolution: float) -> Tensor:
