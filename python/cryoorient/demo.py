@@ -45,7 +45,7 @@ class DemoSettings:
     recover_steps: int = 1500
     cutoff: float | None = None
     refine_rounds: int = 3
-    abinitio_restarts: int = 2  # random starts of the ab initio chain's global search (``abinitio --restarts``)
+    abinitio_restarts: int = 0  # random starts of the chain's global search (``abinitio --restarts``; each ~4 CPU-min)
     seed: int = 0
 
     @classmethod
@@ -53,7 +53,7 @@ class DemoSettings:
         """A reduced run (about a minute on a laptop CPU) for tests."""
         return cls(box=24, voxel_size=5.0, resolution=12.0, n_test=200, snr_db=None, widths=(8, 16, 32, 32, 64, 64, 64),
                    train_epochs=3, train_steps_per_epoch=20, batch_size=64, recover_restarts=2, recover_steps=400,
-                   refine_rounds=1, abinitio_restarts=0)
+                   refine_rounds=1)
 
 
 def run_demo(out_dir, settings: DemoSettings | None = None, device="cpu", force: bool = False,
