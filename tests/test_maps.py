@@ -13,7 +13,7 @@ from cryoorient.maps.fsc import fsc
 from cryoorient.maps.reconstruct import reconstruct
 from cryoorient.io import centre_of_mass
 from cryoorient.maps.transforms import (align_map, density_centre, lowpass, mirror, particle_radius, rotate_map,
-                                         shift_map)
+                                         shift_map, soft_sphere)
 
 # the maps that fill their box (diameter ~100 %) touch it by design: their renderers warn of it
 pytestmark = pytest.mark.filterwarnings("ignore:model density extends beyond:RuntimeWarning")
@@ -200,3 +200,12 @@ def test_density_centre_finds_the_particle_not_the_noise(volume):
     noisy = shift_map(volume, t) + 0.02 * float(volume.max()) * torch.randn(volume.shape, generator=g)
     assert torch.allclose(density_centre(noisy) - density_centre(volume), t.double(), atol=0.3)
     assert torch.equal(density_centre(torch.full((8, 8, 8), 2.0)), torch.zeros(3, dtype=torch.float64))  # flat
+
+
+def test_soft_sphere_is_one_inside_zero_outside_and_half_mid_edge():
+    mask = soft_sphere(32, 6.0, 4.0)
+    assert mask.shape == (32, 32, 32) and mask.dtype == torch.float32
+    assert mask[16, 16, 16] == 1.0 and mask[16, 16, 22] == 1.0  # the centre, and the radius itself (on x)
+    assert math.isclose(float(mask[16, 24, 16]), 0.5, abs_tol=1e-6)  # 8 voxels on y: the middle of the edge
+    assert mask[16, 16, 26] == 0.0 and mask[0, 0, 0] == 0.0  # beyond radius + edge
+    assert torch.equal(mask, mask.flip(0).roll(1, 0))  # symmetric about voxel 16 along z

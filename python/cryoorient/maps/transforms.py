@@ -94,6 +94,15 @@ def density_centre(volume) -> Tensor:
     return torch.from_numpy(centre_of_mass(w.cpu().numpy(), 1.0))
 
 
+def soft_sphere(size: int, radius: float, edge: float, device=None) -> Tensor:
+    """A spherical mask (size³) float32 about voxel size//2: 1 within ``radius`` voxels, a cosine fall to 0
+    over the next ``edge`` voxels."""
+    ax = torch.arange(size, device=device, dtype=torch.float32) - size // 2
+    r = torch.sqrt(ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2)
+    t = ((r - radius) / max(edge, 1e-6)).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(torch.pi * t))
+
+
 def lowpass(volume: Tensor, voxel_size: float, resolution: float) -> Tensor:
     """Zero the Fourier components finer than ``resolution`` Å (soft cosine edge over 2 shells)."""
     v = _as_map(volume)

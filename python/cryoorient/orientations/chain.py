@@ -116,9 +116,9 @@ def star_ctf(particles, *, ignore_ctf: bool = False):
 
 
 def _centre_map(result: RefineResult) -> Tensor:
-    """Move the maps of ``result`` so that the centre of mass of its map's density above the mean plus
-    one standard deviation (the particle, not the background's noise) is at the centre, and its
-    shifts with them (module docstring); returns the move removed (x, y, z, voxels)."""
+    """Move the maps of ``result`` so that its map's density centre
+    (:func:`cryoorient.maps.transforms.density_centre`) is at the box centre, and its shifts with them
+    (module docstring); returns the move removed (x, y, z, voxels)."""
     c = density_centre(result.map)
     result.map = shift_map(result.map, -c)
     result.half_maps = shift_map(result.half_maps, -c)

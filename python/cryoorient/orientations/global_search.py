@@ -12,13 +12,19 @@ Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
   inverse FFT over the angle give all J × L candidates at once. The score is the normalised
   cross-correlation (NCC) in the band of the image with the CTF-modulated projection (the CTF's
   ring mean in the projection's norm: exact without astigmatism).
-* **Exploration** (:func:`_explore`), from the map of a start: stochastic, annealed expectation
-  maximisation, in the spirit of cryoSPARC's stochastic gradient descent (Punjani et al. 2017).
-  Minibatches of particles are inserted each at one orientation and shift offset drawn from
-  its posterior at a temperature that falls to 1, and the map follows them, kept centred (its
-  density's centre of mass, :func:`cryoorient.maps.transforms.density_centre`, at the box centre);
-  the particles then take their best candidates. Orientations are thereby found from a poor or
-  random start.
+* **Exploration** (:func:`_explore`), from the map of a start: stochastic expectation maximisation,
+  in the spirit of cryoSPARC's stochastic gradient descent (Punjani et al. 2017). Minibatches of
+  particles are inserted each at one orientation and shift offset drawn from its posterior, the
+  particle's shift moving to the offset drawn (so shifts travel beyond the offset grid over the
+  draws), and the map follows them, kept centred (its density's centre of mass,
+  :func:`cryoorient.maps.transforms.density_centre`, at the box centre) and within the particle's
+  support (:func:`_support`); the particles then take their best candidates. Orientations are
+  thereby found from a poor or random start. The map of random orientations is the particle's
+  rotational average, against which every orientation scores alike: the draws break that symmetry
+  only if they follow the map's small asymmetries, so the posterior is not tempered by default
+  (``beta0`` = 1). Measured on 10⁴ particles of 128² with CTF and shifts, E_OR after the search
+  tempered from ``beta0`` = 0.03 → untempered: 5j0n at −16 dB 1.42 → 0.19 rad, 5h73 at −20 dB
+  1.33 → 0.33 rad (both with the support; the value was chosen on these two cases).
 * **Iterations** (:func:`_iterate`): half maps of the particles at their orientations and shifts
   (:class:`cryoorient.maps.reconstruct.FourierInserter`, with the CTF); the reference is their
   sum, each shell weighted by sqrt(FSC) of the full map (2F/(1+F)), its expected correlation with
@@ -63,7 +69,7 @@ from ..imaging.project import FourierProjector
 from ..imaging.shift import phase_ramp
 from ..maps.fsc import FSCResult, fsc
 from ..maps.reconstruct import FourierInserter
-from ..maps.transforms import density_centre, particle_radius, shift_map
+from ..maps.transforms import density_centre, particle_radius, shift_map, soft_sphere
 from .abinitio import polar_spectra
 from .align import align_orientations
 
@@ -294,9 +300,13 @@ class _Search:
 
         dx = vertex(cc[rows, iy, (ix - 1) % m], cc[rows, iy, (ix + 1) % m])
         dy = vertex(cc[rows, (iy - 1) % m, ix], cc[rows, (iy + 1) % m, ix])
-        t = torch.stack([s[ix] + dx, s[iy] + dy], 1).double().cpu() * (stack.n / m)
-        length = torch.linalg.vector_norm(t, dim=1, keepdim=True)
-        return t * (max_shift / length.clamp_min(1e-12)).clamp(max=1.0)
+        return _clip(torch.stack([s[ix] + dx, s[iy] + dy], 1).double().cpu() * (stack.n / m), max_shift)
+
+
+def _clip(t: Tensor, max_shift: float) -> Tensor:
+    """Shifts (B, 2) shortened to at most ``max_shift`` pixels, their directions kept."""
+    length = torch.linalg.vector_norm(t, dim=1, keepdim=True)
+    return t * (max_shift / length.clamp_min(1e-12)).clamp(max=1.0)
 
 
 def _box(K: int, m_max: int) -> int:
@@ -314,14 +324,15 @@ def _insert(ins: FourierInserter, stack: _Stack, idx: Tensor, m: int, t: Tensor,
 
 
 def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
-    """Stochastic, annealed expectation maximisation at band K from the map of the particles at (q, t).
+    """Stochastic expectation maximisation at band K from the map of the particles at (q, t).
 
     Each of ``steps`` steps draws ``minibatch`` particles and inserts each at one orientation and
     shift offset (``shift_grid`` offsets each way, n/(4K) pixels apart, about t) drawn from its
-    posterior against the current map at inverse temperature β (:meth:`_Search.sample`), β rising geometrically from ``beta0`` to
-    1 (hot draws explore, cold ones settle); the map's Fourier sums move towards those of the draw,
-    scaled to all P particles, by b / H, the horizon H growing from 2b to P. Then every particle
-    takes its best candidate against the final map (q, t updated in place); returns their mean NCC."""
+    posterior against the current map at inverse temperature β (:meth:`_Search.sample`), β rising
+    geometrically from ``beta0`` to 1; the particle's shift t moves to the offset drawn (at most
+    ``max_shift``). The map's Fourier sums move towards those of the draw, scaled to all P
+    particles, by b / H, the horizon H growing from 2b to P. Then every particle takes its best
+    candidate against the final map (q, t updated in place); returns their mean NCC."""
     m, P, device = _box(K, stack.m_max), stack.P, stack.device
     grid = torch.arange(-opts["shift_grid"], opts["shift_grid"] + 1.0, device=device)
     offsets = torch.cartesian_prod(grid, grid) * (stack.n / (4 * K))
@@ -331,37 +342,49 @@ def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     data, weight, b, steps = ins.data, ins.weight, min(P, opts["minibatch"]), opts["steps"]
     for s in range(steps + 1):
         ins.data, ins.weight = data, weight
-        ins.translate(-density_centre(ins.volume()))  # the map stays centred (``data`` moves with it)
-        search = _Search(ins.volume(), K, opts, len(offsets))
+        volume = ins.volume()
+        c = density_centre(volume)  # the map stays centred (``data`` moves with it)
+        ins.translate(-c)
+        search = _Search(_support(shift_map(volume, -c), opts, stack.n), K, opts, len(offsets))
         if s == steps:
             break
         draw = FourierInserter(m, pad=2, device=device, weight_floor=opts["weight_floor"])
         beta = opts["beta0"] ** (1 - s / max(1, steps - 1))
         for idx in torch.randperm(P, generator=opts["gen"])[:b].split(search.rows):
             pick = search.sample(search.scores(stack, idx, m, t[idx], offsets), beta, opts["device_gen"])
-            shifted = t[idx] + offsets[pick // (len(search.dirs) * search.L)].double().cpu()
-            _insert(draw, stack, idx, m, shifted, search.orientations(pick))
+            t[idx] = _clip(t[idx] + offsets[pick // (len(search.dirs) * search.L)].double().cpu(), opts["max_shift"])
+            _insert(draw, stack, idx, m, t[idx], search.orientations(pick))
         eta = b / (2 * b + (P - 2 * b) * s / max(1, steps - 1))
         data = (1 - eta) * data + (eta * P / b) * draw.data
         weight = (1 - eta) * weight + (eta * P / b) * draw.weight
     total = 0.0
     for idx in torch.arange(P).split(search.rows):
         score, best = search.scores(stack, idx, m, t[idx], offsets).max(1)
-        t[idx] += offsets[best // (len(search.dirs) * search.L)].double().cpu()
+        t[idx] = _clip(t[idx] + offsets[best // (len(search.dirs) * search.L)].double().cpu(), opts["max_shift"])
         q[idx], total = search.orientations(best), total + float(score.double().sum())
     return total / P
 
 
-def _start_band(stack: _Stack, q: Tensor, t: Tensor, top: int, opts: dict) -> int:
-    """The starting band from the particle's diameter D in the map of (q, t) (98 % of its density,
-    :func:`cryoorient.maps.transforms.particle_radius`): 5.75·n/D Fourier pixels, resolution D/5.75,
-    clamped to [6, top]."""
+def _particle_diameter(stack: _Stack, q: Tensor, t: Tensor, opts: dict) -> float:
+    """The particle's diameter D (n-pixels) in the map of (q, t): twice the radius of 98 % of its density
+    (:func:`cryoorient.maps.transforms.particle_radius`); for random orientations, the map is the
+    particle's rotational average, whose radius is the particle's largest."""
     m = _box(8, stack.m_max)
     ins = FourierInserter(m, pad=2, device=stack.device, weight_floor=opts["weight_floor"])
     for idx in torch.arange(stack.P).split(stack.batch):
         _insert(ins, stack, idx, m, t[idx], q[idx])
-    diameter = 2 * particle_radius(ins.volume()) * stack.n / m
-    return int(min(top, max(6, round(5.75 * stack.n / max(diameter, 1.0)))))
+    return 2 * particle_radius(ins.volume()) * stack.n / m
+
+
+def _support(volume: Tensor, opts: dict, n: int) -> Tensor:
+    """The reference within the particle's support (``opts["support"]``): negative density zeroed, then a
+    soft sphere of radius 0.6·D (D the particle's diameter ``opts["diameter"]``, n-pixels) with a
+    cosine edge of 0.1·D; the volume unchanged otherwise."""
+    if not opts["support"]:
+        return volume
+    m = volume.shape[0]
+    D = opts["diameter"] * m / n
+    return volume.clamp_min(0) * soft_sphere(m, 0.6 * D, 0.1 * D, volume.device)
 
 
 def _iterate(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> tuple[GlobalIteration, Tensor, Tensor]:
@@ -371,7 +394,7 @@ def _iterate(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> tuple[G
     volume, curve = _map(stack, q, t, m, opts["weight_floor"], opts["pixel_size"])
     q_old, t_old = q.clone(), t.clone()
     c = density_centre(volume)  # the map centred, the shifts with it (an off-centre map needs larger shifts)
-    volume = shift_map(volume, -c)
+    volume = _support(shift_map(volume, -c), opts, stack.n)
     t += (quat_to_matrix(q)[:, :2, :] @ c) * (stack.n / m)
     search = _Search(volume, K, opts)
     scores = torch.empty(stack.P, dtype=torch.float64)
@@ -397,20 +420,22 @@ def _origin(start: str) -> str:
 
 
 def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 1.0, restarts: int = 2,
-                  steps: int = 40, minibatch: int | None = None, beta0: float = 0.03, shift_grid: int = 2,
+                  steps: int = 40, minibatch: int | None = None, beta0: float = 1.0, shift_grid: int = 2,
                   iterations: int = 10,
                   start_band: int | None = None, max_band: int = 32, sampling: float = 1.5,
-                  max_shift: float | None = None, tolerance: float = 0.02, weight_floor: float = 0.01, seed: int = 0,
-                  device=None, progress: bool = False) -> GlobalResult:
+                  max_shift: float | None = None, tolerance: float = 0.02, weight_floor: float = 0.01,
+                  support: bool = True, seed: int = 0, device=None, progress: bool = False) -> GlobalResult:
     """Orientations and shifts of ``images`` (P, n, n) by global projection matching (module docstring).
 
     ``q_init`` (P, 4): the given start (e.g. ab initio orientations), or None for random starts only;
     ``shifts`` (P, 2): starting shifts (pixels, default 0); ``ctf``: see the module docstring;
     ``pixel_size``: Å (reported resolutions only). Exploration (:func:`_explore`) of each start (the
     given one, also kept as it is, and ``restarts`` random ones) at ``start_band`` (Fourier pixels of the n-box; default
-    from the particle's diameter, :func:`_start_band`): ``steps`` draws of ``minibatch`` particles
-    (default P/10, at least 256), inverse temperature from ``beta0`` to 1, shift offsets on a grid of
-    (2·``shift_grid`` + 1)² points n/(4K) pixels apart. The start of the best
+    5.75·n/D Fourier pixels for the particle's diameter D, :func:`_particle_diameter`, clamped to
+    [6, top]): ``steps`` draws of ``minibatch`` particles (default P/10, at least 256), inverse
+    temperature from ``beta0`` to 1, shift offsets on a grid of (2·``shift_grid`` + 1)² points
+    n/(4K) pixels apart. ``support``: the references are cut to the particle's support
+    (:func:`_support`). The start of the best
     mean NCC then runs up to ``iterations`` of projection matching with shift searches, its band
     following the half maps' FSC-0.143 resolution (never decreasing, at most ``max_band`` and
     n/2 − 4), until the band stays and fewer than ``tolerance`` of the particles move by more than a
@@ -433,6 +458,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     opts = {"pixel_size": float(pixel_size), "sampling": float(sampling), "weight_floor": float(weight_floor),
             "max_shift": n / 8 if max_shift is None else float(max_shift), "steps": int(steps), "beta0": float(beta0),
             "minibatch": max(256, P // 10) if minibatch is None else int(minibatch), "shift_grid": int(shift_grid),
+            "support": bool(support),
             "budget": 1 << (28 if device.type == "cuda" else 23), "gen": torch.Generator().manual_seed(seed),
             "device_gen": torch.Generator(device=device).manual_seed(seed)}
     stack = _Stack(images, ctf, _box(top, n), device, 1024 if device.type == "cuda" else 256, seed)
@@ -442,7 +468,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
               if k or name == "given as is"]
     starts += [(f"random {k + 1}", random_quaternions(P, generator=seed + 1 + k, dtype=torch.float64), opts["steps"])
                for k in range(int(restarts))]
-    K = start_band or _start_band(stack, starts[0][1], t_start, top, opts)
+    opts["diameter"] = _particle_diameter(stack, starts[0][1], t_start, opts)
+    K = start_band or int(min(top, max(6, round(5.75 * n / max(opts["diameter"], 1.0)))))
     bar = tqdm(total=len(starts) + iterations, desc="global search", unit="it", disable=not progress)
     trials = []
     for name, q, steps in starts:
