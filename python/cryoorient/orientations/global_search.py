@@ -77,6 +77,8 @@ __all__ = ["AGREEMENT", "GlobalIteration", "GlobalResult", "direction_grid", "gl
 
 #: E_OR (rad) between two independent starts below which their orientations count as reproducible.
 AGREEMENT = 0.3
+#: Log-posterior margin below the best candidate beyond which :meth:`_Search.sample` draws no noise.
+SAMPLE_CUT = 45.0
 
 
 @dataclass
@@ -270,12 +272,19 @@ class _Search:
         """One candidate (B,) per row of NCC ``scores`` (B, C), drawn from the posterior at inverse temperature
         ``beta`` (Gumbel-max): Gaussian noise and the best scale of each projection give log-likelihoods
         N (c² − c_max²) / (2 (1 − c_max²)), N the real Fourier coefficients in the band, the noise power
-        estimated from the best candidate's residual (as :mod:`cryoorient.maps.refine` does)."""
+        estimated from the best candidate's residual (as :mod:`cryoorient.maps.refine` does). Only the
+        candidates within :data:`SAMPLE_CUT` of the best log-likelihood draw noise: a candidate left out
+        could have won with probability at most C·e^−SAMPLE_CUT (below 1e-9 for C < 10¹⁰)."""
         cmax = scores.amax(1, keepdim=True).clamp(0.0, 1.0 - 1e-6)
-        N = 2.0 * float(self.count.sum())
-        logp = beta * N * (scores.clamp_min(0) ** 2 - cmax**2) / (2 * (1 - cmax**2))
-        u = torch.rand(scores.shape, generator=gen, device=scores.device).clamp_min(1e-30)
-        return (logp - torch.log(-torch.log(u))).argmax(1)
+        scale = beta * 2.0 * float(self.count.sum()) / (2 * (1 - cmax**2))  # N / (2 (1 − c_max²)), times beta
+        floor = cmax**2 - SAMPLE_CUT / scale  # c² above it: within SAMPLE_CUT of the best
+        floor = torch.where(floor < 0, -math.inf, floor.clamp_min(0).sqrt())  # below 0: every candidate (c < 0 counts as 0)
+        rows, cols = (scores > floor).nonzero(as_tuple=True)
+        u = torch.rand(rows.shape, generator=gen, device=scores.device).clamp_min(1e-30)
+        g = scale[rows, 0] * (scores[rows, cols].clamp_min(0) ** 2 - cmax[rows, 0] ** 2) - torch.log(-torch.log(u))
+        best = torch.full((len(scores),), -math.inf, device=scores.device).scatter_reduce(0, rows, g, "amax")
+        win = g == best[rows]
+        return torch.zeros(len(scores), dtype=torch.long, device=scores.device).index_put_((rows[win],), cols[win])
 
     def shifts(self, stack: _Stack, idx: Tensor, m: int, q: Tensor, max_shift: float) -> Tensor:
         """Shifts (B, 2) n-pixels of particles ``idx`` at orientations q: the band-limited cross-correlation
