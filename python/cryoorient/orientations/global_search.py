@@ -36,8 +36,11 @@ Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
 
 Starts: the given orientations (the ab initio stage's), as they are and explored, and ``restarts``
 sets of random ones, explored, all at the starting band; the start whose particles then match best (mean NCC, computed
-from the data) goes on with iterations until the band stops growing and fewer than ``tolerance``
-of the particles change orientation by more than a grid step.
+from the data) is recentred (:func:`_recentre`: each particle's best candidate about its shift or about the
+peak of its cross-correlation with the map's mean projection, which needs no orientation, whichever
+matches better; a particle with a large shift can otherwise stay at its mirror view with a wrong shift,
+each the best given the other), then goes on with iterations until the band stops growing and fewer
+than ``tolerance`` of the particles change orientation by more than a grid step.
 
 Verdict (computed from the data): the orientations the winner reached are compared with those of the
 best start of another origin (the given ones or another random set), E_OR between the two
@@ -103,7 +106,8 @@ class GlobalResult:
     quaternions: Tensor  # (P, 4) float64, RELION A, w >= 0
     shifts: Tensor  # (P, 2) float64, pixels (x, y), particle moved by +t
     scores: Tensor  # (P,) best NCC in the last iteration
-    map: Tensor  # (m, m, m) float32: the reference of the last iteration (sqrt(FSC)-weighted), box m
+    map: Tensor  # (m, m, m) float32: the reference of the last iteration (sqrt(FSC)-weighted, centred; with
+    # ``support``: negative density zeroed and cut to the particle's support), box m
     map_pixel_size: float  # Å per voxel of ``map`` (pixel size · n / m)
     resolution: float  # Å, FSC 0.143 of the last half maps (not gold-standard: one reference for both)
     start: str  # the start that won: "given as is", "given" (explored) or "random k"
@@ -289,27 +293,56 @@ class _Search:
     def shifts(self, stack: _Stack, idx: Tensor, m: int, q: Tensor, max_shift: float) -> Tensor:
         """Shifts (B, 2) n-pixels of particles ``idx`` at orientations q: the band-limited cross-correlation
         peak of each image with its CTF-modulated projection, within ``max_shift`` of the centre."""
-        F = self.proj.slices(q.to(stack.device).float())
-        c = stack.ctf_at(idx, m)
-        if c is not None:
-            F = F * c
-        band = (self.ring < self.K).view(m, m // 2 + 1)
-        x = _crop(stack.spec[idx.to(stack.device)], m)
-        cc = torch.fft.irfft2(x * F.conj() * band, s=(m, m))  # cc[sy, sx]: the image is the projection moved by s
-        s = torch.fft.fftfreq(m, d=1.0 / m, device=stack.device)
-        far = (s[:, None] ** 2 + s[None, :] ** 2) * (stack.n / m) ** 2 > max_shift**2
-        best = cc.masked_fill(far, -math.inf).flatten(1).argmax(1)
-        iy, ix = best // m, best % m
-        rows = torch.arange(len(idx), device=stack.device)
-        f0 = cc[rows, iy, ix]
+        return _peak(stack, idx, m, self.proj.slices(q.to(stack.device).float()), self.K, max_shift)
 
-        def vertex(fm, fp):  # offset of the parabola's vertex through (-1, fm), (0, f0), (1, fp)
-            den = fm - 2 * f0 + fp
-            return torch.where(den < 0, 0.5 * (fm - fp) / torch.where(den < 0, den, -1.0), 0.0).clamp(-0.5, 0.5)
 
-        dx = vertex(cc[rows, iy, (ix - 1) % m], cc[rows, iy, (ix + 1) % m])
-        dy = vertex(cc[rows, (iy - 1) % m, ix], cc[rows, (iy + 1) % m, ix])
-        return _clip(torch.stack([s[ix] + dx, s[iy] + dy], 1).double().cpu() * (stack.n / m), max_shift)
+def _peak(stack: _Stack, idx: Tensor, m: int, F: Tensor, K: int, max_shift: float) -> Tensor:
+    """Shifts (B, 2) n-pixels of particles ``idx``: the cross-correlation peak, in the band K and within
+    ``max_shift`` of the centre, of each image with its CTF-modulated reference F (B or 1, m, m//2 + 1)
+    (centred, rfft2 grid of the m-box), parabola-polished."""
+    c = stack.ctf_at(idx, m)
+    if c is not None:
+        F = F * c
+    ring, _ = _rings(m, K, stack.device)
+    band = (ring < K).view(m, m // 2 + 1)
+    x = _crop(stack.spec[idx.to(stack.device)], m)
+    cc = torch.fft.irfft2(x * F.conj() * band, s=(m, m))  # cc[sy, sx]: the image is the reference moved by s
+    s = torch.fft.fftfreq(m, d=1.0 / m, device=stack.device)
+    far = (s[:, None] ** 2 + s[None, :] ** 2) * (stack.n / m) ** 2 > max_shift**2
+    best = cc.masked_fill(far, -math.inf).flatten(1).argmax(1)
+    iy, ix = best // m, best % m
+    rows = torch.arange(len(idx), device=stack.device)
+    f0 = cc[rows, iy, ix]
+
+    def vertex(fm, fp):  # offset of the parabola's vertex through (-1, fm), (0, f0), (1, fp)
+        den = fm - 2 * f0 + fp
+        return torch.where(den < 0, 0.5 * (fm - fp) / torch.where(den < 0, den, -1.0), 0.0).clamp(-0.5, 0.5)
+
+    dx = vertex(cc[rows, iy, (ix - 1) % m], cc[rows, iy, (ix + 1) % m])
+    dy = vertex(cc[rows, (iy - 1) % m, ix], cc[rows, (iy + 1) % m, ix])
+    return _clip(torch.stack([s[ix] + dx, s[iy] + dy], 1).double().cpu() * (stack.n / m), max_shift)
+
+
+def _blob(volume: Tensor, directions: int = 400) -> Tensor:
+    """The mean of the projections of ``volume`` (m³, centred) over all orientations, as its spectrum
+    (1, m, m//2 + 1) on the rfft2 grid: by the projection-slice theorem, the mean of the volume's
+    spectrum over the sphere of each radius, taken at ``directions`` points of a Fibonacci sphere every
+    quarter pixel of radius (trilinear, the volume padded twice), read at each pixel's radius."""
+    m, device = volume.shape[0], volume.device
+    padded = torch.zeros((2 * m,) * 3, device=device)
+    padded[m // 2 : m // 2 + m, m // 2 : m // 2 + m, m // 2 : m // 2 + m] = volume
+    spec = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(padded)).real)  # centred: the sphere means are real
+    view = quat_to_matrix(direction_grid(directions))[:, 2].to(device, torch.float32)  # (D, 3) unit vectors
+    radii = torch.arange(0, m * 0.75 + 1, 0.25, device=device)  # m-box pixels, past the rfft2 grid's corner
+    points = radii[:, None, None] * view[None] * 2  # padded-box pixels, (x, y, z)
+    grid = (2 * (points + m) + 1) / (2 * m) - 1  # align_corners=False coordinates of index m + point
+    sphere = torch.nn.functional.grid_sample(spec[None, None], grid[None, None], align_corners=False)[0, 0, 0]
+    mean = sphere.mean(1)  # (R,): the padded transform is the volume's at half-pixel steps
+    k = torch.fft.fftfreq(m, d=1.0 / m, device=device)
+    kx = torch.fft.rfftfreq(m, d=1.0 / m, device=device)
+    pos = torch.sqrt(k[:, None] ** 2 + kx[None, :] ** 2) * 4  # quarter-pixel steps
+    j, f = pos.floor().long(), pos - pos.floor()
+    return (mean[j] * (1 - f) + mean[j + 1] * f)[None].to(torch.complex64)
 
 
 def _clip(t: Tensor, max_shift: float) -> Tensor:
@@ -374,6 +407,35 @@ def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     return total / P
 
 
+def _recentre(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
+    """Each particle's best candidate at band K about its shift t and about its blob shift h, the
+    cross-correlation peak with the mean projection of the map (:func:`_blob`), which needs no
+    orientation; the better of the two is kept (q, t updated in place). Offsets as in :func:`_explore`.
+    A particle held at a wrong orientation by a wrong shift (each the best given the other) is thereby
+    freed when its true shift is nearer h. Returns the fraction of particles that took the candidate
+    about h."""
+    m = _box(K, stack.m_max)
+    grid = torch.arange(-opts["shift_grid"], opts["shift_grid"] + 1.0, device=stack.device)
+    offsets = torch.cartesian_prod(grid, grid) * (stack.n / (4 * K))
+    ins = FourierInserter(m, pad=2, device=stack.device, weight_floor=opts["weight_floor"])
+    for idx in torch.arange(stack.P).split(stack.batch):
+        _insert(ins, stack, idx, m, t[idx], q[idx])
+    volume = ins.volume()
+    c = density_centre(volume)  # the map centred, the shifts with it
+    volume = _support(shift_map(volume, -c), opts, stack.n)
+    t += (quat_to_matrix(q)[:, :2, :] @ c) * (stack.n / m)
+    search, blob, taken = _Search(volume, K, opts, len(offsets)), _blob(volume), 0
+    for idx in torch.arange(stack.P).split(max(1, search.rows // 2)):
+        both = torch.cat([t[idx], _peak(stack, idx, m, blob, K, opts["max_shift"])])
+        score, best = search.scores(stack, torch.cat([idx, idx]), m, both, offsets).max(1)
+        pick = (score[len(idx):] > score[: len(idx)]).long().cpu()  # 1: the candidate about h
+        rows = pick * len(idx) + torch.arange(len(idx))
+        best = best[rows.to(best.device)]
+        t[idx] = _clip(both[rows] + offsets[best // (len(search.dirs) * search.L)].double().cpu(), opts["max_shift"])
+        q[idx], taken = search.orientations(best), taken + int(pick.sum())
+    return taken / stack.P
+
+
 def _particle_diameter(stack: _Stack, q: Tensor, t: Tensor, opts: dict) -> float:
     """The particle's diameter D (n-pixels) in the map of (q, t): twice the radius of 98 % of its density
     (:func:`cryoorient.maps.transforms.particle_radius`); for random orientations, the map is the
@@ -433,7 +495,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
                   iterations: int = 10,
                   start_band: int | None = None, max_band: int = 32, sampling: float = 1.5,
                   max_shift: float | None = None, tolerance: float = 0.02, weight_floor: float = 0.01,
-                  support: bool = True, seed: int = 0, device=None, progress: bool = False) -> GlobalResult:
+                  support: bool = True, recentre: bool = True, seed: int = 0, device=None, progress: bool = False) -> GlobalResult:
     """Orientations and shifts of ``images`` (P, n, n) by global projection matching (module docstring).
 
     ``q_init`` (P, 4): the given start (e.g. ab initio orientations), or None for random starts only;
@@ -445,7 +507,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     temperature from ``beta0`` to 1, shift offsets on a grid of (2·``shift_grid`` + 1)² points
     n/(4K) pixels apart. ``support``: the references are cut to the particle's support
     (:func:`_support`). The start of the best
-    mean NCC then runs up to ``iterations`` of projection matching with shift searches, its band
+    mean NCC is recentred (``recentre``, :func:`_recentre`) and then runs up to ``iterations`` of projection matching with shift searches, its band
     following the half maps' FSC-0.143 resolution (never decreasing, at most ``max_band`` and
     n/2 − 4), until the band stays and fewer than ``tolerance`` of the particles move by more than a
     grid step. ``sampling``: direction spacing in units of 1/band rad (in-plane ≈ 1/band).
@@ -461,6 +523,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     top = min(int(max_band), n // 2 - 4)
     if start_band is not None and not 2 <= start_band <= top:
         raise ValueError(f"start_band must be in [2, {top}] (max_band, n/2 - 4); got {start_band}")
+    if not 0 < beta0 <= 1:
+        raise ValueError(f"beta0 (the exploration's first inverse temperature) must be in (0, 1]; got {beta0}")
     if q_init is None and restarts < 1:
         raise ValueError("no start: give q_init or restarts >= 1")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -489,6 +553,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     others = [trial for trial in trials if _origin(trial[1]) != _origin(name)]
     runner_up = max(others, key=lambda trial: trial[0]) if others else None
     agreement = None if runner_up is None else align_orientations(q, runner_up[2]).error
+    if recentre:
+        _recentre(stack, q, t, K, opts)
     history = []
     for _ in range(max(1, iterations)):
         record, scores, volume = _iterate(stack, q, t, K, opts)
