@@ -116,6 +116,7 @@ def test_recentring_frees_particles_held_at_their_mirror_view_by_a_wrong_shift(p
             "max_shift": 8.0}
     for recentre, bound in ((True, lambda f: f < 0.3), (False, lambda f: f > 0.6)):
         res = global_search(images, start, shifts=shifts, recentre=recentre, **opts)
+        assert (res.recentred is None) != recentre and ("recentred" in res.summary()) == recentre
         errors = quat_distance(res.quaternions, q)  # the others stay at the truth: no frame to align
         assert float((errors[~held] > 0.3).double().mean()) < 0.01
         assert bound(float((errors[held] > 0.3).double().mean())), (recentre, float((errors[held] > 0.3).double().mean()))

@@ -114,6 +114,7 @@ class GlobalResult:
     start_scores: list[float]  # mean NCC of every start after its exploration, in that order
     runner_up: str | None = None  # the best start of another origin than the winner's (None: no other origin)
     agreement: float | None = None  # E_OR (rad) between the winner's and the runner-up's orientations
+    recentred: float | None = None  # fraction of particles that took their candidate about the blob shift (None: off)
     iterations: list[GlobalIteration] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -135,7 +136,8 @@ class GlobalResult:
         """One line: the start chosen and on what, the verdict, the last band, score and resolution."""
         last = self.iterations[-1]
         starts = ", ".join(f"{s:.4f}" for s in self.start_scores)
-        return (f"global search: start '{self.start}' (mean NCC of the starts {starts}); {self.verdict()}; "
+        moved = "" if self.recentred is None else f"{self.recentred:.1%} recentred; "
+        return (f"global search: start '{self.start}' (mean NCC of the starts {starts}); {self.verdict()}; {moved}"
                 f"{len(self.iterations)} iterations to band {last.band} px, mean NCC {last.mean_score:.4f}, "
                 f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å; {self.seconds:.1f} s")
 
@@ -365,6 +367,20 @@ def _insert(ins: FourierInserter, stack: _Stack, idx: Tensor, m: int, t: Tensor,
     ins.insert(img, quat_to_matrix(q.to(stack.device)).float(), c, None if w is None else w.float())
 
 
+def _offsets(stack: _Stack, K: int, opts: dict) -> Tensor:
+    """Shift offsets (S, 2) n-pixels: a grid of (2·``shift_grid`` + 1)² points n/(4K) pixels apart."""
+    grid = torch.arange(-opts["shift_grid"], opts["shift_grid"] + 1.0, device=stack.device)
+    return torch.cartesian_prod(grid, grid) * (stack.n / (4 * K))
+
+
+def _inserted(stack: _Stack, q: Tensor, t: Tensor, m: int, opts: dict) -> FourierInserter:
+    """Every particle inserted once at (q, t) into a reconstruction of the m-box."""
+    ins = FourierInserter(m, pad=2, device=stack.device, weight_floor=opts["weight_floor"])
+    for idx in torch.arange(stack.P).split(stack.batch):
+        _insert(ins, stack, idx, m, t[idx], q[idx])
+    return ins
+
+
 def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     """Stochastic expectation maximisation at band K from the map of the particles at (q, t).
 
@@ -376,11 +392,7 @@ def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     particles, by b / H, the horizon H growing from 2b to P. Then every particle takes its best
     candidate against the final map (q, t updated in place); returns their mean NCC."""
     m, P, device = _box(K, stack.m_max), stack.P, stack.device
-    grid = torch.arange(-opts["shift_grid"], opts["shift_grid"] + 1.0, device=device)
-    offsets = torch.cartesian_prod(grid, grid) * (stack.n / (4 * K))
-    ins = FourierInserter(m, pad=2, device=device, weight_floor=opts["weight_floor"])
-    for idx in torch.arange(P).split(stack.batch):
-        _insert(ins, stack, idx, m, t[idx], q[idx])
+    offsets, ins = _offsets(stack, K, opts), _inserted(stack, q, t, m, opts)
     data, weight, b, steps = ins.data, ins.weight, min(P, opts["minibatch"]), opts["steps"]
     for s in range(steps + 1):
         ins.data, ins.weight = data, weight
@@ -415,12 +427,7 @@ def _recentre(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     freed when its true shift is nearer h. Returns the fraction of particles that took the candidate
     about h."""
     m = _box(K, stack.m_max)
-    grid = torch.arange(-opts["shift_grid"], opts["shift_grid"] + 1.0, device=stack.device)
-    offsets = torch.cartesian_prod(grid, grid) * (stack.n / (4 * K))
-    ins = FourierInserter(m, pad=2, device=stack.device, weight_floor=opts["weight_floor"])
-    for idx in torch.arange(stack.P).split(stack.batch):
-        _insert(ins, stack, idx, m, t[idx], q[idx])
-    volume = ins.volume()
+    offsets, volume = _offsets(stack, K, opts), _inserted(stack, q, t, m, opts).volume()
     c = density_centre(volume)  # the map centred, the shifts with it
     volume = _support(shift_map(volume, -c), opts, stack.n)
     t += (quat_to_matrix(q)[:, :2, :] @ c) * (stack.n / m)
@@ -441,10 +448,7 @@ def _particle_diameter(stack: _Stack, q: Tensor, t: Tensor, opts: dict) -> float
     (:func:`cryoorient.maps.transforms.particle_radius`); for random orientations, the map is the
     particle's rotational average, whose radius is the particle's largest."""
     m = _box(8, stack.m_max)
-    ins = FourierInserter(m, pad=2, device=stack.device, weight_floor=opts["weight_floor"])
-    for idx in torch.arange(stack.P).split(stack.batch):
-        _insert(ins, stack, idx, m, t[idx], q[idx])
-    return 2 * particle_radius(ins.volume()) * stack.n / m
+    return 2 * particle_radius(_inserted(stack, q, t, m, opts).volume()) * stack.n / m
 
 
 def _support(volume: Tensor, opts: dict, n: int) -> Tensor:
@@ -507,8 +511,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     temperature from ``beta0`` to 1, shift offsets on a grid of (2·``shift_grid`` + 1)² points
     n/(4K) pixels apart. ``support``: the references are cut to the particle's support
     (:func:`_support`). The start of the best
-    mean NCC is recentred (``recentre``, :func:`_recentre`) and then runs up to ``iterations`` of projection matching with shift searches, its band
-    following the half maps' FSC-0.143 resolution (never decreasing, at most ``max_band`` and
+    mean NCC is recentred (``recentre``, :func:`_recentre`) and then runs up to ``iterations`` of
+    projection matching with shift searches, its band following the half maps' FSC-0.143 resolution (never decreasing, at most ``max_band`` and
     n/2 − 4), until the band stays and fewer than ``tolerance`` of the particles move by more than a
     grid step. ``sampling``: direction spacing in units of 1/band rad (in-plane ≈ 1/band).
     ``max_shift``: pixels from the centre (default n/8). ``weight_floor``: of the reconstructions
@@ -553,8 +557,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     others = [trial for trial in trials if _origin(trial[1]) != _origin(name)]
     runner_up = max(others, key=lambda trial: trial[0]) if others else None
     agreement = None if runner_up is None else align_orientations(q, runner_up[2]).error
-    if recentre:
-        _recentre(stack, q, t, K, opts)
+    recentred = _recentre(stack, q, t, K, opts) if recentre else None
     history = []
     for _ in range(max(1, iterations)):
         record, scores, volume = _iterate(stack, q, t, K, opts)
@@ -569,5 +572,6 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     return GlobalResult(quaternions=q, shifts=t, scores=scores, map=volume.cpu(),
                         map_pixel_size=pixel_size * n / history[-1].box, resolution=history[-1].resolution,
                         start=name, start_scores=[trial[0] for trial in trials],
-                        runner_up=None if runner_up is None else runner_up[1], agreement=agreement, iterations=history,
+                        runner_up=None if runner_up is None else runner_up[1], agreement=agreement,
+                        recentred=recentred, iterations=history,
                         seconds=time.perf_counter() - t0)
