@@ -279,13 +279,18 @@ class _Search:
         ``beta`` (Gumbel-max): Gaussian noise and the best scale of each projection give log-likelihoods
         N (c² − c_max²) / (2 (1 − c_max²)), N the real Fourier coefficients in the band, the noise power
         estimated from the best candidate's residual (as :mod:`cryoorient.maps.refine` does). Only the
-        candidates within :data:`SAMPLE_CUT` of the best log-likelihood draw noise: a candidate left out
-        could have won with probability at most C·e^−SAMPLE_CUT (below 1e-9 for C < 10¹⁰)."""
+        candidates within :data:`SAMPLE_CUT` of the best log-likelihood draw noise (every one when more
+        than a quarter are): a candidate left out could have won with probability at most C·e^−SAMPLE_CUT
+        (below 1e-9 for C < 10¹⁰)."""
         cmax = scores.amax(1, keepdim=True).clamp(0.0, 1.0 - 1e-6)
         scale = beta * 2.0 * float(self.count.sum()) / (2 * (1 - cmax**2))  # N / (2 (1 − c_max²)), times beta
         floor = cmax**2 - SAMPLE_CUT / scale  # c² above it: within SAMPLE_CUT of the best
         floor = torch.where(floor < 0, -math.inf, floor.clamp_min(0).sqrt())  # below 0: every candidate (c < 0 counts as 0)
-        rows, cols = (scores > floor).nonzero(as_tuple=True)
+        keep = scores > floor
+        if int(keep.sum()) > keep.numel() // 4:  # a broad posterior: every candidate draws noise
+            u = torch.rand(scores.shape, generator=gen, device=scores.device).clamp_min(1e-30)
+            return (scale * (scores.clamp_min(0) ** 2 - cmax**2) - torch.log(-torch.log(u))).argmax(1)
+        rows, cols = keep.nonzero(as_tuple=True)
         u = torch.rand(rows.shape, generator=gen, device=scores.device).clamp_min(1e-30)
         g = scale[rows, 0] * (scores[rows, cols].clamp_min(0) ** 2 - cmax[rows, 0] ** 2) - torch.log(-torch.log(u))
         best = torch.full((len(scores),), -math.inf, device=scores.device).scatter_reduce(0, rows, g, "amax")
