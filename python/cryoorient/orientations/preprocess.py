@@ -59,7 +59,7 @@ def _radius(n: int, device) -> Tensor:
 
 
 def centre_particles(images: Tensor, *, max_shift: float | None = None, blur: float | None = None,
-                     iterations: int = 3, chunk: int = 4096) -> Tensor:
+                     iterations: int = 3, prior: bool = True, chunk: int = 4096) -> Tensor:
     """Shifts (P, 2) float64 (pixels x, y; content moved by +t) that centre ``images`` (P, n, n).
 
     Each round cross-correlates every image, blurred by a Gaussian of ``blur`` pixels (default
@@ -71,6 +71,14 @@ def centre_particles(images: Tensor, *, max_shift: float | None = None, blur: fl
     view, not its projected centre of mass. The blur makes the peak unimodal, so that the centre
     moves smoothly with the view (clean 32² phantom with CTF: E_OR 0.24 rad after centring at
     n/8, 0.52 unblurred, 0.21 from the true centres).
+
+    With ``prior``, the peak is that of the log-posterior cc(t)/σ² − |t|²/(2s²): cc the correlation
+    (a sum over pixels) taken as the log-likelihood of white noise of the corners' variance σ², and
+    a Gaussian prior on the shift whose variance s² per axis is re-estimated each round as the
+    posterior mean of |t|²/2 over the particles (expectation maximisation; first round: (max_shift/2)²).
+    At low SNR the correlation peak is mostly noise and the posterior keeps the shifts near 0 where
+    the peak alone would scatter them over the whole ``max_shift`` disc (5h73, 128², CTF, true
+    shifts N(0, 3 px): median error 6.0 px at −20 dB without the prior, against 3.7 px for zero).
     """
     P, n = images.shape[0], images.shape[-1]
     dev = images.device
@@ -83,8 +91,11 @@ def centre_particles(images: Tensor, *, max_shift: float | None = None, blur: fl
     allowed = (lag[:, None] ** 2 + lag[None, :] ** 2) <= max_shift ** 2
     ring, frac = r.floor().long(), r - r.floor()
     counts = torch.bincount(ring.flatten(), minlength=n + 1).clamp(min=1).to(torch.float64)
+    lag2 = (lag[:, None] ** 2 + lag[None, :] ** 2).masked_fill(~allowed, 0.0)
+    noise, s2 = _corner_variance(images), (max_shift / 2) ** 2
     t = torch.zeros(P, 2, dtype=torch.float64, device=dev)
     for _ in range(iterations):
+        spread = 0.0
         mean = torch.zeros(n, n, dtype=torch.float64, device=dev)
         for s in range(0, P, chunk):
             mean += shift_images(images[s : s + chunk], -t[s : s + chunk].float()).double().sum(0)
@@ -93,6 +104,10 @@ def centre_particles(images: Tensor, *, max_shift: float | None = None, blur: fl
         ref_f = torch.fft.rfft2(ref).conj() * gauss2
         for s in range(0, P, chunk):
             cc = torch.fft.irfft2(torch.fft.rfft2(images[s : s + chunk]) * ref_f, s=(n, n))  # [lag y, lag x]
+            if prior:  # the log-posterior; the prior's variance from its expectation of |t|²
+                cc = cc / noise - lag2 / (2 * s2)
+                spread += float((torch.softmax(cc.masked_fill(~allowed, -math.inf).flatten(1), 1)
+                                 * lag2.flatten()).double().sum())
             cc = cc.masked_fill(~allowed, -math.inf)
             k = cc.flatten(1).argmax(1)
             iy, ix, b = k // n, k % n, torch.arange(len(k), device=dev)
@@ -104,6 +119,7 @@ def centre_particles(images: Tensor, *, max_shift: float | None = None, blur: fl
                 three = torch.stack([torch.where(edge, low, lo), v0, torch.where(edge, low, hi)])
                 off.append(lag[pos] + _parabolic_peak(three)[1] - 1)
             t[s : s + chunk] = torch.stack([off[1], off[0]], 1).double()
+        s2 = max(spread / (2 * P), 1e-2)
     return t.cpu()
 
 
