@@ -432,10 +432,8 @@ def _recentre(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     freed when its true shift is nearer h. Returns the fraction of particles that took the candidate
     about h."""
     m = _box(K, stack.m_max)
-    offsets, volume = _offsets(stack, K, opts), _inserted(stack, q, t, m, opts).volume()
-    c = density_centre(volume)  # the map centred, the shifts with it
-    volume = _support(shift_map(volume, -c), opts, stack.n)
-    t += (quat_to_matrix(q)[:, :2, :] @ c) * (stack.n / m)
+    offsets = _offsets(stack, K, opts)
+    volume = _reference(_inserted(stack, q, t, m, opts).volume(), q, t, opts, stack.n)
     search, blob, taken = _Search(volume, K, opts, len(offsets)), _blob(volume), 0
     for idx in torch.arange(stack.P).split(max(1, search.rows // 2)):
         both = torch.cat([t[idx], _peak(stack, idx, m, blob, K, opts["max_shift"])])
@@ -467,15 +465,23 @@ def _support(volume: Tensor, opts: dict, n: int) -> Tensor:
     return volume.clamp_min(0) * soft_sphere(m, 0.6 * D, 0.1 * D, volume.device)
 
 
+def _reference(volume: Tensor, q: Tensor, t: Tensor, opts: dict, n: int) -> Tensor:
+    """``volume`` (m-box) moved so that its density centre (:func:`density_centre`) is at the box centre and
+    cut to the support (:func:`_support`); the shifts t (n-pixels) of the particles at q move with it, in
+    place (an off-centre map needs larger shifts, and particles then settle on a wrong orientation that a
+    wrong shift fits)."""
+    c = density_centre(volume)
+    t += (quat_to_matrix(q)[:, :2, :] @ c) * (n / volume.shape[0])
+    return _support(shift_map(volume, -c), opts, n)
+
+
 def _iterate(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> tuple[GlobalIteration, Tensor, Tensor]:
     """One iteration at band K (module docstring, 1–3); updates q, t in place; returns its record, the
     particles' NCC and the reference it searched against."""
     m = _box(K, stack.m_max)
     volume, curve = _map(stack, q, t, m, opts["weight_floor"], opts["pixel_size"])
     q_old, t_old = q.clone(), t.clone()
-    c = density_centre(volume)  # the map centred, the shifts with it (an off-centre map needs larger shifts)
-    volume = _support(shift_map(volume, -c), opts, stack.n)
-    t += (quat_to_matrix(q)[:, :2, :] @ c) * (stack.n / m)
+    volume = _reference(volume, q, t, opts, stack.n)
     search = _Search(volume, K, opts)
     scores = torch.empty(stack.P, dtype=torch.float64)
     for idx in torch.arange(stack.P).split(stack.batch):  # the shifts at this band, before the orientations
