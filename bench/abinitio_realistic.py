@@ -59,8 +59,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FAILURE = 0.3  # rad
 PIXEL_RANGE = (1.5, 2.0)  # Å per pixel of the atomic models
 COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "E_OR_abinitio", "determined", "E_OR_global",
-           "global_start", "E_OR", "physical", "failed", "floor_E_OR", "target", "resolution_A", "true_map_resolution_A",
-           "seconds", "abinitio_seconds", "global_seconds", "floor_seconds"]
+           "global_start", "E_OR", "wrong", "physical", "failed", "floor_E_OR", "target", "resolution_A", "true_map_resolution_A",
+           "seconds", "abinitio_seconds", "global_seconds", "floor_seconds", "oracle_E_OR", "oracle_wrong"]
 GLOBAL_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "restarts", "E_OR", "wrong", "shift_wrong_px",
                   "shift_right_px", "start", "agreement", "recentred", "seconds"]
 
@@ -161,13 +161,20 @@ def run_case(name, source, pixel, args, snr, seed, device) -> dict:
                    progress=False, rounds=0)
     sync()
     floor_seconds = time.perf_counter() - t0
-    e_or = align_orientations(q_true, res.quaternions).error
-    floor_e = align_orientations(q_true, floor.quaternions).error
+    found = align_orientations(q_true, res.quaternions)
+    e_or, floor_e = found.error, align_orientations(q_true, floor.quaternions).error
     print("\n".join(res.summary() if not args.quiet else [res.searched.summary()]), flush=True)
-    return {"protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "seed": seed, "P": args.P, "size": args.size,
+    oracle = {}
+    if args.oracle:  # the global search's own floor: its iterations started at the truth
+        at_truth = global_search(images, q_true, shifts=t_true, ctf=ctf, pixel_size=voxel, restarts=0, steps=0,
+                                 seed=seed, device=device)
+        errors = align_orientations(q_true, at_truth.quaternions).errors
+        oracle = {"oracle_E_OR": float(errors.mean()), "oracle_wrong": float((errors > FAILURE).double().mean())}
+    return {**oracle, "protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "seed": seed, "P": args.P, "size": args.size,
             "E_OR_abinitio": align_orientations(q_true, res.abinitio.quaternions).error,
             "determined": res.abinitio.determined, "E_OR_global": align_orientations(q_true, res.searched.quaternions).error,
-            "global_start": res.searched.start, "E_OR": e_or, "physical": physical_error(q_true, res.quaternions),
+            "global_start": res.searched.start, "E_OR": e_or, "wrong": float((found.errors > FAILURE).double().mean()),
+            "physical": physical_error(q_true, res.quaternions),
             "failed": e_or > FAILURE, "floor_E_OR": floor_e, "target": 1.25 * floor_e + 0.01,
             "resolution_A": res.refined.resolution, "true_map_resolution_A": truth.resolution, "seconds": seconds,
             "abinitio_seconds": res.abinitio.seconds, "global_seconds": res.searched.seconds,
@@ -260,6 +267,8 @@ def parse_args(argv=None):
     p.add_argument("--global-only", action="store_true",
                    help="the global search alone from random starts (module docstring); rows of --out/global.csv")
     p.add_argument("--restarts", type=int, default=2, help="random starts of --global-only (default 2)")
+    p.add_argument("--oracle", action="store_true",
+                   help="also run the global search started at the true orientations and shifts (its own floor)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -296,7 +305,9 @@ def main(argv=None) -> int:
                     write_csv(out / "global.csv", rows, GLOBAL_COLUMNS)
                     continue
                 print(f"{prot} {snr:.0f} dB seed {seed}: E_OR {row['E_OR_abinitio']:.3f} -> {row['E_OR_global']:.3f} "
-                      f"({row['global_start']}) -> {row['E_OR']:.3f} rad (floor {row['floor_E_OR']:.3f}), "
+                      f"({row['global_start']}) -> {row['E_OR']:.3f} rad, {row['wrong']:.1%} wrong (floor {row['floor_E_OR']:.3f}"
+                      + (f"; global at the truth {row['oracle_E_OR']:.3f}, {row['oracle_wrong']:.1%} wrong" if args.oracle
+                         else "") + "), "
                       f"{row['resolution_A']:.2f} Å (true {row['true_map_resolution_A']:.2f} Å), {row['seconds']:.1f} s "
                       f"(ab initio {row['abinitio_seconds']:.1f} s, global {row['global_seconds']:.1f} s)", flush=True)
                 write_csv(out / "results.csv", rows)

@@ -66,14 +66,46 @@ def test_draws_follow_the_posterior_and_skip_only_negligible_candidates():
     c2 = math.sqrt(0.25 - math.log(3) / (2000 / 1.5))
     rows = 40000
     top = torch.tensor([[0.5, c2, 0.3] + [0.0] * 10]).repeat(rows, 1)  # 2 of 13 kept
-    pick = search.sample(top, 1.0, torch.Generator().manual_seed(0))
+    pick = search.sample(search.log_posterior(top), torch.Generator().manual_seed(0))
     freq = torch.bincount(pick, minlength=13) / rows
     assert abs(float(freq[1]) - 0.25) < 0.015 and int(freq[2:].sum()) == 0, freq
     low = torch.tensor([[-0.2, -0.1, 0.01]]).repeat(rows, 1)
-    freq = torch.bincount(search.sample(low, 1.0, torch.Generator().manual_seed(1)), minlength=3) / rows
+    freq = torch.bincount(search.sample(search.log_posterior(low), torch.Generator().manual_seed(1)), minlength=3) / rows
     scale = 2000 / (2 * (1 - 0.01**2))
     w = torch.tensor([math.exp(-scale * 0.01**2)] * 2 + [1.0])
     assert torch.allclose(freq, w / w.sum(), atol=0.015), (freq, w / w.sum())
+
+
+def test_the_shift_prior_weighs_the_draws():
+    """Two candidates of equal NCC whose shifts differ in prior by log 3 (|t|² = 2·s²·log 3 against 0): the
+    shifted one is drawn 1/4 of the time with the prior, 1/2 without."""
+    search = gs._Search.__new__(gs._Search)
+    search.count = torch.tensor([1000.0])
+    rows, s2 = 40000, 2.0
+    scores = torch.tensor([[0.5, 0.5]]).repeat(rows, 1)  # S = 2 offsets of one candidate each
+    shifts = torch.tensor([[[0.0, 0.0], [math.sqrt(2 * s2 * math.log(3)), 0.0]]]).repeat(rows, 1, 1)
+    for prior, share in ((s2, 0.25), (math.inf, 0.5)):
+        pick = search.sample(search.log_posterior(scores, shifts, prior), torch.Generator().manual_seed(0))
+        assert abs(float(pick.double().mean()) - share) < 0.015, (prior, float(pick.double().mean()))
+
+
+def test_the_shift_prior_keeps_noise_dominated_shifts_near_the_truth(phantom):
+    """Shift searches against the true projections, shifts N(0, 1.5 px) clipped at 4 px. At noise 10× the
+    images' std the likelihood's peak is mostly noise (1.63 px off, zero 1.90 px off); the posterior's
+    peak under the true prior is 0.95 px off, and its mean |t|²/2 estimates the prior's variance
+    (2.18 px² against 2.25: the EM of the iterations). At noise 1× the prior changes nothing that matters."""
+    q, t, ctf, clean = ctf_projections(phantom, 2000, PIXEL, shift_sigma=1.5, shift_clip=4.0)
+    F = FourierProjector(phantom.float(), pad=2.0).slices(q.float())
+    zero = float(t.norm(dim=1).mean())
+    for noise in (10.0, 1.0):
+        images = clean + torch.randn(clean.shape, generator=torch.Generator().manual_seed(5)) * clean.std() * noise
+        particles = gs._Stack(images, ctf, BOX, "cpu", 256, seed=0)
+        (ml, _), (post, t2) = (gs._peak(particles, torch.arange(len(t)), BOX, F, 12, 8.0, s2) for s2 in (math.inf, 2.25))
+        ml, post = (float((s - t).norm(dim=1).mean()) for s in (ml, post))
+        if noise > 1:
+            assert ml > 0.8 * zero and post < 0.6 * zero and abs(float(t2.mean()) / 2 - 2.25) < 0.3, (ml, post, zero)
+        else:
+            assert post < 0.15 and abs(post - ml) < 0.01, (ml, post)
 
 
 def test_recovers_orientations_and_shifts_from_random_starts(stack):
@@ -93,8 +125,8 @@ def test_recovers_orientations_and_shifts_from_random_starts(stack):
 def test_shifts_beyond_the_exploration_grid_are_found(phantom):
     """Particles shifted by N(0, 2.5 px) clipped at 5 px, beyond the exploration's offset grid (±2·n/(4K),
     1.8 px at band 9): each draw moves the particle's shift, and the winner is recentred, so random starts
-    find orientations and shifts. Seeds 0–3: E_OR 0.069–0.074 rad, at most 0.2 % of the particles more
-    than 0.3 rad off, shifts 0.12–0.13 px off; without the recentring 0.10–0.20 rad and 1–5 % (their true
+    find orientations and shifts, and the shift prior's spread is theirs. Seeds 0–3: E_OR 0.069–0.074 rad, at most 0.2 % of the particles more
+    than 0.3 rad off, shifts 0.12–0.13 px off (before the shift prior); without the recentring 0.10–0.20 rad and 1–5 % (their true
     shifts the largest); with the shifts also kept at the start during the exploration 0.82 rad, 1.05 px."""
     q, t, ctf, clean = ctf_projections(phantom, P, PIXEL, shift_sigma=2.5, shift_clip=5.0)
     images = clean + torch.randn(clean.shape, generator=torch.Generator().manual_seed(5)) * clean.std()
@@ -102,6 +134,9 @@ def test_shifts_beyond_the_exploration_grid_are_found(phantom):
     found = align_orientations(q, res.quaternions)
     assert found.error < 0.1 and float((found.errors > 0.3).double().mean()) < 0.01
     assert float(_shift_error(res.quaternions, res.shifts, t).mean()) < 0.2
+    # the shift prior's spread, estimated from the data (EM), is the true shifts' (2.43 against 2.42 px)
+    rms = math.sqrt(float(t.pow(2).sum(1).mean()) / 2)
+    assert abs(res.iterations[-1].shift_sd - rms) < 0.25 and "shift prior σ" in res.summary(), (res.iterations[-1].shift_sd, rms)
 
 
 def test_recentring_frees_particles_held_at_their_mirror_view_by_a_wrong_shift(phantom):

@@ -33,6 +33,12 @@ Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
   particle takes its shift (cross-correlation with its CTF-modulated projection,
   peak within ``max_shift`` of the centre, parabola-polished), its best orientation, and its
   shift again. The half maps' FSC-0.143 resolution sets the next band.
+* **Shift prior** (``shift_prior``, as RELION's sigma_offset): every choice of a shift — the draws, the
+  best candidates, the shift searches — weighs the log-likelihood (:meth:`_Search.log_posterior`)
+  against a Gaussian prior −|t|²/(2s²) about the box centre, s² per axis re-estimated from the data:
+  the drawn shifts' mean |t|²/2 after every exploration step (stochastic EM), the posterior mean of
+  |t|²/2 after every iteration (EM). At low SNR a shift chosen among many by the likelihood alone is
+  mostly noise, and a wrong shift holds its particle at a wrong orientation.
 
 Starts: the given orientations (the ab initio stage's), as they are and explored, and ``restarts``
 sets of random ones, explored, all at the starting band; the start whose particles then match best (mean NCC, computed
@@ -82,6 +88,8 @@ __all__ = ["AGREEMENT", "GlobalIteration", "GlobalResult", "direction_grid", "gl
 AGREEMENT = 0.3
 #: Log-posterior margin below the best candidate beyond which :meth:`_Search.sample` draws no noise.
 SAMPLE_CUT = 45.0
+#: Smallest standard deviation per axis (pixels) the Gaussian shift prior's estimate may reach.
+MIN_SHIFT_SD = 0.5
 
 
 @dataclass
@@ -97,6 +105,7 @@ class GlobalIteration:
     changed: float  # fraction of particles moved by more than one grid step
     mean_rotation: float  # mean rotation applied, rad
     mean_shift: float  # mean change of the shifts, pixels
+    shift_sd: float = math.inf  # standard deviation per axis of the Gaussian shift prior after it, pixels (inf: none)
 
 
 @dataclass
@@ -137,8 +146,9 @@ class GlobalResult:
         last = self.iterations[-1]
         starts = ", ".join(f"{s:.4f}" for s in self.start_scores)
         moved = "" if self.recentred is None else f"{self.recentred:.1%} recentred; "
+        prior = "" if math.isinf(last.shift_sd) else f"shift prior σ {last.shift_sd:.2f} px; "
         return (f"global search: start '{self.start}' (mean NCC of the starts {starts}); {self.verdict()}; {moved}"
-                f"{len(self.iterations)} iterations to band {last.band} px, mean NCC {last.mean_score:.4f}, "
+                f"{prior}{len(self.iterations)} iterations to band {last.band} px, mean NCC {last.mean_score:.4f}, "
                 f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å; {self.seconds:.1f} s")
 
 
@@ -274,60 +284,80 @@ class _Search:
         q = quat_multiply(inplane, self.dirs[flat // self.L])
         return torch.where(q[..., :1] < 0, -q, q)
 
-    def sample(self, scores: Tensor, beta: float, gen: torch.Generator) -> Tensor:
-        """One candidate (B,) per row of NCC ``scores`` (B, C), drawn from the posterior at inverse temperature
-        ``beta`` (Gumbel-max): Gaussian noise and the best scale of each projection give log-likelihoods
+    def log_posterior(self, scores: Tensor, shifts: Tensor | None = None, s2: float = math.inf, beta: float = 1.0) -> Tensor:
+        """Log-posteriors (B, C) of the candidates of NCC ``scores`` (B, C), up to a constant per row, at inverse
+        temperature ``beta``: Gaussian noise and the best scale of each projection give log-likelihoods
         N (c² − c_max²) / (2 (1 − c_max²)), N the real Fourier coefficients in the band, the noise power
-        estimated from the best candidate's residual (as :mod:`cryoorient.maps.refine` does). Only the
-        candidates within :data:`SAMPLE_CUT` of the best log-likelihood draw noise (every one when more
-        than a quarter are): a candidate left out could have won with probability at most C·e^−SAMPLE_CUT
-        (below 1e-9 for C < 10¹⁰)."""
+        estimated from the best candidate's residual (as :mod:`cryoorient.maps.refine` does; c <= 0 counts
+        as 0); ``shifts`` (B, S, 2), the candidates' shifts (n-pixels, candidate s·J·L + …), add the
+        Gaussian shift prior −|t|² / (2 ``s2``) (none for ``s2`` = inf)."""
         cmax = scores.amax(1, keepdim=True).clamp(0.0, 1.0 - 1e-6)
-        scale = beta * 2.0 * float(self.count.sum()) / (2 * (1 - cmax**2))  # N / (2 (1 − c_max²)), times beta
-        floor = cmax**2 - SAMPLE_CUT / scale  # c² above it: within SAMPLE_CUT of the best
-        floor = torch.where(floor < 0, -math.inf, floor.clamp_min(0).sqrt())  # below 0: every candidate (c < 0 counts as 0)
-        keep = scores > floor
+        logp = scores.clamp_min(0).pow_(2).sub_(cmax**2).mul_((beta * float(self.count.sum())) / (1 - cmax**2))
+        if shifts is not None and math.isfinite(s2):
+            prior = (shifts.to(scores.device, torch.float32) ** 2).sum(-1) * (-beta / (2 * s2))  # (B, S)
+            logp.view(*prior.shape, -1).add_(prior[..., None])
+        return logp
+
+    @staticmethod
+    def sample(logp: Tensor, gen: torch.Generator) -> Tensor:
+        """One candidate (B,) per row of log-posteriors ``logp`` (B, C) (:meth:`log_posterior`), drawn from the
+        posterior (Gumbel-max). Only the candidates within :data:`SAMPLE_CUT` of the row's best draw noise
+        (every one when more than a quarter are): a candidate left out could have won with probability at
+        most C·e^−SAMPLE_CUT (below 1e-9 for C < 10¹⁰)."""
+        keep = logp > logp.amax(1, keepdim=True) - SAMPLE_CUT
         if int(keep.sum()) > keep.numel() // 4:  # a broad posterior: every candidate draws noise
-            u = torch.rand(scores.shape, generator=gen, device=scores.device).clamp_min(1e-30)
-            return (scale * (scores.clamp_min(0) ** 2 - cmax**2) - torch.log(-torch.log(u))).argmax(1)
+            e = torch.rand(logp.shape, generator=gen, device=logp.device).clamp_min_(1e-30).log_().neg_().log_()
+            return torch.sub(logp, e, out=e).argmax(1)  # logp plus Gumbel noise −log(−log u)
         rows, cols = keep.nonzero(as_tuple=True)
-        u = torch.rand(rows.shape, generator=gen, device=scores.device).clamp_min(1e-30)
-        g = scale[rows, 0] * (scores[rows, cols].clamp_min(0) ** 2 - cmax[rows, 0] ** 2) - torch.log(-torch.log(u))
-        best = torch.full((len(scores),), -math.inf, device=scores.device).scatter_reduce(0, rows, g, "amax")
+        u = torch.rand(rows.shape, generator=gen, device=logp.device).clamp_min(1e-30)
+        g = logp[rows, cols] - torch.log(-torch.log(u))
+        best = torch.full((len(logp),), -math.inf, device=logp.device).scatter_reduce(0, rows, g, "amax")
         win = g == best[rows]
-        return torch.zeros(len(scores), dtype=torch.long, device=scores.device).index_put_((rows[win],), cols[win])
+        return torch.zeros(len(logp), dtype=torch.long, device=logp.device).index_put_((rows[win],), cols[win])
 
-    def shifts(self, stack: _Stack, idx: Tensor, m: int, q: Tensor, max_shift: float) -> Tensor:
-        """Shifts (B, 2) n-pixels of particles ``idx`` at orientations q: the band-limited cross-correlation
-        peak of each image with its CTF-modulated projection, within ``max_shift`` of the centre."""
-        return _peak(stack, idx, m, self.proj.slices(q.to(stack.device).float()), self.K, max_shift)
+    def shifts(self, stack: _Stack, idx: Tensor, m: int, q: Tensor, max_shift: float, s2: float = math.inf):
+        """Shifts (B, 2) n-pixels of particles ``idx`` at orientations q and their posterior means of |t|² (B,):
+        :func:`_peak` with the CTF-modulated projections."""
+        return _peak(stack, idx, m, self.proj.slices(q.to(stack.device).float()), self.K, max_shift, s2)
 
 
-def _peak(stack: _Stack, idx: Tensor, m: int, F: Tensor, K: int, max_shift: float) -> Tensor:
-    """Shifts (B, 2) n-pixels of particles ``idx``: the cross-correlation peak, in the band K and within
-    ``max_shift`` of the centre, of each image with its CTF-modulated reference F (B or 1, m, m//2 + 1)
-    (centred, rfft2 grid of the m-box), parabola-polished."""
+def _peak(stack: _Stack, idx: Tensor, m: int, F: Tensor, K: int, max_shift: float, s2: float = math.inf):
+    """Shifts (B, 2) n-pixels of particles ``idx``, and the posterior mean of |t|² (B,) n-pixels², from the
+    cross-correlation in the band K of each image with its CTF-modulated reference F (B or 1, m, m//2 + 1)
+    (centred, rfft2 grid of the m-box): the peak within ``max_shift`` of the centre of the log-posterior
+    (the log-likelihood of :meth:`_Search.log_posterior` from the NCC at each shift, plus the Gaussian
+    shift prior −|t|² / (2 ``s2``)), parabola-polished."""
     c = stack.ctf_at(idx, m)
     if c is not None:
         F = F * c
-    ring, _ = _rings(m, K, stack.device)
+    ring, count = _rings(m, K, stack.device)
     band = (ring < K).view(m, m // 2 + 1)
-    x = _crop(stack.spec[idx.to(stack.device)], m)
-    cc = torch.fft.irfft2(x * F.conj() * band, s=(m, m))  # cc[sy, sx]: the image is the reference moved by s
+    herm = torch.full((m // 2 + 1,), 2.0, device=stack.device)
+    herm[0] = herm[-1] = 1.0  # each rfft2 column's share of the full grid
+    x = _crop(stack.spec[idx.to(stack.device)], m) * band
+    cc = torch.fft.irfft2(x * F.conj(), s=(m, m))  # cc[sy, sx]: the image is the reference moved by s
+    norm = torch.sqrt(((x.abs() ** 2) * herm).sum((1, 2)) * ((F * band).abs() ** 2 * herm).sum((1, 2)))
+    ncc = (cc * (m * m / norm.clamp_min(1e-30))[:, None, None]).clamp_min(0)
     s = torch.fft.fftfreq(m, d=1.0 / m, device=stack.device)
-    far = (s[:, None] ** 2 + s[None, :] ** 2) * (stack.n / m) ** 2 > max_shift**2
-    best = cc.masked_fill(far, -math.inf).flatten(1).argmax(1)
+    r2 = (s[:, None] ** 2 + s[None, :] ** 2) * (stack.n / m) ** 2
+    cmax = ncc.amax((1, 2), keepdim=True).clamp(max=1 - 1e-6)
+    logp = (float(count.sum()) / (1 - cmax**2)) * (ncc**2 - cmax**2)
+    if math.isfinite(s2):
+        logp = logp - r2 / (2 * s2)
+    inside = logp.masked_fill(r2 > max_shift**2, -math.inf).flatten(1)
+    t2 = (torch.softmax(inside, 1) * r2.flatten()).sum(1).double().cpu()
+    best = inside.argmax(1)
     iy, ix = best // m, best % m
     rows = torch.arange(len(idx), device=stack.device)
-    f0 = cc[rows, iy, ix]
+    f0 = logp[rows, iy, ix]
 
     def vertex(fm, fp):  # offset of the parabola's vertex through (-1, fm), (0, f0), (1, fp)
         den = fm - 2 * f0 + fp
         return torch.where(den < 0, 0.5 * (fm - fp) / torch.where(den < 0, den, -1.0), 0.0).clamp(-0.5, 0.5)
 
-    dx = vertex(cc[rows, iy, (ix - 1) % m], cc[rows, iy, (ix + 1) % m])
-    dy = vertex(cc[rows, (iy - 1) % m, ix], cc[rows, (iy + 1) % m, ix])
-    return _clip(torch.stack([s[ix] + dx, s[iy] + dy], 1).double().cpu() * (stack.n / m), max_shift)
+    dx = vertex(logp[rows, iy, (ix - 1) % m], logp[rows, iy, (ix + 1) % m])
+    dy = vertex(logp[rows, (iy - 1) % m, ix], logp[rows, (iy + 1) % m, ix])
+    return _clip(torch.stack([s[ix] + dx, s[iy] + dy], 1).double().cpu() * (stack.n / m), max_shift), t2
 
 
 def _blob(volume: Tensor, directions: int = 400) -> Tensor:
@@ -409,18 +439,27 @@ def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
             break
         draw = FourierInserter(m, pad=2, device=device, weight_floor=opts["weight_floor"])
         beta = opts["beta0"] ** (1 - s / max(1, steps - 1))
+        drawn = 0.0
         for idx in torch.randperm(P, generator=opts["gen"])[:b].split(search.rows):
-            pick = search.sample(search.scores(stack, idx, m, t[idx], offsets), beta, opts["device_gen"])
-            t[idx] = _clip(t[idx] + offsets[pick // (len(search.dirs) * search.L)].double().cpu(), opts["max_shift"])
+            moved = t[idx][:, None] + offsets.double().cpu()  # (B, S, 2) the candidates' shifts
+            logp = search.log_posterior(search.scores(stack, idx, m, t[idx], offsets), moved, opts["s2"], beta)
+            pick = search.sample(logp, opts["device_gen"])
+            t[idx] = _clip(moved[torch.arange(len(idx)), pick.cpu() // (len(search.dirs) * search.L)], opts["max_shift"])
             _insert(draw, stack, idx, m, t[idx], search.orientations(pick))
+            drawn += float((t[idx] ** 2).sum())
+        if math.isfinite(opts["s2"]):  # the prior's variance: the draws' mean |t|² / 2 (stochastic EM)
+            opts["s2"] = max(drawn / (2 * b), MIN_SHIFT_SD**2)
         eta = b / (2 * b + (P - 2 * b) * s / max(1, steps - 1))
         data = (1 - eta) * data + (eta * P / b) * draw.data
         weight = (1 - eta) * weight + (eta * P / b) * draw.weight
     total = 0.0
     for idx in torch.arange(P).split(search.rows):
-        score, best = search.scores(stack, idx, m, t[idx], offsets).max(1)
-        t[idx] = _clip(t[idx] + offsets[best // (len(search.dirs) * search.L)].double().cpu(), opts["max_shift"])
-        q[idx], total = search.orientations(best), total + float(score.double().sum())
+        moved = t[idx][:, None] + offsets.double().cpu()
+        scores = search.scores(stack, idx, m, t[idx], offsets)
+        best = search.log_posterior(scores, moved, opts["s2"]).argmax(1)
+        t[idx] = _clip(moved[torch.arange(len(idx)), best.cpu() // (len(search.dirs) * search.L)], opts["max_shift"])
+        q[idx] = search.orientations(best)
+        total += float(scores.gather(1, best[:, None]).double().sum())
     return total / P
 
 
@@ -435,14 +474,15 @@ def _recentre(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     offsets = _offsets(stack, K, opts)
     volume = _reference(_inserted(stack, q, t, m, opts).volume(), q, t, opts, stack.n)
     search, blob, taken = _Search(volume, K, opts, len(offsets)), _blob(volume), 0
+    JL, S = len(search.dirs) * search.L, len(offsets)
     for idx in torch.arange(stack.P).split(max(1, search.rows // 2)):
-        both = torch.cat([t[idx], _peak(stack, idx, m, blob, K, opts["max_shift"])])
-        score, best = search.scores(stack, torch.cat([idx, idx]), m, both, offsets).max(1)
-        pick = (score[len(idx):] > score[: len(idx)]).long().cpu()  # 1: the candidate about h
-        rows = pick * len(idx) + torch.arange(len(idx))
-        best = best[rows.to(best.device)]
-        t[idx] = _clip(both[rows] + offsets[best // (len(search.dirs) * search.L)].double().cpu(), opts["max_shift"])
-        q[idx], taken = search.orientations(best), taken + int(pick.sum())
+        B, h = len(idx), _peak(stack, idx, m, blob, K, opts["max_shift"], opts["s2"])[0]
+        scores = search.scores(stack, torch.cat([idx, idx]), m, torch.cat([t[idx], h]), offsets)
+        scores = torch.cat([scores[:B], scores[B:]], 1)  # (B, 2·S·J·L): the candidates about t, then about h
+        moved = torch.cat([t[idx][:, None] + offsets.double().cpu(), h[:, None] + offsets.double().cpu()], 1)
+        best = search.log_posterior(scores, moved, opts["s2"]).argmax(1).cpu()
+        t[idx] = _clip(moved[torch.arange(B), best // JL], opts["max_shift"])
+        q[idx], taken = search.orientations(best), taken + int((best // JL >= S).sum())
     return taken / stack.P
 
 
@@ -485,18 +525,22 @@ def _iterate(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> tuple[G
     search = _Search(volume, K, opts)
     scores = torch.empty(stack.P, dtype=torch.float64)
     for idx in torch.arange(stack.P).split(stack.batch):  # the shifts at this band, before the orientations
-        t[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"])
+        t[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"], opts["s2"])[0]
     for idx in torch.arange(stack.P).split(search.rows):
         score, best = search.scores(stack, idx, m, t[idx]).max(1)
         scores[idx], q[idx] = score.double().cpu(), search.orientations(best)
+    t2 = torch.empty(stack.P, dtype=torch.float64)
     for idx in torch.arange(stack.P).split(stack.batch):
-        t[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"])
+        t[idx], t2[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"], opts["s2"])
+    if math.isfinite(opts["s2"]):  # the prior's variance: the posterior mean of |t|² / 2 (EM)
+        opts["s2"] = max(float(t2.mean()) / 2, MIN_SHIFT_SD**2)
     moved = quat_distance(q, q_old)
     record = GlobalIteration(band=K, box=m, resolution=curve.resolution(0.143), directions=len(search.dirs),
                              angles=search.L, mean_score=float(scores.mean()),
                              changed=float((moved > opts["sampling"] / K).double().mean()),
                              mean_rotation=float(moved.mean()),
-                             mean_shift=float(torch.linalg.vector_norm(t - t_old, dim=1).mean()))
+                             mean_shift=float(torch.linalg.vector_norm(t - t_old, dim=1).mean()),
+                             shift_sd=math.sqrt(opts["s2"]))
     return record, scores, volume
 
 
@@ -510,7 +554,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
                   iterations: int = 10,
                   start_band: int | None = None, max_band: int = 32, sampling: float = 1.5,
                   max_shift: float | None = None, tolerance: float = 0.02, weight_floor: float = 0.01,
-                  support: bool = True, recentre: bool = True, seed: int = 0, device=None, progress: bool = False) -> GlobalResult:
+                  support: bool = True, recentre: bool = True, shift_prior: bool = True, seed: int = 0, device=None, progress: bool = False) -> GlobalResult:
     """Orientations and shifts of ``images`` (P, n, n) by global projection matching (module docstring).
 
     ``q_init`` (P, 4): the given start (e.g. ab initio orientations), or None for random starts only;
@@ -526,7 +570,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     projection matching with shift searches, its band following the half maps' FSC-0.143 resolution (never decreasing, at most ``max_band`` and
     n/2 − 4), until the band stays and fewer than ``tolerance`` of the particles move by more than a
     grid step. ``sampling``: direction spacing in units of 1/band rad (in-plane ≈ 1/band).
-    ``max_shift``: pixels from the centre (default n/8). ``weight_floor``: of the reconstructions
+    ``max_shift``: pixels from the centre (default n/8). ``shift_prior``: a Gaussian prior on the shifts
+    (module docstring), its standard deviation per axis starting at n/16 pixels. ``weight_floor``: of the reconstructions
     (:class:`FourierInserter`). ``seed``: random starts, draws and half sets.
     """
     t0 = time.perf_counter()
@@ -547,6 +592,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
             "max_shift": n / 8 if max_shift is None else float(max_shift), "steps": int(steps), "beta0": float(beta0),
             "minibatch": max(256, P // 10) if minibatch is None else int(minibatch), "shift_grid": int(shift_grid),
             "support": bool(support),
+            "s2": (n / 16) ** 2 if shift_prior else math.inf,
             "budget": 1 << (28 if device.type == "cuda" else 23), "gen": torch.Generator().manual_seed(seed),
             "device_gen": torch.Generator(device=device).manual_seed(seed)}
     stack = _Stack(images, ctf, _box(top, n), device, 1024 if device.type == "cuda" else 256, seed)
@@ -561,10 +607,10 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     bar = tqdm(total=len(starts) + iterations, desc="global search", unit="it", disable=not progress)
     trials = []
     for name, q, steps in starts:
-        t = t_start.clone()
-        trials.append((_explore(stack, q, t, K, {**opts, "steps": steps}), name, q, t))
+        t, own = t_start.clone(), {**opts, "steps": steps}
+        trials.append((_explore(stack, q, t, K, own), name, q, t, own["s2"]))
         bar.update(1)
-    _, name, q, t = max(trials, key=lambda trial: trial[0])
+    _, name, q, t, opts["s2"] = max(trials, key=lambda trial: trial[0])
     others = [trial for trial in trials if _origin(trial[1]) != _origin(name)]
     runner_up = max(others, key=lambda trial: trial[0]) if others else None
     agreement = None if runner_up is None else align_orientations(q, runner_up[2]).error
