@@ -424,8 +424,10 @@ def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     posterior against the current map at inverse temperature β (:meth:`_Search.sample`), β rising
     geometrically from ``beta0`` to 1; the particle's shift t moves to the offset drawn (at most
     ``max_shift``). The map's Fourier sums move towards those of the draw, scaled to all P
-    particles, by b / H, the horizon H growing from 2b to P. Then every particle takes its best
-    candidate against the final map (q, t updated in place); returns their mean NCC."""
+    particles, by b / H, the horizon H growing from 2b to P. With the shift prior, its variance
+    ``opts["s2"]`` is re-estimated after every step as the draws' mean |t|²/2. Then every particle takes
+    its best candidate (highest log-posterior) against the final map (q, t updated in place); returns
+    their mean NCC."""
     m, P, device = _box(K, stack.m_max), stack.P, stack.device
     offsets, ins = _offsets(stack, K, opts), _inserted(stack, q, t, m, opts)
     data, weight, b, steps = ins.data, ins.weight, min(P, opts["minibatch"]), opts["steps"]
@@ -466,7 +468,7 @@ def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
 def _recentre(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     """Each particle's best candidate at band K about its shift t and about its blob shift h, the
     cross-correlation peak with the mean projection of the map (:func:`_blob`), which needs no
-    orientation; the better of the two is kept (q, t updated in place). Offsets as in :func:`_explore`.
+    orientation; the better of the two (log-posterior, with the shift prior) is kept (q, t updated in place). Offsets as in :func:`_explore`.
     A particle held at a wrong orientation by a wrong shift (each the best given the other) is thereby
     freed when its true shift is nearer h. Returns the fraction of particles that took the candidate
     about h."""
@@ -516,8 +518,9 @@ def _reference(volume: Tensor, q: Tensor, t: Tensor, opts: dict, n: int) -> Tens
 
 
 def _iterate(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> tuple[GlobalIteration, Tensor, Tensor]:
-    """One iteration at band K (module docstring, 1–3); updates q, t in place; returns its record, the
-    particles' NCC and the reference it searched against."""
+    """One iteration at band K (module docstring); updates q, t and, with the shift prior, ``opts["s2"]``
+    (the posterior mean of |t|²/2) in place; returns its record, the particles' NCC and the reference it
+    searched against."""
     m = _box(K, stack.m_max)
     volume, curve = _map(stack, q, t, m, opts["weight_floor"], opts["pixel_size"])
     q_old, t_old = q.clone(), t.clone()
