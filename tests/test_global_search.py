@@ -125,9 +125,9 @@ def test_recovers_orientations_and_shifts_from_random_starts(stack):
 def test_shifts_beyond_the_exploration_grid_are_found(phantom):
     """Particles shifted by N(0, 2.5 px) clipped at 5 px, beyond the exploration's offset grid (±2·n/(4K),
     1.8 px at band 9): each draw moves the particle's shift, and the winner is recentred, so random starts
-    find orientations and shifts, and the shift prior's spread is theirs. Seeds 0–3: E_OR 0.069–0.074 rad, at most 0.2 % of the particles more
-    than 0.3 rad off, shifts 0.12–0.13 px off (before the shift prior); without the recentring 0.10–0.20 rad and 1–5 % (their true
-    shifts the largest); with the shifts also kept at the start during the exploration 0.82 rad, 1.05 px."""
+    find orientations and shifts, and the shift prior's spread is theirs. Seeds 0–3 (before the shift
+    prior): E_OR 0.069–0.074 rad, at most 0.2 % of the particles more than 0.3 rad off, shifts 0.12–0.13 px
+    off; without the recentring 0.10–0.20 rad and 1–5 % (their true shifts the largest); with the shifts also kept at the start during the exploration 0.82 rad, 1.05 px."""
     q, t, ctf, clean = ctf_projections(phantom, P, PIXEL, shift_sigma=2.5, shift_clip=5.0)
     images = clean + torch.randn(clean.shape, generator=torch.Generator().manual_seed(5)) * clean.std()
     res = global_search(images, None, ctf=ctf, pixel_size=PIXEL, restarts=2, max_shift=6.0, **FAST)

@@ -468,7 +468,8 @@ def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
 def _recentre(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     """Each particle's best candidate at band K about its shift t and about its blob shift h, the
     cross-correlation peak with the mean projection of the map (:func:`_blob`), which needs no
-    orientation; the better of the two (log-posterior, with the shift prior) is kept (q, t updated in place). Offsets as in :func:`_explore`.
+    orientation; the better of the two (log-posterior, with the shift prior) is kept (q, t updated in
+    place). Offsets as in :func:`_explore`.
     A particle held at a wrong orientation by a wrong shift (each the best given the other) is thereby
     freed when its true shift is nearer h. Returns the fraction of particles that took the candidate
     about h."""
@@ -557,7 +558,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
                   iterations: int = 10,
                   start_band: int | None = None, max_band: int = 32, sampling: float = 1.5,
                   max_shift: float | None = None, tolerance: float = 0.02, weight_floor: float = 0.01,
-                  support: bool = True, recentre: bool = True, shift_prior: bool = True, seed: int = 0, device=None, progress: bool = False) -> GlobalResult:
+                  support: bool = True, recentre: bool = True, shift_prior: bool = True, seed: int = 0, device=None,
+                  progress: bool = False) -> GlobalResult:
     """Orientations and shifts of ``images`` (P, n, n) by global projection matching (module docstring).
 
     ``q_init`` (P, 4): the given start (e.g. ab initio orientations), or None for random starts only;
