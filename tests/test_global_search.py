@@ -12,8 +12,10 @@ from cryoorient.imaging.project import FourierProjector
 from cryoorient.maps.refine import _rotvec_to_quat
 from cryoorient.maps.transforms import density_centre, shift_map
 from cryoorient.orientations import global_search as gs
+from cryoorient.orientations import polar_matching as pm
 from cryoorient.orientations.align import align_orientations
-from cryoorient.orientations.global_search import direction_grid, global_search
+from cryoorient.orientations.global_search import global_search
+from cryoorient.orientations.polar_matching import direction_grid
 
 BOX, PIXEL, P = 32, 3.0, 500
 FAST = {"minibatch": 128, "steps": 40}  # exploration small enough for the CPU (defaults: 256 and 40)
@@ -44,12 +46,12 @@ def _shift_error(q_est, t_est, t_true):
 
 def test_candidates_follow_the_projection_convention(phantom):
     """Projections at a candidate's orientation score best at that candidate (directions × in-plane angles)."""
-    search = gs._Search(phantom.float(), 10, {"sampling": 1.5, "budget": 1 << 23})
+    search = pm.PolarSearch(phantom.float(), 10, {"sampling": 1.5, "budget": 1 << 23})
     J, L = len(search.dirs), search.L
     flat = torch.tensor([0, 5 * L + 3, (J // 2) * L + L // 4, (J - 1) * L + L - 1])
     q = search.orientations(flat)
     images = FourierProjector(phantom.float(), pad=2.0).images(q.float())
-    stack = gs._Stack(images, None, BOX, "cpu", 64, seed=0)
+    stack = pm.ParticleStack(images, None, BOX, "cpu", 64, seed=0)
     scores = search.scores(stack, torch.arange(len(flat)), BOX, torch.zeros(len(flat), 2))
     assert torch.equal(scores.argmax(1), flat)
     assert float(scores.amax(1).min()) > 0.99
@@ -61,7 +63,7 @@ def test_draws_follow_the_posterior_and_skip_only_negligible_candidates():
     """Draw frequencies against the closed form N (c² − c_max²) / (2 (1 − c_max²)) (N = 2000 here): a candidate
     log 3 below the best is drawn 1/4 of the time, 11 candidates more than 45 below never (drawn among the
     few kept); when the best NCC is about 0 every candidate stays in (c <= 0 counts as 0; all draw noise)."""
-    search = gs._Search.__new__(gs._Search)
+    search = pm.PolarSearch.__new__(pm.PolarSearch)
     search.count = torch.tensor([1000.0])
     c2 = math.sqrt(0.25 - math.log(3) / (2000 / 1.5))
     rows = 40000
@@ -79,7 +81,7 @@ def test_draws_follow_the_posterior_and_skip_only_negligible_candidates():
 def test_the_shift_prior_weighs_the_draws():
     """Two candidates of equal NCC whose shifts differ in prior by log 3 (|t|² = 2·s²·log 3 against 0): the
     shifted one is drawn 1/4 of the time with the prior, 1/2 without."""
-    search = gs._Search.__new__(gs._Search)
+    search = pm.PolarSearch.__new__(pm.PolarSearch)
     search.count = torch.tensor([1000.0])
     rows, s2 = 40000, 2.0
     scores = torch.tensor([[0.5, 0.5]]).repeat(rows, 1)  # S = 2 offsets of one candidate each
@@ -99,8 +101,8 @@ def test_the_shift_prior_keeps_noise_dominated_shifts_near_the_truth(phantom):
     zero = float(t.norm(dim=1).mean())
     for noise in (10.0, 1.0):
         images = clean + torch.randn(clean.shape, generator=torch.Generator().manual_seed(5)) * clean.std() * noise
-        particles = gs._Stack(images, ctf, BOX, "cpu", 256, seed=0)
-        (ml, _), (post, t2) = (gs._peak(particles, torch.arange(len(t)), BOX, F, 12, 8.0, s2) for s2 in (math.inf, 2.25))
+        particles = pm.ParticleStack(images, ctf, BOX, "cpu", 256, seed=0)
+        (ml, _), (post, t2) = (pm.shift_peak(particles, torch.arange(len(t)), BOX, F, 12, 8.0, s2) for s2 in (math.inf, 2.25))
         ml, post = (float((s - t).norm(dim=1).mean()) for s in (ml, post))
         if noise > 1:
             assert ml > 0.8 * zero and post < 0.6 * zero and abs(float(t2.mean()) / 2 - 2.25) < 0.3, (ml, post, zero)
@@ -159,14 +161,14 @@ def test_recentring_frees_particles_held_at_their_mirror_view_by_a_wrong_shift(p
 
 
 def test_the_blob_is_the_mean_projection(phantom):
-    """The mean projection from :func:`gs._blob`: a spherical Gaussian's is its projection along any axis;
+    """The mean projection from :func:`pm.mean_projection`: a spherical Gaussian's is its projection along any axis;
     the phantom's is the mean of its projections at 3,000 random orientations."""
     ax = torch.arange(BOX, dtype=torch.float32) - BOX // 2
     gauss = torch.exp(-(ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2) / (2 * 3.0**2))
     for volume, q in ((gauss, random_quaternions(1, generator=1)), (phantom.float(), random_quaternions(3000, generator=1))):
         mean = FourierProjector(volume, pad=2.0).images(q.float()).mean(0)
         expected = torch.fft.rfft2(torch.fft.ifftshift(mean))
-        blob = gs._blob(volume)[0]
+        blob = pm.mean_projection(volume)[0]
         assert float((blob - expected).abs().max() / expected.abs().max()) < 0.03
 
 

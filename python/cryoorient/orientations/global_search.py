@@ -5,13 +5,9 @@ Projection matching over all of SO(3), between ab initio orientations and local 
 are at a Fourier band of K pixels (radius in units of 1/(n · pixel size)), on the particles
 Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
 
-* **Scores.** A particle is compared with the projections of a map along J directions (a Fibonacci
-  sphere of spacing ``sampling``/K rad), each at every in-plane rotation of a polar grid of
-  L ≈ 2πK angles: polar spectra (:func:`cryoorient.orientations.abinitio.polar_spectra`) of the
-  CTF-multiplied image and of the projections, one matrix product per angular frequency and an
-  inverse FFT over the angle give all J × L candidates at once. The score is the normalised
-  cross-correlation (NCC) in the band of the image with the CTF-modulated projection (the CTF's
-  ring mean in the projection's norm: exact without astigmatism).
+* **Scores** (:mod:`cryoorient.orientations.polar_matching`): the NCC in the band of each particle
+  with the CTF-modulated projections of a map along J directions (a Fibonacci sphere of spacing
+  ``sampling``/K rad), each at every in-plane rotation of a polar grid of L ≈ 2πK angles, all at once.
 * **Exploration** (:func:`_explore`), from the map of a start: stochastic expectation maximisation,
   in the spirit of cryoSPARC's stochastic gradient descent (Punjani et al. 2017). Minibatches of
   particles are inserted each at one orientation and shift offset drawn from its posterior, the
@@ -34,7 +30,7 @@ Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
   peak within ``max_shift`` of the centre, parabola-polished), its best orientation, and its
   shift again. The half maps' FSC-0.143 resolution sets the next band.
 * **Shift prior** (``shift_prior``, as RELION's sigma_offset): every choice of a shift — the draws, the
-  best candidates, the shift searches — weighs the log-likelihood (:meth:`_Search.log_posterior`)
+  best candidates, the shift searches — weighs the log-likelihood (:meth:`PolarSearch.log_posterior`)
   against a Gaussian prior −|t|²/(2s²) about the box centre, s² per axis re-estimated from the data:
   the drawn shifts' mean |t|²/2 after every exploration step (stochastic EM), the posterior mean of
   |t|²/2 after every iteration (EM). At low SNR a shift chosen among many by the likelihood alone is
@@ -73,21 +69,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..geometry import euler_to_quat, quat_distance, quat_multiply, quat_to_matrix, random_quaternions
-from ..imaging.project import FourierProjector
-from ..imaging.shift import phase_ramp
-from ..maps.fsc import FSCResult, fsc
+from ..geometry import quat_distance, quat_to_matrix, random_quaternions
+from ..maps.fsc import fsc
 from ..maps.reconstruct import FourierInserter
 from ..maps.transforms import density_centre, particle_radius, shift_map, soft_sphere
-from .abinitio import polar_spectra
 from .align import align_orientations
+from .polar_matching import ParticleStack, PolarSearch, clip_shifts, direction_grid, mean_projection, shift_peak
 
 __all__ = ["AGREEMENT", "GlobalIteration", "GlobalResult", "direction_grid", "global_search"]
 
 #: E_OR (rad) between two independent starts below which their orientations count as reproducible.
 AGREEMENT = 0.3
-#: Log-posterior margin below the best candidate beyond which :meth:`_Search.sample` draws no noise.
-SAMPLE_CUT = 45.0
 #: Smallest standard deviation per axis (pixels) the Gaussian shift prior's estimate may reach.
 MIN_SHIFT_SD = 0.5
 
@@ -152,72 +144,7 @@ class GlobalResult:
                 f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å; {self.seconds:.1f} s")
 
 
-def direction_grid(count: int) -> Tensor:
-    """``count`` quaternions (count, 4) float64 of A = Ry(tilt)·Rz(rot) (psi 0) whose viewing directions
-    (the third row of A) form a Fibonacci sphere: nearly uniform, spacing ≈ sqrt(4π / count) rad."""
-    i = torch.arange(count, dtype=torch.float64) + 0.5
-    tilt = torch.rad2deg(torch.acos(1 - 2 * i / count))
-    rot = torch.rad2deg(torch.remainder(i * math.pi * (3 - math.sqrt(5)), 2 * math.pi))
-    return euler_to_quat(rot, tilt, torch.zeros_like(rot))
-
-
-def _crop(spec: Tensor, m: int) -> Tensor:
-    """The frequencies of an m-box (B, m, m//2 + 1) from ``rfft2`` spectra (B, s, s//2 + 1), s >= m even."""
-    h = m // 2
-    return torch.cat([spec[:, :h, : h + 1], spec[:, spec.shape[1] - h :, : h + 1]], 1)
-
-
-class _Stack:
-    """The particles' spectra Fourier-cropped once to the largest working box, the centre pixel n//2
-    at the origin, on ``device``; their CTF; the random half sets."""
-
-    def __init__(self, images, ctf, m_max: int, device, batch: int, seed: int):
-        self.P, self.n, self.m_max, self.ctf, self.device, self.batch = len(images), images.shape[-1], m_max, ctf, device, batch
-        self.spec = torch.empty(self.P, m_max, m_max // 2 + 1, dtype=torch.complex64, device=device)
-        centre = torch.full((1, 2), -float(self.n // 2), device=device)
-        for idx in torch.arange(self.P).split(batch):
-            x = images[idx.to(images.device)] if torch.is_tensor(images) else torch.from_numpy(
-                np.ascontiguousarray(images[idx.numpy()]))
-            x = x.to(device, torch.float32)
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"images {int(idx[0])}..{int(idx[-1])} contain NaN or infinite values")
-            self.spec[idx.to(device)] = _crop(torch.fft.rfft2(x) * phase_ramp(centre, self.n), m_max)
-        self.half = torch.randperm(self.P, generator=torch.Generator().manual_seed(seed)) % 2
-
-    def ctf_at(self, idx: Tensor, m: int, pad: int = 1) -> Tensor | None:
-        """CTFs (B, pad·m, pad·m//2 + 1) of particles ``idx`` at the frequencies of the pad·m-box of the crop."""
-        if self.ctf is None:
-            return None
-        c = torch.as_tensor(self.ctf(idx, pad * self.n)).to(self.device, torch.float32)
-        if tuple(c.shape) != (len(idx), pad * self.n, pad * self.n // 2 + 1):
-            raise ValueError(f"ctf(indices, {pad * self.n}) must return shape "
-                             f"{(len(idx), pad * self.n, pad * self.n // 2 + 1)}; got {tuple(c.shape)}")
-        return _crop(c, pad * m)
-
-    def images(self, idx: Tensor, m: int, t: Tensor, ctf: Tensor | None = None) -> Tensor:
-        """Particles ``idx`` (B, m, m) in the m-box, moved by −t (n-pixels) to its centre m//2, times ``ctf``."""
-        s = _crop(self.spec[idx.to(self.device)], m)
-        s = s * phase_ramp(m // 2 - t.to(self.device, torch.float32) * (m / self.n), m)
-        return torch.fft.irfft2(s if ctf is None else s * ctf, s=(m, m))
-
-
-def _rings(m: int, K: int, device) -> tuple[Tensor, Tensor]:
-    """Ring (0..K-1 for radii 1..K, K outside) of every rfft2 pixel of the m-box, and pixels per ring (K,)."""
-    ky = torch.fft.fftfreq(m, d=1.0 / m, device=device)
-    kx = torch.fft.rfftfreq(m, d=1.0 / m, device=device)
-    r = torch.round(torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)).long().flatten()
-    ring = torch.where((r >= 1) & (r <= K), r - 1, K)
-    return ring, torch.bincount(ring, minlength=K + 1)[:K].clamp_min(1)
-
-
-def _ring_mean(x: Tensor, ring: Tensor, count: Tensor) -> Tensor:
-    """Means (B, K) over each ring of real values (B, m, m//2 + 1) on the rfft2 grid."""
-    K = count.numel()
-    out = x.new_zeros(x.shape[0], K + 1).index_add_(1, ring, x.flatten(1))
-    return out[:, :K] / count
-
-
-def _map(stack: _Stack, q: Tensor, t: Tensor, m: int, weight_floor: float, pixel_size: float):
+def _map(stack: ParticleStack, q: Tensor, t: Tensor, m: int, weight_floor: float, pixel_size: float):
     """Half maps of the particles at (q, t) in the m-box: the sqrt(FSC)-weighted full map and the FSC."""
     ins = [FourierInserter(m, pad=2, device=stack.device, weight_floor=weight_floor) for _ in (0, 1)]
     for idx in torch.arange(stack.P).split(stack.batch):
@@ -240,152 +167,6 @@ def _map(stack: _Stack, q: Tensor, t: Tensor, m: int, weight_floor: float, pixel
     return torch.fft.irfftn(spec, s=(m, m, m)), curve
 
 
-class _Search:
-    """The reference's polar spectra at J directions (K rings, L angles) and the comparison of particles with them."""
-
-    def __init__(self, volume: Tensor, K: int, opts: dict, shifts: int = 1):
-        m, device = volume.shape[0], volume.device
-        self.K, self.L = K, 8 * math.ceil(2 * math.pi * K / 8)
-        self.dirs = direction_grid(math.ceil(4 * math.pi * (K / opts["sampling"]) ** 2))
-        self.proj = FourierProjector(volume, pad=2.0, interpolation="linear")
-        chunk = max(1, opts["budget"] // (m * m * 8))
-        pol = torch.cat([polar_spectra(self.proj.images(d.to(device).float()), K, self.L)
-                         for d in self.dirs.split(chunk)], 1)  # (L, J, K)
-        self.power = (pol.abs() ** 2).sum(0)  # (J, K): each ring's share of a projection's squared norm
-        self.refs = pol[: self.L // 2 + 1].conj().transpose(1, 2).contiguous()  # (M, K, J), m >= 0 suffices
-        self.ring, self.count = _rings(m, K, device)
-        self.rows = max(1, opts["budget"] // (self.L * len(self.dirs) * shifts))  # particles per batch
-
-    def scores(self, stack: _Stack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None) -> Tensor:
-        """NCC (B, S·J·L) of particles ``idx`` at shifts t + offsets[s] (S offsets, n-pixels; default one,
-        zero) with every orientation; candidate (s·J + j)·L + l: offset s, direction j, angle l."""
-        S = 1 if offsets is None else len(offsets)
-        rep = idx.repeat_interleave(S)
-        t = t.to(stack.device).float().repeat_interleave(S, 0) + (0 if offsets is None else offsets.repeat(len(idx), 1))
-        c = stack.ctf_at(idx, m)
-        c = None if c is None else c.repeat_interleave(S, 0)
-        x = stack.images(rep, m, t)
-        X = polar_spectra(x, self.K, self.L)
-        xnorm = (X.abs() ** 2).sum((0, 2))
-        if c is not None:
-            X = polar_spectra(stack.images(rep, m, t, c), self.K, self.L)
-        X = X[: self.L // 2 + 1]
-        c2 = torch.ones(len(rep), self.K, device=x.device) if c is None else _ring_mean(c * c, self.ring, self.count)
-        den = torch.sqrt((c2 @ self.power.T) * xnorm[:, None]).clamp_min(1e-30)  # (B·S, J)
-        cc = torch.fft.irfft(X @ self.refs, n=self.L, dim=0) * self.L  # (L, B·S, J)
-        return (cc / den).permute(1, 2, 0).reshape(len(idx), -1)
-
-    def orientations(self, flat: Tensor) -> Tensor:
-        """Quaternions (..., 4) float64, w >= 0, of candidates ``flat`` (modulo J·L: j·L + l): Rz(α_l)·A_j,
-        the projection along direction j rotated by α_l = 2πl/L in the image plane."""
-        flat = flat.cpu() % (len(self.dirs) * self.L)
-        a = (flat % self.L).double() * (2 * math.pi / self.L)
-        inplane = torch.stack([torch.cos(a / 2), torch.zeros_like(a), torch.zeros_like(a), torch.sin(a / 2)], -1)
-        q = quat_multiply(inplane, self.dirs[flat // self.L])
-        return torch.where(q[..., :1] < 0, -q, q)
-
-    def log_posterior(self, scores: Tensor, shifts: Tensor | None = None, s2: float = math.inf, beta: float = 1.0) -> Tensor:
-        """Log-posteriors (B, C) of the candidates of NCC ``scores`` (B, C), up to a constant per row, at inverse
-        temperature ``beta``: Gaussian noise and the best scale of each projection give log-likelihoods
-        N (c² − c_max²) / (2 (1 − c_max²)), N the real Fourier coefficients in the band, the noise power
-        estimated from the best candidate's residual (as :mod:`cryoorient.maps.refine` does; c <= 0 counts
-        as 0); ``shifts`` (B, S, 2), the candidates' shifts (n-pixels, candidate s·J·L + …), add the
-        Gaussian shift prior −|t|² / (2 ``s2``) (none for ``s2`` = inf)."""
-        cmax = scores.amax(1, keepdim=True).clamp(0.0, 1.0 - 1e-6)
-        logp = scores.clamp_min(0).pow_(2).sub_(cmax**2).mul_((beta * float(self.count.sum())) / (1 - cmax**2))
-        if shifts is not None and math.isfinite(s2):
-            prior = (shifts.to(scores.device, torch.float32) ** 2).sum(-1) * (-beta / (2 * s2))  # (B, S)
-            logp.view(*prior.shape, -1).add_(prior[..., None])
-        return logp
-
-    @staticmethod
-    def sample(logp: Tensor, gen: torch.Generator) -> Tensor:
-        """One candidate (B,) per row of log-posteriors ``logp`` (B, C) (:meth:`log_posterior`), drawn from the
-        posterior (Gumbel-max). Only the candidates within :data:`SAMPLE_CUT` of the row's best draw noise
-        (every one when more than a quarter are): a candidate left out could have won with probability at
-        most C·e^−SAMPLE_CUT (below 1e-9 for C < 10¹⁰)."""
-        keep = logp > logp.amax(1, keepdim=True) - SAMPLE_CUT
-        if int(keep.sum()) > keep.numel() // 4:  # a broad posterior: every candidate draws noise
-            e = torch.rand(logp.shape, generator=gen, device=logp.device).clamp_min_(1e-30).log_().neg_().log_()
-            return torch.sub(logp, e, out=e).argmax(1)  # logp plus Gumbel noise −log(−log u)
-        rows, cols = keep.nonzero(as_tuple=True)
-        u = torch.rand(rows.shape, generator=gen, device=logp.device).clamp_min(1e-30)
-        g = logp[rows, cols] - torch.log(-torch.log(u))
-        best = torch.full((len(logp),), -math.inf, device=logp.device).scatter_reduce(0, rows, g, "amax")
-        win = g == best[rows]
-        return torch.zeros(len(logp), dtype=torch.long, device=logp.device).index_put_((rows[win],), cols[win])
-
-    def shifts(self, stack: _Stack, idx: Tensor, m: int, q: Tensor, max_shift: float, s2: float = math.inf):
-        """Shifts (B, 2) n-pixels of particles ``idx`` at orientations q and their posterior means of |t|² (B,):
-        :func:`_peak` with the CTF-modulated projections."""
-        return _peak(stack, idx, m, self.proj.slices(q.to(stack.device).float()), self.K, max_shift, s2)
-
-
-def _peak(stack: _Stack, idx: Tensor, m: int, F: Tensor, K: int, max_shift: float, s2: float = math.inf):
-    """Shifts (B, 2) n-pixels of particles ``idx``, and the posterior mean of |t|² (B,) n-pixels², from the
-    cross-correlation in the band K of each image with its CTF-modulated reference F (B or 1, m, m//2 + 1)
-    (centred, rfft2 grid of the m-box): the peak within ``max_shift`` of the centre of the log-posterior
-    (the log-likelihood of :meth:`_Search.log_posterior` from the NCC at each shift, plus the Gaussian
-    shift prior −|t|² / (2 ``s2``)), parabola-polished."""
-    c = stack.ctf_at(idx, m)
-    if c is not None:
-        F = F * c
-    ring, count = _rings(m, K, stack.device)
-    band = (ring < K).view(m, m // 2 + 1)
-    herm = torch.full((m // 2 + 1,), 2.0, device=stack.device)
-    herm[0] = herm[-1] = 1.0  # each rfft2 column's share of the full grid
-    x = _crop(stack.spec[idx.to(stack.device)], m) * band
-    cc = torch.fft.irfft2(x * F.conj(), s=(m, m))  # cc[sy, sx]: the image is the reference moved by s
-    norm = torch.sqrt(((x.abs() ** 2) * herm).sum((1, 2)) * ((F * band).abs() ** 2 * herm).sum((1, 2)))
-    ncc = (cc * (m * m / norm.clamp_min(1e-30))[:, None, None]).clamp_min(0)
-    s = torch.fft.fftfreq(m, d=1.0 / m, device=stack.device)
-    r2 = (s[:, None] ** 2 + s[None, :] ** 2) * (stack.n / m) ** 2
-    cmax = ncc.amax((1, 2), keepdim=True).clamp(max=1 - 1e-6)
-    logp = (float(count.sum()) / (1 - cmax**2)) * (ncc**2 - cmax**2)
-    if math.isfinite(s2):
-        logp = logp - r2 / (2 * s2)
-    inside = logp.masked_fill(r2 > max_shift**2, -math.inf).flatten(1)
-    t2 = (torch.softmax(inside, 1) * r2.flatten()).sum(1).double().cpu()
-    best = inside.argmax(1)
-    iy, ix = best // m, best % m
-    rows = torch.arange(len(idx), device=stack.device)
-    f0 = logp[rows, iy, ix]
-
-    def vertex(fm, fp):  # offset of the parabola's vertex through (-1, fm), (0, f0), (1, fp)
-        den = fm - 2 * f0 + fp
-        return torch.where(den < 0, 0.5 * (fm - fp) / torch.where(den < 0, den, -1.0), 0.0).clamp(-0.5, 0.5)
-
-    dx = vertex(logp[rows, iy, (ix - 1) % m], logp[rows, iy, (ix + 1) % m])
-    dy = vertex(logp[rows, (iy - 1) % m, ix], logp[rows, (iy + 1) % m, ix])
-    return _clip(torch.stack([s[ix] + dx, s[iy] + dy], 1).double().cpu() * (stack.n / m), max_shift), t2
-
-
-def _blob(volume: Tensor, directions: int = 400) -> Tensor:
-    """The mean of the projections of ``volume`` (m³, centred) over all orientations, as its spectrum
-    (1, m, m//2 + 1) on the rfft2 grid: by the projection-slice theorem, the mean of the volume's
-    spectrum over the sphere of each radius, taken at ``directions`` points of a Fibonacci sphere every
-    quarter pixel of radius (trilinear, the volume padded twice), read at each pixel's radius."""
-    m, device = volume.shape[0], volume.device
-    padded = torch.zeros((2 * m,) * 3, device=device)
-    padded[m // 2 : m // 2 + m, m // 2 : m // 2 + m, m // 2 : m // 2 + m] = volume
-    spec = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(padded)).real)  # centred: the sphere means are real
-    view = quat_to_matrix(direction_grid(directions))[:, 2].to(device, torch.float32)  # (D, 3) unit vectors
-    radii = torch.arange(0, m * 0.75 + 1, 0.25, device=device)  # m-box pixels, past the rfft2 grid's corner
-    points = radii[:, None, None] * view[None] * 2  # padded-box pixels, (x, y, z)
-    grid = (2 * (points + m) + 1) / (2 * m) - 1  # align_corners=False coordinates of index m + point
-    sphere = torch.nn.functional.grid_sample(spec[None, None], grid[None, None], align_corners=False)[0, 0, 0]
-    mean = sphere.mean(1)  # (R,): the padded transform is the volume's at half-pixel steps
-    k = torch.fft.fftfreq(m, d=1.0 / m, device=device)
-    kx = torch.fft.rfftfreq(m, d=1.0 / m, device=device)
-    pos = torch.sqrt(k[:, None] ** 2 + kx[None, :] ** 2) * 4  # quarter-pixel steps
-    j, f = pos.floor().long(), pos - pos.floor()
-    return (mean[j] * (1 - f) + mean[j + 1] * f)[None].to(torch.complex64)
-
-
-def _clip(t: Tensor, max_shift: float) -> Tensor:
-    """Shifts (B, 2) shortened to at most ``max_shift`` pixels, their directions kept."""
-    length = torch.linalg.vector_norm(t, dim=1, keepdim=True)
-    return t * (max_shift / length.clamp_min(1e-12)).clamp(max=1.0)
 
 
 def _box(K: int, m_max: int) -> int:
@@ -393,7 +174,7 @@ def _box(K: int, m_max: int) -> int:
     return min(m_max, 8 * math.ceil((2 * K + 8) / 8))
 
 
-def _insert(ins: FourierInserter, stack: _Stack, idx: Tensor, m: int, t: Tensor, q: Tensor, rows=None, w=None):
+def _insert(ins: FourierInserter, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, q: Tensor, rows=None, w=None):
     """Insert particles ``idx`` (at shifts t (B, 2)) into ``ins``, image ``rows[k]`` at orientation q[k]
     with weight w[k] (default: each image once, weight 1)."""
     img, c = stack.images(idx, m, t), stack.ctf_at(idx, m, pad=2)
@@ -402,13 +183,13 @@ def _insert(ins: FourierInserter, stack: _Stack, idx: Tensor, m: int, t: Tensor,
     ins.insert(img, quat_to_matrix(q.to(stack.device)).float(), c, None if w is None else w.float())
 
 
-def _offsets(stack: _Stack, K: int, opts: dict) -> Tensor:
+def _offsets(stack: ParticleStack, K: int, opts: dict) -> Tensor:
     """Shift offsets (S, 2) n-pixels: a grid of (2·``shift_grid`` + 1)² points n/(4K) pixels apart."""
     grid = torch.arange(-opts["shift_grid"], opts["shift_grid"] + 1.0, device=stack.device)
     return torch.cartesian_prod(grid, grid) * (stack.n / (4 * K))
 
 
-def _inserted(stack: _Stack, q: Tensor, t: Tensor, m: int, opts: dict) -> FourierInserter:
+def _inserted(stack: ParticleStack, q: Tensor, t: Tensor, m: int, opts: dict) -> FourierInserter:
     """Every particle inserted once at (q, t) into a reconstruction of the m-box."""
     ins = FourierInserter(m, pad=2, device=stack.device, weight_floor=opts["weight_floor"])
     for idx in torch.arange(stack.P).split(stack.batch):
@@ -416,12 +197,12 @@ def _inserted(stack: _Stack, q: Tensor, t: Tensor, m: int, opts: dict) -> Fourie
     return ins
 
 
-def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
+def _explore(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     """Stochastic expectation maximisation at band K from the map of the particles at (q, t).
 
     Each of ``steps`` steps draws ``minibatch`` particles and inserts each at one orientation and
     shift offset (``shift_grid`` offsets each way, n/(4K) pixels apart, about t) drawn from its
-    posterior against the current map at inverse temperature β (:meth:`_Search.sample`), β rising
+    posterior against the current map at inverse temperature β (:meth:`PolarSearch.sample`), β rising
     geometrically from ``beta0`` to 1; the particle's shift t moves to the offset drawn (at most
     ``max_shift``). The map's Fourier sums move towards those of the draw, scaled to all P
     particles, by b / H, the horizon H growing from 2b to P. With the shift prior, its variance
@@ -436,7 +217,7 @@ def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
         volume = ins.volume()
         c = density_centre(volume)  # the map stays centred (``data`` moves with it)
         ins.translate(-c)
-        search = _Search(_support(shift_map(volume, -c), opts, stack.n), K, opts, len(offsets))
+        search = PolarSearch(_support(shift_map(volume, -c), opts, stack.n), K, opts, len(offsets))
         if s == steps:
             break
         draw = FourierInserter(m, pad=2, device=device, weight_floor=opts["weight_floor"])
@@ -446,7 +227,7 @@ def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
             moved = t[idx][:, None] + offsets.double().cpu()  # (B, S, 2) the candidates' shifts
             logp = search.log_posterior(search.scores(stack, idx, m, t[idx], offsets), moved, opts["s2"], beta)
             pick = search.sample(logp, opts["device_gen"])
-            t[idx] = _clip(moved[torch.arange(len(idx)), pick.cpu() // (len(search.dirs) * search.L)], opts["max_shift"])
+            t[idx] = clip_shifts(moved[torch.arange(len(idx)), pick.cpu() // (len(search.dirs) * search.L)], opts["max_shift"])
             _insert(draw, stack, idx, m, t[idx], search.orientations(pick))
             drawn += float((t[idx] ** 2).sum())
         if math.isfinite(opts["s2"]):  # the prior's variance: the draws' mean |t|² / 2 (stochastic EM)
@@ -459,15 +240,15 @@ def _explore(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
         moved = t[idx][:, None] + offsets.double().cpu()
         scores = search.scores(stack, idx, m, t[idx], offsets)
         best = search.log_posterior(scores, moved, opts["s2"]).argmax(1)
-        t[idx] = _clip(moved[torch.arange(len(idx)), best.cpu() // (len(search.dirs) * search.L)], opts["max_shift"])
+        t[idx] = clip_shifts(moved[torch.arange(len(idx)), best.cpu() // (len(search.dirs) * search.L)], opts["max_shift"])
         q[idx] = search.orientations(best)
         total += float(scores.gather(1, best[:, None]).double().sum())
     return total / P
 
 
-def _recentre(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
+def _recentre(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     """Each particle's best candidate at band K about its shift t and about its blob shift h, the
-    cross-correlation peak with the mean projection of the map (:func:`_blob`), which needs no
+    cross-correlation peak with the mean projection of the map (:func:`mean_projection`), which needs no
     orientation; the better of the two (log-posterior, with the shift prior) is kept (q, t updated in
     place). Offsets as in :func:`_explore`.
     A particle held at a wrong orientation by a wrong shift (each the best given the other) is thereby
@@ -476,20 +257,20 @@ def _recentre(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
     m = _box(K, stack.m_max)
     offsets = _offsets(stack, K, opts)
     volume = _reference(_inserted(stack, q, t, m, opts).volume(), q, t, opts, stack.n)
-    search, blob, taken = _Search(volume, K, opts, len(offsets)), _blob(volume), 0
+    search, blob, taken = PolarSearch(volume, K, opts, len(offsets)), mean_projection(volume), 0
     JL, S = len(search.dirs) * search.L, len(offsets)
     for idx in torch.arange(stack.P).split(max(1, search.rows // 2)):
-        B, h = len(idx), _peak(stack, idx, m, blob, K, opts["max_shift"], opts["s2"])[0]
+        B, h = len(idx), shift_peak(stack, idx, m, blob, K, opts["max_shift"], opts["s2"])[0]
         scores = search.scores(stack, torch.cat([idx, idx]), m, torch.cat([t[idx], h]), offsets)
         scores = torch.cat([scores[:B], scores[B:]], 1)  # (B, 2·S·J·L): the candidates about t, then about h
         moved = torch.cat([t[idx][:, None] + offsets.double().cpu(), h[:, None] + offsets.double().cpu()], 1)
         best = search.log_posterior(scores, moved, opts["s2"]).argmax(1).cpu()
-        t[idx] = _clip(moved[torch.arange(B), best // JL], opts["max_shift"])
+        t[idx] = clip_shifts(moved[torch.arange(B), best // JL], opts["max_shift"])
         q[idx], taken = search.orientations(best), taken + int((best // JL >= S).sum())
     return taken / stack.P
 
 
-def _particle_diameter(stack: _Stack, q: Tensor, t: Tensor, opts: dict) -> float:
+def _particle_diameter(stack: ParticleStack, q: Tensor, t: Tensor, opts: dict) -> float:
     """The particle's diameter D (n-pixels) in the map of (q, t): twice the radius of 98 % of its density
     (:func:`cryoorient.maps.transforms.particle_radius`); for random orientations, the map is the
     particle's rotational average, whose radius is the particle's largest."""
@@ -518,7 +299,7 @@ def _reference(volume: Tensor, q: Tensor, t: Tensor, opts: dict, n: int) -> Tens
     return _support(shift_map(volume, -c), opts, n)
 
 
-def _iterate(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> tuple[GlobalIteration, Tensor, Tensor]:
+def _iterate(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> tuple[GlobalIteration, Tensor, Tensor]:
     """One iteration at band K (module docstring); updates q, t and, with the shift prior, ``opts["s2"]``
     (the posterior mean of |t|²/2) in place; returns its record, the particles' NCC and the reference it
     searched against."""
@@ -526,7 +307,7 @@ def _iterate(stack: _Stack, q: Tensor, t: Tensor, K: int, opts: dict) -> tuple[G
     volume, curve = _map(stack, q, t, m, opts["weight_floor"], opts["pixel_size"])
     q_old, t_old = q.clone(), t.clone()
     volume = _reference(volume, q, t, opts, stack.n)
-    search = _Search(volume, K, opts)
+    search = PolarSearch(volume, K, opts)
     scores = torch.empty(stack.P, dtype=torch.float64)
     for idx in torch.arange(stack.P).split(stack.batch):  # the shifts at this band, before the orientations
         t[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"], opts["s2"])[0]
@@ -600,7 +381,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
             "s2": (n / 16) ** 2 if shift_prior else math.inf,
             "budget": 1 << (28 if device.type == "cuda" else 23), "gen": torch.Generator().manual_seed(seed),
             "device_gen": torch.Generator(device=device).manual_seed(seed)}
-    stack = _Stack(images, ctf, _box(top, n), device, 1024 if device.type == "cuda" else 256, seed)
+    stack = ParticleStack(images, ctf, _box(top, n), device, 1024 if device.type == "cuda" else 256, seed)
     t_start = torch.zeros(P, 2, dtype=torch.float64) if shifts is None else torch.as_tensor(shifts).double().cpu()
     given = [] if q_init is None else [torch.as_tensor(q_init).double().cpu()]
     starts = [(name, q.clone(), k) for q in given for name, k in (("given as is", 0), ("given", opts["steps"]))
