@@ -31,6 +31,16 @@ sorted worst protein first (largest E_OR / (1.25 · floor + 0.01)); every run is
 from ``--restarts`` random starts, zero starting shifts, no ab initio and no refinement, on the same
 data: E_OR, the fraction of particles more than 0.3 rad off, and for those, the median true shift
 against the others'; rows of ``--out``/global.csv, worst first.
+
+``--oracle``: also the global search started at the true orientations and shifts (no exploration), its
+own floor on these images. ``--global NAME=VALUE ...``: options of the chain's global search (and of
+the oracle's), e.g. ``joint_grid=0 max_band=32`` for the defaults before session 8.
+
+``--ambiguity``: no chain; against the true map at the true shifts, for each band of ``--bands``
+(Fourier pixels), the fraction of the first ``--count`` particles whose best orientation on the global
+search's grid lies more than 0.3 rad from the truth, and the fraction of those whose NCC there beats
+the NCC at their exact true orientation: how often the data themselves, not the search, place a
+particle wrong at that band. Rows of ``--out``/ambiguity.csv.
 """
 
 from __future__ import annotations
@@ -49,11 +59,14 @@ import torch
 
 from cryoorient.geometry import quat_conjugate, quat_distance, quat_multiply
 from cryoorient.imaging.ctf import ctf_2d
+from cryoorient.imaging.shift import phase_ramp
 from cryoorient.imaging.simulate import ImageSimulator, SimulationSettings, draw_parameters, load_volume
 from cryoorient.maps.refine import mirror_orientations, refine
+from cryoorient.maps.transforms import resample_map
 from cryoorient.orientations.align import align_orientations
 from cryoorient.orientations.chain import run_chain
-from cryoorient.orientations.global_search import global_search
+from cryoorient.orientations.global_search import _box, global_search
+from cryoorient.orientations.polar_matching import ParticleStack, PolarSearch, crop_spectrum, rings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FAILURE = 0.3  # rad
@@ -61,6 +74,7 @@ PIXEL_RANGE = (1.5, 2.0)  # Å per pixel of the atomic models
 COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "E_OR_abinitio", "determined", "E_OR_global",
            "global_start", "E_OR", "wrong", "physical", "failed", "floor_E_OR", "target", "resolution_A", "true_map_resolution_A",
            "seconds", "abinitio_seconds", "global_seconds", "floor_seconds", "oracle_E_OR", "oracle_wrong"]
+AMBIGUITY_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "band", "wrong", "beaten", "E_OR"]
 GLOBAL_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "restarts", "E_OR", "wrong", "shift_wrong_px",
                   "shift_right_px", "start", "agreement", "recentred", "seconds"]
 
@@ -150,8 +164,8 @@ def run_case(name, source, pixel, args, snr, seed, device) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    res = run_chain(images, pixel_size=voxel, ctf=ctf, refine_options=opts, abinitio_options=ab_opts, seed=seed,
-                    device=device, progress=not args.quiet)
+    res = run_chain(images, pixel_size=voxel, ctf=ctf, refine_options=opts, abinitio_options=ab_opts,
+                    global_options=args.global_options, seed=seed, device=device, progress=not args.quiet)
     sync()
     seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -166,8 +180,8 @@ def run_case(name, source, pixel, args, snr, seed, device) -> dict:
     print("\n".join(res.summary() if not args.quiet else [res.searched.summary()]), flush=True)
     oracle = {}
     if args.oracle:  # the global search's own floor: its iterations started at the truth
-        at_truth = global_search(images, q_true, shifts=t_true, ctf=ctf, pixel_size=voxel, restarts=0, steps=0,
-                                 seed=seed, device=device)
+        at_truth = global_search(images, q_true, shifts=t_true, ctf=ctf, pixel_size=voxel, seed=seed, device=device,
+                                 **{**args.global_options, "restarts": 0, "steps": 0})
         errors = align_orientations(q_true, at_truth.quaternions).errors
         oracle = {"oracle_E_OR": float(errors.mean()), "oracle_wrong": float((errors > FAILURE).double().mean())}
     return {**oracle, "protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "seed": seed, "P": args.P, "size": args.size,
@@ -179,6 +193,49 @@ def run_case(name, source, pixel, args, snr, seed, device) -> dict:
             "resolution_A": res.refined.resolution, "true_map_resolution_A": truth.resolution, "seconds": seconds,
             "abinitio_seconds": res.abinitio.seconds, "global_seconds": res.searched.seconds,
             "floor_seconds": floor_seconds}
+
+
+def _ncc(stack: ParticleStack, idx, m: int, K: int, t, F):
+    """NCC in the band K of particles ``idx`` at shifts t (n-pixels) with references F (B, m, m//2 + 1), the
+    projections' spectra at the origin (``FourierProjector.slices``), each times the particle's CTF."""
+    c = stack.ctf_at(idx, m)
+    F = F if c is None else F * c
+    band = (rings(m, K, stack.device)[0] < K).view(m, m // 2 + 1)
+    herm = torch.full((m // 2 + 1,), 2.0, device=stack.device)
+    herm[0] = herm[-1] = 1.0
+    x = crop_spectrum(stack.spec[idx.to(stack.device)], m) * phase_ramp(-t.to(stack.device).float() * (m / stack.n), m)
+    x, F = x * band, F * band
+    dot = ((x * F.conj()).real * herm).sum((1, 2))
+    return dot / torch.sqrt(((x.abs() ** 2) * herm).sum((1, 2)) * ((F.abs() ** 2) * herm).sum((1, 2))).clamp_min(1e-30)
+
+
+def run_ambiguity_case(name, source, pixel, args, snr, seed, device) -> list[dict]:
+    """Against the true map, at the true shifts, per band K of ``--bands``: the fraction of the first
+    ``--count`` particles whose best orientation over the sphere (the global search's grid, spacing 1.5/K
+    rad) lies more than FAILURE from the truth ("wrong"), and the fraction whose NCC there exceeds the NCC at
+    their exact true orientation ("beaten": no search of the likelihood can place them right at that band)."""
+    images, q_true, t_true, ctf, voxel = simulate_case(source, pixel, args, snr, seed, device)
+    volume = torch.as_tensor(load_volume(source, args.size, pixel)[0], device=device)
+    n, count = args.size, min(args.count, args.P)
+    stack = ParticleStack(images[:count], ctf, _box(max(args.bands), n), device, 1024, seed)
+    rows = []
+    for K in args.bands:
+        m = _box(K, n)
+        search = PolarSearch(resample_map(volume, 1.0, n / m)[0], K, {"sampling": 1.5, "budget": 1 << 28})
+        wrong = beaten = total = 0.0
+        for idx in torch.arange(count).split(search.rows):
+            score, best = search.scores(stack, idx, m, t_true[idx]).max(1)
+            q = search.orientations(best)
+            far = quat_distance(q, q_true[idx]) > FAILURE
+            at_truth = _ncc(stack, idx, m, K, t_true[idx], search.proj.slices(q_true[idx].to(device).float()))
+            wrong += float(far.sum())
+            beaten += float((far & (score.cpu() > at_truth.cpu())).sum())
+            total += float(quat_distance(q, q_true[idx]).sum())
+        rows.append({"protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "seed": seed, "P": count,
+                     "size": n, "band": K, "wrong": wrong / count, "beaten": beaten / count, "E_OR": total / count})
+        print(f"{name} {snr:.0f} dB band {K} ({n * voxel / K:.1f} Å): {wrong / count:.1%} wrong, "
+              f"{beaten / count:.1%} beat the truth, mean error {total / count:.3f} rad", flush=True)
+    return rows
 
 
 def run_global_case(name, source, pixel, args, snr, seed, device) -> dict:
@@ -269,8 +326,21 @@ def parse_args(argv=None):
     p.add_argument("--restarts", type=int, default=2, help="random starts of --global-only (default 2)")
     p.add_argument("--oracle", action="store_true",
                    help="also run the global search started at the true orientations and shifts (its own floor)")
+    p.add_argument("--ambiguity", action="store_true",
+                   help="per band of --bands, how many of --count particles the true map places wrong (rows of "
+                        "--out/ambiguity.csv)")
+    p.add_argument("--bands", type=int, nargs="+", default=[16, 24, 32, 48, 60])
+    p.add_argument("--count", type=int, default=2000)
+    p.add_argument("--global", dest="global_options", nargs="+", default=[], metavar="NAME=VALUE",
+                   help="options of the chain's global search (cryoorient.orientations.global_search), "
+                        "e.g. max_band=48")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    try:
+        pairs = (o.split("=", 1) for o in args.global_options)
+        args.global_options = {k: float(v) if "." in v else int(v) for k, v in pairs}
+    except ValueError:
+        p.error(f"--global takes NAME=NUMBER pairs; got {' '.join(args.global_options)}")
     if args.quick:
         args.P, args.size, args.snr, args.seeds, args.rounds = 400, 48, [-12.0], 1, 2
         args.proteins = args.proteins or ["phantom"]
@@ -293,6 +363,10 @@ def main(argv=None) -> int:
     for prot, source, pixel in cases:
         for snr in args.snr:
             for seed in range(args.seeds):
+                if args.ambiguity:
+                    rows += run_ambiguity_case(prot, source, pixel, args, snr, seed, device)
+                    write_csv(out / "ambiguity.csv", rows, AMBIGUITY_COLUMNS)
+                    continue
                 try:
                     row = (run_global_case if args.global_only else run_case)(prot, source, pixel, args, snr, seed,
                                                                                 device)
@@ -311,6 +385,8 @@ def main(argv=None) -> int:
                       f"{row['resolution_A']:.2f} Å (true {row['true_map_resolution_A']:.2f} Å), {row['seconds']:.1f} s "
                       f"(ab initio {row['abinitio_seconds']:.1f} s, global {row['global_seconds']:.1f} s)", flush=True)
                 write_csv(out / "results.csv", rows)
+    if args.ambiguity:
+        return 0
     print(global_table(rows) if args.global_only else table(rows))
     print(out / ("global.csv" if args.global_only else "results.csv"))
     return 0

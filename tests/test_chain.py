@@ -85,6 +85,11 @@ def test_resume_skips_finished_stages(stack, tmp_path, monkeypatch):
         run_chain(images.flip(0), pixel_size=PIXEL, ctf=ctf, workdir=work, resume=True, **opts)
     with pytest.raises(ValueError, match="other images"):
         run_chain(images, pixel_size=PIXEL, ctf=None, workdir=work, resume=True, **opts)
+    # nor does a package whose stage defaults differ from those the checkpoints were written under
+    other = {**chain.STAGE_DEFAULTS["global_search"], "max_band": 32}
+    monkeypatch.setitem(chain.STAGE_DEFAULTS, "global_search", other)
+    with pytest.raises(ValueError, match="other images"):
+        run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, resume=True, **opts)
     monkeypatch.undo()
     restart = run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, force=True, stop_after="abinitio", **opts)
     assert restart.refined is None and not (work / "refine.pt").exists()  # starting over drops the later stages

@@ -28,6 +28,7 @@ global rotation and hand are those the ab initio stage chose (arbitrary).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -173,6 +174,21 @@ class _Checkpoints:
                 torch.save({"key": key, "result": result}, tmp)
 
 
+def _defaults(stage) -> dict:
+    """A stage's keyword defaults."""
+    return {k: p.default for k, p in inspect.signature(stage).parameters.items() if p.default is not p.empty}
+
+
+# the defaults each stage runs with, in the checkpoints' keys: a checkpoint written under other defaults
+# (another version of the package) is not taken
+STAGE_DEFAULTS = {stage.__name__: _defaults(stage) for stage in (estimate_orientations, global_search, refine)}
+
+
+def _digest(*parts) -> str:
+    """SHA-256 of ``parts`` as JSON (a checkpoint's key)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = False, workdir=None,
               resume: bool = False, force: bool = False, stop_after: str | None = None,
               abinitio_options: dict | None = None, global_options: dict | None = None,
@@ -203,10 +219,9 @@ def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = Fals
 
     checkpoints = _Checkpoints(workdir, resume, force)
     key = _data_key(images, ctf, pixel_size)
-    key_ab = hashlib.sha256(json.dumps([__version__, key, phase_flipped, seed, ab_opts], sort_keys=True,
-                                       default=str).encode()).hexdigest()
-    key_glob = hashlib.sha256(json.dumps([key_ab, glob_opts], sort_keys=True, default=str).encode()).hexdigest()
-    key_ref = hashlib.sha256(json.dumps([key_glob, ref_opts], sort_keys=True, default=str).encode()).hexdigest()
+    key_ab = _digest(__version__, key, phase_flipped, seed, {**STAGE_DEFAULTS["estimate_orientations"], **ab_opts})
+    key_glob = _digest(key_ab, {**STAGE_DEFAULTS["global_search"], **glob_opts})
+    key_ref = _digest(key_glob, {**STAGE_DEFAULTS["refine"], **ref_opts})
     bar = tqdm(total=len(STAGES), desc="ab initio chain", unit="stage", disable=not progress)
     ab = checkpoints.load("abinitio", key_ab)
     if ab is None:
