@@ -65,8 +65,8 @@ from cryoorient.maps.refine import mirror_orientations, refine
 from cryoorient.maps.transforms import resample_map
 from cryoorient.orientations.align import align_orientations
 from cryoorient.orientations.chain import run_chain
-from cryoorient.orientations.global_search import _box, global_search
-from cryoorient.orientations.polar_matching import ParticleStack, PolarSearch, crop_spectrum, rings
+from cryoorient.orientations.global_search import global_search
+from cryoorient.orientations.polar_matching import ParticleStack, PolarSearch, crop_spectrum, rings, working_box
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FAILURE = 0.3  # rad
@@ -217,10 +217,10 @@ def run_ambiguity_case(name, source, pixel, args, snr, seed, device) -> list[dic
     images, q_true, t_true, ctf, voxel = simulate_case(source, pixel, args, snr, seed, device)
     volume = torch.as_tensor(load_volume(source, args.size, pixel)[0], device=device)
     n, count = args.size, min(args.count, args.P)
-    stack = ParticleStack(images[:count], ctf, _box(max(args.bands), n), device, 1024, seed)
+    stack = ParticleStack(images[:count], ctf, working_box(max(args.bands), n), device, 1024, seed)
     rows = []
     for K in args.bands:
-        m = _box(K, n)
+        m = working_box(K, n)
         search = PolarSearch(resample_map(volume, 1.0, n / m)[0], K, {"sampling": 1.5, "budget": 1 << 28})
         wrong = beaten = total = 0.0
         for idx in torch.arange(count).split(search.rows):

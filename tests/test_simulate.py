@@ -14,7 +14,7 @@ from cryoorient.geometry import (
     quat_distance, quat_to_matrix, random_quaternions, symmetric_quat_distance, to_asymmetric_unit,
 )
 from cryoorient.io import FormatError, read_star
-from cryoorient.imaging.noise import add_white_noise, sigma2_for_snr, signal_variance, snr_db
+from cryoorient.imaging.noise import add_white_noise, ncc_log_likelihood, sigma2_for_snr, signal_variance, snr_db
 from cryoorient.learning.pairs import PairSampler, sample_pairs, split_indices
 from cryoorient.imaging.project import FourierProjector, project_real
 from cryoorient.imaging.shift import shift_images
@@ -75,6 +75,30 @@ def test_noise_helpers():
 
 
 # ------------------------------------------------------- dataset round trip ---
+def test_ncc_log_likelihood_is_the_gaussian_one_at_the_best_scale():
+    """Against the closed form: an image x of N values and candidate references r_k; the Gaussian
+    log-likelihood −||x − α_k r_k||² / (2 s) at each reference's best scale α_k >= 0, with s the best
+    candidate's residual power per value, differs from ncc_log_likelihood by one constant per image."""
+    g = torch.Generator().manual_seed(3)
+    N, B, C = 200, 4, 30
+    x = torch.randn(B, 1, N, dtype=torch.float64, generator=g)
+    refs = torch.randn(B, C, N, dtype=torch.float64, generator=g)
+    refs[:, 0] = x[:, 0] + 0.8 * torch.randn(B, N, dtype=torch.float64, generator=g)  # one close candidate
+    dot = (x * refs).sum(-1)
+    ncc = dot / (x.norm(dim=-1) * refs.norm(dim=-1))
+    alpha = (dot / refs.pow(2).sum(-1)).clamp_min(0)
+    residual = (x - alpha[..., None] * refs).pow(2).sum(-1)  # (B, C)
+    s = residual.amin(1, keepdim=True) / N
+    exact = -residual / (2 * s)
+    for beta in (1.0, 0.3):
+        got = ncc_log_likelihood(ncc, 1, N, beta)
+        assert float(got.amax(1).abs().max()) < 1e-9  # the best candidate at 0
+        diff = got - beta * exact
+        assert float((diff - diff[:, :1]).abs().max()) < 1e-8 * float(exact.abs().max())
+    assert bool((ncc < 0).any())  # the negative ones count as 0 (α = 0: residual ||x||²), checked above too
+    assert torch.allclose(ncc_log_likelihood(ncc.T, 0, N), ncc_log_likelihood(ncc, 1, N).T)
+
+
 def test_dataset_round_trip_and_relion_origin_sign(tmp_path):
     settings = SimulationSettings(n=40, shift_max=4.0, normalize=False, chunk_size=16, interpolation="cubic")
     out = simulate(SOURCE, tmp_path / "ds", settings, progress=False)

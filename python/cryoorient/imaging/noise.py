@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["signal_variance", "snr_db", "sigma2_for_snr", "add_white_noise"]
+__all__ = ["signal_variance", "snr_db", "sigma2_for_snr", "add_white_noise", "ncc_log_likelihood"]
 
 
 def signal_variance(images: Tensor) -> float:
@@ -49,3 +49,16 @@ def add_white_noise(images: Tensor, sigma2: float, generator: torch.Generator | 
         return images
     noise = torch.randn(images.shape, generator=generator, dtype=images.dtype, device=images.device)
     return images + math.sqrt(sigma2) * noise
+
+
+def ncc_log_likelihood(ncc: Tensor, dims, coefficients: float, beta: float = 1.0) -> Tensor:
+    """Log-likelihoods, up to a constant per image, of an image's candidate references of NCC ``ncc``
+    (its candidates along ``dims``), times ``beta`` (an inverse temperature).
+
+    With white Gaussian noise and the best scale of each reference, a candidate of NCC c has
+    log-likelihood ||x||² c² / (2 s) + const, s the noise power per real Fourier coefficient; estimated
+    from the best candidate's residual, s = ||x||² (1 − c_max²) / N (N = ``coefficients``, the real
+    coefficients compared), it is N (c² − c_max²) / (2 (1 − c_max²)). c <= 0 counts as 0."""
+    c = ncc.clamp_min(0)
+    cmax = c.amax(dims, keepdim=True)
+    return c.pow_(2).sub_(cmax**2).mul_((beta * coefficients / 2) / (1 - cmax**2).clamp_min(1e-6))

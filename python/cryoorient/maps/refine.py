@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 from .fsc import FSCResult, fsc
 from ..geometry import quat_distance, quat_multiply, quat_normalize, quat_to_matrix
 from .transforms import align_map, correlation, lowpass, mirror
+from ..imaging.noise import ncc_log_likelihood
 from ..imaging.project import FourierProjector
 from .reconstruct import FourierInserter
 from ..imaging.shift import shift_images
@@ -255,17 +256,10 @@ class _Search:
         return q_new, t_new, f0, rot_inside, shift_inside.all(1)
 
     def log_prob(self, scores: Tensor, scale: float = 1.0) -> Tensor:
-        """Log-probabilities (B, K·S), up to a constant, of the candidates of NCC ``scores`` (B, K, S).
-
-        With white Gaussian noise and the best scale of the projection, the log-likelihood of a
-        candidate of NCC c is ||x||² c² / (2 s) + const, s the noise power per Fourier
-        coefficient; estimated from the best candidate's residual, s = ||x||² (1 − c_max²) / P
-        (P Fourier coefficients in the band), it is P (c² − c_max²) / (2 (1 − c_max²)), times
+        """Log-probabilities (B, K·S), up to a constant, of the candidates of NCC ``scores`` (B, K, S):
+        :func:`cryoorient.imaging.noise.ncc_log_likelihood` over the band's Fourier coefficients, times
         ``scale`` (an inverse temperature)."""
-        c = scores.clamp_min(0).flatten(1).double()
-        cmax = c.amax(1, keepdim=True)
-        P = float(self.band.weight.sum())
-        return scale * P * (c.square() - cmax.square()) / (2 * (1 - cmax.square()).clamp_min(1e-6))
+        return ncc_log_likelihood(scores.flatten(1).double(), 1, float(self.band.weight.sum()), scale)
 
     def posterior(self, scores: Tensor, cand: Tensor, t: Tensor, step: Tensor, top: int,
                   scale: float) -> tuple[Tensor, Tensor, Tensor]:

@@ -81,7 +81,8 @@ from ..maps.fsc import fsc
 from ..maps.reconstruct import FourierInserter
 from ..maps.transforms import density_centre, particle_radius, shift_map, soft_sphere
 from .align import align_orientations
-from .polar_matching import ParticleStack, PolarSearch, clip_shifts, direction_grid, mean_projection, shift_peak
+from .polar_matching import (ParticleStack, PolarSearch, clip_shifts, direction_grid, mean_projection, shift_peak,
+                             working_box)
 
 __all__ = ["AGREEMENT", "GlobalIteration", "GlobalResult", "direction_grid", "global_search"]
 
@@ -176,11 +177,6 @@ def _map(stack: ParticleStack, q: Tensor, t: Tensor, m: int, weight_floor: float
 
 
 
-def _box(K: int, m_max: int) -> int:
-    """The working box for band K: a multiple of 8 at least 2K + 8, at most ``m_max``."""
-    return min(m_max, 8 * math.ceil((2 * K + 8) / 8))
-
-
 def _insert(ins: FourierInserter, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, q: Tensor, rows=None, w=None):
     """Insert particles ``idx`` (at shifts t (B, 2)) into ``ins``, image ``rows[k]`` at orientation q[k]
     with weight w[k] (default: each image once, weight 1)."""
@@ -216,7 +212,7 @@ def _explore(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
     ``opts["s2"]`` is re-estimated after every step as the draws' mean |t|²/2. Then every particle takes
     its best candidate (highest log-posterior) against the final map (q, t updated in place); returns
     their mean NCC."""
-    m, P, device = _box(K, stack.m_max), stack.P, stack.device
+    m, P, device = working_box(K, stack.m_max), stack.P, stack.device
     offsets, ins = _offsets(stack, K, opts["shift_grid"]), _inserted(stack, q, t, m, opts)
     data, weight, b, steps = ins.data, ins.weight, min(P, opts["minibatch"]), opts["steps"]
     for s in range(steps + 1):
@@ -270,7 +266,7 @@ def _recentre(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) ->
     A particle held at a wrong orientation by a wrong shift (each the best given the other) is thereby
     freed when its true shift is nearer h. Returns the fraction of particles that took the candidate
     about h."""
-    m = _box(K, stack.m_max)
+    m = working_box(K, stack.m_max)
     offsets = _offsets(stack, K, opts["shift_grid"])
     volume = _reference(_inserted(stack, q, t, m, opts).volume(), q, t, opts, stack.n)
     search, blob, taken = PolarSearch(volume, K, opts, len(offsets)), mean_projection(volume), 0
@@ -290,7 +286,7 @@ def _particle_diameter(stack: ParticleStack, q: Tensor, t: Tensor, opts: dict) -
     """The particle's diameter D (n-pixels) in the map of (q, t): twice the radius of 98 % of its density
     (:func:`cryoorient.maps.transforms.particle_radius`); for random orientations, the map is the
     particle's rotational average, whose radius is the particle's largest."""
-    m = _box(8, stack.m_max)
+    m = working_box(8, stack.m_max)
     return 2 * particle_radius(_inserted(stack, q, t, m, opts).volume()) * stack.n / m
 
 
@@ -319,7 +315,7 @@ def _iterate(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
     """One iteration at band K (module docstring); updates q, t and, with the shift prior, ``opts["s2"]``
     (the posterior mean of |t|²/2) in place; returns its record, the particles' NCC and the reference it
     searched against."""
-    m = _box(K, stack.m_max)
+    m = working_box(K, stack.m_max)
     volume, curve = _map(stack, q, t, m, opts["weight_floor"], opts["pixel_size"])
     q_old, t_old = q.clone(), t.clone()
     volume = _reference(volume, q, t, opts, stack.n)
@@ -400,7 +396,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
             "s2": (n / 16) ** 2 if shift_prior else math.inf,
             "budget": 1 << (28 if device.type == "cuda" else 23), "gen": torch.Generator().manual_seed(seed),
             "device_gen": torch.Generator(device=device).manual_seed(seed)}
-    stack = ParticleStack(images, ctf, _box(top, n), device, 1024 if device.type == "cuda" else 256, seed)
+    stack = ParticleStack(images, ctf, working_box(top, n), device, 1024 if device.type == "cuda" else 256, seed)
     t_start = torch.zeros(P, 2, dtype=torch.float64) if shifts is None else torch.as_tensor(shifts).double().cpu()
     given = [] if q_init is None else [torch.as_tensor(q_init).double().cpu()]
     starts = [(name, q.clone(), k) for q in given for name, k in (("given as is", 0), ("given", opts["steps"]))

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..geometry import euler_to_quat, quat_multiply, quat_to_matrix
+from ..imaging.noise import ncc_log_likelihood
 from ..imaging.project import FourierProjector
 from ..imaging.shift import phase_ramp
 from .abinitio import polar_spectra
@@ -46,6 +47,11 @@ def direction_grid(count: int) -> Tensor:
     tilt = torch.rad2deg(torch.acos(1 - 2 * i / count))
     rot = torch.rad2deg(torch.remainder(i * math.pi * (3 - math.sqrt(5)), 2 * math.pi))
     return euler_to_quat(rot, tilt, torch.zeros_like(rot))
+
+
+def working_box(K: int, m_max: int) -> int:
+    """The working box for band K: a multiple of 8 at least 2K + 8, at most ``m_max``."""
+    return min(m_max, 8 * math.ceil((2 * K + 8) / 8))
 
 
 def crop_spectrum(spec: Tensor, m: int) -> Tensor:
@@ -150,13 +156,10 @@ class PolarSearch:
 
     def log_posterior(self, scores: Tensor, shifts: Tensor | None = None, s2: float = math.inf, beta: float = 1.0) -> Tensor:
         """Log-posteriors (B, C) of the candidates of NCC ``scores`` (B, C), up to a constant per row, at inverse
-        temperature ``beta``: Gaussian noise and the best scale of each projection give log-likelihoods
-        N (c² − c_max²) / (2 (1 − c_max²)), N the real Fourier coefficients in the band, the noise power
-        estimated from the best candidate's residual (as :mod:`cryoorient.maps.refine` does; c <= 0 counts
-        as 0); ``shifts`` (B, S, 2), the candidates' shifts (n-pixels, candidate s·J·L + …), add the
-        Gaussian shift prior −|t|² / (2 ``s2``) (none for ``s2`` = inf)."""
-        cmax = scores.amax(1, keepdim=True).clamp(0.0, 1.0 - 1e-6)
-        logp = scores.clamp_min(0).pow_(2).sub_(cmax**2).mul_((beta * float(self.count.sum())) / (1 - cmax**2))
+        temperature ``beta`` (:func:`cryoorient.imaging.noise.ncc_log_likelihood`); ``shifts`` (B, S, 2), the
+        candidates' shifts (n-pixels, candidate s·J·L + …), add the Gaussian shift prior −|t|² / (2 ``s2``)
+        (none for ``s2`` = inf)."""
+        logp = ncc_log_likelihood(scores, 1, 2 * float(self.count.sum()), beta)
         if shifts is not None and math.isfinite(s2):
             prior = (shifts.to(scores.device, torch.float32) ** 2).sum(-1) * (-beta / (2 * s2))  # (B, S)
             logp.view(*prior.shape, -1).add_(prior[..., None])
@@ -189,7 +192,7 @@ def shift_peak(stack: ParticleStack, idx: Tensor, m: int, F: Tensor, K: int, max
     """Shifts (B, 2) n-pixels of particles ``idx``, and the posterior mean of |t|² (B,) n-pixels², from the
     cross-correlation in the band K of each image with its CTF-modulated reference F (B or 1, m, m//2 + 1)
     (centred, rfft2 grid of the m-box): the peak within ``max_shift`` of the centre of the log-posterior
-    (the log-likelihood of :meth:`PolarSearch.log_posterior` from the NCC at each shift, plus the Gaussian
+    (:func:`cryoorient.imaging.noise.ncc_log_likelihood` of the NCC at each shift, plus the Gaussian
     shift prior −|t|² / (2 ``s2``)), parabola-polished."""
     c = stack.ctf_at(idx, m)
     if c is not None:
@@ -201,11 +204,10 @@ def shift_peak(stack: ParticleStack, idx: Tensor, m: int, F: Tensor, K: int, max
     x = crop_spectrum(stack.spec[idx.to(stack.device)], m) * band
     cc = torch.fft.irfft2(x * F.conj(), s=(m, m))  # cc[sy, sx]: the image is the reference moved by s
     norm = torch.sqrt(((x.abs() ** 2) * herm).sum((1, 2)) * ((F * band).abs() ** 2 * herm).sum((1, 2)))
-    ncc = (cc * (m * m / norm.clamp_min(1e-30))[:, None, None]).clamp_min(0)
     s = torch.fft.fftfreq(m, d=1.0 / m, device=stack.device)
     r2 = (s[:, None] ** 2 + s[None, :] ** 2) * (stack.n / m) ** 2
-    cmax = ncc.amax((1, 2), keepdim=True).clamp(max=1 - 1e-6)
-    logp = (float(count.sum()) / (1 - cmax**2)) * (ncc**2 - cmax**2)
+    ncc = cc * (m * m / norm.clamp_min(1e-30))[:, None, None]
+    logp = ncc_log_likelihood(ncc, (1, 2), 2 * float(count.sum()))
     if math.isfinite(s2):
         logp = logp - r2 / (2 * s2)
     inside = logp.masked_fill(r2 > max_shift**2, -math.inf).flatten(1)
