@@ -66,7 +66,8 @@ from cryoorient.maps.transforms import resample_map
 from cryoorient.orientations.align import align_orientations
 from cryoorient.orientations.chain import run_chain
 from cryoorient.orientations.global_search import global_search
-from cryoorient.orientations.polar_matching import ParticleStack, PolarSearch, crop_spectrum, rings, working_box
+from cryoorient.orientations.polar_matching import (ParticleStack, PolarSearch, band_weights, crop_spectrum,
+                                                    working_box)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FAILURE = 0.3  # rad
@@ -200,9 +201,7 @@ def _ncc(stack: ParticleStack, idx, m: int, K: int, t, F):
     projections' spectra at the origin (``FourierProjector.slices``), each times the particle's CTF."""
     c = stack.ctf_at(idx, m)
     F = F if c is None else F * c
-    band = (rings(m, K, stack.device)[0] < K).view(m, m // 2 + 1)
-    herm = torch.full((m // 2 + 1,), 2.0, device=stack.device)
-    herm[0] = herm[-1] = 1.0
+    band, herm, _ = band_weights(m, K, stack.device)
     x = crop_spectrum(stack.spec[idx.to(stack.device)], m) * phase_ramp(-t.to(stack.device).float() * (m / stack.n), m)
     x, F = x * band, F * band
     dot = ((x * F.conj()).real * herm).sum((1, 2))

@@ -33,8 +33,8 @@ from ..imaging.project import FourierProjector
 from ..imaging.shift import phase_ramp
 from .abinitio import polar_spectra
 
-__all__ = ["SAMPLE_CUT", "ParticleStack", "PolarSearch", "clip_shifts", "crop_spectrum", "direction_grid",
-           "mean_projection", "ring_mean", "rings", "shift_peak"]
+__all__ = ["SAMPLE_CUT", "ParticleStack", "PolarSearch", "band_weights", "clip_shifts", "crop_spectrum",
+           "direction_grid", "mean_projection", "ring_mean", "rings", "shift_peak", "working_box"]
 
 #: Log-posterior margin below the best candidate beyond which :meth:`PolarSearch.sample` draws no noise.
 SAMPLE_CUT = 45.0
@@ -101,6 +101,15 @@ def rings(m: int, K: int, device) -> tuple[Tensor, Tensor]:
     r = torch.round(torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)).long().flatten()
     ring = torch.where((r >= 1) & (r <= K), r - 1, K)
     return ring, torch.bincount(ring, minlength=K + 1)[:K].clamp_min(1)
+
+
+def band_weights(m: int, K: int, device) -> tuple[Tensor, Tensor, Tensor]:
+    """The band K on the rfft2 grid of an m-box: its mask (m, m//2 + 1), each column's share of the full
+    grid (m//2 + 1,) (2, but 1 for the first and last), and the ring counts of :func:`rings`."""
+    ring, count = rings(m, K, device)
+    herm = torch.full((m // 2 + 1,), 2.0, device=device)
+    herm[0] = herm[-1] = 1.0
+    return (ring < K).view(m, m // 2 + 1), herm, count
 
 
 def ring_mean(x: Tensor, ring: Tensor, count: Tensor) -> Tensor:
@@ -197,10 +206,7 @@ def shift_peak(stack: ParticleStack, idx: Tensor, m: int, F: Tensor, K: int, max
     c = stack.ctf_at(idx, m)
     if c is not None:
         F = F * c
-    ring, count = rings(m, K, stack.device)
-    band = (ring < K).view(m, m // 2 + 1)
-    herm = torch.full((m // 2 + 1,), 2.0, device=stack.device)
-    herm[0] = herm[-1] = 1.0  # each rfft2 column's share of the full grid
+    band, herm, count = band_weights(m, K, stack.device)
     x = crop_spectrum(stack.spec[idx.to(stack.device)], m) * band
     cc = torch.fft.irfft2(x * F.conj(), s=(m, m))  # cc[sy, sx]: the image is the reference moved by s
     norm = torch.sqrt(((x.abs() ** 2) * herm).sum((1, 2)) * ((F * band).abs() ** 2 * herm).sum((1, 2)))
