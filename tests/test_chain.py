@@ -103,7 +103,8 @@ def test_resume_skips_finished_stages(stack, tmp_path, monkeypatch):
 
 
 def test_unreproducible_global_search_is_said(stack, monkeypatch):
-    """A global search whose independent starts disagree gives a warning line; one whose agree, none."""
+    """A global search whose independent starts disagree gives a warning line, which says whether the particles
+    matched the runner-up about as well or worse; one whose starts agree, none."""
     vol, q, t, ctf, images = stack
     seen = {}
 
@@ -111,15 +112,22 @@ def test_unreproducible_global_search_is_said(stack, monkeypatch):
         res = GlobalResult(quaternions=q_init, shifts=kwargs["shifts"], scores=torch.zeros(len(q_init)),
                            map=vol, map_pixel_size=PIXEL, resolution=10.0, start="random 1",
                            start_scores=[0.5, 0.5], runner_up="random 2", agreement=seen["agreement"],
+                           separation=seen["separation"],
                            iterations=[GlobalIteration(8, 24, 10.0, 100, 56, 0.5, 0.0, 0.0, 0.0)])
         return res
 
     monkeypatch.setattr(chain, "global_search", fake)
-    for agreement, said in ((1.2, True), (0.05, False)):
-        seen["agreement"] = agreement
+    # disagreeing starts matched about as well: NOT reproducible; a runner-up that matched worse: not reproduced,
+    # said as such; agreeing starts: nothing
+    for agreement, separation, said in ((1.2, 2.0, "NOT"), (0.05, 2.0, None), (1.2, 12.0, "worse")):
+        seen["agreement"], seen["separation"] = agreement, separation
         res = run_chain(images, pixel_size=PIXEL, ctf=ctf, stop_after="global")
-        assert any("NOT reproducible (1.200 rad" in w for w in res.warnings) == said, res.warnings
-        assert ("; NOT reproducible: starts 'random 1' and 'random 2'" in res.searched.summary()) == said
+        said_not = any("NOT reproducible (1.200 rad" in w for w in res.warnings)
+        said_worse = any("not reproduced (1.200 rad from another start, which the particles matched worse, paired z "
+                         "12.0)" in w for w in res.warnings)
+        assert (said_not, said_worse) == (said == "NOT", said == "worse"), res.warnings
+        assert ("; NOT reproducible: starts 'random 1' and 'random 2'" in res.searched.summary()) == (said == "NOT")
+        assert ("the runner-up a worse optimum" in res.searched.summary()) == (said == "worse")
 
 
 def test_star_ctf(tmp_path):

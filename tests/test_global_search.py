@@ -14,7 +14,7 @@ from cryoorient.maps.transforms import density_centre, shift_map
 from cryoorient.orientations import global_search as gs
 from cryoorient.orientations import polar_matching as pm
 from cryoorient.orientations.align import align_orientations
-from cryoorient.orientations.global_search import global_search
+from cryoorient.orientations.global_search import SEPARATED, global_search
 from cryoorient.orientations.polar_matching import direction_grid
 
 BOX, PIXEL, P = 32, 3.0, 500
@@ -122,6 +122,8 @@ def test_recovers_orientations_and_shifts_from_random_starts(stack):
     last = res.iterations[-1]
     assert last.band == 12 and res.map.shape == (last.box,) * 3 and res.resolution < 10
     assert res.summary().startswith(f"global search: start '{res.start}'") and "; reproducible: starts" in res.summary()
+    assert list(res.stage_seconds) == ["explore", "recentre", "iterate"] and min(res.stage_seconds.values()) > 0
+    assert sum(res.stage_seconds.values()) <= res.seconds and "explore " in res.summary()
 
 
 def test_shifts_beyond_the_exploration_grid_are_found(phantom):
@@ -197,11 +199,23 @@ def test_pure_noise_is_not_reproducible():
     noise = torch.randn(200, BOX, BOX, generator=torch.Generator().manual_seed(8))
     res = global_search(noise, None, restarts=2, minibatch=64, steps=10, iterations=1, start_band=6)
     assert res.reproducible is False and res.agreement > 1.0
+    assert res.ambiguous and res.separation < SEPARATED  # neither start's orientations match better
     assert "NOT reproducible: starts 'random" in res.summary()
     given = global_search(noise, random_quaternions(200, generator=9, dtype=torch.float64), restarts=0, steps=2,
                           minibatch=64, iterations=1, start_band=6)
     assert given.reproducible is None and given.runner_up is None  # one origin (the given orientations) only
     assert "reproducibility not checked" in given.summary()
+
+
+def test_a_runner_up_stopped_in_a_worse_optimum_is_told_apart(stack):
+    """The true orientations against a random start explored for one step: the two disagree, and the particles
+    match the truth's orientations far better: the runner-up's optimum is worse, not the data ambiguous."""
+    q, t, ctf, images = stack
+    res = global_search(images, q, shifts=t, ctf=ctf, pixel_size=PIXEL, restarts=1, minibatch=128, steps=1,
+                        iterations=1)
+    assert res.start.startswith("given") and res.runner_up == "random 1"
+    assert res.reproducible is False and res.separation > SEPARATED and res.ambiguous is False
+    assert "not reproduced, the runner-up a worse optimum: starts 'given" in res.summary()
 
 
 def test_the_map_is_centred_and_the_shifts_take_the_offset(phantom):

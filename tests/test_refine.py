@@ -13,7 +13,8 @@ from cryoorient.imaging.phantom import default_density
 from cryoorient.imaging.project import project_real
 from cryoorient.maps.transforms import mirror
 from cryoorient.imaging.project import FourierProjector
-from cryoorient.maps.refine import _Band, _matching_scale, _rotvec_to_quat, _Search, mirror_orientations, refine
+from cryoorient.maps.refine import (_Band, _matching_scale, _Reconstructor, _rotvec_to_quat, _Search, mirror_orientations,
+                                    refine)
 from cryoorient.imaging.shift import shift_images
 
 N_IMAGES, BOX, VOXEL = 300, 32, 4.0
@@ -128,6 +129,44 @@ def test_temperature_calibration_matches_unbiased_sharpness(toy):
     assert _matching_scale(other, other, search) == pytest.approx(1.0, rel=1e-3)
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+def test_each_group_is_compared_with_its_half_map_without_it(toy, groups):
+    vol, q, t, images = toy
+    N = 60
+    half = torch.arange(N) % 2
+    group = (torch.arange(N) // 2) % groups
+    ctf = lambda idx, size: ctf_2d(size, VOXEL, torch.full((len(idx),), 15000.0), torch.full((len(idx),), 14000.0),  # noqa: E731
+                                   torch.full((len(idx),), 30.0))
+    recon = _Reconstructor(images[:N], half, group, ctf, BOX, 2, 0.01, VOXEL, 4.0, "cpu", 16)
+    ins, maps = recon.half_maps(q[:N], t[:N])[:2]
+    seen = []
+    for h, members, reference in recon.references(ins, maps, q[:N], t[:N]):
+        assert bool((half[members] == h).all())
+        seen += members.tolist()
+        rest = torch.nonzero(half == h).squeeze(1)
+        if groups > 1:  # the half map of the half's other particles, reconstructed afresh
+            rest = rest[~torch.isin(rest, members)]
+        alone = recon._new()
+        for idx in rest.split(16):
+            recon._insert(alone, idx, q[:N, None], t[:N, None], None)
+        alone = alone.volume()
+        assert float((reference - alone).abs().max()) < 1e-4 * float(alone.abs().max())
+    assert sorted(seen) == list(range(N))  # every particle once, in one group
+
+
+def test_leaving_the_group_out_frees_particles_that_their_own_noise_holds():
+    # pure noise, compared up to Fourier radius 10: the only thing a half map holds of an image is the image's
+    # own noise, at its current orientation; with the whole half maps that holds it there, with its group
+    # left out nothing does and the particles wander through the trust region
+    N, n = 200, 24
+    images = torch.randn(N, n, n, generator=torch.Generator().manual_seed(0))
+    q = random_quaternions(N, generator=1, dtype=torch.float64)
+    moved = {g: float(quat_distance(q, refine(images, q, rounds=2, groups=g, min_band=10, soft=False, pixel_size=4.0,
+                                               progress=False, device="cpu").quaternions).mean())
+             for g in (1, 4)}
+    assert moved[1] < 0.5 * moved[4] and moved[4] > 0.15, moved
+
+
 def test_hard_final_maps_on_request(toy):
     vol, q, t, images = toy
     q0 = _perturb(q[:100], 0.1, seed=3)
@@ -203,6 +242,9 @@ def test_bad_options_raise_clear_errors(toy):
         refine(images, q, reference=vol[:-1], progress=False)
     with pytest.raises(ValueError, match="must return shape"):
         refine(images, q, ctf=lambda idx, size: torch.ones(len(idx), size, size), rounds=0, progress=False)
+    for groups in (0, 2.5, True):
+        with pytest.raises(ValueError, match="groups must be a positive integer"):
+            refine(images, q, groups=groups, progress=False)
 
 
 def test_cli_refines_a_star_file(toy, tmp_path, capsys):

@@ -247,10 +247,15 @@ def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = Fals
         checkpoints.save("global", key_glob, searched)
     bar.update(1)
     result.searched = searched
-    if searched.reproducible is False:
+    if searched.ambiguous:
         result.warnings.append(f"proceeding although the global search's orientations are NOT reproducible "
-                               f"({searched.agreement:.3f} rad between two independent starts): the map and "
-                               f"orientations may be wrong")
+                               f"({searched.agreement:.3f} rad between two independent starts that the particles "
+                               f"match about as well): the map and orientations may be wrong")
+    elif searched.reproducible is False:
+        result.warnings.append(f"proceeding although the global search's orientations were not reproduced "
+                               f"({searched.agreement:.3f} rad from another start, which the particles matched worse, "
+                               f"paired z {searched.separation:.1f}): that start stopped in a worse optimum; whether "
+                               f"this one is the best is not known")
     if stop_after == "global":
         bar.close()
         return result

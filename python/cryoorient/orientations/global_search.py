@@ -55,7 +55,10 @@ Verdict (computed from the data): the orientations the winner reached are compar
 best start of another origin (the given ones or another random set), E_OR between the two
 (:func:`cryoorient.orientations.align.align_orientations`); they are *reproducible* when the two
 agree to less than :data:`AGREEMENT` rad. Independent starts that reach different orientations
-with about the same score mean that the data do not determine them.
+with about the same score mean that the data do not determine them (*ambiguous*); where the particles
+match the winner's orientations better — the paired z of their NCC, mean over standard error of the
+particles' differences, at least :data:`SEPARATED` — the runner-up stopped in a worse optimum (at
+−20 dB a random start's exploration often does), which says nothing against the winner.
 
 Conventions: images (P, n, n) [y, x], centre at pixel n//2; quaternions scalar-first of RELION's
 A = Rz(psi)·Ry(tilt)·Rz(rot) (map → image frame), w >= 0; shifts t (P, 2) in pixels (x, y) of the
@@ -84,10 +87,12 @@ from .align import align_orientations
 from .polar_matching import (ParticleStack, PolarSearch, clip_shifts, direction_grid, mean_projection, shift_peak,
                              working_box)
 
-__all__ = ["AGREEMENT", "GlobalIteration", "GlobalResult", "direction_grid", "global_search"]
+__all__ = ["AGREEMENT", "SEPARATED", "GlobalIteration", "GlobalResult", "direction_grid", "global_search"]
 
 #: E_OR (rad) between two independent starts below which their orientations count as reproducible.
 AGREEMENT = 0.3
+#: Paired z of the particles' NCC (winner's minus runner-up's) above which the runner-up matches worse.
+SEPARATED = 5.0
 #: Smallest standard deviation per axis (pixels) the Gaussian shift prior's estimate may reach.
 MIN_SHIFT_SD = 0.5
 
@@ -123,9 +128,11 @@ class GlobalResult:
     start_scores: list[float]  # mean NCC of every start after its exploration, in that order
     runner_up: str | None = None  # the best start of another origin than the winner's (None: no other origin)
     agreement: float | None = None  # E_OR (rad) between the winner's and the runner-up's orientations
+    separation: float | None = None  # paired z of the particles' NCC, the winner's over the runner-up's
     recentred: float | None = None  # fraction of particles that took their candidate about the blob shift (None: off)
     iterations: list[GlobalIteration] = field(default_factory=list)
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # "explore" (all starts), "recentre", "iterate"
 
     @property
     def reproducible(self) -> bool | None:
@@ -133,13 +140,28 @@ class GlobalResult:
         there was one origin only."""
         return None if self.agreement is None else self.agreement < AGREEMENT
 
+    @property
+    def ambiguous(self) -> bool | None:
+        """Whether two independent starts reached different orientations that the particles match about
+        equally well (separation below SEPARATED); None if there was one origin only."""
+        if self.agreement is None:
+            return None
+        return not self.reproducible and (self.separation is None or self.separation < SEPARATED)
+
     def verdict(self) -> str:
-        """The reproducibility of the orientations, from the two best independent starts."""
+        """The reproducibility of the orientations, from the two best independent starts, and, where they
+        differ, whether the runner-up's orientations match worse."""
         if self.agreement is None:
             return "reproducibility not checked (one origin of starts; use random restarts)"
-        word = "reproducible" if self.reproducible else "NOT reproducible"
-        return (f"{word}: starts '{self.start}' and '{self.runner_up}' reach orientations {self.agreement:.3f} rad "
-                f"apart (E_OR between them; reproducible below {AGREEMENT} rad)")
+        apart = (f"starts '{self.start}' and '{self.runner_up}' reach orientations {self.agreement:.3f} rad apart "
+                 f"(E_OR between them; reproducible below {AGREEMENT} rad)")
+        if self.reproducible:
+            return f"reproducible: {apart}"
+        z = "" if self.separation is None else f"paired z {self.separation:.1f} of the particles' NCC, "
+        if self.ambiguous:
+            return f"NOT reproducible: {apart}, matched about as well ({z}separated above {SEPARATED})"
+        return (f"not reproduced, the runner-up a worse optimum: {apart}, and '{self.start}' matched better "
+                f"({z}separated above {SEPARATED})")
 
     def summary(self) -> str:
         """One line: the start chosen and on what, the verdict, the last band, score and resolution."""
@@ -149,7 +171,8 @@ class GlobalResult:
         prior = "" if math.isinf(last.shift_sd) else f"shift prior σ {last.shift_sd:.2f} px; "
         return (f"global search: start '{self.start}' (mean NCC of the starts {starts}); {self.verdict()}; {moved}"
                 f"{prior}{len(self.iterations)} iterations to band {last.band} px, mean NCC {last.mean_score:.4f}, "
-                f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å; {self.seconds:.1f} s")
+                f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å; {self.seconds:.1f} s"
+                + "".join(f", {k} {v:.1f} s" for k, v in self.stage_seconds.items()))
 
 
 def _map(stack: ParticleStack, q: Tensor, t: Tensor, m: int, weight_floor: float, pixel_size: float):
@@ -211,7 +234,7 @@ def _explore(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
     particles, by b / H, the horizon H growing from 2b to P. With the shift prior, its variance
     ``opts["s2"]`` is re-estimated after every step as the draws' mean |t|²/2. Then every particle takes
     its best candidate (highest log-posterior) against the final map (q, t updated in place); returns
-    their mean NCC."""
+    their NCC (P,)."""
     m, P, device = working_box(K, stack.m_max), stack.P, stack.device
     offsets, ins = _offsets(stack, K, opts["shift_grid"]), _inserted(stack, q, t, m, opts)
     data, weight, b, steps = ins.data, ins.weight, min(P, opts["minibatch"]), opts["steps"]
@@ -238,7 +261,7 @@ def _explore(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
         eta = b / (2 * b + (P - 2 * b) * s / max(1, steps - 1))
         data = (1 - eta) * data + (eta * P / b) * draw.data
         weight = (1 - eta) * weight + (eta * P / b) * draw.weight
-    return float(_best_candidates(stack, search, q, t, m, offsets, opts).mean())
+    return _best_candidates(stack, search, q, t, m, offsets, opts)
 
 
 def _best_candidates(stack: ParticleStack, search: PolarSearch, q: Tensor, t: Tensor, m: int, offsets: Tensor,
@@ -406,16 +429,23 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     opts["diameter"] = _particle_diameter(stack, starts[0][1], t_start, opts)
     K = start_band or int(min(top, max(6, round(5.75 * n / max(opts["diameter"], 1.0)))))
     bar = tqdm(total=len(starts) + iterations, desc="global search", unit="it", disable=not progress)
-    trials = []
+    trials, clock = [], time.perf_counter()
     for name, q, steps in starts:
         t, own = t_start.clone(), {**opts, "steps": steps}
-        trials.append((_explore(stack, q, t, K, own), name, q, t, own["s2"]))
+        ncc = _explore(stack, q, t, K, own)
+        trials.append((float(ncc.mean()), name, q, t, own["s2"], ncc))
         bar.update(1)
-    _, name, q, t, opts["s2"] = max(trials, key=lambda trial: trial[0])
+    _, name, q, t, opts["s2"], ncc = max(trials, key=lambda trial: trial[0])
     others = [trial for trial in trials if _origin(trial[1]) != _origin(name)]
     runner_up = max(others, key=lambda trial: trial[0]) if others else None
-    agreement = None if runner_up is None else align_orientations(q, runner_up[2]).error
+    agreement = separation = None
+    if runner_up is not None:
+        agreement, d = align_orientations(q, runner_up[2]).error, ncc - runner_up[5]
+        separation = float(d.mean() / (d.std() / math.sqrt(P)).clamp_min(1e-12))
+    stage_seconds = {"explore": time.perf_counter() - clock}
+    clock = time.perf_counter()
     recentred = _recentre(stack, q, t, K, opts) if recentre else None
+    stage_seconds["recentre"], clock = time.perf_counter() - clock, time.perf_counter()
     history = []
     for _ in range(max(1, iterations)):
         record, scores, volume = _iterate(stack, q, t, K, opts)
@@ -427,9 +457,11 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
             break
         K = grown
     bar.close()
+    stage_seconds["iterate"] = time.perf_counter() - clock
     return GlobalResult(quaternions=q, shifts=t, scores=scores, map=volume.cpu(),
                         map_pixel_size=pixel_size * n / history[-1].box, resolution=history[-1].resolution,
                         start=name, start_scores=[trial[0] for trial in trials],
                         runner_up=None if runner_up is None else runner_up[1], agreement=agreement,
+                        separation=separation,
                         recentred=recentred, iterations=history,
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0, stage_seconds=stage_seconds)
