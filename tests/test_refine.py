@@ -13,8 +13,8 @@ from cryoorient.imaging.phantom import default_density
 from cryoorient.imaging.project import project_real
 from cryoorient.maps.transforms import mirror
 from cryoorient.imaging.project import FourierProjector
-from cryoorient.maps.refine import (_Band, _matching_scale, _Reconstructor, _rotvec_to_quat, _Search, mirror_orientations,
-                                    refine)
+from cryoorient.maps.half_maps import HalfMaps
+from cryoorient.maps.refine import _Band, _matching_scale, _rotvec_to_quat, _Search, mirror_orientations, refine
 from cryoorient.imaging.shift import shift_images
 
 N_IMAGES, BOX, VOXEL = 300, 32, 4.0
@@ -137,7 +137,7 @@ def test_each_group_is_compared_with_its_half_map_without_it(toy, groups):
     group = (torch.arange(N) // 2) % groups
     ctf = lambda idx, size: ctf_2d(size, VOXEL, torch.full((len(idx),), 15000.0), torch.full((len(idx),), 14000.0),  # noqa: E731
                                    torch.full((len(idx),), 30.0))
-    recon = _Reconstructor(images[:N], half, group, ctf, BOX, 2, 0.01, VOXEL, 4.0, "cpu", 16)
+    recon = HalfMaps(images[:N], half, group, ctf, BOX, 2, 0.01, VOXEL, 4.0, "cpu", 16)
     ins, maps = recon.half_maps(q[:N], t[:N])[:2]
     seen = []
     for h, members, reference in recon.references(ins, maps, q[:N], t[:N]):

@@ -75,12 +75,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .fsc import FSCResult, fsc
-from ..geometry import quat_distance, quat_multiply, quat_normalize, quat_to_matrix
-from .transforms import align_map, correlation, lowpass, mirror
+from ..geometry import quat_distance, quat_multiply, quat_normalize
+from .transforms import align_map, correlation, mirror
 from ..imaging.noise import ncc_log_likelihood
 from ..imaging.project import FourierProjector
+from .half_maps import HalfMaps, load_ctf, load_images
 from .reconstruct import FourierInserter
-from ..imaging.shift import shift_images
 
 __all__ = ["refine", "RefineResult", "RoundStats", "mirror_orientations"]
 
@@ -287,27 +287,6 @@ def _positive_w(q: Tensor) -> Tensor:
     return torch.where(q[..., :1] < 0, -q, q)
 
 
-def _load(images, idx: Tensor, device) -> Tensor:
-    if torch.is_tensor(images):
-        x = images[idx.to(images.device)]
-    else:
-        x = torch.from_numpy(np.ascontiguousarray(images[idx.cpu().numpy()]))
-    x = x.to(device=device, dtype=torch.float32)
-    finite = torch.isfinite(x).flatten(1).all(1)
-    if not bool(finite.all()):
-        bad = idx[~finite.cpu()][0].item()
-        raise ValueError(f"image {bad} contains NaN or infinite values")
-    return x
-
-
-def _load_ctf(ctf: CTFSource, idx: Tensor, size: int, device) -> Tensor:
-    c = torch.as_tensor(ctf(idx, size))
-    want = (len(idx), size, size // 2 + 1)
-    if tuple(c.shape) != want:
-        raise ValueError(f"ctf(indices, {size}) must return shape {want}; got {tuple(c.shape)}")
-    return c.to(device=device, dtype=torch.float32)
-
-
 def _as_float64(x, name: str, shape: tuple[int, int]) -> Tensor:
     t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).detach().to("cpu", torch.float64)
     if tuple(t.shape) != shape:
@@ -315,86 +294,6 @@ def _as_float64(x, name: str, shape: tuple[int, int]) -> Tensor:
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return t
-
-
-class _Reconstructor:
-    """Gold-standard half maps from the current orientations and shifts, and each particle group's
-    reference: its half map without the group (``group``: each particle's group, 0..groups-1)."""
-
-    def __init__(self, images, half, group, ctf, n, pad, weight_floor, pixel_size, min_band, device, batch_size):
-        self.images, self.half, self.group, self.ctf = images, half, group, ctf
-        self.n, self.pad, self.floor, self.device, self.batch = n, pad, weight_floor, device, batch_size
-        self.pixel_size, self.min_band = pixel_size, min_band
-
-    def half_maps(self, q: Tensor, t: Tensor, w: Optional[Tensor] = None):
-        """The half sets' inserters (see :meth:`inserters`), their maps (2, n, n, n), FSC, FSC-0.143
-        resolution (Å) and the Fourier radius (pixels, at least ``min_band``) the scores then use."""
-        ins = self.inserters(q, t, w)
-        maps = torch.stack([i.volume() for i in ins])
-        curve = fsc(maps[0], maps[1], self.pixel_size)
-        res = curve.resolution(0.143)
-        band = min(max(self.n * self.pixel_size / res, self.min_band), self.n // 2 - 1)
-        return ins, maps, curve, res, band
-
-    def full_map(self, ins: list[FourierInserter], band: float) -> Tensor:
-        """The map (n, n, n) of both half sets' inserters, low-pass filtered at Fourier radius ``band``."""
-        full = self._new()
-        full.data = ins[0].data + ins[1].data
-        full.weight = ins[0].weight + ins[1].weight
-        return lowpass(full.volume(), self.pixel_size, self.n * self.pixel_size / band).cpu()
-
-    def references(self, ins: list[FourierInserter], maps: Tensor, q: Tensor, t: Tensor):
-        """For each half set h and each group of its particles: ``(h, members, reference)``, the reference
-        (n, n, n) being the half map ``maps[h]`` without the members' own images (inserted at q (N, 4),
-        t (N, 2) into ``ins[h]``), or ``maps[h]`` itself with one group (module docstring)."""
-        groups = int(self.group.max()) + 1
-        for h in (0, 1):
-            for g in range(groups):
-                members = torch.nonzero((self.half == h) & (self.group == g)).squeeze(1)
-                if len(members) == 0:
-                    continue
-                if groups == 1:
-                    yield h, members, maps[h]
-                    continue
-                rest = self._new()
-                for idx in members.split(self.batch):
-                    self._insert(rest, idx, q[:, None], t[:, None], None)
-                rest.data, rest.weight = ins[h].data - rest.data, ins[h].weight - rest.weight
-                yield h, members, rest.volume()
-
-    def inserters(self, q: Tensor, t: Tensor, w: Optional[Tensor] = None) -> list[FourierInserter]:
-        """Half-set inserters of the particles at orientations q (N, 4) and shifts t (N, 2), or, for a
-        soft assignment, each at C candidates q (N, C, 4), t (N, C, 2) of probabilities w (N, C)."""
-        if w is None:
-            q, t = q[:, None], t[:, None]
-        out = []
-        for h in (0, 1):
-            ins = self._new()
-            for idx in torch.nonzero(self.half == h).squeeze(1).split(self.batch):
-                self._insert(ins, idx, q, t, w)
-            out.append(ins)
-        return out
-
-    def _new(self) -> FourierInserter:
-        return FourierInserter(self.n, pad=self.pad, device=self.device, weight_floor=self.floor)
-
-    def _insert(self, ins: FourierInserter, idx: Tensor, q: Tensor, t: Tensor, w: Optional[Tensor]) -> None:
-        """Insert particles ``idx`` at their C candidates q (N, C, 4), t (N, C, 2) of probabilities w (N, C)
-        (None: C = 1, weight 1)."""
-        img = _load(self.images, idx, self.device)
-        c = None if self.ctf is None else _load_ctf(self.ctf, idx, self.pad * self.n, self.device)
-        qb, tb = q[idx].to(self.device), t[idx].to(self.device, torch.float32)
-        if w is None:
-            keep = (slice(None), 0)
-            weights = None
-        else:  # candidates carrying at least 1 % of the particle's most probable one
-            wb = w[idx].to(self.device)
-            mask = wb >= 0.01 * wb[:, :1]
-            keep = mask.nonzero(as_tuple=True)
-            weights = wb[keep] / (wb * mask).sum(1)[keep[0]]
-        rows = torch.arange(len(idx), device=self.device)[keep[0]]
-        ins.insert(shift_images(img[rows], -tb[keep]), quat_to_matrix(qb[keep]).float(),
-                   None if c is None else c[rows], weights)
 
 
 def _matching_scale(own: Tensor, other: Tensor, search: _Search) -> float:
@@ -411,12 +310,12 @@ def _matching_scale(own: Tensor, other: Tensor, search: _Search) -> float:
     return math.exp(0.5 * (lo + hi))
 
 
-def _soft_assignment(recon: _Reconstructor, ins: list[FourierInserter], q: Tensor, t: Tensor, maps: Tensor,
+def _soft_assignment(recon: HalfMaps, ins: list[FourierInserter], q: Tensor, t: Tensor, maps: Tensor,
                      curve: FSCResult, band: float, interpolation: str, batch_size: int,
                      seed: int) -> tuple[Tensor, Tensor, Tensor, float]:
     """Candidates (N, SOFT_TOP, 4), shifts (N, SOFT_TOP, 2) and probabilities (N, SOFT_TOP) of every
     particle on the soft-assignment grid around (q, t) (``SOFT_*``, Fourier radius ``band``
-    pixels), scored against its group's reference (:meth:`_Reconstructor.references` of the half maps
+    pixels), scored against its group's reference (:meth:`HalfMaps.references` of the half maps
     ``maps``, their inserters ``ins`` and FSC ``curve``), and the inverse temperature used.
 
     The temperature is calibrated on up to ``SOFT_CALIBRATE`` particles of each half, scored also against
@@ -434,8 +333,8 @@ def _soft_assignment(recon: _Reconstructor, ins: list[FourierInserter], q: Tenso
         calibrate[members[torch.randperm(len(members), generator=gen)[:SOFT_CALIBRATE]]] = True
 
     def scores_of(idx, proj):
-        img = _load(recon.images, idx, device)
-        c = None if recon.ctf is None else _load_ctf(recon.ctf, idx, recon.n, device)
+        img = load_images(recon.images, idx, device)
+        c = None if recon.ctf is None else load_ctf(recon.ctf, idx, recon.n, device)
         B = len(idx)
         return search.score(proj, img, c, q[idx].to(device), t[idx].to(device),
                             torch.full((B,), radius, dtype=torch.float64, device=device),
@@ -541,7 +440,7 @@ def refine(
     if batch_size is None:
         budget = 1 << (26 if device.type == "cuda" else 21)  # candidate Fourier pixels held at once
         batch_size = max(1, budget // ((2 * lattice + 1) ** 3 * n * (n // 2 + 1)))
-    recon = _Reconstructor(images, half, group, ctf, n, pad, weight_floor, pixel_size, min_band, device, max(batch_size, 64))
+    recon = HalfMaps(images, half, group, ctf, n, pad, weight_floor, pixel_size, min_band, device, max(batch_size, 64))
     est = _Estimates(q, t, radius, shift_step, shrink, max_shift)
     history: list[RoundStats] = []
     bar = tqdm(range(int(rounds)), desc="refine", unit="round", disable=not progress)
@@ -587,10 +486,10 @@ class _Estimates:
         return rot_in
 
 
-def _search_round(est: _Estimates, recon: _Reconstructor, lattice: int, shift_grid: int, passes: int,
+def _search_round(est: _Estimates, recon: HalfMaps, lattice: int, shift_grid: int, passes: int,
                   batch_size: int, interpolation: str) -> RoundStats:
     """One round: half maps of the current estimates, then ``passes`` local searches of every
-    particle against its group's reference (:meth:`_Reconstructor.references`; ``est`` updated in place)."""
+    particle against its group's reference (:meth:`HalfMaps.references`; ``est`` updated in place)."""
     ins, maps, curve, res, band = recon.half_maps(est.q, est.t)
     device = recon.device
     search = _Search(_Band(recon.n, band, curve.fsc, device), lattice, shift_grid, device)
@@ -599,8 +498,8 @@ def _search_round(est: _Estimates, recon: _Reconstructor, lattice: int, shift_gr
     for _, members, reference in recon.references(ins, maps, q_old, t_old):
         proj = FourierProjector(reference, pad=recon.pad, interpolation=interpolation)
         for idx in members.split(batch_size):
-            img = _load(recon.images, idx, device)
-            c = None if recon.ctf is None else _load_ctf(recon.ctf, idx, recon.n, device)
+            img = load_images(recon.images, idx, device)
+            c = None if recon.ctf is None else load_ctf(recon.ctf, idx, recon.n, device)
             for _ in range(passes):
                 found = search.run(proj, img, c, *(x[idx].to(device) for x in (est.q, est.t, est.r, est.step)))
                 inside[idx] = est.update(idx, *found)
