@@ -58,7 +58,7 @@ agree to less than :data:`AGREEMENT` rad. Independent starts that reach differen
 with about the same score mean that the data do not determine them (*ambiguous*); where the particles
 match the winner's orientations better — the paired z of their NCC, mean over standard error of the
 particles' differences, at least :data:`SEPARATED` — the runner-up stopped in a worse optimum (at
-−20 dB a random start's exploration often does), which says nothing against the winner.
+−20 dB a random start's exploration often does): the winner matches better, which does not make it right.
 
 Conventions: images (P, n, n) [y, x], centre at pixel n//2; quaternions scalar-first of RELION's
 A = Rz(psi)·Ry(tilt)·Rz(rot) (map → image frame), w >= 0; shifts t (P, 2) in pixels (x, y) of the
@@ -438,11 +438,11 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     _, name, q, t, opts["s2"], ncc = max(trials, key=lambda trial: trial[0])
     others = [trial for trial in trials if _origin(trial[1]) != _origin(name)]
     runner_up = max(others, key=lambda trial: trial[0]) if others else None
+    stage_seconds = {"explore": time.perf_counter() - clock}
     agreement = separation = None
     if runner_up is not None:
         agreement, d = align_orientations(q, runner_up[2]).error, ncc - runner_up[5]
         separation = float(d.mean() / (d.std() / math.sqrt(P)).clamp_min(1e-12))
-    stage_seconds = {"explore": time.perf_counter() - clock}
     clock = time.perf_counter()
     recentred = _recentre(stack, q, t, K, opts) if recentre else None
     stage_seconds["recentre"], clock = time.perf_counter() - clock, time.perf_counter()
