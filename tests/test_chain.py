@@ -91,6 +91,12 @@ def test_resume_skips_finished_stages(stack, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="other images"):
         run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, resume=True, **opts)
     monkeypatch.undo()
+    # nor a package whose stages' results hold other fields (a checkpoint of an older result lacks the new ones)
+    fields = {**chain.RESULT_FIELDS, "GlobalResult": chain.RESULT_FIELDS["GlobalResult"][:-1]}
+    monkeypatch.setattr(chain, "RESULT_FIELDS", fields)
+    with pytest.raises(ValueError, match="another version"):
+        run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, resume=True, **opts)
+    monkeypatch.undo()
     restart = run_chain(images, pixel_size=PIXEL, ctf=ctf, workdir=work, force=True, stop_after="abinitio", **opts)
     assert restart.refined is None and not (work / "refine.pt").exists()  # starting over drops the later stages
     assert not (work / "global.pt").exists()

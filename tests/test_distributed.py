@@ -179,6 +179,21 @@ def test_sharded_allpairs_recovery_equals_one_process(two_ranks):
         torch.testing.assert_close(q0, ref.q.cpu(), rtol=0, atol=tol)
 
 
+def _torchrun(command: list[str]) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node 2 command`` on the CPU, asserting success. A worker killed by a
+    signal is retried once: one CI run (of many) lost rank 1 to SIGABRT, which never recurred in 55 runs
+    with the machine loaded or not (gloo's teardown is the suspect); the workers' own output is shown."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for attempt in (0, 1):
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+                             + command, env=env, capture_output=True, text=True, timeout=120)
+        if run.returncode == 0 or "received by PID" not in run.stderr:
+            break
+        print(f"torchrun attempt {attempt}: a worker was killed by a signal; its output:\n{run.stderr[:4000]}")
+    assert run.returncode == 0, run.stderr[:3000] + "\n...\n" + run.stderr[-2000:]
+    return run
+
+
 def test_cli_recover_all_pairs_under_torchrun(tmp_path):
     """``torchrun -m cryoorient recover --all-pairs`` on 2 processes: rank 0 writes the STAR file,
     with the orientations of the one-process run."""
@@ -194,11 +209,7 @@ def test_cli_recover_all_pairs_under_torchrun(tmp_path):
     args = ["recover", str(tmp_path / "data" / "particles.star"), "--model", str(tmp_path / "model.pt"),
             "--all-pairs", "--steps", "15", "--no-resolve-frame", "--device", "cpu", "-q", "-o"]
     assert main(args + [str(tmp_path / "one.star")]) == 0
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "cryoorient"] + args + [str(tmp_path / "two.star")],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = _torchrun(["-m", "cryoorient"] + args + [str(tmp_path / "two.star"), "--force"])
     assert "on 2 process(es)" in run.stdout
     q1, q2 = (euler_to_quat(*torch.from_numpy(read_star(tmp_path / f"{n}.star").angles).T) for n in ("one", "two"))
     assert len(q2) == 40 and (q1 * q2).sum(1).abs().min() > 1 - 1e-8  # the same orientations

@@ -59,36 +59,60 @@ def test_candidates_follow_the_projection_convention(phantom):
     assert abs(float(dirs.mean(0).norm())) < 0.01 and abs(float(dirs[:, 2].abs().mean()) - 0.5) < 0.01
 
 
-def test_draws_follow_the_posterior_and_skip_only_negligible_candidates():
-    """Draw frequencies against the closed form N (c² − c_max²) / (2 (1 − c_max²)) (N = 2000 here): a candidate
-    log 3 below the best is drawn 1/4 of the time, 11 candidates more than 45 below never (drawn among the
-    few kept); when the best NCC is about 0 every candidate stays in (c <= 0 counts as 0; all draw noise)."""
+def _bare_search(coefficients: float) -> pm.PolarSearch:
+    """A PolarSearch with only what the log-posterior needs: N = ``coefficients`` real coefficients."""
     search = pm.PolarSearch.__new__(pm.PolarSearch)
-    search.count = torch.tensor([1000.0])
+    search.count = torch.tensor([coefficients / 2])
+    return search
+
+
+def test_draws_follow_the_posterior_over_offsets_directions_and_angles():
+    """Draw frequencies of the 2·2·3 candidates of (L, S, J) = (3, 2, 2) NCCs against the posterior's closed form
+    N (c² − c_max²) / (2 (1 − c_max²)) (N = 2000) plus the shift prior, each candidate by its flat index
+    (s·J + j)·L + l; a candidate log 3 below the best is drawn 1/4 as often; candidates hundreds below never;
+    when the best NCC is about 0 every candidate draws alike (c <= 0 counts as 0)."""
+    search, rows = _bare_search(2000), 60000
     c2 = math.sqrt(0.25 - math.log(3) / (2000 / 1.5))
-    rows = 40000
-    top = torch.tensor([[0.5, c2, 0.3] + [0.0] * 10]).repeat(rows, 1)  # 2 of 13 kept
-    pick = search.sample(search.log_posterior(top), torch.Generator().manual_seed(0))
-    freq = torch.bincount(pick, minlength=13) / rows
-    assert abs(float(freq[1]) - 0.25) < 0.015 and int(freq[2:].sum()) == 0, freq
-    low = torch.tensor([[-0.2, -0.1, 0.01]]).repeat(rows, 1)
-    freq = torch.bincount(search.sample(search.log_posterior(low), torch.Generator().manual_seed(1)), minlength=3) / rows
-    scale = 2000 / (2 * (1 - 0.01**2))
-    w = torch.tensor([math.exp(-scale * 0.01**2)] * 2 + [1.0])
-    assert torch.allclose(freq, w / w.sum(), atol=0.015), (freq, w / w.sum())
+    top = torch.tensor([[0.5, c2] + [0.0] * 10])
+    low = torch.tensor([[-0.2, -0.1, 0.01] + [0.0] * 9])
+    spread = 0.5 + 0.01 * torch.randn(1, 12, generator=torch.Generator().manual_seed(2))
+    shifts = torch.tensor([[[0.0, 0.0], [1.0, 0.5]]])
+    for case, (scores, prior) in enumerate(((top, math.inf), (low, math.inf), (spread, 3.0))):
+        L, S, J = 3, 2, 2  # scores[c], c = (s·J + j)·L + l, as PolarSearch.scores lays them out
+        ncc = scores.view(1, S, J, L).permute(3, 0, 1, 2).repeat(1, rows, 1, 1).contiguous()
+        pick = search.sample(ncc, shifts.repeat(rows, 1, 1), prior, 1.0, torch.Generator().manual_seed(case))
+        freq = torch.bincount(pick, minlength=12).double() / rows
+        expected = torch.softmax(search.log_posterior(scores.double(), shifts.double(), prior)[0], 0)
+        assert torch.allclose(freq, expected, atol=0.01), (case, freq, expected)
+        if case == 0:
+            assert abs(float(freq[1]) - 0.25) < 0.01 and int((pick > 1).sum()) == 0
 
 
 def test_the_shift_prior_weighs_the_draws():
     """Two candidates of equal NCC whose shifts differ in prior by log 3 (|t|² = 2·s²·log 3 against 0): the
     shifted one is drawn 1/4 of the time with the prior, 1/2 without."""
-    search = pm.PolarSearch.__new__(pm.PolarSearch)
-    search.count = torch.tensor([1000.0])
-    rows, s2 = 40000, 2.0
-    scores = torch.tensor([[0.5, 0.5]]).repeat(rows, 1)  # S = 2 offsets of one candidate each
+    search, rows, s2 = _bare_search(2000), 40000, 2.0
+    ncc = torch.full((1, rows, 2, 1), 0.5)  # S = 2 offsets of one candidate each
     shifts = torch.tensor([[[0.0, 0.0], [math.sqrt(2 * s2 * math.log(3)), 0.0]]]).repeat(rows, 1, 1)
     for prior, share in ((s2, 0.25), (math.inf, 0.5)):
-        pick = search.sample(search.log_posterior(scores, shifts, prior), torch.Generator().manual_seed(0))
+        pick = search.sample(ncc.clone(), shifts, prior, 1.0, torch.Generator().manual_seed(0))
         assert abs(float(pick.double().mean()) - share) < 0.015, (prior, float(pick.double().mean()))
+
+
+def test_peaks_hold_the_best_candidate_of_all(stack, phantom):
+    """The best candidate (highest log-posterior with the shift prior) from the per-offset, per-direction peaks
+    over the angles is the best of the full candidate list (:meth:`PolarSearch.scores`), NCC and index."""
+    q, t, ctf, images = stack
+    search = pm.PolarSearch(phantom.float(), 8, {"sampling": 1.5, "budget": 1 << 23}, 9)
+    particles = pm.ParticleStack(images[:40], ctf, BOX, "cpu", 64, seed=0)
+    idx, offsets = torch.arange(40), gs._offsets(particles, 8, 1)
+    moved = t[idx][:, None] + offsets.double()
+    full = search.scores(particles, idx, BOX, t[idx], offsets)
+    best = search.log_posterior(full, moved, 2.0).argmax(1)
+    ncc, angle = search.peaks(particles, idx, BOX, t[idx], offsets)
+    pair = search.log_posterior(ncc, moved, 2.0).argmax(1, keepdim=True)
+    assert torch.equal(pair[:, 0] * search.L + angle.gather(1, pair)[:, 0], best)
+    assert torch.equal(ncc.gather(1, pair)[:, 0], full.gather(1, best[:, None])[:, 0])
 
 
 def test_the_shift_prior_keeps_noise_dominated_shifts_near_the_truth(phantom):

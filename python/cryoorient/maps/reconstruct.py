@@ -85,21 +85,19 @@ class FourierInserter:
         # Lower corners; clamped so that a sample exactly on the last plane (an axis-aligned
         # view at the cut-off radius) puts its full weight on it instead of indexing past it.
         g0 = torch.floor(g).clamp(0, p - 2)
-        t = g - g0
-        g0 = g0.long()
+        t = (g - g0).flatten(0, 1).T.contiguous()  # (3, B·Npix): x, y, z within the cell
+        g0 = g0.long().flatten(0, 1).T
+        base = (g0[2] * p + g0[1]) * p + g0[0]
+        values = (f.real.flatten(), f.imag.flatten(), None if w_img is None else w_img.flatten())
+        sums = (self.data[0], self.data[1], self.weight)
         for dz in (0, 1):
             for dy in (0, 1):
+                wzy = (t[2] if dz else 1 - t[2]) * (t[1] if dy else 1 - t[1])
                 for dx in (0, 1):
-                    w = (
-                        (t[..., 0] if dx else 1 - t[..., 0])
-                        * (t[..., 1] if dy else 1 - t[..., 1])
-                        * (t[..., 2] if dz else 1 - t[..., 2])
-                    )
-                    idx = ((g0[..., 2] + dz) * p + (g0[..., 1] + dy)) * p + (g0[..., 0] + dx)
-                    idx = idx.flatten()
-                    self.data[0].index_add_(0, idx, (w * f.real).flatten())
-                    self.data[1].index_add_(0, idx, (w * f.imag).flatten())
-                    self.weight.index_add_(0, idx, (w if w_img is None else w * w_img).flatten())
+                    w = wzy * (t[0] if dx else 1 - t[0])
+                    idx = base + ((dz * p + dy) * p + dx)
+                    for acc, v in zip(sums, values):
+                        acc.index_add_(0, idx, w if v is None else w * v)
 
     def translate(self, t: Tensor) -> None:
         """Move the map accumulated so far by t (x, y, z) voxels: a phase ramp on the Fourier sums (the

@@ -15,8 +15,8 @@ The chain, for a particle stack and its CTF parameters (no map, no trained netwo
    and every shift by the projection of that move, so that the shifts centre each particle.
 
 Each finished stage is checkpointed into ``workdir`` (``abinitio.pt``, ``global.pt``, ``refine.pt``;
-atomic writes) with a key of the images (shape and a sample of pixels), the CTF of that sample and the
-options of the stage and those before it: a call with ``resume=True`` loads the stages whose key
+atomic writes) with a key of the images (shape and a sample of pixels), the CTF of that sample, the
+options of the stage and those before it and the fields of the stages' results: a call with ``resume=True`` loads the stages whose key
 matches and runs the rest; ``stop_after`` ends the run after a stage (as an interruption would).
 
 Conventions: images (P, n, n) [y, x], centre n//2; orientations are scalar-first quaternions of
@@ -27,6 +27,7 @@ global rotation and hand are those the ab initio stage chose (arbitrary).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -164,7 +165,8 @@ class _Checkpoints:
             return None
         saved = torch.load(self.path(stage), map_location="cpu", weights_only=False)
         if saved.get("key") != key:
-            raise ValueError(f"checkpoint '{self.path(stage)}' was made from other images, CTF or options; "
+            raise ValueError(f"checkpoint '{self.path(stage)}' was made from other images, CTF or options, or by "
+                             f"another version of cryoorient; "
                              f"remove it or pass force=True (--force) to start over")
         return saved["result"]
 
@@ -182,6 +184,10 @@ def _defaults(stage) -> dict:
 # the defaults each stage runs with, in the checkpoints' keys: a checkpoint written under other defaults
 # (another version of the package) is not taken
 STAGE_DEFAULTS = {stage.__name__: _defaults(stage) for stage in (estimate_orientations, global_search, refine)}
+# the fields each stage's result holds, in the keys too: a checkpoint of a result with other fields (written by
+# another version of the package, whose version string may be the same) is not taken
+RESULT_FIELDS = {cls.__name__: [f.name for f in dataclasses.fields(cls)]
+                 for cls in (AbInitioResult, GlobalResult, RefineResult)}
 
 
 def _digest(*parts) -> str:
@@ -219,7 +225,8 @@ def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = Fals
 
     checkpoints = _Checkpoints(workdir, resume, force)
     key = _data_key(images, ctf, pixel_size)
-    key_ab = _digest(__version__, key, phase_flipped, seed, {**STAGE_DEFAULTS["estimate_orientations"], **ab_opts})
+    key_ab = _digest(__version__, RESULT_FIELDS, key, phase_flipped, seed,
+                     {**STAGE_DEFAULTS["estimate_orientations"], **ab_opts})
     key_glob = _digest(key_ab, {**STAGE_DEFAULTS["global_search"], **glob_opts})
     key_ref = _digest(key_glob, {**STAGE_DEFAULTS["refine"], **ref_opts})
     bar = tqdm(total=len(STAGES), desc="ab initio chain", unit="stage", disable=not progress)

@@ -251,8 +251,8 @@ def _explore(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
         drawn = 0.0
         for idx in torch.randperm(P, generator=opts["gen"])[:b].split(search.rows):
             moved = t[idx][:, None] + offsets.double().cpu()  # (B, S, 2) the candidates' shifts
-            logp = search.log_posterior(search.scores(stack, idx, m, t[idx], offsets), moved, opts["s2"], beta)
-            pick = search.sample(logp, opts["device_gen"])
+            ncc = search.correlations(stack, idx, m, t[idx], offsets)
+            pick = search.sample(ncc, moved, opts["s2"], beta, opts["device_gen"])
             t[idx] = clip_shifts(moved[torch.arange(len(idx)), pick.cpu() // (len(search.dirs) * search.L)], opts["max_shift"])
             _insert(draw, stack, idx, m, t[idx], search.orientations(pick))
             drawn += float((t[idx] ** 2).sum())
@@ -270,14 +270,14 @@ def _best_candidates(stack: ParticleStack, search: PolarSearch, q: Tensor, t: Te
     ``search`` and the shift offsets about its shift t (q, t updated in place): orientation and shift found
     together, so that neither holds the other at a wrong value. Returns the particles' NCC (P,) float64."""
     scores = torch.empty(stack.P, dtype=torch.float64)
-    cpu_offsets = offsets.double().cpu()
+    cpu_offsets, J = offsets.double().cpu(), len(search.dirs)
     for idx in torch.arange(stack.P).split(search.rows):
         moved = t[idx][:, None] + cpu_offsets
-        ncc = search.scores(stack, idx, m, t[idx], offsets)
-        best = search.log_posterior(ncc, moved, opts["s2"]).argmax(1)
-        t[idx] = clip_shifts(moved[torch.arange(len(idx)), best.cpu() // (len(search.dirs) * search.L)], opts["max_shift"])
-        q[idx] = search.orientations(best)
-        scores[idx] = ncc.gather(1, best[:, None])[:, 0].double().cpu()
+        ncc, angle = search.peaks(stack, idx, m, t[idx], offsets)
+        best = search.log_posterior(ncc, moved, opts["s2"]).argmax(1, keepdim=True)
+        t[idx] = clip_shifts(moved[torch.arange(len(idx)), best[:, 0].cpu() // J], opts["max_shift"])
+        q[idx] = search.orientations(best[:, 0] * search.L + angle.gather(1, best)[:, 0])
+        scores[idx] = ncc.gather(1, best)[:, 0].double().cpu()
     return scores
 
 
@@ -293,15 +293,17 @@ def _recentre(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) ->
     offsets = _offsets(stack, K, opts["shift_grid"])
     volume = _reference(_inserted(stack, q, t, m, opts).volume(), q, t, opts, stack.n)
     search, blob, taken = PolarSearch(volume, K, opts, len(offsets)), mean_projection(volume), 0
-    JL, S = len(search.dirs) * search.L, len(offsets)
+    J, S = len(search.dirs), len(offsets)
     for idx in torch.arange(stack.P).split(max(1, search.rows // 2)):
         B, h = len(idx), shift_peak(stack, idx, m, blob, K, opts["max_shift"], opts["s2"])[0]
-        scores = search.scores(stack, torch.cat([idx, idx]), m, torch.cat([t[idx], h]), offsets)
-        scores = torch.cat([scores[:B], scores[B:]], 1)  # (B, 2·S·J·L): the candidates about t, then about h
+        ncc, angle = search.peaks(stack, torch.cat([idx, idx]), m, torch.cat([t[idx], h]), offsets)
+        ncc, angle = torch.cat([ncc[:B], ncc[B:]], 1), torch.cat([angle[:B], angle[B:]], 1)  # about t, then about h
         moved = torch.cat([t[idx][:, None] + offsets.double().cpu(), h[:, None] + offsets.double().cpu()], 1)
-        best = search.log_posterior(scores, moved, opts["s2"]).argmax(1).cpu()
-        t[idx] = clip_shifts(moved[torch.arange(B), best // JL], opts["max_shift"])
-        q[idx], taken = search.orientations(best), taken + int((best // JL >= S).sum())
+        best = search.log_posterior(ncc, moved, opts["s2"]).argmax(1, keepdim=True)
+        pair = best[:, 0].cpu()
+        t[idx] = clip_shifts(moved[torch.arange(B), pair // J], opts["max_shift"])
+        q[idx] = search.orientations(pair * search.L + angle.gather(1, best)[:, 0].cpu())
+        taken += int((pair // J >= S).sum())
     return taken / stack.P
 
 

@@ -10,7 +10,8 @@ projections, one matrix product per angular frequency and an inverse FFT over th
 S × J × L candidates at once. The score is the normalised cross-correlation (NCC) in the band of the
 image with the CTF-modulated projection (the CTF's ring mean in the projection's norm: exact without
 astigmatism); :meth:`PolarSearch.log_posterior` turns it into a log-likelihood under Gaussian noise,
-plus a Gaussian prior on the shifts, and :meth:`PolarSearch.sample` draws from it. :func:`shift_peak`
+plus a Gaussian prior on the shifts, :meth:`PolarSearch.sample` draws from it and :meth:`PolarSearch.peaks`
+keeps the best angle of each offset and direction, among which the best candidate is. :func:`shift_peak`
 searches a particle's shift against a reference; :func:`mean_projection` is a map's mean projection.
 
 Conventions: images (P, n, n) [y, x], centre at pixel n//2; quaternions scalar-first of RELION's
@@ -33,11 +34,13 @@ from ..imaging.project import FourierProjector
 from ..imaging.shift import phase_ramp
 from .abinitio import polar_spectra
 
-__all__ = ["SAMPLE_CUT", "ParticleStack", "PolarSearch", "band_weights", "clip_shifts", "crop_spectrum",
+__all__ = ["SAMPLE_FLOOR", "ParticleStack", "PolarSearch", "band_weights", "clip_shifts", "crop_spectrum",
            "direction_grid", "mean_projection", "ring_mean", "rings", "shift_peak", "working_box"]
 
-#: Log-posterior margin below the best candidate beyond which :meth:`PolarSearch.sample` draws no noise.
-SAMPLE_CUT = 45.0
+#: Log-posterior depth below a particle's best candidate at which :meth:`PolarSearch.sample` floors the weights:
+#: the candidates below it draw at most C·e^−60 < 10⁻¹⁷ of the time (C < 10⁹ candidates), and no weight is a
+#: subnormal float (on the CPU, exp and sums of those are several times slower).
+SAMPLE_FLOOR = 60.0
 
 
 def direction_grid(count: int) -> Tensor:
@@ -135,9 +138,10 @@ class PolarSearch:
         self.ring, self.count = rings(m, K, device)
         self.rows = max(1, opts["budget"] // (self.L * len(self.dirs) * shifts))  # particles per batch
 
-    def scores(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None) -> Tensor:
-        """NCC (B, S·J·L) of particles ``idx`` at shifts t + offsets[s] (S offsets, n-pixels; default one,
-        zero) with every orientation; candidate (s·J + j)·L + l: offset s, direction j, angle l."""
+    def correlations(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None):
+        """NCC (L, B, S, J) of particles ``idx`` at shifts t + offsets[s] (S offsets, n-pixels; default one,
+        zero) with the projection along direction j rotated by angle l; the candidate's index is
+        (s·J + j)·L + l."""
         S = 1 if offsets is None else len(offsets)
         rep = idx.repeat_interleave(S)
         t = t.to(stack.device).float().repeat_interleave(S, 0) + (0 if offsets is None else offsets.repeat(len(idx), 1))
@@ -151,8 +155,20 @@ class PolarSearch:
         X = X[: self.L // 2 + 1]
         c2 = torch.ones(len(rep), self.K, device=x.device) if c is None else ring_mean(c * c, self.ring, self.count)
         den = torch.sqrt((c2 @ self.power.T) * xnorm[:, None]).clamp_min(1e-30)  # (B·S, J)
-        cc = torch.fft.irfft(X @ self.refs, n=self.L, dim=0) * self.L  # (L, B·S, J)
-        return (cc / den).permute(1, 2, 0).reshape(len(idx), -1)
+        cc = torch.fft.irfft(X @ self.refs, n=self.L, dim=0, norm="forward")  # (L, B·S, J)
+        return cc.div_(den).view(self.L, len(idx), S, -1)
+
+    def scores(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None) -> Tensor:
+        """NCC (B, S·J·L) of every candidate (:meth:`correlations`), candidate (s·J + j)·L + l."""
+        ncc = self.correlations(stack, idx, m, t, offsets)
+        return ncc.permute(1, 2, 3, 0).reshape(len(idx), -1)
+
+    def peaks(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None):
+        """Per offset and direction, the best in-plane angle: NCC (B, S·J) and angle l (B, S·J), candidate
+        s·J + j; (s·J + j)·L + l indexes :meth:`scores`. The log-posterior's best over all candidates is
+        among these (it rises with the NCC at a fixed offset)."""
+        ncc, angle = self.correlations(stack, idx, m, t, offsets).max(0)
+        return ncc.flatten(1), angle.flatten(1)
 
     def orientations(self, flat: Tensor) -> Tensor:
         """Quaternions (..., 4) float64, w >= 0, of candidates ``flat`` (modulo J·L: j·L + l): Rz(α_l)·A_j,
@@ -174,22 +190,21 @@ class PolarSearch:
             logp.view(*prior.shape, -1).add_(prior[..., None])
         return logp
 
-    @staticmethod
-    def sample(logp: Tensor, gen: torch.Generator) -> Tensor:
-        """One candidate (B,) per row of log-posteriors ``logp`` (B, C) (:meth:`log_posterior`), drawn from the
-        posterior (Gumbel-max). Only the candidates within :data:`SAMPLE_CUT` of the row's best draw noise
-        (every one when more than a quarter are): a candidate left out could have won with probability at
-        most C·e^−SAMPLE_CUT (below 1e-9 for C < 10¹⁰)."""
-        keep = logp > logp.amax(1, keepdim=True) - SAMPLE_CUT
-        if int(keep.sum()) > keep.numel() // 4:  # a broad posterior: every candidate draws noise
-            e = torch.rand(logp.shape, generator=gen, device=logp.device).clamp_min_(1e-30).log_().neg_().log_()
-            return torch.sub(logp, e, out=e).argmax(1)  # logp plus Gumbel noise −log(−log u)
-        rows, cols = keep.nonzero(as_tuple=True)
-        u = torch.rand(rows.shape, generator=gen, device=logp.device).clamp_min(1e-30)
-        g = logp[rows, cols] - torch.log(-torch.log(u))
-        best = torch.full((len(logp),), -math.inf, device=logp.device).scatter_reduce(0, rows, g, "amax")
-        win = g == best[rows]
-        return torch.zeros(len(logp), dtype=torch.long, device=logp.device).index_put_((rows[win],), cols[win])
+    def sample(self, ncc: Tensor, shifts: Tensor | None, s2: float, beta: float, gen: torch.Generator) -> Tensor:
+        """One candidate (B,) per particle, index (s·J + j)·L + l, drawn from its posterior (:meth:`log_posterior`)
+        over the NCC ``ncc`` (L, B, S, J) of :meth:`correlations`: by inverse transform sampling,
+        first the pair (s, j) from the sums over the angles, then the angle, two uniforms per particle. A
+        candidate more than :data:`SAMPLE_FLOOR` below the particle's best weighs e^−SAMPLE_FLOOR."""
+        L, B, S, J = ncc.shape
+        logp = ncc_log_likelihood(ncc, (0, 2, 3), 2 * float(self.count.sum()), beta)
+        if shifts is not None and math.isfinite(s2):
+            logp.add_((shifts.to(ncc.device, torch.float32) ** 2).sum(-1).mul_(-beta / (2 * s2)).view(1, B, S, 1))
+        w = logp.sub_(logp.amax((0, 2, 3), keepdim=True)).clamp_min_(-SAMPLE_FLOOR).exp_()
+        u = torch.rand(B, 2, generator=gen, device=ncc.device, dtype=torch.float64)
+        pair = _inverse_cdf(w.sum(0).view(B, S * J).double(), u[:, 0])
+        rows = torch.arange(B, device=ncc.device)
+        angle = _inverse_cdf(w[:, rows, pair // J, pair % J].T.double(), u[:, 1])
+        return pair * L + angle
 
     def shifts(self, stack: ParticleStack, idx: Tensor, m: int, q: Tensor, max_shift: float, s2: float = math.inf):
         """Shifts (B, 2) n-pixels of particles ``idx`` at orientations q and their posterior means of |t|² (B,):
@@ -252,6 +267,13 @@ def mean_projection(volume: Tensor, directions: int = 400) -> Tensor:
     pos = torch.sqrt(k[:, None] ** 2 + kx[None, :] ** 2) * 4  # quarter-pixel steps
     j, f = pos.floor().long(), pos - pos.floor()
     return (mean[j] * (1 - f) + mean[j + 1] * f)[None].to(torch.complex64)
+
+
+def _inverse_cdf(w: Tensor, u: Tensor) -> Tensor:
+    """Per row of weights w (B, C) >= 0 (not all 0), the index drawn with probability w / w.sum() by
+    uniforms u (B,) in [0, 1): the first whose cumulative sum exceeds u times the total."""
+    cum = w.cumsum(1)
+    return torch.searchsorted(cum, (u * cum[:, -1])[:, None], right=True)[:, 0].clamp_max(w.shape[1] - 1)
 
 
 def clip_shifts(t: Tensor, max_shift: float) -> Tensor:
