@@ -223,6 +223,10 @@ def test_cli(tmp_path, capsys):
     assert main(["simulate", str(tmp_path / "m.mrc"), "-n", "-3", "-o", str(tmp_path / "x"), "-q"]) == 2
     assert main(["simulate", str(tmp_path / "m.mrc"), "--sigma2", "-2", "-o", str(tmp_path / "x"), "-q"]) == 2
     assert "sigma2" in capsys.readouterr().err
+    # a defocus given in Å where µm are asked for (8000 µm) is refused, not simulated
+    assert main(["simulate", str(tmp_path / "m.mrc"), "--ctf", "--defocus-min", "8000", "--defocus-max", "25000",
+                 "-o", str(tmp_path / "x"), "-q"]) == 2
+    assert "in µm" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

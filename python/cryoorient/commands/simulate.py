@@ -61,11 +61,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add_run_flags(p, "replace the output directory if it exists and cryoorient wrote it", seed=True)
 
 
+#: Largest mean defocus (µm) the command takes: single-particle data lie well below (0.5–5 µm); a value above is
+#: most likely given in Å.
+MAX_DEFOCUS_UM = 20.0
+
+
 def main(args: argparse.Namespace) -> int:
     from ..imaging.simulate import SimulationSettings, simulate
 
     if args.shift_dist is None:
         args.shift_dist = "triangular" if args.shift_max > 0 else "none"
+    if args.ctf and max(args.defocus_min, args.defocus_max) > MAX_DEFOCUS_UM:
+        raise ValueError(f"--defocus-min/--defocus-max are in µm (at most {MAX_DEFOCUS_UM:g}); got "
+                         f"{args.defocus_min:g}, {args.defocus_max:g}: Å divided by 10,000 gives µm")
     settings = SimulationSettings(
         n=args.n, size=args.size, orientations=args.orientations,
         euler_ranges=(tuple(args.rot_range), tuple(args.tilt_range), tuple(args.psi_range)),
