@@ -185,8 +185,8 @@ class PolarSearch:
         candidates' shifts (n-pixels, candidate s·J·L + …), add the Gaussian shift prior −|t|² / (2 ``s2``)
         (none for ``s2`` = inf)."""
         logp = ncc_log_likelihood(scores, 1, 2 * float(self.count.sum()), beta)
-        if shifts is not None and math.isfinite(s2):
-            prior = (shifts.to(scores.device, torch.float32) ** 2).sum(-1) * (-beta / (2 * s2))  # (B, S)
+        prior = _shift_prior(shifts, s2, beta, scores.device)
+        if prior is not None:
             logp.view(*prior.shape, -1).add_(prior[..., None])
         return logp
 
@@ -197,8 +197,9 @@ class PolarSearch:
         candidate more than :data:`SAMPLE_FLOOR` below the particle's best weighs e^−SAMPLE_FLOOR."""
         L, B, S, J = ncc.shape
         logp = ncc_log_likelihood(ncc, (0, 2, 3), 2 * float(self.count.sum()), beta)
-        if shifts is not None and math.isfinite(s2):
-            logp.add_((shifts.to(ncc.device, torch.float32) ** 2).sum(-1).mul_(-beta / (2 * s2)).view(1, B, S, 1))
+        prior = _shift_prior(shifts, s2, beta, ncc.device)
+        if prior is not None:
+            logp.add_(prior.view(1, B, S, 1))
         w = logp.sub_(logp.amax((0, 2, 3), keepdim=True)).clamp_min_(-SAMPLE_FLOOR).exp_()
         u = torch.rand(B, 2, generator=gen, device=ncc.device, dtype=torch.float64)
         pair = _inverse_cdf(w.sum(0).view(B, S * J).double(), u[:, 0])
@@ -267,6 +268,14 @@ def mean_projection(volume: Tensor, directions: int = 400) -> Tensor:
     pos = torch.sqrt(k[:, None] ** 2 + kx[None, :] ** 2) * 4  # quarter-pixel steps
     j, f = pos.floor().long(), pos - pos.floor()
     return (mean[j] * (1 - f) + mean[j + 1] * f)[None].to(torch.complex64)
+
+
+def _shift_prior(shifts: Tensor | None, s2: float, beta: float, device) -> Tensor | None:
+    """The Gaussian shift prior −β |t|² / (2 ``s2``) (B, S) float32 of the candidates' shifts (B, S, 2), n-pixels;
+    None without shifts or for ``s2`` = inf."""
+    if shifts is None or not math.isfinite(s2):
+        return None
+    return (shifts.to(device, torch.float32) ** 2).sum(-1) * (-beta / (2 * s2))
 
 
 def _inverse_cdf(w: Tensor, u: Tensor) -> Tensor:
