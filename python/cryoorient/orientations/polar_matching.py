@@ -32,6 +32,7 @@ from ..geometry import euler_to_quat, quat_multiply, quat_to_matrix
 from ..imaging.noise import ncc_log_likelihood
 from ..imaging.project import FourierProjector
 from ..imaging.shift import phase_ramp
+from ..maps.half_maps import load_ctf
 from .abinitio import polar_spectra
 
 __all__ = ["SAMPLE_FLOOR", "ParticleStack", "PolarSearch", "band_weights", "clip_shifts", "crop_spectrum",
@@ -84,11 +85,7 @@ class ParticleStack:
         """CTFs (B, pad·m, pad·m//2 + 1) of particles ``idx`` at the frequencies of the pad·m-box of the crop."""
         if self.ctf is None:
             return None
-        c = torch.as_tensor(self.ctf(idx, pad * self.n)).to(self.device, torch.float32)
-        if tuple(c.shape) != (len(idx), pad * self.n, pad * self.n // 2 + 1):
-            raise ValueError(f"ctf(indices, {pad * self.n}) must return shape "
-                             f"{(len(idx), pad * self.n, pad * self.n // 2 + 1)}; got {tuple(c.shape)}")
-        return crop_spectrum(c, pad * m)
+        return crop_spectrum(load_ctf(self.ctf, idx, pad * self.n, self.device), pad * m)
 
     def images(self, idx: Tensor, m: int, t: Tensor, ctf: Tensor | None = None) -> Tensor:
         """Particles ``idx`` (B, m, m) in the m-box, moved by −t (n-pixels) to its centre m//2, times ``ctf``."""
