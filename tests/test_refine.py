@@ -7,7 +7,7 @@ import torch
 from _eor_helpers import mean_error
 from cryoorient.cli import main
 from cryoorient.imaging.ctf import ctf_2d
-from cryoorient.geometry import euler_to_quat, quat_distance, quat_multiply, quat_to_euler, random_quaternions
+from cryoorient.geometry import euler_to_quat, quat_distance, quat_multiply, quat_to_euler, quat_to_matrix, random_quaternions
 from cryoorient.io import Particles, read_particles, read_star, write_map, write_stack, write_star
 from cryoorient.imaging.phantom import default_density
 from cryoorient.imaging.project import project_real
@@ -152,6 +152,32 @@ def test_each_group_is_compared_with_its_half_map_without_it(toy, groups):
         alone = alone.volume()
         assert float((reference - alone).abs().max()) < 1e-4 * float(alone.abs().max())
     assert sorted(seen) == list(range(N))  # every particle once, in one group
+
+
+def test_soft_insertion_merges_the_shifts_of_one_orientation_exactly(toy):
+    # each particle at 6 candidates: 3 orientations, each at 2 shifts, weights falling, the last under 1 % of the
+    # first (left out); merged insertion (one image per orientation) against one insertion per kept candidate
+    vol, q, t, images = toy
+    N, C = 24, 6
+    g = torch.Generator().manual_seed(5)
+    qc = random_quaternions(N * 3, generator=2, dtype=torch.float64).view(N, 3, 4)[:, [0, 1, 0, 2, 1, 2]]
+    tc = torch.randn(N, C, 2, generator=g, dtype=torch.float64)
+    w = torch.tensor([1.0, 0.5, 0.3, 0.2, 0.1, 0.005], dtype=torch.float64).repeat(N, 1)
+    ctf = lambda idx, size: ctf_2d(size, VOXEL, 15000.0 + 100 * idx.double(), 14000.0 + 100 * idx.double(),  # noqa: E731
+                                   torch.full((len(idx),), 30.0))
+    recon = HalfMaps(images[:N], torch.zeros(N, dtype=torch.long), torch.zeros(N, dtype=torch.long), ctf, BOX, 2,
+                     0.01, VOXEL, 4.0, "cpu", 7)
+    merged, empty = recon.inserters(qc, tc, w)  # every particle in half set 0: half set 1 stays empty
+    assert float(empty.weight.abs().max()) == 0
+    single = recon._new()
+    kept = w[0, :5] / w[0, :5].sum()
+    for i in range(N):
+        for k in range(5):
+            single.insert(shift_images(images[i : i + 1], -tc[i, k : k + 1].float()),
+                          quat_to_matrix(qc[i, k : k + 1]).float(), ctf(torch.tensor([i]), 2 * BOX), kept[k : k + 1].float())
+    for a, b in ((merged.data, single.data), (merged.weight, single.weight)):
+        assert float((a - b).abs().max()) < 1e-5 * float(b.abs().max())
+    assert float(single.weight.abs().max()) > 0
 
 
 def test_leaving_the_group_out_frees_particles_that_their_own_noise_holds():

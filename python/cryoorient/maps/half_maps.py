@@ -110,18 +110,32 @@ class HalfMaps:
 
     def _insert(self, ins: FourierInserter, idx: Tensor, q: Tensor, t: Tensor, w: Optional[Tensor]) -> None:
         """Insert particles ``idx`` at their C candidates q (N, C, 4), t (N, C, 2) of probabilities w (N, C)
-        (None: C = 1, weight 1)."""
+        (None: C = 1, weight 1), those carrying at least 1 % of the particle's most probable one (the first).
+
+        A particle's candidates at one orientation (its shifts) go in as one image, the weighted mean of
+        their shifted copies at their summed weight: the inserter's sums are linear in the image and the
+        weight, so this is the same map with one insertion per orientation instead of one per candidate."""
+        if len(idx) == 0:  # an empty half set (``torch.split`` of no particles gives one empty batch)
+            return
         img = load_images(self.images, idx, self.device)
         c = None if self.ctf is None else load_ctf(self.ctf, idx, self.pad * self.n, self.device)
         qb, tb = q[idx].to(self.device), t[idx].to(self.device, torch.float32)
         if w is None:
-            keep = (slice(None), 0)
-            weights = None
-        else:  # candidates carrying at least 1 % of the particle's most probable one
-            wb = w[idx].to(self.device)
-            mask = wb >= 0.01 * wb[:, :1]
-            keep = mask.nonzero(as_tuple=True)
-            weights = wb[keep] / (wb * mask).sum(1)[keep[0]]
-        rows = torch.arange(len(idx), device=self.device)[keep[0]]
-        ins.insert(shift_images(img[rows], -tb[keep]), quat_to_matrix(qb[keep]).float(),
-                   None if c is None else c[rows], weights)
+            ins.insert(shift_images(img, -tb[:, 0]), quat_to_matrix(qb[:, 0]).float(), c)
+            return
+        wb = w[idx].to(self.device)
+        mask = wb >= 0.01 * wb[:, :1]
+        wb = torch.where(mask, wb, 0) / (wb * mask).sum(1, keepdim=True)
+        # each kept candidate's group: the first kept candidate of the particle at its orientation
+        same = (qb[:, :, None] == qb[:, None]).all(-1) & mask[:, None]
+        first = same.int().argmax(2)
+        lead = mask & (first == torch.arange(qb.shape[1], device=self.device))
+        slot = torch.cumsum(lead.flatten(), 0).view_as(lead) - 1  # each leader's index among the leaders
+        keep = mask.nonzero(as_tuple=True)
+        group, wk = slot.gather(1, first)[keep], wb[keep].float()
+        moved = shift_images(img[keep[0]], -tb[keep]) * wk[:, None, None]
+        leaders = lead.nonzero(as_tuple=True)
+        total = torch.zeros(len(leaders[0]), device=self.device).index_add_(0, group, wk)
+        mean = torch.zeros(len(total), self.n, self.n, device=self.device).index_add_(0, group, moved)
+        ins.insert(mean / total[:, None, None], quat_to_matrix(qb[leaders]).float(),
+                   None if c is None else c[leaders[0]], total)
