@@ -151,7 +151,7 @@ def test_bad_input():
     bad = imgs.clone()
     bad[3, 4, 5] = float("nan")
     bad[7, 0, 0] = float("inf")
-    with pytest.raises(ValueError, match="2 images contain NaN or infinite values .the first: image 3"):
+    with pytest.raises(ValueError, match="2 of 30 images contain NaN or infinite values .the first: image 3"):
         rotational_neighbors(bad)
     with pytest.raises(TypeError, match="floating"):
         rotational_neighbors(imgs.to(torch.int32))

@@ -142,7 +142,7 @@ def test_refusals_write_nothing(data, chained, tmp_path, capsys):
         write_stack(tmp_path / "nan.mrcs", images, PIXEL)
     assert main(["abinitio", str(tmp_path / "nan.mrcs"), "-o", str(out), "--device", "cpu", "-q"]) == 2
     err = capsys.readouterr().err
-    assert "1 images contain NaN" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert "images contain NaN or infinite values (the first: image 7)" in err and len(err.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_particle_larger_than_the_box_is_refused(data, tmp_path, capsys):

@@ -235,7 +235,7 @@ def test_refinement_on_cuda_matches_the_cpu(toy):
         (lambda im, q: (im, q[:-1]), r"q_init must have shape \(300, 4\)"),
         (lambda im, q: (im[:, :, :-1], q), "square images"),
         (lambda im, q: (im[0], q), "square images"),
-        (lambda im, q: (torch.where(torch.arange(300)[:, None, None] == 17, float("nan"), im), q), "image 17"),
+        (lambda im, q: (torch.where(torch.arange(300)[:, None, None] == 17, float("nan"), im), q), "NaN or infinite values .the first: image 17."),
         (lambda im, q: (im, torch.where(torch.arange(300)[:, None] == 3, float("nan"), q)), "q_init contains NaN"),
         (lambda im, q: (im, torch.zeros_like(q)), "zero quaternions"),
     ],

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..geometry import quat_to_matrix
 from ..imaging.shift import shift_images
 from .fsc import fsc
-from .reconstruct import FourierInserter
+from .reconstruct import FourierInserter, check_finite_images
 from .transforms import lowpass
 
 __all__ = ["HalfMaps", "load_ctf", "load_images"]
@@ -31,10 +31,7 @@ def load_images(images, idx: Tensor, device) -> Tensor:
     else:
         x = torch.from_numpy(np.ascontiguousarray(images[idx.cpu().numpy()]))
     x = x.to(device=device, dtype=torch.float32)
-    finite = torch.isfinite(x).flatten(1).all(1)
-    if not bool(finite.all()):
-        bad = idx[~finite.cpu()][0].item()
-        raise ValueError(f"image {bad} contains NaN or infinite values")
+    check_finite_images(x, idx)
     return x
 
 

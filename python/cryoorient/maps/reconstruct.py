@@ -27,6 +27,15 @@ from tqdm.auto import tqdm
 from ..geometry import quat_to_matrix
 
 
+def check_finite_images(images: Tensor, indices) -> None:
+    """Refuse (one line) a batch of images (B, n, n) with NaN or infinite pixels; ``indices`` (B,): the
+    images' numbers in their stack, for the message."""
+    finite = torch.isfinite(images).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = torch.as_tensor(indices)[~finite.cpu()]
+        raise ValueError(f"{len(bad)} of {len(images)} images contain NaN or infinite values (the first: image {int(bad[0])})")
+
+
 def _as_rotations(orientations, device) -> Tensor:
     r = torch.as_tensor(np.asarray(orientations) if not torch.is_tensor(orientations) else orientations)
     r = r.to(device=device, dtype=torch.float32)
@@ -158,8 +167,7 @@ def reconstruct(
     for s in tqdm(range(0, N, batch_size), desc="reconstruct", unit="batch", disable=not progress):
         sl = slice(s, min(N, s + batch_size))
         batch = torch.as_tensor(np.asarray(images[sl]) if not torch.is_tensor(images) else images[sl])
-        if not torch.isfinite(batch).all():
-            raise ValueError(f"images {sl.start}..{sl.stop - 1} contain NaN or infinite values")
+        check_finite_images(batch, torch.arange(sl.start, sl.stop))
         ins.insert(batch, rot[sl], None if ctf is None else ctf(sl))
     return ins.volume()
 
@@ -242,7 +250,6 @@ def reconstruct_particles(particles, *, pad: int = 2, batch_size: int = 512, dev
         if ins is None:
             n = img.shape[-1]
             ins = FourierInserter(n, pad=pad, device=device, weight_floor=weight_floor)
-        if not torch.isfinite(img).all():
-            raise ValueError(f"particles {sl.start}..{sl.stop - 1} contain NaN or infinite pixel values")
+        check_finite_images(img, torch.arange(sl.start, sl.stop))
         ins.insert(img, A, ctf)
     return ins.volume()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,7 +31,7 @@ from ..geometry import euler_to_quat, quat_multiply, quat_to_matrix
 from ..imaging.noise import ncc_log_likelihood
 from ..imaging.project import FourierProjector
 from ..imaging.shift import phase_ramp
-from ..maps.half_maps import load_ctf
+from ..maps.half_maps import load_ctf, load_images
 from .abinitio import polar_spectra
 
 __all__ = ["SAMPLE_FLOOR", "ParticleStack", "PolarSearch", "band_weights", "clip_shifts", "crop_spectrum",
@@ -73,11 +72,7 @@ class ParticleStack:
         self.spec = torch.empty(self.P, m_max, m_max // 2 + 1, dtype=torch.complex64, device=device)
         centre = torch.full((1, 2), -float(self.n // 2), device=device)
         for idx in torch.arange(self.P).split(batch):
-            x = images[idx.to(images.device)] if torch.is_tensor(images) else torch.from_numpy(
-                np.ascontiguousarray(images[idx.numpy()]))
-            x = x.to(device, torch.float32)
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"images {int(idx[0])}..{int(idx[-1])} contain NaN or infinite values")
+            x = load_images(images, idx, device)
             self.spec[idx.to(device)] = crop_spectrum(torch.fft.rfft2(x) * phase_ramp(centre, self.n), m_max)
         self.half = torch.randperm(self.P, generator=torch.Generator().manual_seed(seed)) % 2
 

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..imaging.ctf import phase_flip
 from ..imaging.shift import shift_images
+from ..maps.reconstruct import check_finite_images
 
 __all__ = ["ASSUMPTIONS", "as_images", "centre_particles", "corner_signal", "prepare_images"]
 
@@ -37,10 +38,7 @@ def as_images(images, device="cpu") -> Tensor:
     if not x.is_floating_point():
         raise TypeError(f"images must be floating point; got {x.dtype}")
     x = x.to(device=device, dtype=torch.float32)
-    finite = torch.isfinite(x).flatten(1).all(1)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero().flatten()
-        raise ValueError(f"{bad.numel()} images contain NaN or infinite values (the first: image {int(bad[0])})")
+    check_finite_images(x, torch.arange(len(x)))
     return x
 
 
