@@ -98,24 +98,32 @@ def _toy_search(vol, q, t, images, radius=0.1, step=0.5):
     search = _Search(_Band(BOX, 10.0, np.ones(BOX // 2), "cpu"), 2, 1, "cpu")
     r = torch.full((20,), radius, dtype=torch.float64)
     s = torch.full((20,), step, dtype=torch.float64)
-    scores, cand = search.score(FourierProjector(vol, pad=2), images[:20], None, q[:20], t[:20], r, s)
-    return search, scores, cand, s
+    scores = search.score(FourierProjector(vol, pad=2), images[:20], None, q[:20], t[:20], r, s)
+    return search, scores, r, s
 
 
 def test_soft_assignment_concentrates_on_the_best_match_of_clean_images(toy):
     vol, q, t, images = toy
-    search, scores, cand, step = _toy_search(vol, q, t, images)
-    qc, tc, w = search.posterior(scores, cand, t[:20], step, top=8, scale=1.0)
+    search, scores, r, step = _toy_search(vol, q, t, images)
+
+    def posterior(scores, scale):  # over the 8 candidates of highest NCC
+        return search.posterior(*scores.flatten(1).topk(8, dim=1), q[:20], t[:20], r, step, scale)
+
+    qc, tc, w = posterior(scores, 1.0)
     assert qc.shape == (20, 8, 4) and tc.shape == (20, 8, 2)
     assert torch.allclose(w.sum(1), torch.ones(20, dtype=w.dtype))
     assert bool((w[:, 0] > 0.9).all()), w[:, 0]
     assert float(quat_distance(qc[:, 0], q[:20]).max()) < 1e-6  # the most probable candidate is the truth
     assert float((tc[:, 0] - t[:20]).abs().max()) < 1e-9
+    # the candidates are those the indices name: candidate k·S + s is lattice point k at shift offset s
+    which = torch.tensor([[5 * 9 + 7]] * 20)
+    qk, tk, wk = search.posterior(scores.flatten(1)[:, 5 * 9 + 7 : 5 * 9 + 8], which, q[:20], t[:20], r, step, 1.0)
+    assert torch.equal(qk[:, 0], search.candidates(q[:20], r)[:, 5]) and bool((wk == 1).all())
+    assert torch.allclose(tk[:, 0], t[:20] + search.offsets[7] * step[:, None])
     # noise spreads the posterior, and a higher temperature spreads it further
     noisy = images[:20] + 2 * images.std() * torch.randn(images[:20].shape, generator=torch.Generator().manual_seed(8))
-    search, scores, cand, step = _toy_search(vol, q, t, noisy)
-    w_noisy = search.posterior(scores, cand, t[:20], step, top=8, scale=1.0)[2]
-    w_hot = search.posterior(scores, cand, t[:20], step, top=8, scale=0.2)[2]
+    scores = _toy_search(vol, q, t, noisy)[1]
+    w_noisy, w_hot = posterior(scores, 1.0)[2], posterior(scores, 0.2)[2]
     assert w_hot[:, 0].mean() < w_noisy[:, 0].mean() < w[:, 0].mean()
 
 

@@ -217,17 +217,20 @@ class _Search:
         self.rot_nb, self.shift_nb = self.rot_nb.to(device), self.shift_nb.to(device)
         self.phase = 2 * math.pi * (band.freq @ self.offsets.float().T)  # (P, S) per pixel of step
 
+    def candidates(self, q: Tensor, radius: Tensor) -> Tensor:
+        """Candidate orientations (B, K, 4) about q (B, 4): δq · q, δq the rotations of the lattice points."""
+        h = (radius / self.lattice)[:, None, None]
+        return quat_multiply(_rotvec_to_quat(self.rot_pts[None] * h), q[:, None])
+
     def score(self, proj: FourierProjector, images: Tensor, ctf: Optional[Tensor], q: Tensor, t: Tensor,
-              radius: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
-        """For one batch: the NCC (B, K, S) of every candidate orientation (K) and shift (S), and the
-        candidate orientations (B, K, 4)."""
+              radius: Tensor, step: Tensor) -> Tensor:
+        """For one batch: the NCC (B, K, S) of every candidate orientation (K, :meth:`candidates`) and shift (S)."""
         b = self.band
         B, K = images.shape[0], self.rot_pts.shape[0]
         x = b.spectra(images)
         xnorm = torch.sqrt((b.weight * (x.real.square() + x.imag.square())).sum(1, keepdim=True))
         g = x.conj() * b.ramp(t) * (b.weight / xnorm.clamp_min(1e-30))
-        h = (radius / self.lattice)[:, None, None]
-        cand = quat_multiply(_rotvec_to_quat(self.rot_pts[None] * h), q[:, None])  # (B, K, 4): δq · q
+        cand = self.candidates(q, radius)
         spec = proj.slices(cand.reshape(-1, 4).float()).flatten(1)[:, b.pix].view(B, K, -1)
         filt = b.filter if ctf is None else b.filter * ctf.flatten(1)[:, b.pix][:, None]
         spec = spec * filt
@@ -235,15 +238,14 @@ class _Search:
         prod = g[:, None] * spec / pnorm.clamp_min(1e-30)
         # Re(Q · e^{-iφ}) = Re Q cos φ + Im Q sin φ, φ = 2π step (offset · k)
         phase = self.phase[None] * step[:, None, None].float()
-        scores = torch.bmm(torch.cat([prod.real, prod.imag], 2), torch.cat([torch.cos(phase), torch.sin(phase)], 1))
-        return scores, cand
+        return torch.bmm(torch.cat([prod.real, prod.imag], 2), torch.cat([torch.cos(phase), torch.sin(phase)], 1))
 
     def run(self, proj: FourierProjector, images: Tensor, ctf: Optional[Tensor], q: Tensor, t: Tensor,
             radius: Tensor, step: Tensor):
         """For one batch: polished orientations (B, 4), shifts (B, 2), their NCC (B,), and whether the best
         orientation lay within ``lattice - 1/2`` lattice steps of the centre and the best shift off the
         edge of its grid (B,) (if not, the particle may need a search as wide again)."""
-        scores, _ = self.score(proj, images, ctf, q, t, radius, step)
+        scores = self.score(proj, images, ctf, q, t, radius, step)
         B, S = images.shape[0], self.offsets.shape[0]
         h = (radius / self.lattice)[:, None, None]
         best = scores.flatten(1).argmax(1)
@@ -267,20 +269,23 @@ class _Search:
         return q_new, t_new, f0, rot_inside, shift_inside.all(1)
 
     def log_prob(self, scores: Tensor, scale: float = 1.0) -> Tensor:
-        """Log-probabilities (B, K·S), up to a constant, of the candidates of NCC ``scores`` (B, K, S):
+        """Log-probabilities (B, C), up to a constant, of each particle's candidates of NCC ``scores`` (B, ...):
         :func:`cryoorient.imaging.noise.ncc_log_likelihood` over the band's Fourier coefficients, times
         ``scale`` (an inverse temperature)."""
         return ncc_log_likelihood(scores.flatten(1).double(), 1, float(self.band.weight.sum()), scale)
 
-    def posterior(self, scores: Tensor, cand: Tensor, t: Tensor, step: Tensor, top: int,
+    def posterior(self, ncc: Tensor, which: Tensor, q: Tensor, t: Tensor, radius: Tensor, step: Tensor,
                   scale: float) -> tuple[Tensor, Tensor, Tensor]:
-        """Soft assignment of one batch from its :meth:`score`: the ``top`` most probable candidates,
-        orientations (B, top, 4), shifts (B, top, 2) and probabilities (B, top) summing to 1."""
-        B, K, S = scores.shape
-        w, k = torch.softmax(self.log_prob(scores, scale), 1).topk(min(top, K * S), dim=1)
-        j, s = k // S, k % S
-        rows = torch.arange(B, device=scores.device)[:, None]
-        return cand[rows, j], t[:, None] + self.offsets[s] * step[:, None, None], w / w.sum(1, keepdim=True)
+        """Soft assignment of one batch over each particle's most probable candidates, those of highest NCC
+        ``ncc`` (B, C) (the log-probability rises with the NCC), candidates ``which`` (B, C) (index k·S + s
+        of :meth:`score`'s (K, S) about q, t): orientations (B, C, 4), shifts (B, C, 2) and probabilities
+        (B, C) summing to 1 over them."""
+        S = self.offsets.shape[0]
+        w = torch.softmax(self.log_prob(ncc, scale), 1)
+        j, s = which // S, which % S
+        rows = torch.arange(len(q), device=q.device)[:, None]
+        cand = self.candidates(q, radius)[rows, j]
+        return cand, t[:, None] + self.offsets[s] * step[:, None, None], w
 
 
 def _positive_w(q: Tensor) -> Tensor:
@@ -321,49 +326,52 @@ def _soft_assignment(recon: HalfMaps, ins: list[FourierInserter], q: Tensor, t: 
     The temperature is calibrated on up to ``SOFT_CALIBRATE`` particles of each half, scored also against
     the other half map, which holds none of their noise (:func:`_matching_scale`; one number, the maps
     stay independent): a reference that holds a particle's own noise at its current orientation (one
-    group, the whole half map) makes the likelihood of :meth:`_Search.log_prob` too sharp there."""
-    device, top = recon.device, SOFT_TOP
+    group, the whole half map) makes the likelihood of :meth:`_Search.log_prob` too sharp there.
+
+    Between the scoring and the posteriors, only each particle's ``SOFT_TOP`` candidates of highest NCC
+    (the most probable at any temperature) are held, NCC and index (12 bytes each), not its whole grid."""
+    device = recon.device
     search = _Search(_Band(recon.n, band, curve.fsc, device), SOFT_LATTICE, SOFT_SHIFT_GRID, device)
-    radius, step = SOFT_LATTICE * SOFT_ANGLE / band, SOFT_SHIFT_STEP
-    N = q.shape[0]
+    N, K, S = q.shape[0], search.rot_pts.shape[0], search.offsets.shape[0]
+    top = min(SOFT_TOP, K * S)
+    radius = torch.full((N,), SOFT_LATTICE * SOFT_ANGLE / band, dtype=torch.float64)
+    step = torch.full((N,), float(SOFT_SHIFT_STEP), dtype=torch.float64)
     gen = torch.Generator().manual_seed(int(seed) + 1)
     calibrate = torch.zeros(N, dtype=torch.bool)
     for h in (0, 1):
         members = torch.nonzero(recon.half == h).squeeze(1)
         calibrate[members[torch.randperm(len(members), generator=gen)[:SOFT_CALIBRATE]]] = True
+    slot = torch.cumsum(calibrate, 0) - 1  # a calibration particle's row in ``own`` and ``other``
 
     def scores_of(idx, proj):
         img = load_images(recon.images, idx, device)
         c = None if recon.ctf is None else load_ctf(recon.ctf, idx, recon.n, device)
-        B = len(idx)
-        return search.score(proj, img, c, q[idx].to(device), t[idx].to(device),
-                            torch.full((B,), radius, dtype=torch.float64, device=device),
-                            torch.full((B,), step, dtype=torch.float64, device=device))
+        return search.score(proj, img, c, *(x[idx].to(device) for x in (q, t, radius, step)))
 
-    K, S = search.rot_pts.shape[0], search.offsets.shape[0]
-    scores = torch.empty(N, K, S, device=device)
-    cands = torch.empty(N, K, 4, dtype=torch.float64, device=device)
+    # each particle's top candidates (those of highest NCC), its full scores for the calibration particles
+    ncc, which = torch.empty(N, top, device=device), torch.empty(N, top, dtype=torch.long, device=device)
+    own = torch.empty(int(calibrate.sum()), K, S, device=device)
+    other = torch.empty_like(own)
     for h, members, reference in recon.references(ins, maps, q, t):
         proj = FourierProjector(reference, pad=recon.pad, interpolation=interpolation)
         for idx in members.split(batch_size):
-            scores[idx.to(device)], cands[idx.to(device)] = scores_of(idx, proj)
+            scores = scores_of(idx, proj)
+            ncc[idx.to(device)], which[idx.to(device)] = scores.flatten(1).topk(top, dim=1)
+            cal = calibrate[idx]
+            own[slot[idx[cal]].to(device)] = scores[cal.to(device)]
         del proj
-    own, other = [], []
     for h in (0, 1):
         proj = FourierProjector(maps[1 - h], pad=recon.pad, interpolation=interpolation)
         for idx in torch.nonzero(calibrate & (recon.half == h)).squeeze(1).split(batch_size):
-            own.append(scores[idx.to(device)])
-            other.append(scores_of(idx, proj)[0])
-    scale = _matching_scale(torch.cat(own), torch.cat(other), search)
+            other[slot[idx].to(device)] = scores_of(idx, proj)
+    scale = _matching_scale(own, other, search)
     qc = torch.zeros(N, top, 4, dtype=torch.float64)
     tc = torch.zeros(N, top, 2, dtype=torch.float64)
     wc = torch.zeros(N, top, dtype=torch.float64)
     for idx in torch.arange(N).split(batch_size):
-        step_b = torch.full((len(idx),), step, dtype=torch.float64, device=device)
         i = idx.to(device)
-        a, b, w = search.posterior(scores[i], cands[i], t[idx].to(device), step_b, top, scale)
-        k = a.shape[1]
-        qc[idx, :k], tc[idx, :k], wc[idx, :k] = a.cpu(), b.cpu(), w.cpu()
+        a, b, w = search.posterior(ncc[i], which[i], *(x[idx].to(device) for x in (q, t, radius, step)), scale)
+        qc[idx], tc[idx], wc[idx] = a.cpu(), b.cpu(), w.cpu()
     return qc, tc, wc, scale
 
 
