@@ -125,6 +125,10 @@ def test_soft_assignment_concentrates_on_the_best_match_of_clean_images(toy):
     scores = _toy_search(vol, q, t, noisy)[1]
     w_noisy, w_hot = posterior(scores, 1.0)[2], posterior(scores, 0.2)[2]
     assert w_hot[:, 0].mean() < w_noisy[:, 0].mean() < w[:, 0].mean()
+    # the 8 of highest NCC are the 8 most probable at any temperature, their weights those of the whole grid's posterior
+    for scale, got in ((1.0, w_noisy), (0.2, w_hot)):
+        full = torch.softmax(search.log_prob(scores, scale), 1).topk(8, dim=1)[0]
+        assert torch.allclose(got, full / full.sum(1, keepdim=True), rtol=1e-9, atol=0)
 
 
 def test_temperature_calibration_matches_unbiased_sharpness(toy):
