@@ -7,7 +7,8 @@ import torch
 from _eor_helpers import mean_error
 from cryoorient.cli import main
 from cryoorient.imaging.ctf import ctf_2d
-from cryoorient.geometry import euler_to_quat, quat_distance, quat_multiply, quat_to_euler, quat_to_matrix, random_quaternions
+from cryoorient.geometry import (euler_to_quat, quat_distance, quat_multiply, quat_to_euler, quat_to_matrix,
+                                 random_quaternions)
 from cryoorient.io import Particles, read_particles, read_star, write_map, write_stack, write_star
 from cryoorient.imaging.phantom import default_density
 from cryoorient.imaging.project import project_real
@@ -185,8 +186,9 @@ def test_soft_insertion_merges_the_shifts_of_one_orientation_exactly(toy):
     kept = w[0, :5] / w[0, :5].sum()
     for i in range(N):
         for k in range(5):
-            single.insert(shift_images(images[i : i + 1], -tc[i, k : k + 1].float()),
-                          quat_to_matrix(qc[i, k : k + 1]).float(), ctf(torch.tensor([i]), 2 * BOX), kept[k : k + 1].float())
+            moved = shift_images(images[i : i + 1], -tc[i, k : k + 1].float())
+            single.insert(moved, quat_to_matrix(qc[i, k : k + 1]).float(), ctf(torch.tensor([i]), 2 * BOX),
+                          kept[k : k + 1].float())
     for a, b in ((merged.data, single.data), (merged.weight, single.weight)):
         assert float((a - b).abs().max()) < 1e-5 * float(b.abs().max())
     assert float(single.weight.abs().max()) > 0

@@ -33,7 +33,8 @@ def check_finite_images(images: Tensor, indices) -> None:
     finite = torch.isfinite(images).flatten(1).all(1)
     if not bool(finite.all()):
         bad = torch.as_tensor(indices)[~finite.cpu()]
-        raise ValueError(f"{len(bad)} of {len(images)} images contain NaN or infinite values (the first: image {int(bad[0])})")
+        raise ValueError(f"{len(bad)} of {len(images)} images contain NaN or infinite values "
+                         f"(the first: image {int(bad[0])})")
 
 
 def _as_rotations(orientations, device) -> Tensor:
