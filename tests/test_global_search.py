@@ -110,9 +110,9 @@ def test_peaks_hold_the_best_candidate_of_all(stack, phantom):
     full = search.scores(particles, idx, BOX, t[idx], offsets)
     best = search.log_posterior(full, moved, 2.0).argmax(1)
     ncc, angle = search.peaks(particles, idx, BOX, t[idx], offsets)
-    pair = search.log_posterior(ncc, moved, 2.0).argmax(1, keepdim=True)
-    assert torch.equal(pair[:, 0] * search.L + angle.gather(1, pair)[:, 0], best)
-    assert torch.equal(ncc.gather(1, pair)[:, 0], full.gather(1, best[:, None])[:, 0])
+    pair, q_best, ncc_best = search.best(ncc, angle, moved, 2.0)
+    assert torch.equal(pair, best // search.L) and torch.equal(q_best, search.orientations(best))
+    assert torch.equal(ncc_best, full.gather(1, best[:, None])[:, 0])
 
 
 def test_the_shift_prior_keeps_noise_dominated_shifts_near_the_truth(phantom):

@@ -109,7 +109,7 @@ class HalfMaps:
         """Insert particles ``idx`` at their C candidates q (N, C, 4), t (N, C, 2) of probabilities w (N, C)
         (None: C = 1, weight 1), those carrying at least 1 % of the particle's most probable one (the first).
 
-        A particle's candidates at one orientation (its shifts) go in as one image, the weighted mean of
+        A particle's candidates at one orientation (equal quaternions: its shifts) go in as one image, the weighted mean of
         their shifted copies at their summed weight: the inserter's sums are linear in the image and the
         weight, so this is the same map with one insertion per orientation instead of one per candidate."""
         if len(idx) == 0:  # an empty half set (``torch.split`` of no particles gives one empty batch)

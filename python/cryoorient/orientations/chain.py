@@ -16,8 +16,8 @@ The chain, for a particle stack and its CTF parameters (no map, no trained netwo
 
 Each finished stage is checkpointed into ``workdir`` (``abinitio.pt``, ``global.pt``, ``refine.pt``;
 atomic writes) with a key of the images (shape and a sample of pixels), the CTF of that sample, the
-options of the stage and those before it and the fields of the stages' results: a call with ``resume=True`` loads the stages whose key
-matches and runs the rest; ``stop_after`` ends the run after a stage (as an interruption would).
+options of the stage and those before it and the fields of the stages' results: a call with
+``resume=True`` loads the stages whose key matches and runs the rest; ``stop_after`` ends the run after a stage (as an interruption would).
 
 Conventions: images (P, n, n) [y, x], centre n//2; orientations are scalar-first quaternions of
 RELION's A; shifts t (pixels, x, y) move the particle by +t in the image (:mod:`cryoorient.imaging.shift`),

@@ -273,11 +273,9 @@ def _best_candidates(stack: ParticleStack, search: PolarSearch, q: Tensor, t: Te
     cpu_offsets, J = offsets.double().cpu(), len(search.dirs)
     for idx in torch.arange(stack.P).split(search.rows):
         moved = t[idx][:, None] + cpu_offsets
-        ncc, angle = search.peaks(stack, idx, m, t[idx], offsets)
-        best = search.log_posterior(ncc, moved, opts["s2"]).argmax(1, keepdim=True)
-        t[idx] = clip_shifts(moved[torch.arange(len(idx)), best[:, 0].cpu() // J], opts["max_shift"])
-        q[idx] = search.orientations(best[:, 0] * search.L + angle.gather(1, best)[:, 0])
-        scores[idx] = ncc.gather(1, best)[:, 0].double().cpu()
+        c, q[idx], ncc = search.best(*search.peaks(stack, idx, m, t[idx], offsets), moved, opts["s2"])
+        t[idx] = clip_shifts(moved[torch.arange(len(idx)), c // J], opts["max_shift"])
+        scores[idx] = ncc.double()
     return scores
 
 
@@ -299,11 +297,9 @@ def _recentre(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) ->
         ncc, angle = search.peaks(stack, torch.cat([idx, idx]), m, torch.cat([t[idx], h]), offsets)
         ncc, angle = torch.cat([ncc[:B], ncc[B:]], 1), torch.cat([angle[:B], angle[B:]], 1)  # about t, then about h
         moved = torch.cat([t[idx][:, None] + offsets.double().cpu(), h[:, None] + offsets.double().cpu()], 1)
-        best = search.log_posterior(ncc, moved, opts["s2"]).argmax(1, keepdim=True)
-        pair = best[:, 0].cpu()
-        t[idx] = clip_shifts(moved[torch.arange(B), pair // J], opts["max_shift"])
-        q[idx] = search.orientations(pair * search.L + angle.gather(1, best)[:, 0].cpu())
-        taken += int((pair // J >= S).sum())
+        c, q[idx], _ = search.best(ncc, angle, moved, opts["s2"])
+        t[idx] = clip_shifts(moved[torch.arange(B), c // J], opts["max_shift"])
+        taken += int((c // J >= S).sum())
     return taken / stack.P
 
 

@@ -162,6 +162,16 @@ class PolarSearch:
         ncc, angle = self.correlations(stack, idx, m, t, offsets).max(0)
         return ncc.flatten(1), angle.flatten(1)
 
+    def best(self, ncc: Tensor, angle: Tensor, shifts: Tensor, s2: float = math.inf):
+        """Each particle's candidate of highest log-posterior among the :meth:`peaks` ``ncc``, ``angle`` (B, C),
+        candidate c = s·J + j of shift ``shifts[:, s]`` (B, S, 2) n-pixels (:meth:`log_posterior`): its shift
+        offset s (B,) and direction j as c (B,), its orientation (B, 4) (:meth:`orientations`) and its NCC (B,),
+        on the CPU."""
+        best = self.log_posterior(ncc, shifts, s2).argmax(1, keepdim=True)
+        c = best[:, 0].cpu()
+        q = self.orientations(c * self.L + angle.gather(1, best)[:, 0].cpu())
+        return c, q, ncc.gather(1, best)[:, 0].cpu()
+
     def orientations(self, flat: Tensor) -> Tensor:
         """Quaternions (..., 4) float64, w >= 0, of candidates ``flat`` (modulo J·L: j·L + l): Rz(α_l)·A_j,
         the projection along direction j rotated by α_l = 2πl/L in the image plane."""
