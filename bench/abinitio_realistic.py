@@ -18,8 +18,11 @@ shift vector clipped to 10 px; white noise at the SNR given: the variance of the
 image over the whole box (mean over the simulation's 1,000-image pilot) over the noise variance.
 
 Each case runs :func:`cryoorient.orientations.chain.run_chain` (ab initio, the global search, then
-``--rounds`` of refinement with CTF and shifts; E_OR after each, seconds of each) and the floor: ``refine`` with the same options started from the
-true orientations and shifts; the same with each particle's group left out of its reference
+at most ``--rounds`` of refinement with CTF and shifts, stopped by the half maps' resolution; E_OR after each,
+seconds of each) and the floor: ``refine`` started from the true orientations and shifts for all ``--rounds``
+rounds (``keep_best=False``: with it the floor would be the truth itself wherever a round's half maps are worse
+than the truth's, which says nothing of what projection matching reaches on the images); the same with each
+particle's group left out of its reference
 (``groups`` = 8: the floor without the hold of the particles' own noise, which keeps a refinement
 near its start; ``maps.refine`` module docstring); and the FSC 0.143 resolution of the map from the true orientations
 and shifts (``refine`` with 0 rounds). E_OR: ``align_orientations`` (O(4)); physical error: the
@@ -76,7 +79,7 @@ FAILURE = 0.3  # rad
 PIXEL_RANGE = (1.5, 2.0)  # Å per pixel of the atomic models
 LEFT_OUT_GROUPS = 8  # the second floor: refine's groups, each particle compared without its own noise
 COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "E_OR_abinitio", "determined", "E_OR_global",
-           "global_start", "E_OR", "wrong", "physical", "failed", "floor_E_OR", "floor_left_out_E_OR", "target", "resolution_A", "true_map_resolution_A",
+           "global_start", "rounds_kept", "E_OR", "wrong", "physical", "failed", "floor_E_OR", "floor_left_out_E_OR", "target", "resolution_A", "true_map_resolution_A",
            "seconds", "abinitio_seconds", "global_seconds", "explore_seconds", "floor_seconds", "oracle_E_OR", "oracle_wrong"]
 AMBIGUITY_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "band", "wrong", "beaten", "E_OR"]
 GLOBAL_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "restarts", "E_OR", "wrong", "shift_wrong_px",
@@ -174,16 +177,17 @@ def run_case(name, source, pixel, args, snr, seed, device) -> dict:
     seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     floor = refine(images, q_true, shifts=t_true.clone(), ctf=ctf, pixel_size=voxel, seed=seed, device=device,
-                   progress=False, **opts)
+                   progress=False, keep_best=False, **opts)
     left_out = refine(images, q_true, shifts=t_true.clone(), ctf=ctf, pixel_size=voxel, seed=seed, device=device,
-                      progress=False, groups=LEFT_OUT_GROUPS, **opts)
+                      progress=False, groups=LEFT_OUT_GROUPS, keep_best=False, **opts)
     truth = refine(images, q_true, shifts=t_true.clone(), ctf=ctf, pixel_size=voxel, seed=seed, device=device,
                    progress=False, rounds=0)
     sync()
     floor_seconds = time.perf_counter() - t0
     found = align_orientations(q_true, res.quaternions)
     e_or, floor_e = found.error, align_orientations(q_true, floor.quaternions).error
-    print("\n".join(res.summary() if not args.quiet else [res.searched.summary()]), flush=True)
+    lines = res.summary() if not args.quiet else [res.searched.summary()] + [x for x in res.summary() if x.startswith("refine:")]
+    print("\n".join(lines), flush=True)
     oracle = {}
     if args.oracle:  # the global search's own floor: its iterations started at the truth
         at_truth = global_search(images, q_true, shifts=t_true, ctf=ctf, pixel_size=voxel, seed=seed, device=device,
@@ -193,7 +197,7 @@ def run_case(name, source, pixel, args, snr, seed, device) -> dict:
     return {**oracle, "protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "seed": seed, "P": args.P, "size": args.size,
             "E_OR_abinitio": align_orientations(q_true, res.abinitio.quaternions).error,
             "determined": res.abinitio.determined, "E_OR_global": align_orientations(q_true, res.searched.quaternions).error,
-            "global_start": res.searched.start, "E_OR": e_or, "wrong": float((found.errors > FAILURE).double().mean()),
+            "global_start": res.searched.start, "rounds_kept": res.refined.kept, "E_OR": e_or, "wrong": float((found.errors > FAILURE).double().mean()),
             "physical": physical_error(q_true, res.quaternions),
             "failed": e_or > FAILURE, "floor_E_OR": floor_e,
             "floor_left_out_E_OR": align_orientations(q_true, left_out.quaternions).error, "target": 1.25 * floor_e + 0.01,
@@ -322,7 +326,8 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=128, help="image edge, pixels (default 128)")
     p.add_argument("--snr", type=float, nargs="+", default=[-12.0, -16.0, -20.0], help="SNRs in dB")
     p.add_argument("--seeds", type=int, default=5, help="seeds per case (default 5)")
-    p.add_argument("--rounds", type=int, default=5, help="refinement rounds (default 5)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="most refinement rounds of the chain, all rounds of the floor (default 5)")
     p.add_argument("--landmarks", type=int, default=5000, help="ab initio landmarks (0: all images)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="results/abinitio_realistic", help="folder for results.csv")

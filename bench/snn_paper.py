@@ -286,7 +286,7 @@ def refinement(args, q_rec, test, device) -> dict:
     return {"refine_E_OR_start": align_orientations(q_true, q0).error, "refine_E_OR": after.error,
             "refine_mirrored": after.reflected, "refine_res_A": res.resolution, "refine_res_true_A": truth.resolution,
             "refine_res_ratio": res.resolution / truth.resolution, "refine_seconds": seconds,
-            "refine_res_per_round_A": [r.resolution for r in res.rounds],
+            "refine_res_per_round_A": [r.resolution for r in res.rounds], "refine_rounds_kept": res.kept,
             "refine_size": int(test.images.shape[-1]), "refine_pixel_A": float(pixel)}
 
 

@@ -171,5 +171,5 @@ def test_ignore_ctf_says_so_and_drops_the_ctf(data, tmp_path, capsys, monkeypatc
                                          "CTF-free"]
     assert "stopped here" in captured.err and not out.exists()  # a failed new run leaves nothing behind
     assert seen["ctf"] is None and seen["abinitio_options"]["accept"] == ("corners",)
-    assert seen["refine_options"] == {"rounds": 3} and seen["global_options"] == {"restarts": 1} and seen["seed"] == 4 and seen["device"] == torch.device("cpu")
+    assert seen["refine_options"] == {"rounds": 3, "keep_best": True} and seen["global_options"] == {"restarts": 1} and seen["seed"] == 4 and seen["device"] == torch.device("cpu")
     assert seen["stop_after"] is None and seen["workdir"].resolve() == out.resolve()

@@ -51,6 +51,9 @@ def test_refinement_recovers_perturbed_orientations_and_shifts(toy):
     assert res.rounds[0].mean_score < res.rounds[-1].mean_score
     assert res.rounds[0].radius == 0.25 and res.rounds[-1].radius < 0.1
     assert res.resolution <= res.rounds[0].resolution
+    # each round's half maps are no worse than those it started from: all rounds kept
+    assert res.rounds[0].resolution_after < res.rounds[0].resolution
+    assert res.stopped is None and res.kept == 4 and len(res.rounds) == 4
     assert res.half_maps.shape == (2, BOX, BOX, BOX) and res.map.shape == (BOX, BOX, BOX)
     assert set(res.half.tolist()) == {0, 1} and abs(int(res.half.sum()) - N_IMAGES // 2) <= 1
     assert torch.allclose(res.origins_angst, -res.shifts * VOXEL)
@@ -194,6 +197,28 @@ def test_soft_insertion_merges_the_shifts_of_one_orientation_exactly(toy):
     assert float(single.weight.abs().max()) > 0
 
 
+def test_rounds_stop_where_the_half_maps_get_worse_and_keep_their_start(toy):
+    # started at the true orientations and shifts of images at -10 dB, the rounds can only move particles
+    # towards their own noise: the second round's half maps are worse than the first's, whose are kept
+    vol, q, t, clean = toy
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(5)) * (clean.var() * 10).sqrt()
+    images = clean + noise
+    kw = dict(shifts=t, pixel_size=VOXEL, progress=False, device="cpu")
+    best = refine(images, q, rounds=3, **kw)
+    second = best.rounds[1]
+    assert len(best.rounds) == 2 and second.resolution_after > second.resolution and best.kept == 1
+    assert second.resolution == best.rounds[0].resolution_after
+    assert best.stopped == (f"round 2's orientations gave half maps at {second.resolution_after:.2f} Å, worse than "
+                            f"{second.resolution:.2f} Å before it: stopped, round 1's orientations kept")
+    one = refine(images, q, rounds=1, **kw)
+    assert one.stopped is None and one.kept == 1 and one.rounds[0].resolution_after > one.rounds[0].resolution
+    assert torch.equal(best.quaternions, one.quaternions) and torch.equal(best.shifts, one.shifts)
+    assert torch.equal(best.scores, one.scores) and best.resolution == one.resolution
+    last = refine(images, q, rounds=3, keep_best=False, **kw)
+    assert len(last.rounds) == 3 and last.kept == 3 and last.stopped is None
+    assert mean_error(q, last.quaternions) > mean_error(q, best.quaternions)
+
+
 def test_leaving_the_group_out_frees_particles_that_their_own_noise_holds():
     # pure noise, compared up to Fourier radius 10: the only thing a half map holds of an image is the image's
     # own noise, at its current orientation; with the whole half maps that holds it there, with its group
@@ -201,9 +226,8 @@ def test_leaving_the_group_out_frees_particles_that_their_own_noise_holds():
     N, n = 200, 24
     images = torch.randn(N, n, n, generator=torch.Generator().manual_seed(0))
     q = random_quaternions(N, generator=1, dtype=torch.float64)
-    moved = {g: float(quat_distance(q, refine(images, q, rounds=2, groups=g, min_band=10, soft=False, pixel_size=4.0,
-                                               progress=False, device="cpu").quaternions).mean())
-             for g in (1, 4)}
+    kw = dict(rounds=2, min_band=10, soft=False, keep_best=False, pixel_size=4.0, progress=False, device="cpu")
+    moved = {g: float(quat_distance(q, refine(images, q, groups=g, **kw).quaternions).mean()) for g in (1, 4)}
     assert moved[1] < 0.5 * moved[4] and moved[4] > 0.15, moved
 
 

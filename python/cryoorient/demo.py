@@ -185,6 +185,7 @@ def _run(out: Path, s: DemoSettings, device: torch.device, progress: bool) -> di
         "map_hand_flipped": aligned.mirrored,
         "map_hand_correlations": [aligned.correlation_same, aligned.correlation_mirror],
         "refined_E_OR_rad": refined_alignment.error,
+        "refined_rounds_kept": refined.kept,
         "refined_median_error_rad": float(refined_alignment.errors.median()),
         "refined_fsc05_A": refined_curve.resolution(0.5),
         "refined_fsc0143_A": refined_curve.resolution(0.143),
@@ -240,7 +241,8 @@ def _write_report(path: Path, s: dict, train_summary: dict) -> None:
         f"| final L_OR (accuracy proxy without ground truth) | {s['L_OR']:.4f} rad² |",
         f"| FSC 0.5 / 0.143 vs truth, recovered orientations | {s['fsc05_A']:.1f} / {s['fsc0143_A']:.1f} Å |",
         f"| FSC 0.5 vs truth, true orientations | {s['fsc05_true_orientations_A']:.1f} Å |",
-        f"| after {s['settings']['refine_rounds']} rounds of refinement: E_OR (median) | "
+        f"| after {s['refined_rounds_kept']} of {s['settings']['refine_rounds']} rounds of refinement (kept by "
+        "the half maps' resolution): E_OR (median) | "
         f"{s['refined_E_OR_rad']:.3f} ({s['refined_median_error_rad']:.3f}) rad |",
         f"| after refinement: FSC 0.5 / 0.143 vs truth | {s['refined_fsc05_A']:.1f} / {s['refined_fsc0143_A']:.1f} Å |",
         f"| no map, no training (`cryoorient abinitio` chain): E_OR | {s['abinitio_E_OR_rad']:.3f} rad |",

@@ -21,6 +21,15 @@ def add_run_flags(p, force: str, *, seed: bool = False, device: bool = True,
         p.add_argument("-q", "--quiet", action="store_true", help=quiet)
 
 
+def add_rounds_args(p) -> None:
+    """--rounds and --all-rounds of the refinement (:func:`cryoorient.maps.refine.refine`)."""
+    p.add_argument("--rounds", type=int, default=5,
+                   help="most refinement rounds (default 5); they stop at the first round whose orientations give "
+                   "half maps of worse FSC-0.143 resolution than those it started from, and that round's start is kept")
+    p.add_argument("--all-rounds", action="store_true",
+                   help="run all --rounds rounds and keep the last orientations, whatever the half maps' resolution")
+
+
 def torch_device(name: str):
     """A --device argument as a torch.device ("auto": CUDA if a GPU is usable, else CPU)."""
     from ..distributed import device_option, local_device

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import add_particles_args, add_run_flags, read_particles, torch_device
+from ._common import add_particles_args, add_rounds_args, add_run_flags, read_particles, torch_device
 
 HELP = "ab initio map from the images alone: orientations, shifts, half maps, map (no network, no reference)"
 DESCRIPTION = (
@@ -44,7 +44,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restarts", type=int, default=2,
                    help="random starts of the global search beside the ab initio orientations; the start whose "
                    "particles match best goes on (default 2)")
-    p.add_argument("--rounds", type=int, default=5, help="refinement rounds (default 5)")
+    add_rounds_args(p)
     p.add_argument("--neighbors", type=int, default=10, help="neighbours kept per image and mirror image (default 10)")
     p.add_argument("--landmarks", type=int, default=5000,
                    help="build the neighbour graph on this many random images, place the others from their "
@@ -102,7 +102,8 @@ def _run(args, images, pixel: float, ctf, out: Path, resume: bool):
                        force=args.force, stop_after="abinitio" if args.abinitio_only else None,
                        abinitio_options={"neighbors": args.neighbors, "landmarks": args.landmarks or None,
                                          "accept": ("corners",) if args.accept_corners else ()},
-                       global_options={"restarts": args.restarts}, refine_options={"rounds": args.rounds},
+                       global_options={"restarts": args.restarts},
+                       refine_options={"rounds": args.rounds, "keep_best": not args.all_rounds},
                        seed=args.seed, device=torch_device(args.device), progress=not args.quiet)
     return result, time.perf_counter() - t0
 
@@ -152,7 +153,7 @@ def _write_report(args, particles, result, notes, reused, seconds: float, writte
     lines = [f"cryoorient {__version__} abinitio", f"particles: {args.particles} ({len(particles)} images, "
              f"{result.pixel_size:.4f} Å/pixel)",
              f"options: neighbors {args.neighbors}, landmarks {args.landmarks or 'all'}, restarts {args.restarts}, "
-             f"rounds {args.rounds}, "
+             f"rounds {args.rounds}{' (all)' if args.all_rounds else ''}, "
              f"seed {args.seed}{', abinitio only' if args.abinitio_only else ''}"
              f"{', corners accepted' if args.accept_corners else ''}", *notes, *result.summary(),
              f"verdict: determined {ab.determined}; spectral gap {ab.spectral_gap:.4f}, spread {ab.spread:.4f}, "

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (add_particles_args, add_run_flags, read_particles, read_reference_map, refuse_existing,
-                      torch_device)
+from ._common import (add_particles_args, add_rounds_args, add_run_flags, read_particles, read_reference_map,
+                      refuse_existing, torch_device)
 
 HELP = "refine particle orientations and shifts by gold-standard projection matching"
 DESCRIPTION = (
@@ -28,7 +28,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="refined particles: RELION 3.1 STAR (.star) or cryoSPARC (.cs)")
     p.add_argument("--output-map", help="also write the refined map, low-pass filtered at its resolution (MRC)")
-    p.add_argument("--rounds", type=int, default=5, help="reconstruction/search rounds (default 5)")
+    add_rounds_args(p)
     p.add_argument("--same-frame", action="store_true",
                    help="--map is in the orientations' frame (skip the rotational alignment of the hand check)")
     p.add_argument("--hard", action="store_true",
@@ -69,13 +69,16 @@ def main(args: argparse.Namespace) -> int:
     if particles.defocus_u is not None:
         def ctf(indices, size):  # noqa: E306
             return particle_ctf(particles, indices.cpu().numpy(), size)
-    result = refine(images, q0, shifts=shifts, ctf=ctf, rounds=args.rounds, pixel_size=pixel, reference=volume,
-                    align_reference=not args.same_frame, soft=not args.hard,
+    result = refine(images, q0, shifts=shifts, ctf=ctf, rounds=args.rounds, keep_best=not args.all_rounds,
+                    pixel_size=pixel, reference=volume, align_reference=not args.same_frame, soft=not args.hard,
                     device=torch_device(args.device), progress=not args.quiet)
 
-    print(f"{'round':>5} {'res (Å)':>8} {'radius':>8} {'NCC':>8} {'moved (rad)':>11} {'shift (px)':>10}")
+    print(f"{'round':>5} {'res (Å)':>8} {'after':>8} {'radius':>8} {'NCC':>8} {'moved (rad)':>11} {'shift (px)':>10}")
     for i, r in enumerate(result.rounds, 1):
-        print(f"{i:5d} {r.resolution:8.2f} {r.radius:8.4f} {r.mean_score:8.4f} {r.mean_rotation:11.4f} {r.mean_shift:10.3f}")
+        print(f"{i:5d} {r.resolution:8.2f} {r.resolution_after:8.2f} {r.radius:8.4f} {r.mean_score:8.4f} "
+              f"{r.mean_rotation:11.4f} {r.mean_shift:10.3f}")
+    if result.stopped:
+        print(result.stopped)
     print(f"final resolution (FSC 0.143): {result.resolution:.2f} Å")
     same, mirrored = result.hand_correlations
     print(f"hand: {'mirror' if result.handedness_flipped else 'same'} (correlation {max(same, mirrored):.3f} vs "

@@ -85,8 +85,9 @@ class ChainResult:
         lines = [self.abinitio.summary()] + ([self.searched.summary()] if self.searched is not None else [])
         if self.refined is not None:
             r = self.refined
-            lines.append(f"refine: {len(r.rounds)} rounds, FSC 0.143 resolution {r.resolution:.2f} Å "
+            lines.append(f"refine: {len(r.rounds)} rounds, {r.kept} kept, FSC 0.143 resolution {r.resolution:.2f} Å "
                          f"(gold-standard half maps); mean shift {float(r.shifts.norm(dim=1).mean()):.2f} px")
+            lines += [f"refine: {r.stopped}"] if r.stopped else []
         return lines + self.warnings
 
 
