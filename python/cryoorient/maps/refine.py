@@ -44,9 +44,9 @@ for both half sets (the global search's), whose noise correlates their half maps
 (on those three cases it fell from the given orientations to round 1's in all but at most one shell
 coarser than 7 Å while E_OR fell too: the phantom 0.0675 → 0.0625 rad, 5.347 → 5.350 Å).
 
-The final half maps are those of the orientations kept, reconstructed again (``soft=True``, the
-default) by soft assignment, as RELION's marginalisation: each particle is scored on a finer local
-grid of orientations and shifts around its final estimate against its own half map and inserted at its most
+The final half maps are those of the orientations kept, reconstructed again (``soft=True``, the default)
+by soft assignment, as RELION's marginalisation: each particle is scored on a finer local grid of orientations and
+shifts around its final estimate against its own half map and inserted at its most
 probable candidates with weights ∝ exp(log-likelihood / T) (:meth:`_Search.log_prob`:
 the likelihood of Gaussian noise whose power is estimated from the best match's
 residual; T calibrated against the particle's own noise in its half map, see
