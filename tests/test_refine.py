@@ -238,6 +238,8 @@ def test_hard_final_maps_on_request(toy):
     assert res.soft_scale is None and mean_error(q[:100], res.quaternions) < 0.5 * mean_error(q[:100], q0)
     with pytest.raises(TypeError, match="soft must be True or False"):
         refine(images, q, soft="yes", progress=False)
+    with pytest.raises(TypeError, match="keep_best must be True or False"):
+        refine(images, q, keep_best="no", progress=False)
 
 
 def test_refinement_with_ctf(toy):

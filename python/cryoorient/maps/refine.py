@@ -452,6 +452,8 @@ def refine(
     t = torch.zeros(N, 2, dtype=torch.float64) if shifts is None else _as_float64(shifts, "shifts", (N, 2)).clone()
     max_shift = _check_options(rounds, passes, pixel_size, radius, shift_step, weight_floor, soft, shrink, lattice,
                                shift_grid, groups, n / 4 if max_shift is None else float(max_shift))
+    if not isinstance(keep_best, bool):
+        raise TypeError(f"keep_best must be True or False; got {keep_best!r}")
     ref = None
     if reference is not None:
         ref = torch.as_tensor(np.asarray(reference) if not torch.is_tensor(reference) else reference).float().cpu()
@@ -475,14 +477,16 @@ def refine(
     stopped = None
     bar = tqdm(range(int(rounds)), desc="refine", unit="round", disable=not progress)
     for k in bar:
-        before = (halves, q.clone(), t.clone(), est.scores.clone())
+        judged = keep_best and k > 0  # the round's start kept until its half maps are known to be no worse
+        before = (halves, q.clone(), t.clone(), est.scores.clone()) if judged else None
         stats = _search_round(est, recon, halves, lattice, shift_grid, passes, batch_size, interpolation)
         history.append(stats)
+        halves = None  # one set of half maps at a time where none is kept
         halves = recon.half_maps(est.q, est.t)
         stats.resolution_after = halves[3]
         bar.set_postfix(res=f"{stats.resolution_after:.2f}", ncc=f"{stats.mean_score:.4f}",
                         moved=f"{stats.mean_rotation:.4f}")
-        if keep_best and k > 0 and stats.resolution_after > stats.resolution:
+        if judged and stats.resolution_after > stats.resolution:
             halves, q, t, est.scores = before
             stopped = (f"round {k + 1}'s orientations gave half maps at {stats.resolution_after:.2f} Å, worse than "
                        f"{stats.resolution:.2f} Å before it: stopped, round {k}'s orientations kept")

@@ -51,6 +51,11 @@ matches better; a particle with a large shift can otherwise stay at its mirror v
 each the best given the other), then goes on with iterations until the band stops growing and fewer
 than ``tolerance`` of the particles change orientation by more than a grid step.
 
+A stack of more than ``subset`` particles: the starts are explored on a random subset of that size (the
+exploration's cost then does not grow with the stack; cryoSPARC's ab initio likewise works on
+minibatches), and the winner's map is the reference against which every particle, those of the subset
+too, is then recentred before the iterations of all of them.
+
 Verdict (computed from the data): the orientations the winner reached are compared with those of the
 best start of another origin (the given ones or another random set), E_OR between the two
 (:func:`cryoorient.orientations.align.align_orientations`); they are *reproducible* when the two
@@ -130,6 +135,7 @@ class GlobalResult:
     agreement: float | None = None  # E_OR (rad) between the winner's and the runner-up's orientations
     separation: float | None = None  # paired z of the particles' NCC, the winner's over the runner-up's
     recentred: float | None = None  # fraction of particles that took their candidate about the blob shift (None: off)
+    explored: int | None = None  # particles the starts were explored on, if a ``subset`` (None: all)
     iterations: list[GlobalIteration] = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # "explore" (all starts), "recentre", "iterate"
@@ -168,6 +174,8 @@ class GlobalResult:
         last = self.iterations[-1]
         starts = ", ".join(f"{s:.4f}" for s in self.start_scores)
         moved = "" if self.recentred is None else f"{self.recentred:.1%} recentred; "
+        if self.explored is not None:
+            moved = f"starts explored on {self.explored:,} of {len(self.quaternions):,} particles; {moved}"
         prior = "" if math.isinf(last.shift_sd) else f"shift prior σ {last.shift_sd:.2f} px; "
         return (f"global search: start '{self.start}' (mean NCC of the starts {starts}); {self.verdict()}; {moved}"
                 f"{prior}{len(self.iterations)} iterations to band {last.band} px, mean NCC {last.mean_score:.4f}, "
@@ -279,17 +287,19 @@ def _best_candidates(stack: ParticleStack, search: PolarSearch, q: Tensor, t: Te
     return scores
 
 
-def _recentre(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> float:
+def _recentre(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict, volume: Tensor | None = None) -> float:
     """Each particle's best candidate at band K about its shift t and about its blob shift h, the
     cross-correlation peak with the mean projection of the map (:func:`mean_projection`), which needs no
     orientation; the better of the two (log-posterior, with the shift prior) is kept (q, t updated in
     place). Offsets as in :func:`_explore`.
     A particle held at a wrong orientation by a wrong shift (each the best given the other) is thereby
-    freed when its true shift is nearer h. Returns the fraction of particles that took the candidate
-    about h."""
+    freed when its true shift is nearer h. ``volume``: the reference (centred, in the m-box of K; default:
+    the map of the particles at (q, t), as :func:`_reference` makes it). Returns the fraction of particles
+    that took the candidate about h."""
     m = working_box(K, stack.m_max)
     offsets = _offsets(stack, K, opts["shift_grid"])
-    volume = _reference(_inserted(stack, q, t, m, opts).volume(), q, t, opts, stack.n)
+    if volume is None:
+        volume = _reference(_inserted(stack, q, t, m, opts).volume(), q, t, opts, stack.n)
     search, blob, taken = PolarSearch(volume, K, opts, len(offsets)), mean_projection(volume), 0
     J, S = len(search.dirs), len(offsets)
     for idx in torch.arange(stack.P).split(max(1, search.rows // 2)):
@@ -360,6 +370,24 @@ def _iterate(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
     return record, scores, volume
 
 
+def _iterations(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict, bar) -> tuple[list, Tensor, Tensor]:
+    """Iterations (:func:`_iterate`) from band K until the band stays and fewer than ``opts["tolerance"]``
+    of the particles move by more than a grid step, at most ``opts["iterations"]`` (at least one); the
+    band follows the half maps' resolution, at most ``opts["top"]``. Returns the records, the last NCC
+    and the last reference."""
+    history = []
+    for _ in range(max(1, opts["iterations"])):
+        record, scores, volume = _iterate(stack, q, t, K, opts)
+        history.append(record)
+        bar.update(1)
+        bar.set_postfix(band=K, ncc=f"{record.mean_score:.4f}", changed=f"{record.changed:.3f}")
+        grown = min(opts["top"], max(K, round(stack.n * opts["pixel_size"] / record.resolution)))
+        if grown == K and record.changed < opts["tolerance"]:
+            break
+        K = grown
+    return history, scores, volume
+
+
 def _origin(start: str) -> str:
     """The origin of a start: "given" for the given orientations (as they are or explored), else the start."""
     return "given" if start.startswith("given") else start
@@ -370,8 +398,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
                   joint_grid: int = 1, iterations: int = 10, start_band: int | None = None, max_band: int = 48,
                   sampling: float = 1.5,
                   max_shift: float | None = None, tolerance: float = 0.02, weight_floor: float = 0.01,
-                  support: bool = True, recentre: bool = True, shift_prior: bool = True, seed: int = 0, device=None,
-                  progress: bool = False) -> GlobalResult:
+                  support: bool = True, recentre: bool = True, shift_prior: bool = True, subset: int | None = 20000,
+                  seed: int = 0, device=None, progress: bool = False) -> GlobalResult:
     """Orientations and shifts of ``images`` (P, n, n) by global projection matching (module docstring).
 
     ``q_init`` (P, 4): the given start (e.g. ab initio orientations), or None for random starts only;
@@ -379,8 +407,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     ``pixel_size``: Å (reported resolutions only). Exploration (:func:`_explore`) of each start (the
     given one, also kept as it is, and ``restarts`` random ones) at ``start_band`` (Fourier pixels of
     the n-box; default 5.75·n/D for the particle's diameter D, :func:`_particle_diameter`, clamped to
-    [6, top]): ``steps`` draws of ``minibatch`` particles (default P/10, at least 256), inverse
-    temperature from ``beta0`` to 1, shift offsets on a grid of (2·``shift_grid`` + 1)² points
+    [6, top]): ``steps`` draws of ``minibatch`` particles (default a tenth of the particles explored, at least
+    256), inverse temperature from ``beta0`` to 1, shift offsets on a grid of (2·``shift_grid`` + 1)² points
     n/(4K) pixels apart. ``support``: the references are cut to the particle's support
     (:func:`_support`). The start of the best mean NCC is recentred (``recentre``, :func:`_recentre`)
     and then runs up to ``iterations`` of projection matching with shift searches (each orientation
@@ -391,7 +419,10 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     1/band rad (in-plane ≈ 1/band). ``max_shift``: pixels from the centre (default n/8).
     ``shift_prior``: a Gaussian prior on the shifts (module docstring), its standard deviation per
     axis starting at n/16 pixels. ``weight_floor``: of the reconstructions (:class:`FourierInserter`).
-    ``seed``: random starts, draws and half sets.
+    ``subset``: above this many particles the starts are explored on a random subset of that size, and
+    every particle is then recentred against the map of the winner's subset (whatever ``recentre``
+    says: it is how the others get their first orientations); None: all particles are explored.
+    ``seed``: random starts, draws, half sets and the subset.
     """
     t0 = time.perf_counter()
     P, n = len(images), images.shape[-1]
@@ -408,28 +439,33 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
         raise ValueError(f"shift_grid and joint_grid must be integers >= 0; got {shift_grid!r}, {joint_grid!r}")
     if q_init is None and restarts < 1:
         raise ValueError("no start: give q_init or restarts >= 1")
+    if subset is not None and subset < 4:
+        raise ValueError(f"subset must be None or at least 4 particles; got {subset}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     opts = {"pixel_size": float(pixel_size), "sampling": float(sampling), "weight_floor": float(weight_floor),
             "max_shift": n / 8 if max_shift is None else float(max_shift), "steps": int(steps), "beta0": float(beta0),
-            "minibatch": max(256, P // 10) if minibatch is None else int(minibatch), "shift_grid": int(shift_grid),
-            "joint_grid": int(joint_grid),
-            "support": bool(support),
+            "shift_grid": int(shift_grid), "joint_grid": int(joint_grid),
+            "support": bool(support), "iterations": int(iterations), "tolerance": float(tolerance), "top": top,
             "s2": (n / 16) ** 2 if shift_prior else math.inf,
             "budget": 1 << (28 if device.type == "cuda" else 23), "gen": torch.Generator().manual_seed(seed),
             "device_gen": torch.Generator(device=device).manual_seed(seed)}
-    stack = ParticleStack(images, ctf, working_box(top, n), device, 1024 if device.type == "cuda" else 256, seed)
+    full = ParticleStack(images, ctf, working_box(top, n), device, 1024 if device.type == "cuda" else 256, seed)
     t_start = torch.zeros(P, 2, dtype=torch.float64) if shifts is None else torch.as_tensor(shifts).double().cpu()
-    given = [] if q_init is None else [torch.as_tensor(q_init).double().cpu()]
+    chosen = None if subset is None or P <= subset else torch.randperm(P, generator=opts["gen"])[:subset].sort()[0]
+    stack = full if chosen is None else full.subset(chosen)
+    opts["minibatch"] = max(256, stack.P // 10) if minibatch is None else int(minibatch)
+    pick = (lambda x: x) if chosen is None else (lambda x: x[chosen])  # noqa: E731
+    given = [] if q_init is None else [pick(torch.as_tensor(q_init).double().cpu())]
     starts = [(name, q.clone(), k) for q in given for name, k in (("given as is", 0), ("given", opts["steps"]))
               if k or name == "given as is"]
-    starts += [(f"random {k + 1}", random_quaternions(P, generator=seed + 1 + k, dtype=torch.float64), opts["steps"])
-               for k in range(int(restarts))]
-    opts["diameter"] = _particle_diameter(stack, starts[0][1], t_start, opts)
+    starts += [(f"random {k + 1}", random_quaternions(stack.P, generator=seed + 1 + k, dtype=torch.float64),
+                opts["steps"]) for k in range(int(restarts))]
+    opts["diameter"] = _particle_diameter(stack, starts[0][1], pick(t_start), opts)
     K = start_band or int(min(top, max(6, round(5.75 * n / max(opts["diameter"], 1.0)))))
     bar = tqdm(total=len(starts) + iterations, desc="global search", unit="it", disable=not progress)
     trials, clock = [], time.perf_counter()
     for name, q, steps in starts:
-        t, own = t_start.clone(), {**opts, "steps": steps}
+        t, own = pick(t_start).clone(), {**opts, "steps": steps}
         ncc = _explore(stack, q, t, K, own)
         trials.append((float(ncc.mean()), name, q, t, own["s2"], ncc))
         bar.update(1)
@@ -440,26 +476,25 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     agreement = separation = None
     if runner_up is not None:
         agreement, d = align_orientations(q, runner_up[2]).error, ncc - runner_up[5]
-        separation = float(d.mean() / (d.std() / math.sqrt(P)).clamp_min(1e-12))
+        separation = float(d.mean() / (d.std() / math.sqrt(len(d))).clamp_min(1e-12))
     clock = time.perf_counter()
-    recentred = _recentre(stack, q, t, K, opts) if recentre else None
+    if chosen is not None:  # the others join: every particle against the map of the subset's winner
+        volume = _reference(_inserted(stack, q, t, working_box(K, stack.m_max), opts).volume(), q, t, opts, n)
+        q_all, t_all = torch.empty(P, 4, dtype=torch.float64), t_start.clone()
+        q_all[chosen], t_all[chosen] = q, t
+        stack, q, t = full, q_all, t_all
+        recentred = _recentre(stack, q, t, K, opts, volume)
+    else:
+        recentred = _recentre(stack, q, t, K, opts) if recentre else None
     stage_seconds["recentre"], clock = time.perf_counter() - clock, time.perf_counter()
-    history = []
-    for _ in range(max(1, iterations)):
-        record, scores, volume = _iterate(stack, q, t, K, opts)
-        history.append(record)
-        bar.update(1)
-        bar.set_postfix(band=K, ncc=f"{record.mean_score:.4f}", changed=f"{record.changed:.3f}")
-        grown = min(top, max(K, round(n * pixel_size / record.resolution)))
-        if grown == K and record.changed < tolerance:
-            break
-        K = grown
-    bar.close()
+    history, scores, volume = _iterations(stack, q, t, K, opts, bar)
     stage_seconds["iterate"] = time.perf_counter() - clock
+    bar.close()
     return GlobalResult(quaternions=q, shifts=t, scores=scores, map=volume.cpu(),
                         map_pixel_size=pixel_size * n / history[-1].box, resolution=history[-1].resolution,
                         start=name, start_scores=[trial[0] for trial in trials],
                         runner_up=None if runner_up is None else runner_up[1], agreement=agreement,
                         separation=separation,
-                        recentred=recentred, iterations=history,
+                        recentred=recentred, explored=None if chosen is None else len(chosen),
+                        iterations=history,
                         seconds=time.perf_counter() - t0, stage_seconds=stage_seconds)

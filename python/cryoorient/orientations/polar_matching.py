@@ -76,6 +76,14 @@ class ParticleStack:
             self.spec[idx.to(device)] = crop_spectrum(torch.fft.rfft2(x) * phase_ramp(centre, self.n), m_max)
         self.half = torch.randperm(self.P, generator=torch.Generator().manual_seed(seed)) % 2
 
+    def subset(self, idx: Tensor) -> "ParticleStack":
+        """The particles ``idx`` as a stack of their own (spectra copied, CTF and half sets carried over)."""
+        sub = object.__new__(ParticleStack)
+        sub.P, sub.n, sub.m_max, sub.device, sub.batch = len(idx), self.n, self.m_max, self.device, self.batch
+        sub.spec, sub.half = self.spec[idx.to(self.device)], self.half[idx]
+        sub.ctf = None if self.ctf is None else (lambda i, size: self.ctf(idx[i.cpu()], size))
+        return sub
+
     def ctf_at(self, idx: Tensor, m: int, pad: int = 1) -> Tensor | None:
         """CTFs (B, pad·m, pad·m//2 + 1) of particles ``idx`` at the frequencies of the pad·m-box of the crop."""
         if self.ctf is None:
