@@ -54,7 +54,10 @@ than ``tolerance`` of the particles change orientation by more than a grid step.
 A stack of more than ``subset`` particles: the starts are explored on a random subset of that size (the
 exploration's cost then does not grow with the stack; cryoSPARC's ab initio likewise works on
 minibatches), and the winner's map is the reference against which every particle, those of the subset
-too, is then recentred before the iterations of all of them.
+too, is then recentred, again and again from where it moved (each time its shift can climb by up to two
+offsets), until fewer than ``tolerance`` of the particles change orientation by more than a grid step
+(at most :data:`JOIN_PASSES` times), before the iterations of all of them. The particles outside the
+subset have no exploration of their own; one recentring left those with large shifts wrong more often.
 
 Verdict (computed from the data): the orientations the winner reached are compared with those of the
 best start of another origin (the given ones or another random set), E_OR between the two
@@ -98,6 +101,8 @@ __all__ = ["AGREEMENT", "SEPARATED", "GlobalIteration", "GlobalResult", "directi
 AGREEMENT = 0.3
 #: Paired z of the particles' NCC (winner's minus runner-up's) above which the runner-up matches worse.
 SEPARATED = 5.0
+#: Most recentrings of all particles against the map of a subset's winner (``subset``).
+JOIN_PASSES = 5
 #: Smallest standard deviation per axis (pixels) the Gaussian shift prior's estimate may reach.
 MIN_SHIFT_SD = 0.5
 
@@ -420,8 +425,9 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     ``shift_prior``: a Gaussian prior on the shifts (module docstring), its standard deviation per
     axis starting at n/16 pixels. ``weight_floor``: of the reconstructions (:class:`FourierInserter`).
     ``subset``: above this many particles the starts are explored on a random subset of that size, and
-    every particle is then recentred against the map of the winner's subset (whatever ``recentre``
-    says: it is how the others get their first orientations); None: all particles are explored.
+    every particle is then recentred against the map of the winner's subset, up to :data:`JOIN_PASSES`
+    times (whatever ``recentre`` says: it is how the others get their first orientations); None: all
+    particles are explored.
     ``seed``: random starts, draws, half sets and the subset.
     """
     t0 = time.perf_counter()
@@ -484,6 +490,11 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
         q_all[chosen], t_all[chosen] = q, t
         stack, q, t = full, q_all, t_all
         recentred = _recentre(stack, q, t, K, opts, volume)
+        for _ in range(JOIN_PASSES - 1):  # again from where each moved, until few move (a shift climbs each time)
+            q_old = q.clone()
+            recentred = _recentre(stack, q, t, K, opts, volume)
+            if float((quat_distance(q, q_old) > opts["sampling"] / K).double().mean()) < opts["tolerance"]:
+                break
     else:
         recentred = _recentre(stack, q, t, K, opts) if recentre else None
     stage_seconds["recentre"], clock = time.perf_counter() - clock, time.perf_counter()
