@@ -181,8 +181,8 @@ def test_a_subset_explores_and_every_particle_finds_its_orientation(phantom, mon
     assert explored == [200, 200]  # the starts saw the subset only
     assert res.recentred is not None and len(res.scores) == P  # all particles recentred, then iterated
     assert res.explored == 200 and "starts explored on 200 of 500 particles" in res.summary()
-    found = align_orientations(q, res.quaternions)
-    assert found.error < 0.1 and float((found.errors > 0.3).double().mean()) < 0.01, found.error
+    found = align_orientations(q, res.quaternions)  # one recentring: 0.081 rad, 3 particles wrong
+    assert found.error < 0.077 and int((found.errors > 0.3).sum()) <= 2, (found.error, int((found.errors > 0.3).sum()))
     assert float(_shift_error(res.quaternions, res.shifts, t).mean()) < 0.2
     with pytest.raises(ValueError, match="subset"):
         global_search(images, None, subset=3)
