@@ -69,6 +69,7 @@ from cryoorient.geometry import quat_conjugate, quat_distance, quat_multiply
 from cryoorient.imaging.ctf import ctf_2d
 from cryoorient.imaging.shift import phase_ramp
 from cryoorient.imaging.simulate import ImageSimulator, SimulationSettings, draw_parameters, load_volume
+from cryoorient.orientations.learned_comparison import particle_pixel_size
 from cryoorient.maps.refine import mirror_orientations, refine
 from cryoorient.maps.transforms import resample_map
 from cryoorient.orientations.align import align_orientations
@@ -79,7 +80,6 @@ from cryoorient.orientations.polar_matching import (ParticleStack, PolarSearch, 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FAILURE = 0.3  # rad
-PIXEL_RANGE = (1.5, 2.0)  # Å per pixel of the atomic models
 LEFT_OUT_GROUPS = 8  # the second floor: refine's groups, each particle compared without its own noise
 COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "E_OR_abinitio", "determined", "E_OR_global",
            "global_start", "rounds_kept", "E_OR", "wrong", "physical", "failed", "floor_E_OR", "floor_left_out_E_OR", "target", "resolution_A", "true_map_resolution_A",
@@ -106,12 +106,6 @@ def _elongation(path: Path) -> float:
     return float(math.sqrt(ev[-1] / ev[0]))
 
 
-def _pixel_size(xyz: np.ndarray, w: np.ndarray, size: int) -> float:
-    """The pixel size (Å) that makes the atoms' diameter 3/4 of the box, clipped to PIXEL_RANGE."""
-    diameter = 2 * float(np.linalg.norm(xyz - (w[:, None] * xyz).sum(0) / w.sum(), axis=1).max())
-    return float(np.clip(diameter / (0.75 * size), *PIXEL_RANGE))
-
-
 def proteins(args) -> list[tuple[str, object, float]]:
     """(name, source for load_volume, pixel size or None for the map's own) of the proteins to run."""
     from cryoorient.imaging.phantom import default_density, pseudo_molecule
@@ -131,14 +125,14 @@ def proteins(args) -> list[tuple[str, object, float]]:
         wanted = (["5j0n"] if Path(args.map).is_file() else []) + ["phantom"] + picks
     for name in wanted:
         if name == "phantom":
-            px = _pixel_size(*pseudo_molecule(), args.size)
+            px = particle_pixel_size(*pseudo_molecule(), args.size)
             out.append((name, (default_density(args.size, px, 2 * px), px), px))
         elif name == "5j0n":
             if not Path(args.map).is_file():
                 sys.exit(f"abinitio_realistic: map not found: {args.map}")
             out.append((name, args.map, None))
         elif name in models:
-            out.append((name, models[name], _pixel_size(*model_atoms(models[name]), args.size)))
+            out.append((name, models[name], particle_pixel_size(*model_atoms(models[name]), args.size)))
         else:
             sys.exit(f"abinitio_realistic: unknown protein {name!r} (5j0n, phantom, or an asymmetric model of "
                      f"{args.structures}: {', '.join(sorted(models)) or 'none found'})")

@@ -2,6 +2,7 @@
 
     python bench/neighbour_precision.py --device cuda --out results/neighbours          # acceptance (issue 20)
     python bench/neighbour_precision.py --device cpu --P 2000 --size 64 --proteins 5j0n 5h73 4p5j gen:0
+    python bench/neighbour_precision.py --comparison learned --weights run/weights.pt ...
     python bench/neighbour_precision.py --comparison mypackage.module:function ...     # another comparison
 
 Proteins (``--proteins``; default 5j0n, the library models of
@@ -20,7 +21,9 @@ over the whole box (mean over a 1,000-image pilot) over the noise variance.
 Comparison (``--comparison``): ``handmade`` is the ab initio module's (step 0 then steps 1–3 of
 :mod:`cryoorient.orientations.abinitio`, as ``estimate_orientations`` runs them with its
 defaults): ``prepare_images`` (phase flip by the true CTFs, centring) then
-``rotational_neighbors`` with every image a candidate (no landmarks). Another comparison is
+``rotational_neighbors`` with every image a candidate (no landmarks). ``learned`` is
+``cryoorient.orientations.learned_comparison.learned_neighbours`` with the network of ``--weights``
+(``cryoorient train_comparison``; the same phase flip and centring). Another comparison is
 ``module:function`` taking ``(images (P, n, n) on the device, ctf(indices, size), neighbors,
 device)`` and returning neighbour nodes (P or 2P, ≥ neighbors) as ``rotational_neighbors`` does
 (node r < P: image r; node P + r: its mirror image).
@@ -46,8 +49,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from abinitio_realistic import _pixel_size, simulate_case  # noqa: E402 - the same simulations
+from abinitio_realistic import simulate_case  # noqa: E402 - the same simulations
 
+from cryoorient.orientations.learned_comparison import particle_pixel_size  # noqa: E402
 from cryoorient.learning.generator import protein_density, random_protein  # noqa: E402
 from cryoorient.learning.neighbours import neighbour_precision, true_neighbours  # noqa: E402
 from cryoorient.learning.synthetic import EVALUATION_SEEDS, HELD_OUT  # noqa: E402
@@ -67,12 +71,25 @@ def handmade(images, ctf, neighbors: int, device):
     return rotational_neighbors(x, neighbors=neighbors, device=device)[0]
 
 
-def comparison(name: str):
+def comparison(name: str, weights: str | None = None):
     if name == "handmade":
         return handmade
+    if name == "learned":
+        from cryoorient.orientations.learned_comparison import learned_neighbours, load_comparison
+        from cryoorient.orientations.preprocess import prepare_images
+
+        if not weights:
+            sys.exit("neighbour_precision: --comparison learned needs --weights (cryoorient train_comparison's weights.pt)")
+        net = load_comparison(weights, "cpu")
+
+        def learned(images, ctf, neighbors, device):
+            x, _, _ = prepare_images(images, ctf, device=device)  # as the hand-made comparison
+            return learned_neighbours(x, net.to(device), neighbors, device)
+
+        return learned
     module, _, func = name.partition(":")
     if not func:
-        sys.exit(f"neighbour_precision: --comparison must be 'handmade' or 'module:function'; got {name!r}")
+        sys.exit(f"neighbour_precision: --comparison must be 'handmade', 'learned' or 'module:function'; got {name!r}")
     return getattr(importlib.import_module(module), func)
 
 
@@ -88,7 +105,7 @@ def proteins(args) -> list[tuple[str, object, float | None]]:
             out.append((name, args.map, None))
         elif name.startswith("gen:"):
             model = random_protein(EVALUATION_SEEDS + int(name[4:]))
-            px = _pixel_size(model.coords, model.weights, args.size)
+            px = particle_pixel_size(model.coords, model.weights, args.size)
             out.append((name, protein_density(model, args.size, px), px))
         else:
             path = Path(args.structures) / f"{name}.cif"
@@ -96,7 +113,7 @@ def proteins(args) -> list[tuple[str, object, float | None]]:
                 sys.exit(f"neighbour_precision: no model {path}")
             from cryoorient.io import model_atoms
 
-            out.append((name, path, _pixel_size(*model_atoms(path), args.size)))
+            out.append((name, path, particle_pixel_size(*model_atoms(path), args.size)))
     return out
 
 
@@ -142,7 +159,9 @@ def parse_args(argv=None):
     p.add_argument("--snr", type=float, nargs="+", default=[-12.0, -16.0, -20.0], help="SNRs in dB")
     p.add_argument("--neighbors", type=int, default=10, help="best partners scored per image (default 10)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
-    p.add_argument("--comparison", default="handmade", help="'handmade' or module:function (module docstring)")
+    p.add_argument("--comparison", default="handmade",
+                   help="'handmade', 'learned' or module:function (module docstring)")
+    p.add_argument("--weights", help="--comparison learned: the network (cryoorient train_comparison's weights.pt)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="results/neighbour_precision", help="folder for results.csv")
     return p.parse_args(argv)
@@ -154,7 +173,7 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("neighbour_precision: no CUDA GPU (pass --device cpu); skipped")
         return 0
-    compare = comparison(args.comparison)
+    compare = comparison(args.comparison, args.weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cases = proteins(args)
