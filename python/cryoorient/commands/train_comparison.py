@@ -34,7 +34,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..io import make_output_dir
+    from ..io import check_output_dir, make_output_dir
     from ..orientations.learned_comparison import train_comparison
 
     out = Path(args.output)
@@ -47,9 +47,12 @@ def main(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"nothing to resume: {out / 'checkpoint.pt'} does not exist")
     if 2 * args.rings + 2 > args.crop or args.crop > args.size:
         raise ValueError(f"need 2·rings + 2 <= crop <= size; got rings {args.rings}, crop {args.crop}, size {args.size}")
+    inputs = [args.structures] if args.structures else []
+    if not args.resume:
+        check_output_dir(out, force=args.force, inputs=inputs)  # before minutes of rendering maps
     maps = training_maps(args.structures, args.generated, args.size, progress=not args.quiet)
     if not args.resume:
-        make_output_dir(out, force=args.force, inputs=[args.structures] if args.structures else [])
+        make_output_dir(out, force=args.force, inputs=inputs)
     options = {k: getattr(args, k) for k in ("crop", "rings", "angles", "width", "depth", "features")}
     weights = train_comparison(maps, out, steps=args.steps, size=args.size, proteins_per_step=args.proteins_per_step,
                                pairs=args.pairs, lr=args.lr, seed=args.seed, resume=args.resume,
