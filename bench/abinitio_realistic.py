@@ -69,7 +69,7 @@ from cryoorient.geometry import quat_conjugate, quat_distance, quat_multiply
 from cryoorient.imaging.ctf import ctf_2d
 from cryoorient.imaging.shift import phase_ramp
 from cryoorient.imaging.simulate import ImageSimulator, SimulationSettings, draw_parameters, load_volume
-from cryoorient.orientations.learned_comparison import particle_pixel_size
+from cryoorient.orientations.learned_comparison import particle_diameter, particle_pixel_size
 from cryoorient.maps.refine import mirror_orientations, refine
 from cryoorient.maps.transforms import resample_map
 from cryoorient.orientations.align import align_orientations
@@ -81,7 +81,7 @@ from cryoorient.orientations.polar_matching import (ParticleStack, PolarSearch, 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FAILURE = 0.3  # rad
 LEFT_OUT_GROUPS = 8  # the second floor: refine's groups, each particle compared without its own noise
-COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "E_OR_abinitio", "determined", "E_OR_global",
+COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "comparison", "E_OR_abinitio", "determined", "E_OR_global",
            "global_start", "rounds_kept", "E_OR", "wrong", "physical", "failed", "floor_E_OR", "floor_left_out_E_OR", "target", "resolution_A", "true_map_resolution_A",
            "seconds", "abinitio_seconds", "global_seconds", "explore_seconds", "floor_seconds", "oracle_E_OR", "oracle_wrong"]
 AMBIGUITY_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "band", "wrong", "beaten", "E_OR"]
@@ -165,6 +165,9 @@ def run_case(name, source, pixel, args, snr, seed, device) -> dict:
     images, q_true, t_true, ctf, voxel = simulate_case(source, pixel, args, snr, seed, device)
     opts = {"rounds": args.rounds}
     ab_opts = {"landmarks": args.landmarks or None}
+    if args.comparison:  # the learned comparison, with a window fitted to the simulated map's particle
+        ab_opts.update(comparison=args.comparison,
+                       diameter=particle_diameter(*load_volume(source, args.size, pixel)) / voxel)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
@@ -196,6 +199,7 @@ def run_case(name, source, pixel, args, snr, seed, device) -> dict:
         errors = align_orientations(q_true, at_truth.quaternions).errors
         oracle = {"oracle_E_OR": float(errors.mean()), "oracle_wrong": float((errors > FAILURE).double().mean())}
     return {**oracle, "protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "seed": seed, "P": args.P, "size": args.size,
+            "comparison": args.comparison or "handmade",
             "E_OR_abinitio": align_orientations(q_true, res.abinitio.quaternions).error,
             "determined": res.abinitio.determined, "E_OR_global": align_orientations(q_true, res.searched.quaternions).error,
             "global_start": res.searched.start, "rounds_kept": res.refined.kept, "E_OR": e_or, "wrong": float((found.errors > FAILURE).double().mean()),
@@ -330,6 +334,9 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5,
                    help="most refinement rounds of the chain, all rounds of the floor (default 5)")
     p.add_argument("--landmarks", type=int, default=5000, help="ab initio landmarks (0: all images)")
+    p.add_argument("--comparison", metavar="WEIGHTS",
+                   help="ab initio with this learned comparison (cryoorient train_comparison's weights.pt) instead of "
+                        "the hand-made one")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="results/abinitio_realistic", help="folder for results.csv")
     p.add_argument("--no-floor", action="store_true",

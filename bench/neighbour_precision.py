@@ -23,9 +23,10 @@ Comparison (``--comparison``): ``handmade`` is the ab initio module's (step 0 th
 defaults): ``prepare_images`` (phase flip by the true CTFs, centring) then
 ``rotational_neighbors`` with every image a candidate (no landmarks). ``learned`` is
 ``cryoorient.orientations.learned_comparison.learned_neighbours`` with the network of ``--weights``
+and the hub correction of ``--hub-k`` (0: raw scores)
 (``cryoorient train_comparison``; the same phase flip and centring). Another comparison is
 ``module:function`` taking ``(images (P, n, n) on the device, ctf(indices, size), neighbors,
-device)`` and returning neighbour nodes (P or 2P, ≥ neighbors) as ``rotational_neighbors`` does
+device, diameter)`` (the particle's diameter in pixels, ``particle_diameter`` of the simulated map) and returning neighbour nodes (P or 2P, ≥ neighbors) as ``rotational_neighbors`` does
 (node r < P: image r; node P + r: its mirror image).
 
 Metric (``cryoorient.learning.neighbours.neighbour_precision``): for each image, the fraction of
@@ -51,18 +52,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from abinitio_realistic import simulate_case  # noqa: E402 - the same simulations
 
-from cryoorient.orientations.learned_comparison import particle_pixel_size  # noqa: E402
+from cryoorient.imaging.simulate import load_volume  # noqa: E402
+from cryoorient.orientations.learned_comparison import particle_diameter, particle_pixel_size  # noqa: E402
 from cryoorient.learning.generator import protein_density, random_protein  # noqa: E402
 from cryoorient.learning.neighbours import neighbour_precision, true_neighbours  # noqa: E402
 from cryoorient.learning.synthetic import EVALUATION_SEEDS, HELD_OUT  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_PROTEINS = ["5j0n", *HELD_OUT, "gen:0", "gen:1"]
-COLUMNS = ["protein", "pixel_A", "snr_db", "P", "size", "comparison", "precision", "chance", "ceiling", "seconds",
+COLUMNS = ["protein", "pixel_A", "snr_db", "P", "size", "diameter_px", "comparison", "precision", "chance", "ceiling", "seconds",
            "simulation_seconds"]
 
 
-def handmade(images, ctf, neighbors: int, device):
+def handmade(images, ctf, neighbors: int, device, diameter=None):
     """The ab initio module's comparison: phase flip and centring, then rotational_neighbors over all images."""
     from cryoorient.orientations.abinitio import rotational_neighbors
     from cryoorient.orientations.preprocess import prepare_images
@@ -71,7 +73,7 @@ def handmade(images, ctf, neighbors: int, device):
     return rotational_neighbors(x, neighbors=neighbors, device=device)[0]
 
 
-def comparison(name: str, weights: str | None = None):
+def comparison(name: str, weights: str | None = None, hub_k: int = 10):
     if name == "handmade":
         return handmade
     if name == "learned":
@@ -82,9 +84,9 @@ def comparison(name: str, weights: str | None = None):
             sys.exit("neighbour_precision: --comparison learned needs --weights (cryoorient train_comparison's weights.pt)")
         net = load_comparison(weights, "cpu")
 
-        def learned(images, ctf, neighbors, device):
+        def learned(images, ctf, neighbors, device, diameter=None):
             x, _, _ = prepare_images(images, ctf, device=device)  # as the hand-made comparison
-            return learned_neighbours(x, net.to(device), neighbors, device)
+            return learned_neighbours(x, net.to(device), neighbors, device, diameter, hub_k=hub_k)
 
         return learned
     module, _, func = name.partition(":")
@@ -117,33 +119,42 @@ def proteins(args) -> list[tuple[str, object, float | None]]:
     return out
 
 
-def run_case(name, source, pixel, args, snr, compare, device) -> dict:
+def run_case(name, source, pixel, args, snr, compares: dict, device) -> list[dict]:
+    """One simulation of the case, scored by every comparison of ``compares`` {label: function}."""
     t0 = time.perf_counter()
     images, q_true, _, ctf, voxel = simulate_case(source, pixel, args, snr, args.seed, device)
     sim_seconds = time.perf_counter() - t0
+    diameter = particle_diameter(load_volume(source, args.size, pixel)[0], 1.0)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    index = compare(images, ctf, args.neighbors, device)
-    sync()
-    seconds = time.perf_counter() - t0
-    return {"protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "P": args.P, "size": args.size,
-            "comparison": args.comparison, "precision": neighbour_precision(index, q_true, k=args.neighbors),
-            "chance": (1 - math.cos(math.radians(10))) / 2,
-            "ceiling": neighbour_precision(true_neighbours(q_true, args.neighbors), q_true, k=args.neighbors),
-            "seconds": seconds, "simulation_seconds": sim_seconds}
+    ceiling = neighbour_precision(true_neighbours(q_true, args.neighbors), q_true, k=args.neighbors)
+    rows = []
+    for label, compare in compares.items():
+        sync()
+        t0 = time.perf_counter()
+        index = compare(images, ctf, args.neighbors, device, diameter)
+        sync()
+        rows.append({"protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "P": args.P, "size": args.size,
+                     "diameter_px": round(diameter, 1), "comparison": label, "precision": neighbour_precision(index, q_true, k=args.neighbors),
+                     "chance": (1 - math.cos(math.radians(10))) / 2, "ceiling": ceiling,
+                     "seconds": time.perf_counter() - t0, "simulation_seconds": sim_seconds})
+    return rows
 
 
 def table(rows: list[dict]) -> str:
     worst = {}
     for r in rows:
         worst[r["protein"]] = min(worst.get(r["protein"], 1.0), r["precision"])
-    lines = [f"neighbour precision (10 best partners within 10°), comparison {rows[0]['comparison']}; chance "
-             f"{rows[0]['chance']:.4f}; worst protein first",
-             f"{'protein':>8} {'Å/px':>5} {'SNR dB':>6} {'P':>6} {'size':>4} {'precision':>9} {'ceiling':>7} {'s':>6}"]
-    for r in sorted(rows, key=lambda r: (worst[r["protein"]], r["protein"], -r["snr_db"])):
-        lines.append(f"{r['protein']:>8} {r['pixel_A']:5.2f} {r['snr_db']:6.0f} {r['P']:6d} {r['size']:4d} "
-                     f"{r['precision']:9.3f} {r['ceiling']:7.3f} {r['seconds']:6.1f}")
+    labels = list(dict.fromkeys(r["comparison"] for r in rows))
+    lines = [f"neighbour precision (10 best partners within 10°); chance {rows[0]['chance']:.4f}; worst protein first",
+             f"{'protein':>8} {'Å/px':>5} {'SNR dB':>6} {'P':>6} {'size':>4} {'ceiling':>7} "
+             + " ".join(f"{c:>16}" for c in labels)]
+    cases = dict.fromkeys((r["protein"], r["snr_db"]) for r in rows)
+    for prot, snr in sorted(cases, key=lambda c: (worst[c[0]], c[0], -c[1])):
+        by = {r["comparison"]: r for r in rows if (r["protein"], r["snr_db"]) == (prot, snr)}
+        r = next(iter(by.values()))
+        cells = [f"{by[c]['precision']:.3f} ({by[c]['seconds']:.1f} s)" if c in by else "" for c in labels]
+        lines.append(f"{prot:>8} {r['pixel_A']:5.2f} {snr:6.0f} {r['P']:6d} {r['size']:4d} {r['ceiling']:7.3f} "
+                     + " ".join(f"{c:>16}" for c in cells))
     return "\n".join(lines)
 
 
@@ -159,9 +170,12 @@ def parse_args(argv=None):
     p.add_argument("--snr", type=float, nargs="+", default=[-12.0, -16.0, -20.0], help="SNRs in dB")
     p.add_argument("--neighbors", type=int, default=10, help="best partners scored per image (default 10)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
-    p.add_argument("--comparison", default="handmade",
-                   help="'handmade', 'learned' or module:function (module docstring)")
+    p.add_argument("--comparison", nargs="+", default=["handmade"],
+                   help="one or more of 'handmade', 'learned', module:function (module docstring), each scored on "
+                        "the very same images")
     p.add_argument("--weights", help="--comparison learned: the network (cryoorient train_comparison's weights.pt)")
+    p.add_argument("--hub-k", type=int, nargs="+", default=[10],
+                   help="--comparison learned: hub corrections to score, one column each (0: raw scores; default 10)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="results/neighbour_precision", help="folder for results.csv")
     return p.parse_args(argv)
@@ -173,20 +187,24 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("neighbour_precision: no CUDA GPU (pass --device cpu); skipped")
         return 0
-    compare = comparison(args.comparison, args.weights)
+    compares = {}
+    for name in args.comparison:
+        for k in (args.hub_k if name == "learned" else [None]):
+            compares[name if k is None else f"{name} hub {k}"] = comparison(name, args.weights, k or 0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cases = proteins(args)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device: {name}; {args.P} images of {args.size}², comparison {args.comparison}, proteins: "
+    print(f"device: {name}; {args.P} images of {args.size}², comparisons {', '.join(compares)}; proteins: "
           f"{', '.join(c[0] for c in cases)}", flush=True)
     rows = []
     for prot, source, pixel in cases:
         for snr in args.snr:
-            row = run_case(prot, source, pixel, args, snr, compare, device)
-            rows.append(row)
-            print(f"{prot} {snr:.0f} dB: precision {row['precision']:.3f} (ceiling {row['ceiling']:.3f}), "
-                  f"{row['seconds']:.1f} s (simulation {row['simulation_seconds']:.1f} s)", flush=True)
+            for row in run_case(prot, source, pixel, args, snr, compares, device):
+                rows.append(row)
+                print(f"{prot} {snr:.0f} dB, {row['comparison']}: precision {row['precision']:.3f} (ceiling "
+                      f"{row['ceiling']:.3f}), {row['seconds']:.1f} s (simulation {row['simulation_seconds']:.1f} s)",
+                      flush=True)
             tmp = out / ".results.csv.part"
             with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=COLUMNS)

@@ -173,3 +173,46 @@ def test_ignore_ctf_says_so_and_drops_the_ctf(data, tmp_path, capsys, monkeypatc
     assert seen["ctf"] is None and seen["abinitio_options"]["accept"] == ("corners",)
     assert seen["refine_options"] == {"rounds": 3, "keep_best": True} and seen["global_options"] == {"restarts": 1} and seen["seed"] == 4 and seen["device"] == torch.device("cpu")
     assert seen["stop_after"] is None and seen["workdir"].resolve() == out.resolve()
+
+
+def test_learned_comparison_is_passed_on_said_and_refused_when_it_is_not_one(data, tmp_path, capsys):
+    from cryoorient.orientations import learned_comparison as lc
+
+    torch.manual_seed(0)
+    net = lc.ComparisonNet(crop=32, rings=15, angles=64, width=4, depth=2, features=2)
+    lc.atomic_save({"config": net.config, "state": net.state_dict()}, tmp_path / "weights.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a network")
+    out = tmp_path / "out"
+    base = ["abinitio", str(data), "-o", str(out), "--abinitio-only", "--device", "cpu", "-q"]
+    assert main(base + ["--comparison", str(tmp_path / "junk.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "not a learned comparison's weights file" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert main(base + ["--comparison", str(tmp_path / "weights.pt"), "--particle-diameter", "-5"]) == 2
+    assert "--particle-diameter must be positive" in capsys.readouterr().err and not out.exists()
+
+    status, printed, err = run(base + ["--comparison", str(tmp_path / "weights.pt")])
+    assert status == 0, err
+    assert "proceeding without --particle-diameter: the learned comparison sees the whole box" in printed
+    report = (out / "report.txt").read_text()
+    assert f"learned comparison {tmp_path / 'weights.pt'}" in report and "ab initio: 250 orientations" in report
+    status, printed, err = run(["abinitio", str(data), "-o", str(tmp_path / "plain"), "--abinitio-only",
+                                "--particle-diameter", "60", "--device", "cpu", "-q"])
+    assert status == 0 and "--particle-diameter is unused" in printed
+
+
+def test_particle_diameter_reaches_the_comparison_in_pixels(data, tmp_path, monkeypatch):
+    from cryoorient.orientations import learned_comparison as lc
+
+    net = lc.ComparisonNet(crop=16, rings=7, angles=16, width=2, depth=1, features=1)
+    lc.atomic_save({"config": net.config, "state": net.state_dict()}, tmp_path / "weights.pt")
+    seen = {}
+
+    def fake_chain(images, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stopped here")
+
+    monkeypatch.setattr(chain, "run_chain", fake_chain)
+    assert main(["abinitio", str(data), "-o", str(tmp_path / "out"), "--comparison", str(tmp_path / "weights.pt"),
+                 "--particle-diameter", "60", "--device", "cpu", "-q"]) == 2
+    opts = seen["abinitio_options"]
+    assert opts["comparison"] == str(tmp_path / "weights.pt") and opts["diameter"] == pytest.approx(60 / PIXEL)

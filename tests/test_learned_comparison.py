@@ -12,6 +12,7 @@ from cryoorient.geometry import random_quaternions
 from cryoorient.learning.neighbours import neighbour_precision
 from cryoorient.commands.train_comparison import training_maps
 from cryoorient.orientations import learned_comparison as lc
+from cryoorient.orientations.preprocess import _parabolic_peak
 
 TINY = dict(crop=16, rings=7, angles=16, width=4, depth=2, features=2)
 
@@ -73,6 +74,55 @@ def test_planted_copies_and_mirror_copies_are_the_two_best_partners():
     assert not (index == i[:, None]).any() and not (index == i[:, None] + P).any()
 
 
+def test_rotational_neighbours_follow_the_hand_made_conventions():
+    """As ``rotational_neighbors``: A_j = Rz(β)·A_i is found with angle β (rotating the node's image onto the
+    row's), the image of diag(1, −1, −1)·A_i as mirror node P + i with angle 0, mirror rows find mirror nodes
+    with the opposite angle; with landmarks, only landmark nodes, never the row's own image."""
+    from test_abinitio import MIRROR, _render, _rz
+    from cryoorient.geometry import matrix_to_quat, quat_multiply, quat_to_matrix
+
+    torch.manual_seed(0)
+    net = lc.ComparisonNet(crop=32, rings=15, angles=64, width=4, depth=2, features=2).eval()
+    q = random_quaternions(24, generator=5, dtype=torch.float64)
+    beta, P = 0.9, 24
+    q[1] = quat_multiply(_rz(beta), q[0])
+    q[2] = matrix_to_quat(MIRROR @ quat_to_matrix(q[0]))
+    index, angle, score = lc.learned_rotational_neighbors(_render(q), net, neighbors=3, candidates=8, hub_k=3)
+    assert index.shape == angle.shape == score.shape == (2 * P, 3)
+    assert set(index[1, :2].tolist()) == {0, P + 2} and angle[1, :2].tolist() == pytest.approx([beta] * 2, abs=0.03)
+    k = index[0].tolist().index(1)
+    assert angle[0, k].item() == pytest.approx(-beta, abs=0.03)
+    assert set(index[2, :1].tolist()) <= {P + 0, P + 1} and abs(angle[2, 0].item()) < 0.03
+    assert set(index[P + 1, :2].tolist()) == {P + 0, 2} and angle[P + 1, :2].tolist() == pytest.approx([-beta] * 2, abs=0.03)
+    assert bool((score[:, :-1] >= score[:, 1:]).all())
+    ref = torch.tensor([0, 3, 5, 7, 9, 11, 13, 15])
+    index, _, _ = lc.learned_rotational_neighbors(_render(q), net, neighbors=3, reference=ref)
+    assert int(index.max()) < 2 * len(ref)
+    assert all(int(ref[index[r] % len(ref)].eq(r % P).sum()) == 0 for r in range(2 * P))
+
+
+def test_hub_correction_ranks_by_twice_the_score_less_both_nodes_hub_scores():
+    """Against a dense reference over the 2P images and mirror images: every node a candidate, r the mean of a
+    row's 3 best raw scores, rows ranked by 2·s_uv − r_u − r_v; hub_k 0 ranks the raw scores."""
+    g = torch.Generator().manual_seed(4)
+    images = _blobs(24, 32, seed=7) + 0.3 * torch.randn(24, 32, 32, generator=g)
+    net, P = _net(), 24
+    with torch.no_grad():
+        p = lc.polar_images(images, TINY["crop"], TINY["rings"], TINY["angles"])
+        z = torch.cat([net(p), net(lc.mirror(p))])
+        s = _parabolic_peak(lc._correlations(z, z).permute(2, 0, 1))[0]  # the best roll's value, parabola-refined
+    i = torch.arange(2 * P)
+    s[i, i % P] = s[i, i % P + P] = -math.inf
+    r = s.topk(3, dim=1).values.mean(1)
+    corrected = 2 * s - r[:, None] - r[None, :]
+    hub = lc.learned_rotational_neighbors(images, net, neighbors=5, hub_k=3, candidates=2 * P - 2)[0]
+    raw = lc.learned_rotational_neighbors(images, net, neighbors=5, hub_k=0)[0]
+    assert torch.equal(hub, corrected.topk(5, dim=1).indices)
+    assert torch.equal(raw, s.topk(5, dim=1).indices)
+    assert torch.equal(lc.learned_neighbours(images, net, neighbors=5, hub_k=3, candidates=2 * P - 2), hub[:P])
+    assert not torch.equal(hub, raw)
+
+
 def test_neighbours_of_clean_projections_are_true_neighbours_with_the_metrics_mirror_convention():
     """Untrained (the network starts with the polar image itself beside its features), on clean
     projections of a blob volume: true neighbours within 20°; read with the mirror nodes swapped
@@ -107,15 +157,34 @@ def test_training_resumes_bit_for_bit(tmp_path, monkeypatch):
     fresh = lc.ComparisonNet(**TINY).state_dict()
     assert any(not torch.equal(a[k], fresh[k]) for k in a if a[k].is_floating_point())  # it did train
     net = lc.load_comparison(full)
-    assert net.config == {**TINY} and not net.training
+    assert net.config == {**TINY, "fill": lc.FILL} and not net.training
     with pytest.raises(ValueError, match="another network or number of steps"):
         lc.train_comparison(maps, tmp_path / "b", resume=True, **{**kw, "steps": 6})
 
 
-def test_the_generated_maps_are_sized_to_the_box():
-    (vol, px), = training_maps(None, 1, 32)
+def test_the_generated_maps_are_sized_to_the_box_and_rendered_alike_by_several_processes():
+    (vol, px, diameter), second = training_maps(None, 2, 32)
     assert vol.shape == (32, 32, 32) and 1.5 <= px <= 2.0
     assert math.isfinite(float(vol.sum())) and float(vol.max()) > 0
+    assert diameter == lc.particle_diameter(vol, px) and 10 * px < diameter < 40 * px
+    assert not torch.equal(torch.from_numpy(vol), torch.from_numpy(second[0]))
+    pooled = training_maps(None, 2, 32, workers=2)
+    assert all((a[0] == b[0]).all() and a[1:] == b[1:] for a, b in zip([(vol, px, diameter), second], pooled))
+
+
+def test_particle_diameter_of_a_ball_and_the_window_it_gives():
+    z, y, x = torch.meshgrid(*[torch.arange(40.0)] * 3, indexing="ij")
+    ball = (((z - 22) ** 2 + (y - 18) ** 2 + (x - 20) ** 2) <= 10.0 ** 2).float().numpy()
+    assert lc.particle_diameter(ball, 1.5) == pytest.approx(2 * 10 * 0.99 ** (1 / 3) * 1.5, rel=0.03)
+    assert lc.window_size(None, 64, 16) == 64
+    assert lc.window_size(30.0, 64, 16) == 40 and lc.window_size(60.0, 64, 16) == 64
+    assert lc.window_size(6.0, 64, 16) == 16
+    images = torch.randn(3, 64, 64)
+    args = (TINY["crop"], TINY["rings"], TINY["angles"])
+    torch.testing.assert_close(lc.polar_images(images, *args, diameter=30.0),
+                               lc.polar_images(images[:, 12:52, 12:52], *args))
+    torch.testing.assert_close(lc.polar_images(images, *args, diameter=30.0, fill=None), lc.polar_images(images, *args))
+    assert lc.window_size(30.0, 64, 16, fill=0.5) == 60 and lc.window_size(30.0, 64, 16, fill=None) == 64
 
 
 def test_command_refusals(tmp_path, capsys):
@@ -136,3 +205,27 @@ def test_command_refusals(tmp_path, capsys):
     assert lc.load_comparison(tmp_path / "ok" / "weights.pt").config["width"] == 2
     with pytest.raises(ValueError, match="not a learned comparison"):
         lc.load_comparison(tmp_path / "ok" / "checkpoint.pt")
+
+
+def test_ab_initio_builds_its_graph_from_a_learned_comparison(tmp_path):
+    """estimate_orientations(comparison=weights) on noiseless projections of the phantom, with an untrained network
+    (the polar image beside random features): orientations near the hand-made comparison's bound; a file
+    that is not a network is refused before any work."""
+    from cryoorient.imaging.phantom import default_density
+    from cryoorient.imaging.project import FourierProjector
+    from cryoorient.orientations.abinitio import estimate_orientations
+    from cryoorient.orientations.align import align_orientations
+
+    vol = torch.from_numpy(default_density(box_size=32, voxel_size=3.0, resolution=6.0))
+    q = random_quaternions(500, generator=2, dtype=torch.float64)
+    images = FourierProjector(vol, pad=2.0).images(q.float())
+    torch.manual_seed(0)
+    net = lc.ComparisonNet(crop=32, rings=15, angles=64, width=4, depth=2, features=2)
+    lc.atomic_save({"config": net.config, "state": net.state_dict()}, tmp_path / "weights.pt")
+    res = estimate_orientations(images, comparison=tmp_path / "weights.pt", landmarks=250, seed=0)
+    assert res.determined, res.summary()
+    assert res.neighbors.shape == (1000, 10) and int(res.neighbors.max()) < 500
+    assert align_orientations(q, res.quaternions).error < 0.3  # the hand-made comparison: 0.25 (test_abinitio)
+    (tmp_path / "junk.pt").write_bytes(b"not a network")
+    with pytest.raises(ValueError, match="not a learned comparison"):
+        estimate_orientations(images, comparison=tmp_path / "junk.pt")

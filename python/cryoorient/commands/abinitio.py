@@ -49,6 +49,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--landmarks", type=int, default=5000,
                    help="build the neighbour graph on this many random images, place the others from their "
                    "neighbours among them (default 5000; 0: on all images, dense in the number of images)")
+    p.add_argument("--comparison", metavar="WEIGHTS",
+                   help="compare the images with this learned comparison (cryoorient train_comparison's weights.pt) "
+                   "instead of the hand-made one")
+    p.add_argument("--particle-diameter", type=float, metavar="Å",
+                   help="the particle's diameter in Å: the learned comparison sees a window fitted to it (default: "
+                   "the whole box)")
     p.add_argument("--accept-corners", action="store_true",
                    help="proceed (with a warning) although particle density reaches the image corners")
     p.add_argument("--cs", action="store_true", help="also write OUT_DIR/particles.cs (cryoSPARC .cs)")
@@ -88,6 +94,17 @@ def _prepare(args, particles):
     pixel = _pixel_size(particles)
     ctf, flipped, notes = star_ctf(particles, ignore_ctf=args.ignore_ctf)
     check_counts(len(particles), neighbors=args.neighbors, landmarks=args.landmarks or None)
+    if args.particle_diameter is not None and not args.particle_diameter > 0:
+        raise ValueError(f"--particle-diameter must be positive (Å); got {args.particle_diameter}")
+    if args.comparison is not None:
+        from ..orientations.learned_comparison import load_comparison
+
+        load_comparison(args.comparison)  # refuses a file that is not one, before anything is written
+        if args.particle_diameter is None:
+            notes.append("proceeding without --particle-diameter: the learned comparison sees the whole box, "
+                         "not a window fitted to the particle as in its training")
+    elif args.particle_diameter is not None:
+        notes.append("--particle-diameter is unused: only the learned comparison (--comparison) takes it")
     images = read_particle_images(particles)
     as_images(images)  # refuses NaN or infinite pixels
     return images, pixel, (ctf, flipped), notes
@@ -101,7 +118,9 @@ def _run(args, images, pixel: float, ctf, out: Path, resume: bool):
     result = run_chain(images, pixel_size=pixel, ctf=ctf[0], phase_flipped=ctf[1], workdir=out, resume=resume,
                        force=args.force, stop_after="abinitio" if args.abinitio_only else None,
                        abinitio_options={"neighbors": args.neighbors, "landmarks": args.landmarks or None,
-                                         "accept": ("corners",) if args.accept_corners else ()},
+                                         "accept": ("corners",) if args.accept_corners else (),
+                                         "comparison": args.comparison,
+                                         "diameter": args.particle_diameter and args.particle_diameter / pixel},
                        global_options={"restarts": args.restarts},
                        refine_options={"rounds": args.rounds, "keep_best": not args.all_rounds},
                        seed=args.seed, device=torch_device(args.device), progress=not args.quiet)
@@ -155,6 +174,8 @@ def _write_report(args, particles, result, notes, reused, seconds: float, writte
              f"options: neighbors {args.neighbors}, landmarks {args.landmarks or 'all'}, restarts {args.restarts}, "
              f"rounds {args.rounds}{' (all)' if args.all_rounds else ''}, "
              f"seed {args.seed}{', abinitio only' if args.abinitio_only else ''}"
+             f"{f', learned comparison {args.comparison}' if args.comparison else ''}"
+             f"{f', particle diameter {args.particle_diameter:g} Å' if args.particle_diameter else ''}"
              f"{', corners accepted' if args.accept_corners else ''}", *notes, *result.summary(),
              f"verdict: determined {ab.determined}; spectral gap {ab.spectral_gap:.4f}, spread {ab.spread:.4f}, "
              f"null edge {ab.null_edge:.4f}",

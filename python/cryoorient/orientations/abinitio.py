@@ -407,7 +407,8 @@ def frames_from_neighbors(index: Tensor, angle: Tensor, *, restarts: int = 8, it
 def estimate_orientations(images, *, ctf=None, centre: bool = True, max_shift: float | None = None,
                           accept=(), neighbors: int = 10, n_rings: int | None = None, n_angles: int = 128,
                           hub_k: int = 10, candidates: int = 64, restarts: int = 8, landmarks: int | None = 5000,
-                          seed: int = 0, device="cpu", progress: bool = False) -> AbInitioResult:
+                          comparison: str | None = None, diameter: float | None = None, seed: int = 0, device="cpu",
+                          progress: bool = False) -> AbInitioResult:
     """Orientations of particle images ``images`` (P, n, n), from the images alone.
 
     Steps 0–6 of the module docstring. ``ctf``: None for CTF-free (or already phase-flipped)
@@ -419,21 +420,34 @@ def estimate_orientations(images, *, ctf=None, centre: bool = True, max_shift: f
     (None: no limit), the graph is built on that many randomly chosen (``seed``) landmark images
     and their mirrors only, and every other image then takes the frame its neighbours among them
     imply, z_i = nearest frame of Σ_k e^{iα_ik} z_{j_k}: the all-pairs comparison costs P·landmarks
-    instead of P², and the dense eigendecomposition stays at 2·landmarks. Returns an
+    instead of P², and the dense eigendecomposition stays at 2·landmarks. ``comparison``: None for the
+    hand-made comparison of step 1, else the weights file of a learned one
+    (:func:`~.learned_comparison.learned_rotational_neighbors`, which replaces step 1 and the hub
+    correction; ``n_rings`` and ``n_angles`` are then unused), seeing a window fitted to a particle of
+    ``diameter`` pixels (None: the whole image). Returns an
     :class:`AbInitioResult` (``neighbors``, ``angles``, ``scores`` index landmark nodes then); the
     orientations are defined up to a global rotation and the hand of the map.
     """
     t0 = time.perf_counter()
     P = len(images)
     check_counts(P, neighbors=neighbors, landmarks=landmarks)
+    if comparison is not None:
+        from .learned_comparison import learned_rotational_neighbors, load_comparison
+
+        net = load_comparison(comparison, device)  # a file that is not one is refused before any work
     x, shifts, warnings = prepare_images(images, ctf, centre=centre, max_shift=max_shift, accept=accept,
                                          device=device)
     ref = None
     if landmarks is not None and P > landmarks:
         ref = torch.randperm(P, generator=torch.Generator().manual_seed(seed))[:landmarks].sort().values
-    index, angle, score = rotational_neighbors(x, neighbors=neighbors, n_rings=n_rings, n_angles=n_angles,
-                                               hub_k=hub_k, candidates=candidates, reference=ref, seed=seed,
-                                               device=device, progress=progress)
+    if comparison is None:
+        index, angle, score = rotational_neighbors(x, neighbors=neighbors, n_rings=n_rings, n_angles=n_angles,
+                                                   hub_k=hub_k, candidates=candidates, reference=ref, seed=seed,
+                                                   device=device, progress=progress)
+    else:
+        index, angle, score = learned_rotational_neighbors(x, net, diameter=diameter, neighbors=neighbors,
+                                                           hub_k=hub_k, candidates=candidates, reference=ref,
+                                                           device=device, progress=progress)
     del x
     rows = torch.arange(2 * P) if ref is None else torch.cat([ref, ref + P])  # landmarks and mirrors, node order
     z, ev, resid = frames_from_neighbors(index[rows], angle[rows], restarts=restarts, seed=seed, device=device)

@@ -8,16 +8,21 @@ projections of any protein (it starts as, and can stay, the image itself).
 Conventions
 -----------
 * Input: particle images (P, n, n) phase-flipped by their CTF and centred
-  (``orientations.preprocess.prepare_images``), Fourier-cropped to ``crop``² (the band scales with
-  the box: train and use with particles of similar size in the box) and sampled on ``rings`` rings
+  (``orientations.preprocess.prepare_images``), cut to a central window of diameter/``fill`` pixels
+  (the particle's diameter in pixels, :func:`particle_diameter`; ``fill`` the network's own, ``FILL``
+  by default; no window when either is None), so that every particle fills the same fraction of what
+  the network sees, then Fourier-cropped to
+  ``crop``² and sampled on ``rings`` rings
   (radii 1 … ``rings`` pixels of the crop) × ``angles`` angles (counter-clockwise from +x, steps of
   2π/``angles``), standardised per image. The mirror image p(x, −y) is the polar image with the angle
   reversed.
 * Features G(p) (K, ``angles``): convolutions circular in the angle, so rotating the image by
   2πk/``angles`` rolls G by k; scaled to unit norm. Score s(i, j) = max over k of ⟨G_i, roll(G_j, k)⟩,
   in [−1, 1], symmetric.
-* Neighbours: nodes as ``orientations.abinitio.rotational_neighbors`` counts them: node j < P is
-  image j, node P + j its mirror image; an image is never its own neighbour nor its mirror's.
+* Neighbours: rows, nodes, angles and hub-corrected scores as ``orientations.abinitio.rotational_neighbors``
+  returns them (node j < P is image j, node P + j its mirror image; an image is never its own
+  neighbour nor its mirror's), so that ``abinitio.estimate_orientations(comparison=weights)`` builds its
+  graph from them.
 * Training (:func:`train_comparison`): pairs of projections of one protein whose views are at most
   ``max_deg`` apart (the second turned in plane at random), each with its own CTF, shift N(0, 3 px)
   clipped at 10 px and white noise at an SNR uniform in ``snr`` dB (SNR: variance of the clean
@@ -41,12 +46,14 @@ from ..imaging.ctf import ctf_2d, phase_flip, random_defocus
 from ..imaging.project import FourierProjector
 from ..imaging.shift import shift_images
 from ..learning.model import atomic_save
+from .preprocess import _parabolic_peak, as_images, centre_particles
 
-__all__ = ["ComparisonNet", "polar_images", "mirror", "rotation_max", "learned_neighbours", "load_comparison",
-           "train_comparison", "particle_pixel_size"]
+__all__ = ["ComparisonNet", "polar_images", "mirror", "rotation_max", "learned_rotational_neighbors",
+           "learned_neighbours", "load_comparison",
+           "train_comparison", "particle_pixel_size", "particle_diameter"]
 
-#: Pixel sizes (Å) of the atomic models in training and in the benches, and the fraction of the box the
-#: particle's diameter fills.
+#: Pixel sizes (Å) of the atomic models in training and in the benches, and the fraction of the box (or of
+#: the network's window) the particle's diameter fills.
 PIXEL_RANGE = (1.5, 2.0)
 FILL = 0.75
 
@@ -58,13 +65,34 @@ def particle_pixel_size(xyz, weights, size: int) -> float:
     return float(np.clip(diameter / (FILL * size), *PIXEL_RANGE))
 
 
-def polar_images(x: Tensor, crop: int, rings: int, angles: int) -> Tensor:
-    """Images (B, n, n) -> Fourier-cropped to ``crop``², polar (B, 1, rings, angles), standardised per image."""
-    n = x.shape[-1]
-    if not (rings < crop // 2 and crop <= n):
-        raise ValueError(f"need rings < crop/2 and crop <= image size; got rings {rings}, crop {crop}, size {n}")
-    f = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
-    s = n // 2 - crop // 2
+def particle_diameter(volume, voxel: float, mass: float = 0.99) -> float:
+    """Diameter (Å) of a density map: twice the radius about its centre of mass that holds ``mass`` of its
+    positive density. The same rule for rendered atomic models and for maps."""
+    v = np.clip(np.asarray(volume, dtype=np.float64), 0, None)
+    grid = np.stack(np.meshgrid(*[np.arange(k, dtype=np.float64) for k in v.shape], indexing="ij"), -1)
+    centre = (grid * v[..., None]).sum((0, 1, 2)) / v.sum()
+    r = np.linalg.norm(grid - centre, axis=-1).ravel()
+    order = np.argsort(r)
+    held = np.cumsum(v.ravel()[order])
+    return 2 * float(r[order][np.searchsorted(held, mass * held[-1])]) * voxel
+
+
+def window_size(diameter, n: int, crop: int, fill: float | None = FILL) -> int:
+    """The central window (pixels) that a particle of ``diameter`` pixels fills to ``fill``, in [crop, n]; n if
+    either is None."""
+    return n if diameter is None or fill is None else int(min(n, max(crop, round(diameter / fill))))
+
+
+def polar_images(x: Tensor, crop: int, rings: int, angles: int, diameter: float | None = None,
+                 fill: float | None = FILL) -> Tensor:
+    """Images (B, n, n) -> central window for a particle of ``diameter`` pixels (:func:`window_size`), Fourier-cropped to ``crop``², polar (B, 1, rings, angles), standardised per image."""
+    if not (rings < crop // 2 and crop <= x.shape[-1]):
+        raise ValueError(f"need rings < crop/2 and crop <= image size; got rings {rings}, crop {crop}, "
+                         f"size {x.shape[-1]}")
+    w = window_size(diameter, x.shape[-1], crop, fill)
+    c = x.shape[-1] // 2 - w // 2
+    f = torch.fft.fftshift(torch.fft.fft2(x[..., c:c + w, c:c + w]), dim=(-2, -1))
+    s = w // 2 - crop // 2
     x = torch.fft.ifft2(torch.fft.ifftshift(f[..., s:s + crop, s:s + crop], dim=(-2, -1))).real
     r = torch.arange(1, rings + 1, dtype=x.dtype, device=x.device)
     th = torch.arange(angles, dtype=x.dtype, device=x.device) * (2 * math.pi / angles)
@@ -94,12 +122,14 @@ class ComparisonNet(nn.Module):
     ``depth`` 3 × 3 convolutions of ``width`` channels (circular in the angle, zero-padded in the
     radius) and a 1 × 1 one to ``features`` channels, beside the input weighted per ring; each row's
     mean over the angle is removed in a learned proportion. Rotation-equivariant (module docstring).
+    ``fill``: the fraction of its window a particle's diameter fills (None: the whole image, always).
     """
 
     def __init__(self, crop: int = 32, rings: int = 15, angles: int = 32, width: int = 16, depth: int = 5,
-                 features: int = 8):
+                 features: int = 8, fill: float | None = FILL):
         super().__init__()
-        self.config = dict(crop=crop, rings=rings, angles=angles, width=width, depth=depth, features=features)
+        self.config = dict(crop=crop, rings=rings, angles=angles, width=width, depth=depth, features=features,
+                           fill=fill)
         layers = [_Conv(1, width)] + [_Conv(width, width) for _ in range(depth - 1)]
         self.body = nn.Sequential(*layers, nn.Conv2d(width, features, 1))
         self.ring_weight = nn.Parameter(torch.ones(rings))
@@ -111,16 +141,21 @@ class ComparisonNet(nn.Module):
         h = h - torch.sigmoid(self.dc)[None, :, None] * h.mean(-1, keepdim=True)
         return h / h.flatten(1).norm(dim=1)[:, None, None].clamp(min=1e-6)
 
-    def embed(self, images: Tensor) -> Tensor:
-        """Features of centred, phase-flipped images (B, n, n)."""
+    def polar(self, images: Tensor, diameter: float | None = None) -> Tensor:
+        """The network's input from centred, phase-flipped images (B, n, n) of particles of ``diameter`` px."""
         c = self.config
-        return self(polar_images(images, c["crop"], c["rings"], c["angles"]))
+        return polar_images(images, c["crop"], c["rings"], c["angles"], diameter, c["fill"])
 
 
 def rotation_max(fa: Tensor, fb: Tensor) -> Tensor:
     """Scores (A, B): max over k of ⟨fa_i, roll(fb_j, k)⟩ for features fa (A, K, n), fb (B, K, n)."""
+    return _correlations(fa, fb).amax(-1)
+
+
+def _correlations(fa: Tensor, fb: Tensor) -> Tensor:
+    """(A, B, n): ⟨fa_i, roll(fb_j, k)⟩ for every roll k, through an FFT over the angle."""
     cross = torch.einsum("ikf,jkf->ijf", torch.fft.rfft(fa, dim=-1), torch.fft.rfft(fb, dim=-1).conj())
-    return torch.fft.irfft(cross, n=fa.shape[-1], dim=-1).amax(-1)
+    return torch.fft.irfft(cross, n=fa.shape[-1], dim=-1)
 
 
 def load_comparison(path, device="cpu") -> ComparisonNet:
@@ -136,35 +171,74 @@ def load_comparison(path, device="cpu") -> ComparisonNet:
     return net.to(device).eval()
 
 
-def learned_neighbours(images, weights, neighbors: int = 10, device="cpu", chunk: int = 128) -> Tensor:
-    """Nodes (P, neighbors) of each image's best-scored partners (module docstring), best first.
+def learned_rotational_neighbors(images, weights, *, diameter: float | None = None, neighbors: int = 10,
+                                 hub_k: int = 10, candidates: int = 64, reference=None, device="cpu",
+                                 progress: bool = False, chunk: int = 128) -> tuple[Tensor, Tensor, Tensor]:
+    """``(index, angle, score)`` (2P, neighbors) as ``abinitio.rotational_neighbors`` returns them, from the learned
+    comparison.
 
-    ``images`` (P, n, n): centred particle images, phase-flipped by their CTFs (as
-    ``rotational_neighbors`` takes them: ``preprocess.prepare_images``); ``weights``: a
-    :func:`load_comparison` network or the path of one.
+    ``images`` (P, n, n): centred particle images, phase-flipped by their CTFs
+    (``preprocess.prepare_images``); ``weights``: a :func:`load_comparison` network or the path of one;
+    ``diameter``: the particle's, in pixels (:func:`particle_diameter`; None: the whole image). Rows: the
+    P images, then their mirror images; nodes: the ``reference`` images (default all), then their
+    mirror images; no row's own image or mirror is its neighbour. ``angle`` (radians) rotates the node's
+    image onto the row's (the best roll, refined by a parabola). Scores are hub-corrected as the
+    hand-made ones: 2·s_uv − r_u − r_v over each row's ``candidates`` best raw scores, r the mean of a
+    row's ``hub_k`` best (a node's r is its row's); ``hub_k`` 0 ranks the raw scores.
     """
     net = weights if isinstance(weights, ComparisonNet) else load_comparison(weights, device)
-    x = torch.as_tensor(images, dtype=torch.float32, device=device)
+    x = as_images(images, device)
     P = x.shape[0]
-    if not 1 <= neighbors <= 2 * P - 2:
-        raise ValueError(f"neighbors must be in [1, {2 * P - 2}] for {P} images; got {neighbors}")
+    ref = torch.arange(P) if reference is None else torch.as_tensor(reference).long().flatten().cpu()
+    L = ref.numel()
+    if not 1 <= neighbors <= 2 * L - 2 or hub_k < 0:
+        raise ValueError(f"need 1 <= neighbors <= {2 * L - 2} (twice the reference images less 2) and hub_k >= 0; "
+                         f"got neighbors {neighbors}, hub_k {hub_k}")
+    C = min(max(candidates, neighbors, hub_k), 2 * L - 2)
+    own = torch.full((P,), -1, dtype=torch.long, device=x.device)
+    own[ref.to(x.device)] = torch.arange(L, device=x.device)
+    step = 2 * math.pi / net.config["angles"]
     with torch.no_grad():
         z, zm = [], []
         for s in range(0, P, 1024):
-            p = polar_images(x[s:s + 1024], net.config["crop"], net.config["rings"], net.config["angles"])
+            p = net.polar(x[s:s + 1024], diameter)
             z.append(net(p))
             zm.append(net(mirror(p)))
-        z = torch.cat(z)
-        nodes = torch.cat([z, torch.cat(zm)])
-        out = []
-        for s in range(0, P, chunk):
-            e = min(P, s + chunk)
-            sim = rotation_max(z[s:e], nodes)
-            i = torch.arange(s, e, device=sim.device)
-            sim[i - s, i] = -math.inf
-            sim[i - s, i + P] = -math.inf
-            out.append(sim.topk(neighbors, dim=1).indices)
-    return torch.cat(out).cpu()
+        rows = torch.cat(z + zm)
+        del z, zm
+        nodes = torch.cat([rows[ref.to(x.device)], rows[ref.to(x.device) + P]])
+        score = torch.empty(2 * P, C, device=x.device)
+        angle = torch.empty(2 * P, C, device=x.device)
+        index = torch.empty(2 * P, C, dtype=torch.long, device=x.device)
+        starts = range(0, 2 * P, chunk)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="learned comparison", unit="chunk")
+        for s in starts:
+            e = min(2 * P, s + chunk)
+            v, k = _parabolic_peak(_correlations(rows[s:e], nodes).permute(2, 0, 1))
+            o = own[torch.arange(s, e, device=x.device) % P]
+            mine = (o >= 0).nonzero().flatten()
+            v[mine, o[mine]] = -math.inf
+            v[mine, o[mine] + L] = -math.inf
+            score[s:e], index[s:e] = v.topk(C, dim=1)
+            angle[s:e] = k.gather(1, index[s:e]) * step
+        if hub_k:
+            hub = score[:, :hub_k].mean(1)
+            hub_node = torch.cat([hub[ref.to(x.device)], hub[ref.to(x.device) + P]])
+            score = 2 * score - hub[:, None] - hub_node[index]
+        best, order = score.topk(neighbors, dim=1)
+    wrap = lambda a: torch.remainder(a + math.pi, 2 * math.pi) - math.pi  # noqa: E731
+    return index.gather(1, order).cpu(), wrap(angle.gather(1, order)).cpu(), best.cpu()
+
+
+def learned_neighbours(images, weights, neighbors: int = 10, device="cpu", diameter: float | None = None,
+                       hub_k: int = 10, candidates: int = 64) -> Tensor:
+    """Nodes (P, neighbors) of each image's best-scored partners among all images and mirror images, best
+    first: the image rows of :func:`learned_rotational_neighbors` (the same arguments)."""
+    return learned_rotational_neighbors(images, weights, diameter=diameter, neighbors=neighbors, hub_k=hub_k,
+                                        candidates=candidates, device=device)[0][:len(images)]
 
 
 def _small_rotations(n: int, max_deg: float, g: torch.Generator) -> Tensor:
@@ -188,8 +262,6 @@ def _in_plane(psi: Tensor) -> Tensor:
 def render_pairs(projector: FourierProjector, pixel_size: float, n: int, g: torch.Generator, snr=(-20.0, -12.0),
                  max_deg: float = 8.0) -> tuple[Tensor, Tensor]:
     """Two stacks (n, size, size) of centred, phase-flipped noisy images whose views are <= ``max_deg`` apart."""
-    from .preprocess import centre_particles
-
     dev, size = projector.device, projector.size
     A0 = quat_to_matrix(random_quaternions(n, generator=g, dtype=torch.float64))
     A1 = _in_plane(torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi) @ A0 @ _small_rotations(
@@ -207,11 +279,10 @@ def render_pairs(projector: FourierProjector, pixel_size: float, n: int, g: torc
     return x[:n], x[n:]
 
 
-def _loss(net: ComparisonNet, xa: Tensor, xb: Tensor, groups: int) -> Tensor:
-    c = net.config
-    pa, pb = (polar_images(x, c["crop"], c["rings"], c["angles"]) for x in (xa, xb))
+def _loss(net: ComparisonNet, pa: Tensor, pb: Tensor, groups: int) -> Tensor:
+    """InfoNCE of polar images pa, pb (n, 1, rings, angles), ``groups`` proteins of n/groups pairs each."""
     z = net(torch.cat([pa, pb, mirror(pb)]))
-    n, m = xa.shape[0], xa.shape[0] // groups
+    n, m = pa.shape[0], pa.shape[0] // groups
     tau, loss = net.log_tau.exp(), 0.0
     for s in range(0, n, m):
         a, b, bm = z[s:s + m], z[n + s:n + s + m], z[2 * n + s:2 * n + s + m]
@@ -225,7 +296,8 @@ def _loss(net: ComparisonNet, xa: Tensor, xb: Tensor, groups: int) -> Tensor:
 def train_comparison(maps, out, *, steps: int, size: int, proteins_per_step: int = 6, pairs: int = 48,
                      lr: float = 2e-3, seed: int = 0, checkpoint_every: int = 100, resume: bool = False,
                      device="cpu", net_options: dict | None = None, progress: bool = False) -> Path:
-    """Train a :class:`ComparisonNet` on ``maps`` [(volume (size³ array), pixel size Å)]; returns ``out``/weights.pt.
+    """Train a :class:`ComparisonNet` on ``maps`` [(volume (size³ array), pixel size Å, particle diameter Å)];
+    returns ``out``/weights.pt.
 
     Each step renders ``pairs`` pairs of each of ``proteins_per_step`` maps drawn at random (module
     docstring); AdamW, learning rate ``lr`` with a 100-step warm-up and a cosine decay to 0 at
@@ -262,9 +334,10 @@ def train_comparison(maps, out, *, steps: int, size: int, proteins_per_step: int
             if m not in projectors:
                 projectors[m] = FourierProjector(torch.as_tensor(np.asarray(maps[m][0], np.float32), device=dev),
                                                  size, 2.0, "linear")
-            a, b = render_pairs(projectors[m], maps[m][1], pairs, g)
-            xa.append(a)
-            xb.append(b)
+            vol, px, diameter = maps[m]
+            a, b = render_pairs(projectors[m], px, pairs, g)
+            xa.append(net.polar(a, diameter / px))
+            xb.append(net.polar(b, diameter / px))
         net.train()
         loss = _loss(net, torch.cat(xa), torch.cat(xb), len(xa))
         opt.zero_grad()
