@@ -34,6 +34,9 @@ its 10 best-scored partners whose true viewing direction (−v for a mirror-imag
 10° of its own; the mean over images. ``chance`` is (1 − cos 10°)/2, ``ceiling`` the precision of
 the true 10 nearest nodes (below 1 when P is too small for 10 views within 10°). Rows sorted worst
 protein first (lowest precision over its SNRs); every case is a row of ``--out``/results.csv.
+``--orientations`` also runs the ab initio stage on each graph (``estimate_orientations`` with every
+image a landmark and the hand-made or learned comparison): E_OR, the share more than 0.3 rad wrong
+and the verdict, so that a better graph is seen to give better orientations (or not).
 """
 
 from __future__ import annotations
@@ -57,11 +60,13 @@ from cryoorient.orientations.learned_comparison import particle_diameter, partic
 from cryoorient.learning.generator import protein_density, random_protein  # noqa: E402
 from cryoorient.learning.neighbours import neighbour_precision, true_neighbours  # noqa: E402
 from cryoorient.learning.synthetic import EVALUATION_SEEDS, HELD_OUT  # noqa: E402
+from cryoorient.orientations.abinitio import estimate_orientations  # noqa: E402
+from cryoorient.orientations.align import align_orientations  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_PROTEINS = ["5j0n", *HELD_OUT, "gen:0", "gen:1"]
 COLUMNS = ["protein", "pixel_A", "snr_db", "P", "size", "diameter_px", "comparison", "precision", "chance", "ceiling", "seconds",
-           "simulation_seconds"]
+           "simulation_seconds", "E_OR_abinitio", "wrong_abinitio", "determined"]
 
 
 def handmade(images, ctf, neighbors: int, device, diameter=None):
@@ -120,7 +125,8 @@ def proteins(args) -> list[tuple[str, object, float | None]]:
 
 
 def run_case(name, source, pixel, args, snr, compares: dict, device) -> list[dict]:
-    """One simulation of the case, scored by every comparison of ``compares`` {label: function}."""
+    """One simulation of the case, scored by every comparison of ``compares`` {label: (function, options of
+    estimate_orientations or None)}; with ``--orientations`` the ab initio stage runs with each comparison."""
     t0 = time.perf_counter()
     images, q_true, _, ctf, voxel = simulate_case(source, pixel, args, snr, args.seed, device)
     sim_seconds = time.perf_counter() - t0
@@ -128,7 +134,7 @@ def run_case(name, source, pixel, args, snr, compares: dict, device) -> list[dic
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ceiling = neighbour_precision(true_neighbours(q_true, args.neighbors), q_true, k=args.neighbors)
     rows = []
-    for label, compare in compares.items():
+    for label, (compare, ab_opts) in compares.items():
         sync()
         t0 = time.perf_counter()
         index = compare(images, ctf, args.neighbors, device, diameter)
@@ -136,7 +142,15 @@ def run_case(name, source, pixel, args, snr, compares: dict, device) -> list[dic
         rows.append({"protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "P": args.P, "size": args.size,
                      "diameter_px": round(diameter, 1), "comparison": label, "precision": neighbour_precision(index, q_true, k=args.neighbors),
                      "chance": (1 - math.cos(math.radians(10))) / 2, "ceiling": ceiling,
-                     "seconds": time.perf_counter() - t0, "simulation_seconds": sim_seconds})
+                     "seconds": time.perf_counter() - t0, "simulation_seconds": sim_seconds,
+                     "E_OR_abinitio": math.nan, "wrong_abinitio": math.nan, "determined": ""})
+        if args.orientations and ab_opts is not None:
+            if "comparison" in ab_opts:
+                ab_opts = {**ab_opts, "diameter": diameter}
+            res = estimate_orientations(images, ctf=ctf, landmarks=None, seed=args.seed, device=device, **ab_opts)
+            errors = align_orientations(q_true, res.quaternions).errors
+            rows[-1].update(E_OR_abinitio=float(errors.mean()), wrong_abinitio=float((errors > 0.3).double().mean()),
+                            determined=res.determined)
     return rows
 
 
@@ -176,6 +190,9 @@ def parse_args(argv=None):
     p.add_argument("--weights", help="--comparison learned: the network (cryoorient train_comparison's weights.pt)")
     p.add_argument("--hub-k", type=int, nargs="+", default=[10],
                    help="--comparison learned: hub corrections to score, one column each (0: raw scores; default 10)")
+    p.add_argument("--orientations", action="store_true",
+                   help="also run the ab initio stage (estimate_orientations, every image a landmark) with each "
+                        "hand-made or learned comparison: its E_OR, share wrong (> 0.3 rad) and verdict")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="results/neighbour_precision", help="folder for results.csv")
     return p.parse_args(argv)
@@ -190,7 +207,8 @@ def main(argv=None) -> int:
     compares = {}
     for name in args.comparison:
         for k in (args.hub_k if name == "learned" else [None]):
-            compares[name if k is None else f"{name} hub {k}"] = comparison(name, args.weights, k or 0)
+            ab_opts = {"hub_k": k, "comparison": args.weights} if name == "learned" else {} if name == "handmade" else None
+            compares[name if k is None else f"{name} hub {k}"] = (comparison(name, args.weights, k or 0), ab_opts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cases = proteins(args)
@@ -203,8 +221,9 @@ def main(argv=None) -> int:
             for row in run_case(prot, source, pixel, args, snr, compares, device):
                 rows.append(row)
                 print(f"{prot} {snr:.0f} dB, {row['comparison']}: precision {row['precision']:.3f} (ceiling "
-                      f"{row['ceiling']:.3f}), {row['seconds']:.1f} s (simulation {row['simulation_seconds']:.1f} s)",
-                      flush=True)
+                      f"{row['ceiling']:.3f}), {row['seconds']:.1f} s (simulation {row['simulation_seconds']:.1f} s)"
+                      + (f"; ab initio E_OR {row['E_OR_abinitio']:.3f}, {row['wrong_abinitio']:.1%} wrong, "
+                         f"determined {row['determined']}" if row["determined"] != "" else ""), flush=True)
             tmp = out / ".results.csv.part"
             with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=COLUMNS)

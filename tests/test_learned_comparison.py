@@ -229,3 +229,18 @@ def test_ab_initio_builds_its_graph_from_a_learned_comparison(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a network")
     with pytest.raises(ValueError, match="not a learned comparison"):
         estimate_orientations(images, comparison=tmp_path / "junk.pt")
+
+
+def test_the_benchs_network_loads_and_scores_as_recorded():
+    """bench/weights/learned_comparison_h200_step900.pt (bench/README.md's session-16 figures): its configuration
+    and its scores of four blob images, as recorded when it was measured."""
+    from pathlib import Path
+
+    net = lc.load_comparison(Path(__file__).resolve().parents[1] / "bench" / "weights"
+                             / "learned_comparison_h200_step900.pt")
+    assert net.config == dict(crop=48, rings=23, angles=48, width=32, depth=6, features=8, fill=None)
+    with torch.no_grad():
+        z = net(net.polar(_blobs(4, 64, seed=11)))
+        s = lc.rotation_max(z, z)
+    got = [float(s[i, j]) for i, j in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))]
+    assert got == pytest.approx([0.375, 0.3111, 0.3537, 0.4119, 0.5363, 0.6256], abs=2e-4)
