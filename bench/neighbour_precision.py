@@ -26,7 +26,8 @@ defaults): ``prepare_images`` (phase flip by the true CTFs, centring) then
 and the hub correction of ``--hub-k`` (0: raw scores)
 (``cryoorient train_comparison``; the same phase flip and centring). Another comparison is
 ``module:function`` taking ``(images (P, n, n) on the device, ctf(indices, size), neighbors,
-device, diameter)`` (the particle's diameter in pixels, ``particle_diameter`` of the simulated map) and returning neighbour nodes (P or 2P, ≥ neighbors) as ``rotational_neighbors`` does
+device, diameter)`` (the particle's diameter in pixels, ``particle_diameter`` of the simulated map) and
+returning neighbour nodes (P or 2P, ≥ neighbors) as ``rotational_neighbors`` does
 (node r < P: image r; node P + r: its mirror image).
 
 Metric (``cryoorient.learning.neighbours.neighbour_precision``): for each image, the fraction of
@@ -65,8 +66,8 @@ from cryoorient.orientations.align import align_orientations  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_PROTEINS = ["5j0n", *HELD_OUT, "gen:0", "gen:1"]
-COLUMNS = ["protein", "pixel_A", "snr_db", "P", "size", "diameter_px", "comparison", "precision", "chance", "ceiling", "seconds",
-           "simulation_seconds", "E_OR_abinitio", "wrong_abinitio", "determined"]
+COLUMNS = ["protein", "pixel_A", "snr_db", "P", "size", "diameter_px", "comparison", "precision", "chance", "ceiling",
+           "seconds", "simulation_seconds", "E_OR_abinitio", "wrong_abinitio", "determined"]
 
 
 def handmade(images, ctf, neighbors: int, device, diameter=None):
@@ -140,7 +141,8 @@ def run_case(name, source, pixel, args, snr, compares: dict, device) -> list[dic
         index = compare(images, ctf, args.neighbors, device, diameter)
         sync()
         rows.append({"protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "P": args.P, "size": args.size,
-                     "diameter_px": round(diameter, 1), "comparison": label, "precision": neighbour_precision(index, q_true, k=args.neighbors),
+                     "diameter_px": round(diameter, 1), "comparison": label,
+                     "precision": neighbour_precision(index, q_true, k=args.neighbors),
                      "chance": (1 - math.cos(math.radians(10))) / 2, "ceiling": ceiling,
                      "seconds": time.perf_counter() - t0, "simulation_seconds": sim_seconds,
                      "E_OR_abinitio": math.nan, "wrong_abinitio": math.nan, "determined": ""})
@@ -207,7 +209,8 @@ def main(argv=None) -> int:
     compares = {}
     for name in args.comparison:
         for k in (args.hub_k if name == "learned" else [None]):
-            ab_opts = {"hub_k": k, "comparison": args.weights} if name == "learned" else {} if name == "handmade" else None
+            ab_opts = ({"hub_k": k, "comparison": args.weights} if name == "learned"
+                       else {} if name == "handmade" else None)  # None: no ab initio stage for module:function
             compares[name if k is None else f"{name} hub {k}"] = (comparison(name, args.weights, k or 0), ab_opts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     for flag, default in (("crop", 32), ("rings", 15), ("angles", 32), ("width", 16), ("depth", 5), ("features", 8)):
         net.add_argument(f"--{flag}", type=int, default=default, help=f"(default {default})")
     net.add_argument("--fill", type=float, default=0.75,
-                     help="fraction of the network's window a particle's diameter fills (0: the whole image; default 0.75)")
+                     help="fraction of the network's window a particle's diameter fills (0: the whole image; "
+                          "default 0.75)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="processes rendering the training maps (default: up to 8)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
@@ -70,8 +71,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def training_maps(structures, generated: int, size: int, progress: bool = False, workers: int = 1) -> list:
-    """[(volume (size³), pixel size Å, diameter Å)] of the training models of ``structures`` and ``generated`` proteins,
-    rendered by ``workers`` processes."""
+    """[(volume (size³), pixel size Å, diameter Å)] of the training models of ``structures`` and ``generated``
+    proteins, rendered by ``workers`` processes."""
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
     from multiprocessing import get_context

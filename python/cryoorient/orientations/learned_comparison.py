@@ -11,8 +11,7 @@ Conventions
   (``orientations.preprocess.prepare_images``), cut to a central window of diameter/``fill`` pixels
   (the particle's diameter in pixels, :func:`particle_diameter`; ``fill`` the network's own, ``FILL``
   by default; no window when either is None), so that every particle fills the same fraction of what
-  the network sees, then Fourier-cropped to
-  ``crop``² and sampled on ``rings`` rings
+  the network sees, then Fourier-cropped to ``crop``² and sampled on ``rings`` rings
   (radii 1 … ``rings`` pixels of the crop) × ``angles`` angles (counter-clockwise from +x, steps of
   2π/``angles``), standardised per image. The mirror image p(x, −y) is the polar image with the angle
   reversed.
@@ -50,7 +49,7 @@ from .preprocess import _parabolic_peak, as_images, centre_particles
 
 __all__ = ["ComparisonNet", "polar_images", "mirror", "rotation_max", "learned_rotational_neighbors",
            "learned_neighbours", "load_comparison",
-           "train_comparison", "particle_pixel_size", "particle_diameter"]
+           "train_comparison", "particle_pixel_size", "particle_diameter", "window_size"]
 
 #: Pixel sizes (Å) of the atomic models in training and in the benches, and the fraction of the box (or of
 #: the network's window) the particle's diameter fills.
@@ -85,7 +84,8 @@ def window_size(diameter, n: int, crop: int, fill: float | None = FILL) -> int:
 
 def polar_images(x: Tensor, crop: int, rings: int, angles: int, diameter: float | None = None,
                  fill: float | None = FILL) -> Tensor:
-    """Images (B, n, n) -> central window for a particle of ``diameter`` pixels (:func:`window_size`), Fourier-cropped to ``crop``², polar (B, 1, rings, angles), standardised per image."""
+    """Images (B, n, n) -> central window for a particle of ``diameter`` pixels (:func:`window_size`),
+    Fourier-cropped to ``crop``², polar (B, 1, rings, angles), standardised per image."""
     if not (rings < crop // 2 and crop <= x.shape[-1]):
         raise ValueError(f"need rings < crop/2 and crop <= image size; got rings {rings}, crop {crop}, "
                          f"size {x.shape[-1]}")
