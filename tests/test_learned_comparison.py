@@ -202,8 +202,14 @@ def test_command_refusals(tmp_path, capsys):
     assert "nothing to train on" in capsys.readouterr().err and not (tmp_path / "none").exists()
     assert cli(base + ["-o", str(tmp_path / "bad"), "--rings", "9"]) == 2
     assert "rings" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert cli(base + ["-o", str(tmp_path / "bad"), "--fill", "1.5"]) == 2
+    assert "--fill must be in [0, 1]" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert cli(base + ["-o", str(tmp_path / "bad"), "--workers", "0"]) == 2
+    assert "--workers must be positive" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert cli(base + ["-o", str(tmp_path / "ok"), "--pairs", "3", "--proteins-per-step", "1"]) == 0
     assert lc.load_comparison(tmp_path / "ok" / "weights.pt").config["width"] == 2
+    assert cli(base + ["-o", str(tmp_path / "whole"), "--pairs", "3", "--proteins-per-step", "1", "--fill", "0"]) == 0
+    assert lc.load_comparison(tmp_path / "whole" / "weights.pt").config["fill"] is None
     with pytest.raises(ValueError, match="not a learned comparison"):
         lc.load_comparison(tmp_path / "ok" / "checkpoint.pt")
 
