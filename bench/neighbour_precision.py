@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from abinitio_realistic import simulate_case  # noqa: E402 - the same simulations
+from abinitio_realistic import FAILURE, simulate_case  # noqa: E402 - the same simulations and failure line
 
 from cryoorient.imaging.simulate import load_volume  # noqa: E402
 from cryoorient.orientations.learned_comparison import particle_diameter, particle_pixel_size  # noqa: E402
@@ -151,7 +151,7 @@ def run_case(name, source, pixel, args, snr, compares: dict, device) -> list[dic
                 ab_opts = {**ab_opts, "diameter": diameter}
             res = estimate_orientations(images, ctf=ctf, landmarks=None, seed=args.seed, device=device, **ab_opts)
             errors = align_orientations(q_true, res.quaternions).errors
-            rows[-1].update(E_OR_abinitio=float(errors.mean()), wrong_abinitio=float((errors > 0.3).double().mean()),
+            rows[-1].update(E_OR_abinitio=float(errors.mean()), wrong_abinitio=float((errors > FAILURE).double().mean()),
                             determined=res.determined)
     return rows
 
