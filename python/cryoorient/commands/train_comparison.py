@@ -93,22 +93,18 @@ def training_maps(structures, generated: int, size: int, progress: bool = False,
 
 def _render(item, size: int) -> tuple:
     """(volume (size³) float32, pixel size Å, diameter Å) of a model file or of the generated protein of seed
-    ``item``, at a pixel size drawn from the item (``training_pixel_size``)."""
-    import zlib
-
+    ``item``."""
     import numpy as np
 
     from ..imaging.simulate import load_volume
     from ..io import model_atoms
     from ..learning.generator import protein_density, random_protein
-    from ..orientations.learned_comparison import particle_diameter, training_pixel_size
+    from ..orientations.learned_comparison import particle_diameter, particle_pixel_size
 
     if isinstance(item, int):
         m = random_protein(item)
-        rng = np.random.default_rng([item, 0])
-        vol, vox = protein_density(m, size, training_pixel_size(m.coords, m.weights, size, rng))
+        vol, vox = protein_density(m, size, particle_pixel_size(m.coords, m.weights, size))
     else:
-        rng = np.random.default_rng([zlib.crc32(Path(item).name.encode()), 1])
-        vol, vox = load_volume(item, size, training_pixel_size(*model_atoms(item), size, rng))
+        vol, vox = load_volume(item, size, particle_pixel_size(*model_atoms(item), size))
     vol = np.asarray(vol, dtype=np.float32)
     return vol, float(vox), particle_diameter(vol, float(vox))

@@ -49,36 +49,19 @@ from .preprocess import _parabolic_peak, as_images, centre_particles
 
 __all__ = ["ComparisonNet", "polar_images", "mirror", "rotation_max", "learned_rotational_neighbors",
            "learned_neighbours", "load_comparison",
-           "train_comparison", "particle_pixel_size", "training_pixel_size",
-           "particle_diameter", "window_size"]
+           "train_comparison", "particle_pixel_size", "particle_diameter", "window_size"]
 
-#: Pixel sizes (Å) of the atomic models in the benches, and the fraction of the box (or of the network's
-#: window) the particle's diameter fills.
+#: Pixel sizes (Å) of the atomic models in training and in the benches, and the fraction of the box (or of
+#: the network's window) the particle's diameter fills.
 PIXEL_RANGE = (1.5, 2.0)
 FILL = 0.75
-#: Training spreads pixel sizes (Å, log-uniform) and box fills wider than the benches, so that CTF rings
-#: per pixel and detail per pixel of a map like 5j0n's (3.667 Å) are not new to the network.
-TRAINING_PIXEL_RANGE, TRAINING_FILL_RANGE = (1.2, 4.0), (0.2, 0.85)
-
-
-def _atoms_diameter(xyz, weights) -> float:
-    """Twice the largest distance (Å) of an atom from the weighted centre."""
-    xyz, w = np.asarray(xyz, dtype=np.float64), np.asarray(weights, dtype=np.float64)
-    return 2 * float(np.linalg.norm(xyz - (w[:, None] * xyz).sum(0) / w.sum(), axis=1).max())
 
 
 def particle_pixel_size(xyz, weights, size: int) -> float:
     """The pixel size (Å) that makes the atoms' diameter ``FILL`` of a ``size`` box, clipped to ``PIXEL_RANGE``."""
-    return float(np.clip(_atoms_diameter(xyz, weights) / (FILL * size), *PIXEL_RANGE))
-
-
-def training_pixel_size(xyz, weights, size: int, rng: np.random.Generator) -> float:
-    """A pixel size (Å) drawn log-uniformly from ``TRAINING_PIXEL_RANGE``, then moved (if needed) so that
-    the atoms' diameter fills ``TRAINING_FILL_RANGE`` of a ``size`` box."""
-    diameter = _atoms_diameter(xyz, weights)
-    px = float(np.exp(rng.uniform(*np.log(TRAINING_PIXEL_RANGE))))
-    lo, hi = (diameter / (f * size) for f in TRAINING_FILL_RANGE[::-1])
-    return float(np.clip(px, lo, hi))
+    xyz, w = np.asarray(xyz, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    diameter = 2 * float(np.linalg.norm(xyz - (w[:, None] * xyz).sum(0) / w.sum(), axis=1).max())
+    return float(np.clip(diameter / (FILL * size), *PIXEL_RANGE))
 
 
 def particle_diameter(volume, voxel: float, mass: float = 0.99) -> float:
