@@ -8,7 +8,8 @@
 Proteins (``--proteins``; default 5j0n, the library models of
 ``cryoorient.learning.synthetic.HELD_OUT`` and two generated ones): 5j0n (``--map``, at its own
 voxel size); library models of ``--structures`` by stem, rendered at 1.5–2 Å/px (the pixel size
-that makes their diameter 3/4 of the box) at a resolution of 2 px; ``gen:S``, the generated
+that makes their diameter 3/4 of the box) at a resolution of 2 px (``--resolution`` Å instead: models
+that look like an EM map of that resolution); ``gen:S``, the generated
 protein ``random_protein(EVALUATION_SEEDS + S)`` (seeds no training uses), rendered likewise
 with its B-factors. Only held-out proteins are accepted unless ``--allow-training-proteins``.
 
@@ -66,7 +67,8 @@ from cryoorient.orientations.align import align_orientations  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_PROTEINS = ["5j0n", *HELD_OUT, "gen:0", "gen:1"]
-COLUMNS = ["protein", "pixel_A", "snr_db", "P", "size", "diameter_px", "comparison", "precision", "chance", "ceiling",
+COLUMNS = ["protein", "pixel_A", "model_resolution_A", "snr_db", "P", "size", "diameter_px", "comparison", "precision",
+           "chance", "ceiling",
            "seconds", "simulation_seconds", "E_OR_abinitio", "wrong_abinitio", "determined"]
 
 
@@ -114,14 +116,15 @@ def proteins(args) -> list[tuple[str, object, float | None]]:
         elif name.startswith("gen:"):
             model = random_protein(EVALUATION_SEEDS + int(name[4:]))
             px = particle_pixel_size(model.coords, model.weights, args.size)
-            out.append((name, protein_density(model, args.size, px), px))
+            out.append((name, protein_density(model, args.size, px, args.resolution), px))
         else:
             path = Path(args.structures) / f"{name}.cif"
             if not path.is_file():
                 sys.exit(f"neighbour_precision: no model {path}")
             from cryoorient.io import model_atoms
 
-            out.append((name, path, particle_pixel_size(*model_atoms(path), args.size)))
+            px = particle_pixel_size(*model_atoms(path), args.size)
+            out.append((name, load_volume(path, args.size, px, args.resolution) if args.resolution else path, px))
     return out
 
 
@@ -140,7 +143,8 @@ def run_case(name, source, pixel, args, snr, compares: dict, device) -> list[dic
         t0 = time.perf_counter()
         index = compare(images, ctf, args.neighbors, device, diameter)
         sync()
-        rows.append({"protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "P": args.P, "size": args.size,
+        rows.append({"protein": name, "pixel_A": round(voxel, 4), "model_resolution_A": args.resolution or "",
+                     "snr_db": snr, "P": args.P, "size": args.size,
                      "diameter_px": round(diameter, 1), "comparison": label,
                      "precision": neighbour_precision(index, q_true, k=args.neighbors),
                      "chance": (1 - math.cos(math.radians(10))) / 2, "ceiling": ceiling,
@@ -181,6 +185,8 @@ def parse_args(argv=None):
     p.add_argument("--proteins", nargs="+", default=DEFAULT_PROTEINS,
                    help=f"5j0n, library stems, gen:S (default {' '.join(DEFAULT_PROTEINS)})")
     p.add_argument("--allow-training-proteins", action="store_true", help="also accept proteins not held out")
+    p.add_argument("--resolution", type=float,
+                   help="render library and generated models at this resolution, Å (default: 2 px)")
     p.add_argument("--P", type=int, default=10000, help="images per case (default 10,000)")
     p.add_argument("--size", type=int, default=128, help="image edge, pixels (default 128)")
     p.add_argument("--snr", type=float, nargs="+", default=[-12.0, -16.0, -20.0], help="SNRs in dB")
