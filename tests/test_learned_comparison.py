@@ -136,9 +136,10 @@ def test_neighbours_of_clean_projections_are_true_neighbours_with_the_metrics_mi
     assert neighbour_precision((index + P) % (2 * P), q, within_deg=20) < 0.1
 
 
-def test_training_resumes_bit_for_bit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("near", [None, (15.0, 30.0)])
+def test_training_resumes_bit_for_bit(tmp_path, monkeypatch, near):
     maps = training_maps(None, 2, 32)
-    kw = dict(steps=4, size=32, proteins_per_step=2, pairs=4, checkpoint_every=2, net_options=TINY)
+    kw = dict(steps=4, size=32, proteins_per_step=2, pairs=4, checkpoint_every=2, net_options=TINY, near=near)
     saved = {}
     real_save = lc.atomic_save
 
@@ -159,8 +160,27 @@ def test_training_resumes_bit_for_bit(tmp_path, monkeypatch):
     assert any(not torch.equal(a[k], fresh[k]) for k in a if a[k].is_floating_point())  # it did train
     net = lc.load_comparison(full)
     assert net.config == {**TINY, "fill": lc.FILL} and not net.training
-    with pytest.raises(ValueError, match="another network or number of steps"):
+    with pytest.raises(ValueError, match="another network, number of steps or near misses"):
         lc.train_comparison(maps, tmp_path / "b", resume=True, **{**kw, "steps": 6})
+    with pytest.raises(ValueError, match="another network, number of steps or near misses"):
+        lc.train_comparison(maps, tmp_path / "b", resume=True, **{**kw, "near": None if near else (12.0, 20.0)})
+
+
+def test_near_misses_turn_the_view_by_the_angles_asked_and_leave_the_pairs_as_they_were():
+    g = torch.Generator().manual_seed(3)
+    view = torch.nn.functional.normalize(torch.randn(500, 3, generator=g, dtype=torch.float64), dim=1)
+    R = lc._small_rotations(500, 30.0, g, 15.0, view)
+    turned = torch.rad2deg(torch.arccos((R @ view[:, :, None])[:, :, 0].mul(view).sum(1).clamp(-1, 1)))
+    rotation = torch.rad2deg(torch.arccos(((R.diagonal(dim1=1, dim2=2).sum(1) - 1) / 2).clamp(-1, 1)))
+    torch.testing.assert_close(turned, rotation)  # the axis is perpendicular to the view: all of it turns the view
+    assert turned.min() >= 15 and turned.max() <= 30 and turned.max() - turned.min() > 13
+    free = lc._small_rotations(500, 30.0, g, 15.0)  # uniform axes: some turn the view by far less
+    assert torch.rad2deg(torch.arccos((free @ view[:, :, None])[:, :, 0].mul(view).sum(1).clamp(-1, 1))).min() < 10
+    vol, px, _ = training_maps(None, 1, 32)[0]
+    proj = lc.FourierProjector(torch.as_tensor(vol), 32, 2.0, "linear")
+    pairs = lc.render_pairs(proj, px, 6, torch.Generator().manual_seed(0))
+    a, b, c = lc.render_pairs(proj, px, 6, torch.Generator().manual_seed(0), near=(15.0, 30.0))
+    assert len(pairs) == 2 and torch.equal(pairs[0], a) and torch.equal(pairs[1], b) and c.shape == a.shape
 
 
 def test_the_generated_maps_are_sized_to_the_box_and_rendered_alike_by_several_processes():
@@ -204,6 +224,8 @@ def test_command_refusals(tmp_path, capsys):
     assert "rings" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert cli(base + ["-o", str(tmp_path / "bad"), "--fill", "1.5"]) == 2
     assert "--fill must be in [0, 1]" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert cli(base + ["-o", str(tmp_path / "bad"), "--near-misses", "5", "20"]) == 2
+    assert "--near-misses needs 10 < LO < HI" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert cli(base + ["-o", str(tmp_path / "bad"), "--workers", "0"]) == 2
     assert "--workers must be positive" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert cli(base + ["-o", str(tmp_path / "ok"), "--pairs", "3", "--proteins-per-step", "1"]) == 0

@@ -27,6 +27,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proteins-per-step", type=int, default=6, help="proteins in each batch (default 6)")
     p.add_argument("--pairs", type=int, default=48, help="pairs of each protein in each batch (default 48)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
+    p.add_argument("--near-misses", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="also train each image against a view LO–HI degrees from its own (LO > 10: no "
+                        "neighbour in the 10° sense; default: none)")
     net = p.add_argument_group("network (orientations.learned_comparison.ComparisonNet)")
     for flag, default in (("crop", 32), ("rings", 15), ("angles", 32), ("width", 16), ("depth", 5), ("features", 8)):
         net.add_argument(f"--{flag}", type=int, default=default, help=f"(default {default})")
@@ -53,6 +56,8 @@ def main(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"nothing to resume: {out / 'checkpoint.pt'} does not exist")
     if not 0 <= args.fill <= 1:
         raise ValueError(f"--fill must be in [0, 1] (0: the whole image); got {args.fill}")
+    if args.near_misses and not 10 < args.near_misses[0] < args.near_misses[1] <= 180:
+        raise ValueError(f"--near-misses needs 10 < LO < HI <= 180 degrees; got {args.near_misses}")
     if 2 * args.rings + 2 > args.crop or args.crop > args.size:
         raise ValueError(f"need 2·rings + 2 <= crop <= size; got rings {args.rings}, crop {args.crop}, size {args.size}")
     inputs = [args.structures] if args.structures else []
@@ -65,6 +70,7 @@ def main(args: argparse.Namespace) -> int:
     options["fill"] = args.fill or None
     weights = train_comparison(maps, out, steps=args.steps, size=args.size, proteins_per_step=args.proteins_per_step,
                                pairs=args.pairs, lr=args.lr, seed=args.seed, resume=args.resume,
+                               near=args.near_misses,
                                device=torch_device(args.device), net_options=options, progress=not args.quiet)
     print(f"learned comparison: {len(maps)} proteins, {args.steps} steps; weights: {weights}")
     return 0

@@ -26,7 +26,9 @@ Conventions
   ``max_deg`` apart (the second turned in plane at random), each with its own CTF, shift N(0, 3 px)
   clipped at 10 px and white noise at an SNR uniform in ``snr`` dB (SNR: variance of the clean
   CTF-affected image over the box / noise variance); InfoNCE with temperature τ (learned): each
-  image against the protein's other partners in the batch and their mirror images.
+  image against the protein's other partners in the batch and their mirror images, and optionally
+  (``near``) against near misses: views turned by ``near`` = (lo, hi) degrees from its own, which the
+  batch's random views seldom are, so that the network learns to rank a view 5° away above one 20° away.
 """
 
 from __future__ import annotations
@@ -241,10 +243,15 @@ def learned_neighbours(images, weights, neighbors: int = 10, device="cpu", diame
                                         candidates=candidates, device=device)[0][:len(images)]
 
 
-def _small_rotations(n: int, max_deg: float, g: torch.Generator) -> Tensor:
-    """Rotation matrices (n, 3, 3) float64 about uniform axes by angles uniform in [0, max_deg] (Rodrigues)."""
-    axis = F.normalize(torch.randn(n, 3, generator=g, dtype=torch.float64), dim=1)
-    ang = torch.rand(n, generator=g, dtype=torch.float64) * math.radians(max_deg)
+def _small_rotations(n: int, max_deg: float, g: torch.Generator, min_deg: float = 0.0,
+                     view: Tensor | None = None) -> Tensor:
+    """Rotation matrices (n, 3, 3) float64 by angles uniform in [min_deg, max_deg] (Rodrigues) about uniform
+    axes, or about axes perpendicular to the unit vectors ``view`` (n, 3), which they then turn by that angle."""
+    axis = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    if view is not None:
+        axis = torch.linalg.cross(view, axis)
+    axis = F.normalize(axis, dim=1)
+    ang = math.radians(min_deg) + torch.rand(n, generator=g, dtype=torch.float64) * math.radians(max_deg - min_deg)
     K = torch.zeros(n, 3, 3, dtype=torch.float64)
     K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
     K = K - K.transpose(1, 2)
@@ -260,53 +267,69 @@ def _in_plane(psi: Tensor) -> Tensor:
 
 
 def render_pairs(projector: FourierProjector, pixel_size: float, n: int, g: torch.Generator, snr=(-20.0, -12.0),
-                 max_deg: float = 8.0) -> tuple[Tensor, Tensor]:
-    """Two stacks (n, size, size) of centred, phase-flipped noisy images whose views are <= ``max_deg`` apart."""
-    dev, size = projector.device, projector.size
+                 max_deg: float = 8.0, near: tuple[float, float] | None = None) -> list[Tensor]:
+    """Two stacks (n, size, size) of centred, phase-flipped noisy images whose views are <= ``max_deg`` apart;
+    with ``near`` = (lo, hi) degrees a third, each view turned by lo–hi degrees from the first stack's
+    (near misses, negatives that random views seldom are)."""
     A0 = quat_to_matrix(random_quaternions(n, generator=g, dtype=torch.float64))
     A1 = _in_plane(torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi) @ A0 @ _small_rotations(
         n, max_deg, g).transpose(1, 2)
-    t = torch.randn(2 * n, 2, generator=g) * 3.0
+    x = _noisy_views(projector, torch.cat([A0, A1]), pixel_size, g, snr)
+    if near is None:
+        return [x[:n], x[n:]]
+    A2 = _in_plane(torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi) @ A0 @ _small_rotations(
+        n, near[1], g, near[0], A0[:, 2]).transpose(1, 2)
+    return [x[:n], x[n:], _noisy_views(projector, A2, pixel_size, g, snr)]
+
+
+def _noisy_views(projector: FourierProjector, A: Tensor, pixel_size: float, g: torch.Generator, snr) -> Tensor:
+    """Images of orientations ``A`` (m, 3, 3) with CTFs, shifts and noise at one SNR drawn from ``snr``
+    (module docstring), phase-flipped and centred."""
+    dev, size, m = projector.device, projector.size, A.shape[0]
+    t = torch.randn(m, 2, generator=g) * 3.0
     t = t * (10.0 / t.norm(dim=1, keepdim=True)).clamp(max=1.0)
-    u, v, ang = random_defocus(2 * n, 8000.0, 25000.0, 1000.0, generator=g)
-    clean = projector.images(torch.cat([A0, A1]).float().to(dev), t.to(dev),
-                             ctf_2d(projector.box, pixel_size, u, v, ang, device=dev))
+    u, v, ang = random_defocus(m, 8000.0, 25000.0, 1000.0, generator=g)
+    clean = projector.images(A.float().to(dev), t.to(dev), ctf_2d(projector.box, pixel_size, u, v, ang, device=dev))
     snr_db = snr[0] + (snr[1] - snr[0]) * float(torch.rand(1, generator=g, dtype=torch.float64))
     sigma = math.sqrt(float(clean.var(dim=(1, 2)).mean()) / 10 ** (snr_db / 10))
     x = clean + torch.randn(clean.shape, generator=g).to(dev) * sigma
     x = phase_flip(x, ctf_2d(size, pixel_size, u, v, ang, device=dev))
-    x = shift_images(x, -centre_particles(x).to(x.dtype))
-    return x[:n], x[n:]
+    return shift_images(x, -centre_particles(x).to(x.dtype))
 
 
-def _loss(net: ComparisonNet, pa: Tensor, pb: Tensor, groups: int) -> Tensor:
-    """InfoNCE of polar images pa, pb (n, 1, rings, angles), ``groups`` proteins of n/groups pairs each."""
-    z = net(torch.cat([pa, pb, mirror(pb)]))
+def _loss(net: ComparisonNet, pa: Tensor, pb: Tensor, groups: int, pc: Tensor | None = None) -> Tensor:
+    """InfoNCE of polar images pa, pb (n, 1, rings, angles), ``groups`` proteins of n/groups pairs each; each
+    image of pa also against the near misses ``pc`` (n, …) of its protein."""
+    z = net(torch.cat([pa, pb, mirror(pb)] + ([] if pc is None else [pc])))
     n, m = pa.shape[0], pa.shape[0] // groups
     tau, loss = net.log_tau.exp(), 0.0
     for s in range(0, n, m):
         a, b, bm = z[s:s + m], z[n + s:n + s + m], z[2 * n + s:2 * n + s + m]
         sab = rotation_max(a, b)
         tgt = torch.arange(m, device=z.device)
-        loss = loss + F.cross_entropy(torch.cat([sab, rotation_max(a, bm)], 1) / tau, tgt)
+        others = [sab, rotation_max(a, bm)] + ([] if pc is None else [rotation_max(a, z[3 * n + s:3 * n + s + m])])
+        loss = loss + F.cross_entropy(torch.cat(others, 1) / tau, tgt)
         loss = loss + F.cross_entropy(sab.T / tau, tgt)
     return loss / groups
 
 
 def train_comparison(maps, out, *, steps: int, size: int, proteins_per_step: int = 6, pairs: int = 48,
                      lr: float = 2e-3, seed: int = 0, checkpoint_every: int = 100, resume: bool = False,
-                     device="cpu", net_options: dict | None = None, progress: bool = False) -> Path:
+                     near: tuple[float, float] | None = None, device="cpu", net_options: dict | None = None,
+                     progress: bool = False) -> Path:
     """Train a :class:`ComparisonNet` on ``maps`` [(volume (size³ array), pixel size Å, particle diameter Å)];
     returns ``out``/weights.pt.
 
     Each step renders ``pairs`` pairs of each of ``proteins_per_step`` maps drawn at random (module
-    docstring); AdamW, learning rate ``lr`` with a 100-step warm-up and a cosine decay to 0 at
+    docstring; with ``near`` = (lo, hi) degrees also a near miss of each, :func:`render_pairs`); AdamW,
+    learning rate ``lr`` with a 100-step warm-up and a cosine decay to 0 at
     ``steps``. ``out``/checkpoint.pt (network, optimiser, generator, step) is written atomically
     every ``checkpoint_every`` steps; with ``resume`` training continues from it, bit for bit on the CPU.
     """
     from tqdm import tqdm
 
     out, dev = Path(out), torch.device(device)
+    near = None if near is None else (float(near[0]), float(near[1]))
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     net = ComparisonNet(**(net_options or {})).to(dev)
@@ -317,9 +340,9 @@ def train_comparison(maps, out, *, steps: int, size: int, proteins_per_step: int
         if not ckpt.exists():
             raise ValueError(f"--resume: no checkpoint at {ckpt}")
         st = torch.load(ckpt, map_location=dev, weights_only=False)
-        if st["config"] != net.config or st["steps"] != steps:
-            raise ValueError(f"{ckpt} was written with another network or number of steps: {st['config']}, "
-                             f"{st['steps']} steps")
+        if st["config"] != net.config or st["steps"] != steps or st.get("near") != near:
+            raise ValueError(f"{ckpt} was written with another network, number of steps or near misses: "
+                             f"{st['config']}, {st['steps']} steps, near {st.get('near')}")
         net.load_state_dict(st["net"]); opt.load_state_dict(st["opt"]); g.set_state(st["generator"])
         step = st["step"]
     projectors = {}
@@ -329,17 +352,16 @@ def train_comparison(maps, out, *, steps: int, size: int, proteins_per_step: int
     while step < steps:
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        xa, xb = [], []
+        xs = [[], [], []]
         for m in torch.randperm(len(maps), generator=g)[:proteins_per_step].tolist():
             if m not in projectors:
                 projectors[m] = FourierProjector(torch.as_tensor(np.asarray(maps[m][0], np.float32), device=dev),
                                                  size, 2.0, "linear")
             vol, px, diameter = maps[m]
-            a, b = render_pairs(projectors[m], px, pairs, g)
-            xa.append(net.polar(a, diameter / px))
-            xb.append(net.polar(b, diameter / px))
+            for x, stack in zip(xs, render_pairs(projectors[m], px, pairs, g, near=near)):
+                x.append(net.polar(stack, diameter / px))
         net.train()
-        loss = _loss(net, torch.cat(xa), torch.cat(xb), len(xa))
+        loss = _loss(net, *(torch.cat(x) for x in xs[:2]), len(xs[0]), torch.cat(xs[2]) if near else None)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -349,7 +371,7 @@ def train_comparison(maps, out, *, steps: int, size: int, proteins_per_step: int
         bar.set_postfix(loss=f"{running:.3f}", chance=f"{math.log(2 * pairs) + math.log(pairs):.3f}")
         if step % checkpoint_every == 0 or step == steps:
             atomic_save({"net": net.state_dict(), "opt": opt.state_dict(), "generator": g.get_state(), "step": step,
-                        "steps": steps, "config": net.config}, ckpt)
+                        "steps": steps, "near": near, "config": net.config}, ckpt)
     bar.close()
     weights = out / "weights.pt"
     atomic_save({"config": net.config, "state": {k: v.cpu() for k, v in net.state_dict().items()}}, weights)
