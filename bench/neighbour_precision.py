@@ -36,6 +36,7 @@ its 10 best-scored partners whose true viewing direction (−v for a mirror-imag
 10° of its own; the mean over images. ``chance`` is (1 − cos 10°)/2, ``ceiling`` the precision of
 the true 10 nearest nodes (below 1 when P is too small for 10 views within 10°). Rows sorted worst
 protein first (lowest precision over its SNRs); every case is a row of ``--out``/results.csv.
+``--within 3 5 20`` adds the same fraction within other angles (column ``precision_within``).
 ``--orientations`` also runs the ab initio stage on each graph (``estimate_orientations`` with every
 image a landmark and the hand-made or learned comparison): E_OR, the share more than 0.3 rad wrong
 and the verdict, so that a better graph is seen to give better orientations (or not).
@@ -69,7 +70,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_PROTEINS = ["5j0n", *HELD_OUT, "gen:0", "gen:1"]
 COLUMNS = ["protein", "pixel_A", "model_resolution_A", "snr_db", "P", "size", "diameter_px", "comparison", "precision",
            "chance", "ceiling",
-           "seconds", "simulation_seconds", "E_OR_abinitio", "wrong_abinitio", "determined"]
+           "seconds", "simulation_seconds", "E_OR_abinitio", "wrong_abinitio", "determined", "precision_within"]
 
 
 def handmade(images, ctf, neighbors: int, device, diameter=None):
@@ -149,7 +150,10 @@ def run_case(name, source, pixel, args, snr, compares: dict, device) -> list[dic
                      "precision": neighbour_precision(index, q_true, k=args.neighbors),
                      "chance": (1 - math.cos(math.radians(10))) / 2, "ceiling": ceiling,
                      "seconds": time.perf_counter() - t0, "simulation_seconds": sim_seconds,
-                     "E_OR_abinitio": math.nan, "wrong_abinitio": math.nan, "determined": ""})
+                     "E_OR_abinitio": math.nan, "wrong_abinitio": math.nan, "determined": "",
+                     "precision_within": " ".join(
+                         f"{d:g}°:{neighbour_precision(index, q_true, k=args.neighbors, within_deg=d):.3f}"
+                         for d in args.within)})
         if args.orientations and ab_opts is not None:
             if "comparison" in ab_opts:
                 ab_opts = {**ab_opts, "diameter": diameter}
@@ -190,6 +194,8 @@ def parse_args(argv=None):
     p.add_argument("--P", type=int, default=10000, help="images per case (default 10,000)")
     p.add_argument("--size", type=int, default=128, help="image edge, pixels (default 128)")
     p.add_argument("--snr", type=float, nargs="+", default=[-12.0, -16.0, -20.0], help="SNRs in dB")
+    p.add_argument("--within", type=float, nargs="+", default=[],
+                   help="also the precision within these angles, degrees (column precision_within)")
     p.add_argument("--neighbors", type=int, default=10, help="best partners scored per image (default 10)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     p.add_argument("--comparison", nargs="+", default=["handmade"],
@@ -232,7 +238,8 @@ def main(argv=None) -> int:
                 print(f"{prot} {snr:.0f} dB, {row['comparison']}: precision {row['precision']:.3f} (ceiling "
                       f"{row['ceiling']:.3f}), {row['seconds']:.1f} s (simulation {row['simulation_seconds']:.1f} s)"
                       + (f"; ab initio E_OR {row['E_OR_abinitio']:.3f}, {row['wrong_abinitio']:.1%} wrong, "
-                         f"determined {row['determined']}" if row["determined"] != "" else ""), flush=True)
+                         f"determined {row['determined']}" if row["determined"] != "" else "")
+                      + (f"; within {row['precision_within']}" if args.within else ""), flush=True)
             tmp = out / ".results.csv.part"
             with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=COLUMNS)

@@ -1,6 +1,6 @@
 """bench/neighbour_precision.py: ``--resolution`` renders the held-out models as EM maps of that resolution
 (less power at high frequency than the default 2-px rendering, the same mass and pixel size), and a tiny
-CPU run writes its table with that resolution in every row."""
+CPU run writes its table with that resolution in every row and the precisions within other angles."""
 
 import csv
 import importlib.util
@@ -45,8 +45,10 @@ def test_resolution_renders_the_models_as_maps_of_that_resolution(bench):
 
 def test_a_tiny_run_records_the_resolution(bench, tmp_path):
     args = ["--device", "cpu", "--P", "60", "--size", "32", "--snr", "-12", "--proteins", "gen:0",
-            "--resolution", "10", "--out", str(tmp_path)]
+            "--resolution", "10", "--within", "5", "180", "--out", str(tmp_path)]
     assert bench.main(args) == 0
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(rows) == 1 and rows[0]["model_resolution_A"] == "10.0" and rows[0]["comparison"] == "handmade"
     assert 0 <= float(rows[0]["precision"]) <= 1
+    at5, at180 = (float(x.split(":")[1]) for x in rows[0]["precision_within"].split())
+    assert at5 <= float(rows[0]["precision"]) and at180 == 1.0  # every partner lies within 180°
