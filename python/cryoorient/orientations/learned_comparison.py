@@ -368,7 +368,7 @@ def train_comparison(maps, out, *, steps: int, size: int, proteins_per_step: int
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.3f}", chance=f"{math.log(2 * pairs) + math.log(pairs):.3f}")
+        bar.set_postfix(loss=f"{running:.3f}", chance=f"{math.log((3 if near else 2) * pairs) + math.log(pairs):.3f}")
         if step % checkpoint_every == 0 or step == steps:
             atomic_save({"net": net.state_dict(), "opt": opt.state_dict(), "generator": g.get_state(), "step": step,
                         "steps": steps, "near": near, "config": net.config}, ckpt)
