@@ -275,32 +275,18 @@ def rotational_neighbors(images, *, neighbors: int = 10, n_rings: int | None = N
         cc = torch.fft.ifft(G[:, s:e] @ conj_t, dim=0).real * n_angles  # (angle, rows, 2L)
         v, k = _parabolic_peak(cc)
         del cc
-        top_s[s:e], top_i[s:e], top_a[s:e] = _row_candidates(v, k, own[s:e], L, C, 2 * math.pi / n_angles)
+        mine = (own[s:e] >= 0).nonzero().flatten()
+        v[mine, own[s:e][mine]] = -math.inf
+        v[mine, own[s:e][mine] + L] = -math.inf
+        top_s[s:e], top_i[s:e] = v.topk(C, dim=1)
+        top_a[s:e] = k.gather(1, top_i[s:e]) * (2 * math.pi / n_angles)
     score = torch.cat([top_s, top_s])
     index = torch.cat([top_i, (top_i + L) % (2 * L)])
     angle = torch.cat([top_a, -top_a])
-    return _hub_corrected_best(score, index, angle, hub_k, torch.cat([ref_d, ref_d]), int(neighbors))
-
-
-def _row_candidates(v: Tensor, k: Tensor, own: Tensor, L: int, C: int, step: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Each row's ``C`` best nodes of peak scores ``v`` (rows, 2L) at fractional rolls ``k``: (scores, nodes,
-    angles = roll · ``step``), the row's own image (reference node ``own``, −1: none) and its mirror left out."""
-    mine = (own >= 0).nonzero().flatten()
-    v[mine, own[mine]] = -math.inf
-    v[mine, own[mine] + L] = -math.inf
-    score, index = v.topk(C, dim=1)
-    return score, index, k.gather(1, index) * step
-
-
-def _hub_corrected_best(score: Tensor, index: Tensor, angle: Tensor, hub_k: int, node_rows: Tensor,
-                        neighbors: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(index, angle, score)`` of each row's ``neighbors`` best candidates by 2·s_uv − r_u − r_v (r: the mean
-    of a row's ``hub_k`` best raw scores; node v's r is that of its row ``node_rows[v]``; ``hub_k`` 0: raw
-    scores), on the CPU, angles wrapped to [−π, π)."""
-    if hub_k:
-        hub = score[:, :hub_k].mean(1)
-        score = 2 * score - hub[:, None] - hub[node_rows][index]
-    best, order = score.topk(neighbors, dim=1)
+    hub = score[:, :hub_k].mean(1)
+    hub_ref = torch.cat([hub[ref_d], hub[ref_d]])
+    corrected = 2 * score - hub[:, None] - hub_ref[index]
+    best, order = corrected.topk(int(neighbors), dim=1)
     wrap = lambda a: torch.remainder(a + math.pi, 2 * math.pi) - math.pi  # noqa: E731
     return index.gather(1, order).cpu(), wrap(angle.gather(1, order)).cpu(), best.cpu()
 
