@@ -65,7 +65,8 @@ import torch
 from torch import Tensor
 
 from ..geometry import matrix_to_quat
-from .preprocess import _corner_variance, _parabolic_peak, as_images, prepare_images
+from .preprocess import (_corner_variance, _hub_corrected_best, _parabolic_peak, _row_candidates, as_images,
+                         prepare_images)
 
 __all__ = ["AbInitioResult", "minimum_images", "check_counts", "polar_spectra", "rotational_neighbors",
            "frames_from_neighbors", "null_edge", "estimate_orientations"]
@@ -275,20 +276,11 @@ def rotational_neighbors(images, *, neighbors: int = 10, n_rings: int | None = N
         cc = torch.fft.ifft(G[:, s:e] @ conj_t, dim=0).real * n_angles  # (angle, rows, 2L)
         v, k = _parabolic_peak(cc)
         del cc
-        mine = (own[s:e] >= 0).nonzero().flatten()
-        v[mine, own[s:e][mine]] = -math.inf
-        v[mine, own[s:e][mine] + L] = -math.inf
-        top_s[s:e], top_i[s:e] = v.topk(C, dim=1)
-        top_a[s:e] = k.gather(1, top_i[s:e]) * (2 * math.pi / n_angles)
+        top_s[s:e], top_i[s:e], top_a[s:e] = _row_candidates(v, k, own[s:e], L, C, 2 * math.pi / n_angles)
     score = torch.cat([top_s, top_s])
     index = torch.cat([top_i, (top_i + L) % (2 * L)])
     angle = torch.cat([top_a, -top_a])
-    hub = score[:, :hub_k].mean(1)
-    hub_ref = torch.cat([hub[ref_d], hub[ref_d]])
-    corrected = 2 * score - hub[:, None] - hub_ref[index]
-    best, order = corrected.topk(int(neighbors), dim=1)
-    wrap = lambda a: torch.remainder(a + math.pi, 2 * math.pi) - math.pi  # noqa: E731
-    return index.gather(1, order).cpu(), wrap(angle.gather(1, order)).cpu(), best.cpu()
+    return _hub_corrected_best(score, index, angle, hub_k, torch.cat([ref_d, ref_d]), int(neighbors))
 
 
 def _nearest_frames(Z: Tensor) -> Tensor:

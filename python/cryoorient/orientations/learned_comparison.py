@@ -47,7 +47,7 @@ from ..imaging.ctf import ctf_2d, phase_flip, random_defocus
 from ..imaging.project import FourierProjector
 from ..imaging.shift import shift_images
 from ..learning.model import atomic_save
-from .preprocess import _parabolic_peak, as_images, centre_particles
+from .preprocess import _hub_corrected_best, _parabolic_peak, _row_candidates, as_images, centre_particles
 
 __all__ = ["ComparisonNet", "polar_images", "mirror", "rotation_max", "learned_rotational_neighbors",
            "learned_neighbours", "load_comparison",
@@ -220,19 +220,10 @@ def learned_rotational_neighbors(images, weights, *, diameter: float | None = No
         for s in starts:
             e = min(2 * P, s + chunk)
             v, k = _parabolic_peak(_correlations(rows[s:e], nodes).permute(2, 0, 1))
-            o = own[torch.arange(s, e, device=x.device) % P]
-            mine = (o >= 0).nonzero().flatten()
-            v[mine, o[mine]] = -math.inf
-            v[mine, o[mine] + L] = -math.inf
-            score[s:e], index[s:e] = v.topk(C, dim=1)
-            angle[s:e] = k.gather(1, index[s:e]) * step
-        if hub_k:
-            hub = score[:, :hub_k].mean(1)
-            hub_node = torch.cat([hub[ref.to(x.device)], hub[ref.to(x.device) + P]])
-            score = 2 * score - hub[:, None] - hub_node[index]
-        best, order = score.topk(neighbors, dim=1)
-    wrap = lambda a: torch.remainder(a + math.pi, 2 * math.pi) - math.pi  # noqa: E731
-    return index.gather(1, order).cpu(), wrap(angle.gather(1, order)).cpu(), best.cpu()
+            score[s:e], index[s:e], angle[s:e] = _row_candidates(
+                v, k, own[torch.arange(s, e, device=x.device) % P], L, C, step)
+        r = ref.to(x.device)
+        return _hub_corrected_best(score, index, angle, hub_k, torch.cat([r, r + P]), neighbors)
 
 
 def learned_neighbours(images, weights, neighbors: int = 10, device="cpu", diameter: float | None = None,

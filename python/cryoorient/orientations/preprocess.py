@@ -1,4 +1,5 @@
-"""Step 0 of the ab initio method (:mod:`cryoorient.orientations.abinitio`): checks, phase flipping, centring.
+"""Step 0 of the ab initio method (:mod:`cryoorient.orientations.abinitio`): checks, phase flipping, centring;
+and the neighbour selection its comparison shares with the learned one (``learned_comparison``).
 
 Conventions: images (P, n, n) float32 [y, x], the centre at pixel n//2; shifts t (P, 2) float64 in
 pixels (x, y), the image content moved by +t (:mod:`cryoorient.imaging.shift`), so that
@@ -152,6 +153,31 @@ def _parabolic_peak(cc: Tensor) -> tuple[Tensor, Tensor]:
     den = lo - 2 * v + hi
     delta = torch.where(den < 0, 0.5 * (lo - hi) / den.clamp(max=-1e-12), torch.zeros_like(v)).clamp(-0.5, 0.5)
     return v - 0.25 * (lo - hi) * delta, k.to(cc.dtype) + delta
+
+
+def _row_candidates(v: Tensor, k: Tensor, own: Tensor, L: int, C: int,
+                    step: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row's ``C`` best nodes by peak score ``v`` (rows, 2L) at fractional rolls ``k``: (scores, nodes,
+    angles = roll · ``step``), best first; the row's own image (node ``own``, −1: none) and its mirror (node
+    ``own`` + L) left out, in ``v`` itself (set to −inf)."""
+    mine = (own >= 0).nonzero().flatten()
+    v[mine, own[mine]] = -math.inf
+    v[mine, own[mine] + L] = -math.inf
+    score, index = v.topk(C, dim=1)
+    return score, index, k.gather(1, index) * step
+
+
+def _hub_corrected_best(score: Tensor, index: Tensor, angle: Tensor, hub_k: int, node_rows: Tensor,
+                        neighbors: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(index, angle, score)`` on the CPU of each row's ``neighbors`` best candidates (rows, C), best first,
+    by 2·s_uv − r_u − r_v: r the mean of a row's ``hub_k`` best raw scores, node v's r that of its row
+    ``node_rows[v]`` (``hub_k`` 0: the raw scores); angles wrapped to [−π, π)."""
+    if hub_k:
+        hub = score[:, :hub_k].mean(1)
+        score = 2 * score - hub[:, None] - hub[node_rows][index]
+    best, order = score.topk(neighbors, dim=1)
+    wrap = lambda a: torch.remainder(a + math.pi, 2 * math.pi) - math.pi  # noqa: E731
+    return index.gather(1, order).cpu(), wrap(angle.gather(1, order)).cpu(), best.cpu()
 
 
 def prepare_images(images, ctf=None, *, centre: bool = True, max_shift: float | None = None, accept=(),
