@@ -209,7 +209,12 @@ def parse_args(argv=None):
                         "hand-made or learned comparison: its E_OR, share wrong (> 0.3 rad) and verdict")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="results/neighbour_precision", help="folder for results.csv")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.resolution is not None and not args.resolution > 0:
+        p.error(f"--resolution must be a positive number of Å, got {args.resolution}")
+    if any(not 0 < w <= 180 for w in args.within):
+        p.error(f"--within takes angles in (0, 180] degrees, got {args.within}")
+    return args
 
 
 def main(argv=None) -> int:

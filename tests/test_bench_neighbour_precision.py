@@ -52,3 +52,11 @@ def test_a_tiny_run_records_the_resolution(bench, tmp_path):
     assert 0 <= float(rows[0]["precision"]) <= 1
     at5, at180 = (float(x.split(":")[1]) for x in rows[0]["precision_within"].split())
     assert at5 <= float(rows[0]["precision"]) and at180 == 1.0  # every partner lies within 180°
+
+
+@pytest.mark.parametrize("flags", [["--resolution", "0"], ["--resolution", "-4"], ["--within", "0"],
+                                   ["--within", "5", "190"]])
+def test_out_of_range_flags_are_refused(bench, flags, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(flags)
+    assert e.value.code == 2 and flags[1] in capsys.readouterr().err
