@@ -7,7 +7,7 @@ from cryoorient.imaging.ctf import ctf_2d
 from cryoorient.maps.fsc import fsc
 from cryoorient.geometry import quat_to_matrix, random_quaternions
 from cryoorient.io.star import Particles
-from cryoorient.maps.reconstruct import particle_ctf, reconstruct
+from cryoorient.maps.reconstruct import ParticleCTF, reconstruct
 
 N_BOX = 32
 
@@ -122,21 +122,41 @@ def test_weighted_insertion_counts_an_image_as_often_as_its_weight():
         weighted.insert(images, A, weights=torch.ones(2))
 
 
-def test_particle_ctf_uses_each_particles_defocus_and_phase_shift():
+def test_particle_ctf_uses_each_particles_defocus_optics_and_phase_shift():
     data = pd.DataFrame({
         "rlnImageName": [f"{k + 1}@stack.mrcs" for k in range(3)],
         "rlnDefocusU": [10000.0, 15000.0, 20000.0], "rlnDefocusV": [9000.0, 15000.0, 19000.0],
         "rlnDefocusAngle": [10.0, 0.0, 80.0], "rlnPhaseShift": [0.0, 90.0, 45.0],
         "rlnImagePixelSize": [2.0] * 3, "rlnVoltage": [300.0] * 3,
     })
-    ctf = particle_ctf(Particles(data), np.arange(3), 32)
+    ctf = ParticleCTF(Particles(data))(np.arange(3), 32)
     for k in range(3):
         expected = ctf_2d(32, 2.0, data.rlnDefocusU[k], data.rlnDefocusV[k], data.rlnDefocusAngle[k],
                           phase_shift=data.rlnPhaseShift[k])
         torch.testing.assert_close(ctf[k], expected[0])
-    plain = particle_ctf(Particles(data.drop(columns="rlnPhaseShift")), np.arange(3), 32)
+    plain = ParticleCTF(Particles(data.drop(columns="rlnPhaseShift")))(torch.arange(3), 32)
     torch.testing.assert_close(plain[1], ctf_2d(32, 2.0, 15000.0)[0])
     assert not torch.allclose(plain[1], ctf[1])
+
+
+def test_particle_ctf_of_a_real_file_with_six_optics_groups(shared_data, device):
+    """RELION 3.1 file with pixel sizes 1.24/1.25 Å and Cs 2.6/2.7 mm: each particle's CTF, on the device,
+    is ctf_2d with that particle's own defocus and optics, in the order asked for."""
+    from cryoorient.io import read_particles
+
+    path = shared_data / "formats" / "relion31.6opticsgroups.star"
+    if not path.is_file():
+        pytest.skip(f"{path} not available")
+    p = read_particles(path)
+    assert len(np.unique(np.stack([p.pixel_size, p.spherical_aberration], 1), axis=0)) > 1
+    idx = torch.randperm(len(p), generator=torch.Generator().manual_seed(0))[:40]
+    ctf = ParticleCTF(p, device)(idx, 24)
+    assert ctf.device.type == device.type and ctf.shape == (40, 24, 13)
+    for row, k in enumerate(idx.tolist()):
+        expected = ctf_2d(24, float(p.pixel_size[k]), float(p.defocus_u[k]), float(p.defocus_v[k]),
+                          float(p.defocus_angle[k]), voltage=float(p.voltage[k]), cs=float(p.spherical_aberration[k]),
+                          amplitude_contrast=float(p.amplitude_contrast[k]))
+        torch.testing.assert_close(ctf[row].cpu(), expected[0], atol=1e-5, rtol=1e-5)
 
 
 def test_translate_moves_the_accumulated_map_like_moved_images():

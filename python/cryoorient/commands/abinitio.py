@@ -92,7 +92,7 @@ def _prepare(args, particles):
     if args.restarts < 0:
         raise ValueError(f"--restarts must be at least 0; got {args.restarts}")
     pixel = _pixel_size(particles)
-    ctf, flipped, notes = star_ctf(particles, ignore_ctf=args.ignore_ctf)
+    ctf, flipped, notes = star_ctf(particles, ignore_ctf=args.ignore_ctf, device=torch_device(args.device))
     check_counts(len(particles), neighbors=args.neighbors, landmarks=args.landmarks or None)
     if args.particle_diameter is not None and not args.particle_diameter > 0:
         raise ValueError(f"--particle-diameter must be positive (Å); got {args.particle_diameter}")

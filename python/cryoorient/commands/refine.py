@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
 
     from ..geometry import euler_to_quat, quat_to_euler
     from ..io import read_particle_images, write_map, write_particles
-    from ..maps.reconstruct import particle_ctf
+    from ..maps.reconstruct import ParticleCTF
     from ..maps.refine import refine
 
     for path in (args.output, args.output_map):
@@ -65,10 +65,7 @@ def main(args: argparse.Namespace) -> int:
     q0 = euler_to_quat(*torch.from_numpy(angles).T)
     origins = [np.zeros(len(particles)) if o is None else o for o in (particles.origin_x_angst, particles.origin_y_angst)]
     shifts = -torch.from_numpy(np.stack(origins, 1)) / pixel
-    ctf = None
-    if particles.defocus_u is not None:
-        def ctf(indices, size):  # noqa: E306
-            return particle_ctf(particles, indices.cpu().numpy(), size)
+    ctf = None if particles.defocus_u is None else ParticleCTF(particles, torch_device(args.device))
     result = refine(images, q0, shifts=shifts, ctf=ctf, rounds=args.rounds, keep_best=not args.all_rounds,
                     pixel_size=pixel, reference=volume, align_reference=not args.same_frame, soft=not args.hard,
                     device=torch_device(args.device), progress=not args.quiet)

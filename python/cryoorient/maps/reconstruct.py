@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..geometry import quat_to_matrix
+from ..imaging.ctf import ctf_2d
 
 
 def check_finite_images(images: Tensor, indices) -> None:
@@ -178,33 +179,44 @@ def _column(particles, name: str, default: float) -> np.ndarray:
     return np.full(len(particles), default) if v is None else np.asarray(v, dtype=np.float64)
 
 
-def particle_ctf(particles, indices: np.ndarray, size: int, device="cpu") -> Tensor:
-    """CTFs (B, size, size//2+1) on the rfft grid of images of edge ``size`` for the given particles.
+class ParticleCTF:
+    """``ctf(indices, size)``: CTFs (B, size, size//2+1) on the rfft grid of images of edge ``size`` for
+    the particles ``indices`` (array or tensor) of a RELION particle set, computed on ``device``.
 
     Uses rlnDefocusU/V (Å), rlnDefocusAngle (°), rlnPhaseShift (°, 0 where absent) and each
     particle's optics (kV, mm, amplitude contrast; RELION defaults 300 kV, 2.7 mm, 0.1 where
-    absent).
+    absent). The columns are read once, here; each call computes one ``ctf_2d`` per optics group
+    (and phase shift) among its particles, on ``device``.
     """
-    from ..imaging.ctf import ctf_2d
 
-    pixel = _column(particles, "pixel_size", np.nan)[indices]
-    du = _column(particles, "defocus_u", np.nan)[indices]
-    dv = np.where(np.isnan(_column(particles, "defocus_v", np.nan)[indices]), du,
-                  _column(particles, "defocus_v", np.nan)[indices])
-    ang = _column(particles, "defocus_angle", 0.0)[indices]
-    optics = np.stack([pixel, _column(particles, "voltage", 300.0)[indices],
-                       _column(particles, "spherical_aberration", 2.7)[indices],
-                       _column(particles, "amplitude_contrast", 0.1)[indices],
-                       _column(particles, "phase_shift", 0.0)[indices]], 1)
-    out = torch.empty(len(indices), size, size // 2 + 1, device=device)
-    for combo in np.unique(optics, axis=0):  # one ctf_2d call per optics group and phase shift
-        sel = np.nonzero((optics == combo).all(1))[0]
-        t = lambda a: torch.as_tensor(a[sel], dtype=torch.float32, device=device)  # noqa: E731
-        out[torch.as_tensor(sel, device=device)] = ctf_2d(
-            size, float(combo[0]), t(du), t(dv), t(ang), voltage=float(combo[1]), cs=float(combo[2]),
-            amplitude_contrast=float(combo[3]), phase_shift=float(combo[4]), device=device,
-        )
-    return out
+    def __init__(self, particles, device="cpu"):
+        self.device = torch.device(device)
+        du = _column(particles, "defocus_u", np.nan)
+        dv = np.where(np.isnan(_column(particles, "defocus_v", np.nan)), du, _column(particles, "defocus_v", np.nan))
+        optics = np.stack([_column(particles, "pixel_size", np.nan), _column(particles, "voltage", 300.0),
+                           _column(particles, "spherical_aberration", 2.7),
+                           _column(particles, "amplitude_contrast", 0.1), _column(particles, "phase_shift", 0.0)], 1)
+        self.optics, group = np.unique(optics, axis=0, return_inverse=True)
+        self.group = torch.as_tensor(group.reshape(-1), device=self.device)
+        self.defocus = torch.as_tensor(np.stack([du, dv, _column(particles, "defocus_angle", 0.0)], 1),
+                                       dtype=torch.float32, device=self.device)
+
+    def _ctf(self, k: int, d: Tensor, size: int) -> Tensor:
+        pixel, kv, cs, ac, phase = (float(v) for v in self.optics[k])
+        return ctf_2d(size, pixel, d[:, 0], d[:, 1], d[:, 2], voltage=kv, cs=cs, amplitude_contrast=ac,
+                      phase_shift=phase, device=self.device)
+
+    def __call__(self, indices, size: int) -> Tensor:
+        idx = torch.as_tensor(indices, dtype=torch.long).to(self.device)
+        d = self.defocus[idx]
+        if len(self.optics) == 1:
+            return self._ctf(0, d, size)
+        out = torch.empty(len(idx), size, size // 2 + 1, device=self.device)
+        g = self.group[idx]
+        for k in torch.unique(g).tolist():
+            sel = (g == k).nonzero().flatten()
+            out[sel] = self._ctf(k, d[sel], size)
+        return out
 
 
 def particle_batches(particles, *, batch_size: int = 512, pad: int = 2, device="cpu", with_ctf: bool = True):
@@ -228,14 +240,14 @@ def particle_batches(particles, *, batch_size: int = 512, pad: int = 2, device="
     A = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]).float()
     origins = np.stack([_column(particles, "origin_x_angst", 0.0), _column(particles, "origin_y_angst", 0.0)], 1)
     origins = origins / pixel[:, None]
-    use_ctf = with_ctf and particles.defocus_u is not None
+    ctf_of = ParticleCTF(particles, device) if with_ctf and particles.defocus_u is not None else None
     for s in range(0, len(particles), batch_size):
         sl = slice(s, min(len(particles), s + batch_size))
         idx = np.arange(sl.start, sl.stop)
         img = torch.from_numpy(read_particle_images(particles, idx)).to(device)
         if np.any(origins[sl] != 0):
             img = shift_images(img, torch.as_tensor(origins[sl], dtype=torch.float32, device=device))
-        ctf = particle_ctf(particles, idx, pad * img.shape[-1], device) if use_ctf else None
+        ctf = None if ctf_of is None else ctf_of(idx, pad * img.shape[-1])
         yield sl, img, A[sl].to(device), ctf
 
 

@@ -91,15 +91,15 @@ class ChainResult:
         return lines + self.warnings
 
 
-def star_ctf(particles, *, ignore_ctf: bool = False):
+def star_ctf(particles, *, ignore_ctf: bool = False, device="cpu"):
     """The CTF of a RELION particle set for :func:`run_chain`: ``(ctf, phase_flipped, notes)``.
 
-    ``ctf(indices, size)`` (see :func:`cryoorient.maps.reconstruct.particle_ctf`) from the STAR
-    file's defocus and optics columns, or None where it has none; ``phase_flipped`` from
+    ``ctf(indices, size)`` (:class:`cryoorient.maps.reconstruct.ParticleCTF`, computed on ``device``) from
+    the STAR file's defocus and optics columns, or None where it has none; ``phase_flipped`` from
     ``rlnCtfDataArePhaseFlipped``; ``notes`` the lines to print about it. CTF columns are never
     dropped silently: ``ignore_ctf`` drops them with a note; CTF-premultiplied images are refused.
     """
-    from ..maps.reconstruct import particle_ctf
+    from ..maps.reconstruct import ParticleCTF
 
     flag = lambda label: label in particles.data and bool(np.any(particles.data[label].to_numpy() == 1))  # noqa: E731
     if particles.defocus_u is None:
@@ -110,12 +110,8 @@ def star_ctf(particles, *, ignore_ctf: bool = False):
         raise ValueError("rlnCtfDataAreCtfPremultiplied = 1: CTF-premultiplied images are not supported")
     if particles.pixel_size is None:
         raise ValueError("the particles have CTF columns but no pixel size (rlnImagePixelSize)")
-
-    def ctf(indices, size):
-        return particle_ctf(particles, torch.as_tensor(indices).cpu().numpy(), size)
-
     flipped = flag("rlnCtfDataArePhaseFlipped")
-    return ctf, flipped, [f"CTF from the STAR file's columns{' (images already phase-flipped)' if flipped else ''}"]
+    return ParticleCTF(particles, device), flipped, [f"CTF from the STAR file's columns{' (images already phase-flipped)' if flipped else ''}"]
 
 
 def _centre_map(result: RefineResult) -> Tensor:
