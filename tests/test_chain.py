@@ -136,6 +136,21 @@ def test_unreproducible_global_search_is_said(stack, monkeypatch):
         assert ("the runner-up a worse optimum" in res.searched.summary()) == (said == "worse")
 
 
+def test_star_ctf_on_a_device_and_the_checkpoint_key(tmp_path, device):
+    """The CTF is computed on the command's device; the checkpoints' key is the CPU's, so that a run
+    on the GPU resumes on the CPU."""
+    from cryoorient.io import Particles
+    from cryoorient.orientations.chain import _data_key
+
+    p = Particles.create("stack.mrcs", np.arange(20), 2.0, 32, root=tmp_path, defocus_u=np.linspace(8e3, 2.5e4, 20),
+                         defocus_v=np.linspace(7.9e3, 2.49e4, 20), defocus_angle=np.linspace(0, 170, 20))
+    ctf = star_ctf(p, device=device)[0]
+    assert ctf(torch.tensor([3, 1]), 32).device.type == device.type
+    images = torch.randn(20, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert _data_key(images, ctf, 2.0) == _data_key(images, star_ctf(p)[0], 2.0)
+    assert _data_key(images, ctf, 2.0) != _data_key(images, None, 2.0)
+
+
 def test_star_ctf(tmp_path):
     from cryoorient.io import Particles
 

@@ -201,6 +201,13 @@ class ParticleCTF:
         self.defocus = torch.as_tensor(np.stack([du, dv, _column(particles, "defocus_angle", 0.0)], 1),
                                        dtype=torch.float32, device=self.device)
 
+    def to(self, device) -> "ParticleCTF":
+        """The same CTFs computed on ``device``."""
+        out = object.__new__(ParticleCTF)
+        out.device, out.optics = torch.device(device), self.optics
+        out.group, out.defocus = self.group.to(device), self.defocus.to(device)
+        return out
+
     def _ctf(self, k: int, d: Tensor, size: int) -> Tensor:
         pixel, kv, cs, ac, phase = (float(v) for v in self.optics[k])
         return ctf_2d(size, pixel, d[:, 0], d[:, 1], d[:, 2], voltage=kv, cs=cs, amplitude_contrast=ac,

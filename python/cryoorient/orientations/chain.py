@@ -42,6 +42,7 @@ from torch import Tensor
 from .. import __version__
 from ..geometry import quat_to_matrix
 from ..io._atomic import atomic_path
+from ..maps.reconstruct import ParticleCTF
 from ..maps.refine import RefineResult, refine
 from ..maps.transforms import density_centre, shift_map
 from .abinitio import AbInitioResult, estimate_orientations
@@ -99,8 +100,6 @@ def star_ctf(particles, *, ignore_ctf: bool = False, device="cpu"):
     ``rlnCtfDataArePhaseFlipped``; ``notes`` the lines to print about it. CTF columns are never
     dropped silently: ``ignore_ctf`` drops them with a note; CTF-premultiplied images are refused.
     """
-    from ..maps.reconstruct import ParticleCTF
-
     flag = lambda label: label in particles.data and bool(np.any(particles.data[label].to_numpy() == 1))  # noqa: E731
     if particles.defocus_u is None:
         return None, False, ["no CTF columns (rlnDefocusU): the images are taken to be CTF-free"]
@@ -133,7 +132,8 @@ def _data_key(images, ctf, pixel_size: float) -> str:
     h = hashlib.sha256(json.dumps([list(images.shape), float(pixel_size)]).encode())
     x = images[sample] if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images[sample]))
     h.update(x.detach().cpu().float().contiguous().numpy().tobytes())
-    if ctf is not None:
+    if ctf is not None:  # a ParticleCTF's values from the CPU: a resume on another device finds the same key
+        ctf = ctf.to("cpu") if isinstance(ctf, ParticleCTF) else ctf
         h.update(torch.as_tensor(ctf(torch.as_tensor(sample), images.shape[-1])).cpu().float().numpy().tobytes())
     return h.hexdigest()
 
