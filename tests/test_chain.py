@@ -117,7 +117,7 @@ def test_unreproducible_global_search_is_said(stack, monkeypatch):
     def fake(images, q_init, **kwargs):
         res = GlobalResult(quaternions=q_init, shifts=kwargs["shifts"], scores=torch.zeros(len(q_init)),
                            map=vol, map_pixel_size=PIXEL, resolution=10.0, start="random 1",
-                           start_scores=[0.5, 0.5], runner_up="random 2", agreement=seen["agreement"],
+                           start_scores={"random 1": 0.5, "random 2": 0.5}, runner_up="random 2", agreement=seen["agreement"],
                            separation=seen["separation"],
                            iterations=[GlobalIteration(8, 24, 10.0, 100, 56, 0.5, 0.0, 0.0, 0.0)])
         return res

@@ -137,7 +137,9 @@ def test_the_shift_prior_keeps_noise_dominated_shifts_near_the_truth(phantom):
 def test_recovers_orientations_and_shifts_from_random_starts(stack):
     q, t, ctf, images = stack
     res = global_search(images, None, ctf=ctf, pixel_size=PIXEL, restarts=2, **FAST)
-    assert res.start.startswith("random") and len(res.start_scores) == 2 and res.explored is None
+    assert res.start.startswith("random") and list(res.start_scores) == ["random 1", "random 2"] and res.explored is None
+    assert res.start_scores[res.start] == max(res.start_scores.values())  # the winner is the best-matching start
+    assert f"(mean NCC of the starts: random 1 {res.start_scores['random 1']:.4f}, random 2 " in res.summary()
     # both random starts reach the same orientations: the verdict, computed from them, says so
     assert res.reproducible and res.agreement < 0.15 and {res.start, res.runner_up} == {"random 1", "random 2"}
     assert align_orientations(q, res.quaternions).error < 0.15  # the grid's spacing is 1.5/12 rad at the last band

@@ -135,7 +135,7 @@ class GlobalResult:
     map_pixel_size: float  # Å per voxel of ``map`` (pixel size · n / m)
     resolution: float  # Å, FSC 0.143 of the last half maps (not gold-standard: one reference for both)
     start: str  # the start that won: "given as is", "given" (explored) or "random k"
-    start_scores: list[float]  # mean NCC of every start after its exploration, in that order
+    start_scores: dict[str, float]  # mean NCC of every start after its exploration, by name, in order
     runner_up: str | None = None  # the best start of another origin than the winner's (None: no other origin)
     agreement: float | None = None  # E_OR (rad) between the winner's and the runner-up's orientations
     separation: float | None = None  # paired z of the particles' NCC, the winner's over the runner-up's
@@ -177,12 +177,12 @@ class GlobalResult:
     def summary(self) -> str:
         """One line: the start chosen and on what, the verdict, the last band, score and resolution."""
         last = self.iterations[-1]
-        starts = ", ".join(f"{s:.4f}" for s in self.start_scores)
+        starts = ", ".join(f"{k} {s:.4f}" for k, s in self.start_scores.items())
         moved = "" if self.recentred is None else f"{self.recentred:.1%} recentred; "
         if self.explored is not None:
             moved = f"starts explored on {self.explored:,} of {len(self.quaternions):,} particles; {moved}"
         prior = "" if math.isinf(last.shift_sd) else f"shift prior σ {last.shift_sd:.2f} px; "
-        return (f"global search: start '{self.start}' (mean NCC of the starts {starts}); {self.verdict()}; {moved}"
+        return (f"global search: start '{self.start}' (mean NCC of the starts: {starts}); {self.verdict()}; {moved}"
                 f"{prior}{len(self.iterations)} iterations to band {last.band} px, mean NCC {last.mean_score:.4f}, "
                 f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å; {self.seconds:.1f} s"
                 + "".join(f", {k} {v:.1f} s" for k, v in self.stage_seconds.items()))
@@ -503,7 +503,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     bar.close()
     return GlobalResult(quaternions=q, shifts=t, scores=scores, map=volume.cpu(),
                         map_pixel_size=pixel_size * n / history[-1].box, resolution=history[-1].resolution,
-                        start=name, start_scores=[trial[0] for trial in trials],
+                        start=name, start_scores={trial[1]: trial[0] for trial in trials},
                         runner_up=None if runner_up is None else runner_up[1], agreement=agreement,
                         separation=separation,
                         recentred=recentred, explored=None if chosen is None else len(chosen),
