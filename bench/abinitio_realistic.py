@@ -49,6 +49,12 @@ the oracle's), e.g. ``joint_grid=0 max_band=32`` for the defaults before session
 search's grid lies more than 0.3 rad from the truth, and the fraction of those whose NCC there beats
 the NCC at their exact true orientation: how often the data themselves, not the search, place a
 particle wrong at that band. Rows of ``--out``/ambiguity.csv.
+
+``--end-to-end``: the issue's speed criterion. Each case's very images are written as a RELION 3.1 STAR
+file and MRC stack (``--out``/CASE/), and ``cryoorient abinitio`` runs on them in a process of its own,
+timed from the outside (Python's start, reading the stack, the chain, writing the STAR file, maps, FSC
+plot and report); its orientations are then read back and compared with the truth. No floors. Rows of
+``--out``/end_to_end.csv; the stack is deleted after the run, the command's outputs kept.
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ import argparse
 import csv
 import math
 import os
+import re
+import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -65,10 +74,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoorient.geometry import quat_conjugate, quat_distance, quat_multiply
+from cryoorient.geometry import euler_to_quat, quat_conjugate, quat_distance, quat_multiply
 from cryoorient.imaging.ctf import ctf_2d
 from cryoorient.imaging.shift import phase_ramp
-from cryoorient.imaging.simulate import ImageSimulator, SimulationSettings, draw_parameters, load_volume
+from cryoorient.imaging.simulate import (STACK_NAME, STAR_NAME, ImageSimulator, SimulationSettings, draw_parameters,
+                                        load_volume)
+from cryoorient.imaging.simulate import _particles as sim_particles
+from cryoorient.io import read_particles, write_stack, write_star
 from cryoorient.orientations.learned_comparison import particle_diameter, particle_pixel_size
 from cryoorient.maps.refine import mirror_orientations, refine
 from cryoorient.maps.transforms import resample_map
@@ -85,6 +97,8 @@ COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "comparison", "E
            "global_start", "rounds_kept", "E_OR", "wrong", "physical", "failed", "floor_E_OR", "floor_left_out_E_OR", "target", "resolution_A", "true_map_resolution_A",
            "seconds", "abinitio_seconds", "global_seconds", "explore_seconds", "floor_seconds", "oracle_E_OR", "oracle_wrong"]
 AMBIGUITY_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "band", "wrong", "beaten", "E_OR"]
+END_TO_END_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "comparison", "E_OR", "wrong", "physical",
+                      "resolution_A", "seconds_end_to_end"]
 GLOBAL_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "restarts", "E_OR", "wrong", "shift_wrong_px",
                   "shift_right_px", "start", "agreement", "recentred", "seconds"]
 
@@ -139,8 +153,9 @@ def proteins(args) -> list[tuple[str, object, float]]:
     return out
 
 
-def simulate_case(source, pixel, args, snr: float, seed: int, device):
-    """Images (P, n, n) on ``device``, true quaternions and shifts (CPU float64), a CTF source, the pixel size."""
+def simulate_case(source, pixel, args, snr: float, seed: int, device, parameters: bool = False):
+    """Images (P, n, n) on ``device``, true quaternions and shifts (CPU float64), a CTF source, the pixel size;
+    with ``parameters`` also the simulation's (parameters, settings)."""
     volume, voxel = load_volume(source, args.size, pixel)
     settings = SimulationSettings(n=args.P, size=args.size, shift_distribution="gaussian", shift_max=3.0, ctf=True,
                                   defocus_min=8000.0, defocus_max=25000.0, astigmatism=1000.0, snr_db=snr, seed=seed,
@@ -158,7 +173,40 @@ def simulate_case(source, pixel, args, snr: float, seed: int, device):
         idx = torch.as_tensor(indices).cpu()
         return ctf_2d(size, voxel, d[idx, 0], d[idx, 1], d[idx, 2], device=device)
 
-    return images, params.quaternions, params.shifts, ctf, voxel
+    return (images, params.quaternions, params.shifts, ctf, voxel) + (((params, settings),) if parameters else ())
+
+
+def run_end_to_end_case(name, source, pixel, args, snr, seed, device) -> dict:
+    """``cryoorient abinitio`` on the case written as a STAR file and stack, timed from the outside
+    (module docstring, ``--end-to-end``)."""
+    images, q_true, _, _, voxel, (params, settings) = simulate_case(source, pixel, args, snr, seed, device, True)
+    work = Path(args.out) / f"{name}_{snr:g}dB_seed{seed}"
+    if work.exists():
+        shutil.rmtree(work)  # this script's own folder of an earlier run
+    work.mkdir(parents=True)
+    write_stack(work / STACK_NAME, images.cpu().numpy(), voxel)
+    write_star(work / STAR_NAME, sim_particles(params, settings, voxel, images.shape[-1], work))
+    del images
+    cmd = [sys.executable, "-m", "cryoorient", "abinitio", str(work / STAR_NAME), "-o", str(work / "out"),
+           "--device", str(device), "--rounds", str(args.rounds), "--landmarks", str(args.landmarks), "-q"]
+    if args.comparison:
+        cmd += ["--comparison", args.comparison,
+                "--particle-diameter", f"{particle_diameter(*load_volume(source, args.size, pixel)):.2f}"]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    (work / STACK_NAME).unlink()  # the stack is the largest file; the command's outputs stay
+    if done.returncode:
+        raise RuntimeError(f"cryoorient abinitio exited with {done.returncode}: {done.stderr.strip()[-400:]}")
+    found = read_particles(work / "out" / STAR_NAME)
+    q = euler_to_quat(*torch.from_numpy(np.asarray(found.angles, dtype=np.float64)).T)
+    errors = align_orientations(q_true, q).errors
+    report = (work / "out" / "report.txt").read_text()
+    return {"protein": name, "pixel_A": round(voxel, 4), "snr_db": snr, "seed": seed, "P": args.P, "size": args.size,
+            "comparison": "learned" if args.comparison else "hand-made", "E_OR": float(errors.mean()),
+            "wrong": float((errors > FAILURE).double().mean()), "physical": physical_error(q_true, q),
+            "resolution_A": float(re.search(r"^resolution: ([0-9.]+) Å", report, re.M).group(1)),
+            "seconds_end_to_end": seconds}
 
 
 def run_case(name, source, pixel, args, snr, seed, device) -> dict:
@@ -349,6 +397,9 @@ def parse_args(argv=None):
     p.add_argument("--restarts", type=int, default=2, help="random starts of --global-only (default 2)")
     p.add_argument("--oracle", action="store_true",
                    help="also run the global search started at the true orientations and shifts (its own floor)")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="write each case as a STAR file and stack and time `cryoorient abinitio` on it from the "
+                        "outside (module docstring); rows of --out/end_to_end.csv")
     p.add_argument("--ambiguity", action="store_true",
                    help="per band of --bands, how many of --count particles the true map places wrong (rows of "
                         "--out/ambiguity.csv)")
@@ -390,6 +441,12 @@ def main(argv=None) -> int:
                     rows += run_ambiguity_case(prot, source, pixel, args, snr, seed, device)
                     write_csv(out / "ambiguity.csv", rows, AMBIGUITY_COLUMNS)
                     continue
+                if args.end_to_end:
+                    rows.append(run_end_to_end_case(prot, source, pixel, args, snr, seed, device))
+                    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()),
+                          flush=True)
+                    write_csv(out / "end_to_end.csv", rows, END_TO_END_COLUMNS)
+                    continue
                 try:
                     row = (run_global_case if args.global_only else run_case)(prot, source, pixel, args, snr, seed,
                                                                                 device)
@@ -409,7 +466,7 @@ def main(argv=None) -> int:
                       f"(ab initio {row['abinitio_seconds']:.1f} s, global {row['global_seconds']:.1f} s of which exploration "
                       f"{row['explore_seconds']:.1f} s)", flush=True)
                 write_csv(out / "results.csv", rows)
-    if args.ambiguity:
+    if args.ambiguity or args.end_to_end:
         return 0
     print(global_table(rows) if args.global_only else table(rows))
     print(out / ("global.csv" if args.global_only else "results.csv"))
