@@ -187,6 +187,8 @@ def run_end_to_end_case(name, source, pixel, args, snr, seed, device) -> dict:
     write_stack(work / STACK_NAME, images.cpu().numpy(), voxel)
     write_star(work / STAR_NAME, sim_particles(params, settings, voxel, images.shape[-1], work))
     del images
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the command's process gets the GPU's memory
     cmd = [sys.executable, "-m", "cryoorient", "abinitio", str(work / STAR_NAME), "-o", str(work / "out"),
            "--device", str(device), "--rounds", str(args.rounds), "--landmarks", str(args.landmarks), "-q"]
     if args.comparison:
@@ -442,7 +444,11 @@ def main(argv=None) -> int:
                     write_csv(out / "ambiguity.csv", rows, AMBIGUITY_COLUMNS)
                     continue
                 if args.end_to_end:
-                    rows.append(run_end_to_end_case(prot, source, pixel, args, snr, seed, device))
+                    try:
+                        rows.append(run_end_to_end_case(prot, source, pixel, args, snr, seed, device))
+                    except Exception:  # one case's failure is reported, the others still run
+                        traceback.print_exc()
+                        continue
                     print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()),
                           flush=True)
                     write_csv(out / "end_to_end.csv", rows, END_TO_END_COLUMNS)
