@@ -78,8 +78,7 @@ from cryoorient.geometry import euler_to_quat, quat_conjugate, quat_distance, qu
 from cryoorient.imaging.ctf import ctf_2d
 from cryoorient.imaging.shift import phase_ramp
 from cryoorient.imaging.simulate import (STACK_NAME, STAR_NAME, ImageSimulator, SimulationSettings, draw_parameters,
-                                        load_volume)
-from cryoorient.imaging.simulate import _particles as sim_particles
+                                        load_volume, simulated_particles)
 from cryoorient.io import read_particles, write_stack, write_star
 from cryoorient.orientations.learned_comparison import particle_diameter, particle_pixel_size
 from cryoorient.maps.refine import mirror_orientations, refine
@@ -185,7 +184,7 @@ def run_end_to_end_case(name, source, pixel, args, snr, seed, device) -> dict:
         shutil.rmtree(work)  # this script's own folder of an earlier run
     work.mkdir(parents=True)
     write_stack(work / STACK_NAME, images.cpu().numpy(), voxel)
-    write_star(work / STAR_NAME, sim_particles(params, settings, voxel, images.shape[-1], work))
+    write_star(work / STAR_NAME, simulated_particles(params, settings, voxel, images.shape[-1], work))
     del images
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the command's process gets the GPU's memory

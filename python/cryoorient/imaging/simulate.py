@@ -68,6 +68,7 @@ __all__ = [
     "ParticleParameters",
     "draw_parameters",
     "load_volume",
+    "simulated_particles",
     "ImageSimulator",
     "simulate",
     "SimulatedDataset",
@@ -336,7 +337,10 @@ class ImageSimulator:
             yield a, img
 
 
-def _particles(params: ParticleParameters, settings: SimulationSettings, pixel_size: float, size: int, root: Path):
+def simulated_particles(params: ParticleParameters, settings: SimulationSettings, pixel_size: float, size: int,
+                        root: Path):
+    """The particle table of a simulation (``Particles``, images ``STACK_NAME`` in ``root``): its true angles,
+    origins (Å, RELION's: minus the shifts) and CTF, as :func:`simulate` writes it to ``STAR_NAME``."""
     from ..io import Particles
 
     cols = dict(
@@ -424,7 +428,7 @@ def simulate(
                         bar.update(images.shape[0])
             finally:
                 writer.close()
-        write_star(tmp / STAR_NAME, _particles(params, settings, voxel, sim.size, tmp))
+        write_star(tmp / STAR_NAME, simulated_particles(params, settings, voxel, sim.size, tmp))
         record = {
             "cryoorient_version": __version__,
             "source": str(source) if not isinstance(source, tuple) else "array",
