@@ -192,7 +192,8 @@ class ParticleCTF:
     def __init__(self, particles, device="cpu"):
         self.device = torch.device(device)
         du = _column(particles, "defocus_u", np.nan)
-        dv = np.where(np.isnan(_column(particles, "defocus_v", np.nan)), du, _column(particles, "defocus_v", np.nan))
+        dv = _column(particles, "defocus_v", np.nan)
+        dv = np.where(np.isnan(dv), du, dv)
         optics = np.stack([_column(particles, "pixel_size", np.nan), _column(particles, "voltage", 300.0),
                            _column(particles, "spherical_aberration", 2.7),
                            _column(particles, "amplitude_contrast", 0.1), _column(particles, "phase_shift", 0.0)], 1)
