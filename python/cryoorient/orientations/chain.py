@@ -110,7 +110,8 @@ def star_ctf(particles, *, ignore_ctf: bool = False, device="cpu"):
     if particles.pixel_size is None:
         raise ValueError("the particles have CTF columns but no pixel size (rlnImagePixelSize)")
     flipped = flag("rlnCtfDataArePhaseFlipped")
-    return ParticleCTF(particles, device), flipped, [f"CTF from the STAR file's columns{' (images already phase-flipped)' if flipped else ''}"]
+    note = f"CTF from the STAR file's columns{' (images already phase-flipped)' if flipped else ''}"
+    return ParticleCTF(particles, device), flipped, [note]
 
 
 def _centre_map(result: RefineResult) -> Tensor:
