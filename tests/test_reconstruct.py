@@ -152,11 +152,14 @@ def test_particle_ctf_of_a_real_file_with_six_optics_groups(shared_data, device)
     idx = torch.randperm(len(p), generator=torch.Generator().manual_seed(0))[:40]
     ctf = ParticleCTF(p, device)(idx, 24)
     assert ctf.device.type == device.type and ctf.shape == (40, 24, 13)
+    # the phase reaches ~100 rad at Nyquist, where float32 sin/cos of the GPU and the CPU differ by ~1e-5;
+    # a wrong defocus or optics group changes values by ~0.1-1
+    atol = 1e-5 if device.type == "cpu" else 1e-4
     for row, k in enumerate(idx.tolist()):
         expected = ctf_2d(24, float(p.pixel_size[k]), float(p.defocus_u[k]), float(p.defocus_v[k]),
                           float(p.defocus_angle[k]), voltage=float(p.voltage[k]), cs=float(p.spherical_aberration[k]),
                           amplitude_contrast=float(p.amplitude_contrast[k]))
-        torch.testing.assert_close(ctf[row].cpu(), expected[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ctf[row].cpu(), expected[0], atol=atol, rtol=0)
 
 
 def test_translate_moves_the_accumulated_map_like_moved_images():
