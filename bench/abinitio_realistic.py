@@ -53,7 +53,9 @@ particle wrong at that band. Rows of ``--out``/ambiguity.csv.
 ``--end-to-end``: the issue's speed criterion. Each case's very images are written as a RELION 3.1 STAR
 file and MRC stack (``--out``/CASE/), and ``cryoorient abinitio`` runs on them in a process of its own,
 timed from the outside (Python's start, reading the stack, the chain, writing the STAR file, maps, FSC
-plot and report); its orientations are then read back and compared with the truth. No floors. Rows of
+plot and report); its orientations are then read back and compared with the truth, and the seconds of its
+stages taken from its report (the run in all, ab initio, global search: exploration, recentring,
+iterations; the rest of the run is refinement, reading and writing). No floors. Rows of
 ``--out``/end_to_end.csv; the stack is deleted after the run, the command's outputs kept.
 """
 
@@ -97,7 +99,11 @@ COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "comparison", "E
            "seconds", "abinitio_seconds", "global_seconds", "explore_seconds", "floor_seconds", "oracle_E_OR", "oracle_wrong"]
 AMBIGUITY_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "band", "wrong", "beaten", "E_OR"]
 END_TO_END_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "comparison", "E_OR", "wrong", "physical",
-                      "resolution_A", "seconds_end_to_end"]
+                      "resolution_A", "seconds_end_to_end", "command_seconds", "abinitio_seconds", "global_seconds",
+                      "explore_seconds", "recentre_seconds", "iterate_seconds"]
+STAGE_TIMES = {"command_seconds": r"this run ([0-9.]+) s", "abinitio_seconds": r"^timings: ab initio ([0-9.]+) s",
+               "global_seconds": r"^timings: .*global search ([0-9.]+) s", "explore_seconds": r"explore ([0-9.]+) s",
+               "recentre_seconds": r"recentre ([0-9.]+) s", "iterate_seconds": r"iterate ([0-9.]+) s"}
 GLOBAL_COLUMNS = ["protein", "pixel_A", "snr_db", "seed", "P", "size", "restarts", "E_OR", "wrong", "shift_wrong_px",
                   "shift_right_px", "start", "agreement", "recentred", "seconds"]
 
@@ -207,7 +213,8 @@ def run_end_to_end_case(name, source, pixel, args, snr, seed, device) -> dict:
             "comparison": "learned" if args.comparison else "hand-made", "E_OR": float(errors.mean()),
             "wrong": float((errors > FAILURE).double().mean()), "physical": physical_error(q_true, q),
             "resolution_A": float(re.search(r"^resolution: ([0-9.]+) Å", report, re.M).group(1)),
-            "seconds_end_to_end": seconds}
+            "seconds_end_to_end": seconds,
+            **{k: float(re.search(pattern, report, re.M).group(1)) for k, pattern in STAGE_TIMES.items()}}
 
 
 def run_case(name, source, pixel, args, snr, seed, device) -> dict:

@@ -51,6 +51,10 @@ def test_end_to_end_runs_the_command_on_the_written_stack(bench, tmp_path):
     (row,) = csv.DictReader(open(tmp_path / "end_to_end.csv"))
     assert row["protein"] == "phantom" and row["comparison"] == "hand-made" and int(row["P"]) == 300
     assert float(row["E_OR"]) < 0.15 and float(row["wrong"]) < 0.05 and float(row["seconds_end_to_end"]) > 0
+    stages = [float(row[k]) for k in ("explore_seconds", "recentre_seconds", "iterate_seconds")]
+    assert min(stages) > 0 and sum(stages) <= float(row["global_seconds"]) + 0.2  # each rounded to 0.1 s
+    assert 0 < float(row["abinitio_seconds"]) + float(row["global_seconds"]) <= float(row["command_seconds"])
+    assert float(row["command_seconds"]) < float(row["seconds_end_to_end"])  # the outside time adds Python's start
     case = tmp_path / "phantom_0dB_seed0"
     assert not (case / "particles.mrcs").exists() and (case / "particles.star").is_file()
     assert (case / "out" / "map.mrc").is_file() and float(row["resolution_A"]) > 0
