@@ -53,7 +53,12 @@ def test_chain_recovers_orientations_shifts_and_map(stack, chained):
     assert float(np.mean(fsc(aligned.aligned, vol, PIXEL).fsc[:8])) > 0.9
     lines = res.summary()
     assert lines[0].startswith("ab initio: 300 orientations determined")
-    assert lines[1].startswith("global search: start") and "FSC 0.143" in lines[2]
+    assert lines[1].startswith("global search: start") and "FSC 0.143" in lines[3]
+    steps = lines[2].removeprefix("global search iterations (band, half maps, changed, time): ").split("; ")
+    assert len(steps) == len(res.searched.iterations) >= 1  # one entry per iteration, its own figures
+    for step, it in zip(steps, res.searched.iterations):
+        assert step == f"{it.band} px {it.resolution:.2f} Å {it.changed:.1%} {it.seconds:.1f} s" and it.seconds > 0
+    assert sum(it.seconds for it in res.searched.iterations) <= res.searched.stage_seconds["iterate"]
 
 
 def test_resume_skips_finished_stages(stack, tmp_path, monkeypatch):

@@ -219,7 +219,8 @@ def main(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     written = _write_particles(args, particles, result, out) + _write_maps(result, out)
     _write_report(args, particles, result, notes, reused, seconds, written + [REPORT], out)
-    for line in result.summary()[: 1 + (result.searched is not None) + (result.refined is not None)]:
+    summary = result.summary()
+    for line in summary[: len(summary) - len(result.warnings)]:  # the warnings went to stderr above
         print(line)
     print(out)
     return 0

@@ -82,8 +82,10 @@ class ChainResult:
         return -self.shifts * self.pixel_size
 
     def summary(self) -> list[str]:
-        """Lines for a report: the ab initio verdict, the global search, the refinement's resolution, the caveats."""
-        lines = [self.abinitio.summary()] + ([self.searched.summary()] if self.searched is not None else [])
+        """Lines for a report: the ab initio verdict, the global search and its iterations, the refinement's
+        resolution, the caveats."""
+        lines = [self.abinitio.summary()]
+        lines += [self.searched.summary(), self.searched.trajectory()] if self.searched is not None else []
         if self.refined is not None:
             r = self.refined
             lines.append(f"refine: {len(r.rounds)} rounds, {r.kept} kept, FSC 0.143 resolution {r.resolution:.2f} Å "

@@ -121,6 +121,7 @@ class GlobalIteration:
     mean_rotation: float  # mean rotation applied, rad
     mean_shift: float  # mean change of the shifts, pixels
     shift_sd: float = math.inf  # standard deviation per axis of the Gaussian shift prior after it, pixels (inf: none)
+    seconds: float = math.nan  # wall time of the iteration, s
 
 
 @dataclass
@@ -186,6 +187,12 @@ class GlobalResult:
                 f"{prior}{len(self.iterations)} iterations to band {last.band} px, mean NCC {last.mean_score:.4f}, "
                 f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å; {self.seconds:.1f} s"
                 + "".join(f", {k} {v:.1f} s" for k, v in self.stage_seconds.items()))
+
+    def trajectory(self) -> str:
+        """One line: each iteration's band, the resolution of the half maps it searched against, the
+        fraction of particles that moved by more than a grid step, and its seconds."""
+        return "global search iterations (band, half maps, changed, time): " + "; ".join(
+            f"{it.band} px {it.resolution:.2f} Å {it.changed:.1%} {it.seconds:.1f} s" for it in self.iterations)
 
 
 def _map(stack: ParticleStack, q: Tensor, t: Tensor, m: int, weight_floor: float, pixel_size: float):
@@ -351,7 +358,7 @@ def _iterate(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
     """One iteration at band K (module docstring); updates q, t and, with the shift prior, ``opts["s2"]``
     (the posterior mean of |t|²/2) in place; returns its record, the particles' NCC and the reference it
     searched against."""
-    m = working_box(K, stack.m_max)
+    clock, m = time.perf_counter(), working_box(K, stack.m_max)
     volume, curve = _map(stack, q, t, m, opts["weight_floor"], opts["pixel_size"])
     q_old, t_old = q.clone(), t.clone()
     volume = _reference(volume, q, t, opts, stack.n)
@@ -371,7 +378,7 @@ def _iterate(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
                              changed=float((moved > opts["sampling"] / K).double().mean()),
                              mean_rotation=float(moved.mean()),
                              mean_shift=float(torch.linalg.vector_norm(t - t_old, dim=1).mean()),
-                             shift_sd=math.sqrt(opts["s2"]))
+                             shift_sd=math.sqrt(opts["s2"]), seconds=time.perf_counter() - clock)
     return record, scores, volume
 
 
