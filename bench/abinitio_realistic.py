@@ -246,8 +246,7 @@ def run_case(name, source, pixel, args, snr, seed, device) -> dict:
     floor_seconds = time.perf_counter() - t0
     found = align_orientations(q_true, res.quaternions)
     e_or = found.error
-    lines = res.summary() if not args.quiet else [res.searched.summary(), res.searched.trajectory()] + [
-        x for x in res.summary() if x.startswith("refine:")]
+    lines = [x for x in res.summary() if not args.quiet or x.startswith(("global search", "refine:"))]
     print("\n".join(lines), flush=True)
     oracle = {}
     if args.oracle:  # the global search's own floor: its iterations started at the truth
