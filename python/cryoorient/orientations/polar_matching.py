@@ -11,8 +11,9 @@ S × J × L candidates at once. The score is the normalised cross-correlation (N
 image with the CTF-modulated projection (the CTF's ring mean in the projection's norm: exact without
 astigmatism); :meth:`PolarSearch.log_posterior` turns it into a log-likelihood under Gaussian noise,
 plus a Gaussian prior on the shifts, :meth:`PolarSearch.sample` draws from it and :meth:`PolarSearch.peaks`
-keeps the best angle of each offset and direction, among which the best candidate is. :func:`shift_peak`
-searches a particle's shift against a reference; :func:`mean_projection` is a map's mean projection.
+keeps the best angle of each offset and direction, among which the best candidate is; given chosen
+directions per particle (a coarse-to-fine search's fine stage, :func:`direction_neighbours`) it scores only
+those. :func:`shift_peak` searches a particle's shift against a reference; :func:`mean_projection` is a map's mean projection.
 
 Conventions: images (P, n, n) [y, x], centre at pixel n//2; quaternions scalar-first of RELION's
 A = Rz(psi)·Ry(tilt)·Rz(rot) (map → image frame), w >= 0; shifts t (P, 2) in pixels (x, y) of the
@@ -35,7 +36,8 @@ from ..maps.half_maps import load_ctf, load_images
 from .abinitio import polar_spectra
 
 __all__ = ["SAMPLE_FLOOR", "ParticleStack", "PolarSearch", "band_weights", "clip_shifts", "crop_spectrum",
-           "direction_grid", "mean_projection", "ring_mean", "rings", "shift_peak", "working_box"]
+           "direction_grid", "direction_neighbours", "mean_projection", "ring_mean", "rings", "shift_peak",
+           "working_box"]
 
 #: Log-posterior depth below a particle's best candidate at which :meth:`PolarSearch.sample` floors the weights:
 #: the candidates below it draw at most C·e^−60 < 10⁻¹⁷ of the time (C < 10⁹ candidates), and no weight is a
@@ -50,6 +52,17 @@ def direction_grid(count: int) -> Tensor:
     tilt = torch.rad2deg(torch.acos(1 - 2 * i / count))
     rot = torch.rad2deg(torch.remainder(i * math.pi * (3 - math.sqrt(5)), 2 * math.pi))
     return euler_to_quat(rot, tilt, torch.zeros_like(rot))
+
+
+def direction_neighbours(fine: Tensor, coarse: Tensor) -> Tensor:
+    """For each direction of the ``coarse`` grid (Jc, 4), the directions of the ``fine`` grid (J, 4) whose viewing
+    directions lie within the coarse grid's spacing sqrt(4π / Jc) of its own: indices (Jc, k) into ``fine``,
+    a row with fewer than k padded with its first."""
+    vf, vc = quat_to_matrix(fine)[:, 2], quat_to_matrix(coarse)[:, 2]
+    near = (vc @ vf.T) >= math.cos(math.sqrt(4 * math.pi / len(coarse)))  # (Jc, J)
+    count = near.sum(1, keepdim=True)
+    order = near.float().topk(int(count.max()), dim=1).indices  # the near ones first
+    return torch.where(torch.arange(order.shape[1]) < count, order, order[:, :1])
 
 
 def working_box(K: int, m_max: int) -> int:
@@ -138,10 +151,11 @@ class PolarSearch:
         self.ring, self.count = rings(m, K, device)
         self.rows = max(1, opts["budget"] // (self.L * len(self.dirs) * shifts))  # particles per batch
 
-    def correlations(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None):
+    def correlations(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None,
+                     dirs: Tensor | None = None):
         """NCC (L, B, S, J) of particles ``idx`` at shifts t + offsets[s] (S offsets, n-pixels; default one,
         zero) with the projection along direction j rotated by angle l; the candidate's index is
-        (s·J + j)·L + l."""
+        (s·J + j)·L + l. ``dirs`` (B, D): only these directions of each particle (NCC (L, B, S, D))."""
         S = 1 if offsets is None else len(offsets)
         rep = idx.repeat_interleave(S)
         t = t.to(stack.device).float().repeat_interleave(S, 0) + (0 if offsets is None else offsets.repeat(len(idx), 1))
@@ -154,29 +168,42 @@ class PolarSearch:
             X = polar_spectra(stack.images(rep, m, t, c), self.K, self.L)
         X = X[: self.L // 2 + 1]
         c2 = torch.ones(len(rep), self.K, device=x.device) if c is None else ring_mean(c * c, self.ring, self.count)
-        den = torch.sqrt((c2 @ self.power.T) * xnorm[:, None]).clamp_min(1e-30)  # (B·S, J)
-        cc = torch.fft.irfft(X @ self.refs, n=self.L, dim=0, norm="forward")  # (L, B·S, J)
-        return cc.div_(den).view(self.L, len(idx), S, -1)
+        if dirs is None:
+            den = torch.sqrt((c2 @ self.power.T) * xnorm[:, None]).clamp_min(1e-30)  # (B·S, J)
+            cc = torch.fft.irfft(X @ self.refs, n=self.L, dim=0, norm="forward")  # (L, B·S, J)
+            return cc.div_(den).view(self.L, len(idx), S, -1)
+        B, dirs = len(idx), dirs.to(x.device)
+        power = self.power[dirs]  # (B, D, K)
+        den = torch.sqrt(c2.view(B, S, 1, -1).mul(power[:, None]).sum(-1) * xnorm.view(B, S, 1)).clamp_min(1e-30)
+        refs = self.refs[:, :, dirs].permute(2, 0, 1, 3)  # (B, M, K, D)
+        prod = X.view(-1, B, S, self.K).transpose(0, 1) @ refs  # (B, M, S, D)
+        cc = torch.fft.irfft(prod.transpose(0, 1), n=self.L, dim=0, norm="forward")  # (L, B, S, D)
+        return cc.div_(den)
 
     def scores(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None) -> Tensor:
         """NCC (B, S·J·L) of every candidate (:meth:`correlations`), candidate (s·J + j)·L + l."""
         ncc = self.correlations(stack, idx, m, t, offsets)
         return ncc.permute(1, 2, 3, 0).reshape(len(idx), -1)
 
-    def peaks(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None):
+    def peaks(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None,
+              dirs: Tensor | None = None):
         """Per offset and direction, the best in-plane angle: NCC (B, S·J) and angle l (B, S·J), candidate
         s·J + j; (s·J + j)·L + l indexes :meth:`scores`. The log-posterior's best over all candidates is
-        among these (it rises with the NCC at a fixed offset)."""
-        ncc, angle = self.correlations(stack, idx, m, t, offsets).max(0)
+        among these (it rises with the NCC at a fixed offset). ``dirs`` (B, D): only these directions
+        (NCC and angle (B, S·D), candidate s·D + d for direction dirs[:, d])."""
+        ncc, angle = self.correlations(stack, idx, m, t, offsets, dirs).max(0)
         return ncc.flatten(1), angle.flatten(1)
 
-    def best(self, ncc: Tensor, angle: Tensor, shifts: Tensor, s2: float = math.inf):
+    def best(self, ncc: Tensor, angle: Tensor, shifts: Tensor, s2: float = math.inf, dirs: Tensor | None = None):
         """Each particle's candidate of highest log-posterior among the :meth:`peaks` ``ncc``, ``angle`` (B, C),
         candidate c = s·J + j of shift ``shifts[:, s]`` (B, S, 2) n-pixels (:meth:`log_posterior`): its shift
         offset s (B,) and direction j as c (B,), its orientation (B, 4) (:meth:`orientations`) and its NCC (B,),
-        on the CPU."""
+        on the CPU. ``dirs`` (B, D): the peaks were of these directions only (candidate s·D + d)."""
         best = self.log_posterior(ncc, shifts, s2).argmax(1, keepdim=True)
         c = best[:, 0].cpu()
+        if dirs is not None:  # s·D + d → s·J + dirs[d]
+            D = dirs.shape[1]
+            c = (c // D) * len(self.dirs) + dirs.cpu().gather(1, (c % D)[:, None])[:, 0]
         q = self.orientations(c * self.L + angle.gather(1, best)[:, 0].cpu())
         return c, q, ncc.gather(1, best)[:, 0].cpu()
 
