@@ -83,6 +83,7 @@ rotation, either hand).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -324,8 +325,15 @@ def _coarse(volume: Tensor, search: PolarSearch, opts: dict, shifts: int) -> tup
     if not opts["coarse"] or search.K < 12:
         return None
     coarser = PolarSearch(volume, search.K // 2, opts, shifts)
-    near = direction_neighbours(search.dirs, coarser.dirs).to(volume.device)
+    near = _neighbour_table(len(search.dirs), len(coarser.dirs)).to(volume.device)
     return coarser, near, min(int(opts["coarse"]), len(coarser.dirs))
+
+
+@functools.lru_cache(maxsize=8)
+def _neighbour_table(fine: int, coarse: int) -> Tensor:
+    """:func:`direction_neighbours` of the direction grids of ``fine`` and ``coarse`` directions, kept for the
+    iterations that follow at the same bands."""
+    return direction_neighbours(direction_grid(fine), direction_grid(coarse))
 
 
 def _recentre(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict, volume: Tensor | None = None) -> float:
