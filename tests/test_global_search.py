@@ -143,7 +143,8 @@ def test_coarse_to_fine_keeps_the_best_candidate(stack, phantom):
     q, t, ctf, images = stack
     opts = {"sampling": 1.5, "budget": 1 << 23, "coarse": 8, "s2": 2.0}
     search = pm.PolarSearch(phantom.float(), 12, opts, 9)
-    rough, near = gs._coarse(phantom.float(), search, opts, 9)[:2]
+    coarse = gs._coarse(phantom.float(), search, opts, 9)
+    rough, near = coarse[:2]
     assert rough.K == 6 and torch.equal(near.unique(), torch.arange(len(search.dirs)))
     view, fine = quat_to_matrix(rough.dirs)[:, 2], quat_to_matrix(search.dirs)[:, 2]  # viewing directions
     cos = (view[:, None] * fine[near]).sum(-1)
@@ -151,9 +152,9 @@ def test_coarse_to_fine_keeps_the_best_candidate(stack, phantom):
     particles = pm.ParticleStack(images, ctf, BOX, "cpu", 64, seed=0)
     offsets = gs._offsets(particles, 12, 1)
     found = []
-    for coarse in (None, gs._coarse(phantom.float(), search, opts, 9)):
+    for stage in (None, coarse):
         qq, tt = torch.empty(P, 4, dtype=torch.float64), t.clone()
-        gs._best_candidates(particles, search, qq, tt, BOX, offsets, {**opts, "max_shift": 6.0}, coarse)
+        gs._best_candidates(particles, search, qq, tt, BOX, offsets, {**opts, "max_shift": 6.0}, stage)
         found.append(qq)
     same = float((quat_distance(*found) < 1e-9).double().mean())
     assert same > 0.98, same
