@@ -126,7 +126,8 @@ def _elongation(path: Path) -> float:
 
 
 def proteins(args) -> list[tuple[str, object, float]]:
-    """(name, source for load_volume, pixel size or None for the map's own) of the proteins to run."""
+    """(name, source for load_volume, pixel size or None for the map's own) of the proteins to run; an atomic
+    model's source is its map, rendered once here."""
     from cryoorient.imaging.phantom import default_density, pseudo_molecule
     from cryoorient.io import model_atoms
     from cryoorient.learning.library import structure_library
@@ -151,7 +152,8 @@ def proteins(args) -> list[tuple[str, object, float]]:
                 sys.exit(f"abinitio_realistic: map not found: {args.map}")
             out.append((name, args.map, None))
         elif name in models:
-            out.append((name, models[name], particle_pixel_size(*model_atoms(models[name]), args.size)))
+            px = particle_pixel_size(*model_atoms(models[name]), args.size)  # rendered once, for every case
+            out.append((name, load_volume(models[name], args.size, px), px))
         else:
             sys.exit(f"abinitio_realistic: unknown protein {name!r} (5j0n, phantom, or an asymmetric model of "
                      f"{args.structures}: {', '.join(sorted(models)) or 'none found'})")
@@ -196,6 +198,7 @@ def run_end_to_end_case(name, source, pixel, args, snr, seed, device) -> dict:
         torch.cuda.empty_cache()  # the command's process gets the GPU's memory
     cmd = [sys.executable, "-m", "cryoorient", "abinitio", str(work / STAR_NAME), "-o", str(work / "out"),
            "--device", str(device), "--rounds", str(args.rounds), "--landmarks", str(args.landmarks), "-q"]
+    cmd += [x for k, v in args.global_options.items() for x in (f"--{k}", str(v))]
     if args.comparison:
         cmd += ["--comparison", args.comparison,
                 "--particle-diameter", f"{particle_diameter(*load_volume(source, args.size, pixel)):.2f}"]
@@ -423,6 +426,8 @@ def parse_args(argv=None):
         args.global_options = {k: float(v) if "." in v else int(v) for k, v in pairs}
     except ValueError:
         p.error(f"--global takes NAME=NUMBER pairs; got {' '.join(args.global_options)}")
+    if args.end_to_end and set(args.global_options) - {"restarts", "coarse"}:
+        p.error("--end-to-end passes on only --global restarts=N and coarse=N (the command's options)")
     if args.quick:
         args.P, args.size, args.snr, args.seeds, args.rounds = 400, 48, [-12.0], 1, 2
         args.proteins = args.proteins or ["phantom"]

@@ -44,10 +44,13 @@ def test_global_options_are_parsed_and_refused(bench):
 
 def test_end_to_end_runs_the_command_on_the_written_stack(bench, tmp_path):
     """--end-to-end: the case written as STAR + stack, `cryoorient abinitio` timed on it, its orientations read
-    back against the truth; at 0 dB on the phantom they must be close to it."""
+    back against the truth; at 0 dB on the phantom they must be close to it. ``--global coarse=N`` reaches
+    the command (its report says so); options the command does not have are refused."""
     argv = ["--device", "cpu", "--proteins", "phantom", "--P", "300", "--size", "48", "--snr", "0", "--seeds", "1",
             "--rounds", "1", "--end-to-end", "--quiet", "--out", str(tmp_path)]
-    assert bench.main(argv) == 0
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv + ["--global", "max_band=32"])
+    assert bench.main(argv + ["--global", "coarse=8"]) == 0
     (row,) = csv.DictReader(open(tmp_path / "end_to_end.csv"))
     assert row["protein"] == "phantom" and row["comparison"] == "hand-made" and int(row["P"]) == 300
     assert float(row["E_OR"]) < 0.15 and float(row["wrong"]) < 0.05 and float(row["seconds_end_to_end"]) > 0
@@ -58,3 +61,4 @@ def test_end_to_end_runs_the_command_on_the_written_stack(bench, tmp_path):
     case = tmp_path / "phantom_0dB_seed0"
     assert not (case / "particles.mrcs").exists() and (case / "particles.star").is_file()
     assert (case / "out" / "map.mrc").is_file() and float(row["resolution_A"]) > 0
+    assert ", coarse to fine 8" in (case / "out" / "report.txt").read_text()
