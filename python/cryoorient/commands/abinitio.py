@@ -47,7 +47,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coarse", type=int, default=0, metavar="N",
                    help="the global search's iterations at band 12 and above search coarse to fine: each particle's N "
                    "best directions at half the band, then the fine grid about them only (default 0: every direction; "
-                   "faster at high bands, not yet the default: not measured at -20 dB)")
+                   "halves the iterations' time but loses particles at -20 dB, bench/README.md)")
     add_rounds_args(p)
     p.add_argument("--neighbors", type=int, default=10, help="neighbours kept per image and mirror image (default 10)")
     p.add_argument("--landmarks", type=int, default=5000,

@@ -36,9 +36,9 @@ Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
   −20 dB, the case these two defaults were chosen on): E_OR 0.218 rad with no joint offsets and the
   band capped at 32, 0.151 with ``joint_grid`` = 1, 0.120 with ``max_band`` = 48 as well (a
   particle's best-matching orientation is less often a wrong one at a higher band).
-* **Coarse to fine** (``coarse``, off by default until measured on the GPU): at band K ≥ 12 an iteration
-  first searches every particle at band K/2 (a quarter of the directions, half the angles and rings), keeps its
-  ``coarse`` best directions and searches the fine grid only within the coarse spacing of them
+* **Coarse to fine** (``coarse``, off by default: at −20 dB it loses particles, bench/README): at band K ≥ 12
+  an iteration first searches every particle at band K/2 (a quarter of the directions, half the angles and
+  rings), keeps its ``coarse`` best directions and searches the fine grid only within the coarse spacing of them
   (:func:`cryoorient.orientations.polar_matching.direction_neighbours`), as RELION's adaptive oversampling does;
   the full search's cost grows as K⁴, and at 10⁵ particles its iterations at bands 40–48 took half of the run.
 * **Shift prior** (``shift_prior``, as RELION's sigma_offset): every choice of a shift — the draws, the
@@ -474,7 +474,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     particles are explored.
     ``coarse``: the iterations at band 12 and above search coarse to fine (:func:`_coarse`): each particle's
     ``coarse`` best directions at half the band, then the fine grid about them only, not all directions
-    (0: all; not the default until measured on the GPU).
+    (0: all, the default: at −20 dB the coarse stage misses some particles' true directions).
     ``seed``: random starts, draws, half sets and the subset.
     """
     t0 = time.perf_counter()
