@@ -390,6 +390,9 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=128, help="image edge, pixels (default 128)")
     p.add_argument("--snr", type=float, nargs="+", default=[-12.0, -16.0, -20.0], help="SNRs in dB")
     p.add_argument("--seeds", type=int, default=5, help="seeds per case (default 5)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first seed (default 0): seeds first-seed … first-seed + seeds − 1, so that one case's "
+                        "seeds can run in calls of their own")
     p.add_argument("--rounds", type=int, default=5,
                    help="most refinement rounds of the chain, all rounds of the floor (default 5)")
     p.add_argument("--landmarks", type=int, default=5000, help="ab initio landmarks (0: all images)")
@@ -426,6 +429,8 @@ def parse_args(argv=None):
         args.global_options = {k: float(v) if "." in v else int(v) for k, v in pairs}
     except ValueError:
         p.error(f"--global takes NAME=NUMBER pairs; got {' '.join(args.global_options)}")
+    if args.first_seed < 0:
+        p.error(f"--first-seed must be at least 0; got {args.first_seed}")
     if args.end_to_end and set(args.global_options) - {"restarts", "coarse"}:
         p.error("--end-to-end passes on only --global restarts=N and coarse=N (the command's options)")
     if args.quick:
@@ -449,7 +454,7 @@ def main(argv=None) -> int:
     rows = []
     for prot, source, pixel in cases:
         for snr in args.snr:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 if args.ambiguity:
                     rows += run_ambiguity_case(prot, source, pixel, args, snr, seed, device)
                     write_csv(out / "ambiguity.csv", rows, AMBIGUITY_COLUMNS)

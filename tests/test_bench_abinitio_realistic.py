@@ -45,20 +45,24 @@ def test_global_options_are_parsed_and_refused(bench):
 def test_end_to_end_runs_the_command_on_the_written_stack(bench, tmp_path):
     """--end-to-end: the case written as STAR + stack, `cryoorient abinitio` timed on it, its orientations read
     back against the truth; at 0 dB on the phantom they must be close to it. ``--global coarse=N`` reaches
-    the command (its report says so); options the command does not have are refused."""
+    the command (its report says so); options the command does not have are refused; ``--first-seed`` runs
+    the seeds from there."""
     argv = ["--device", "cpu", "--proteins", "phantom", "--P", "300", "--size", "48", "--snr", "0", "--seeds", "1",
+            "--first-seed", "3",
             "--rounds", "1", "--end-to-end", "--quiet", "--out", str(tmp_path)]
-    with pytest.raises(SystemExit):
-        bench.parse_args(argv + ["--global", "max_band=32"])
+    for bad in (["--global", "max_band=32"], ["--first-seed", "-1"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv + bad)
     assert bench.main(argv + ["--global", "coarse=8"]) == 0
     (row,) = csv.DictReader(open(tmp_path / "end_to_end.csv"))
     assert row["protein"] == "phantom" and row["comparison"] == "hand-made" and int(row["P"]) == 300
+    assert int(row["seed"]) == 3
     assert float(row["E_OR"]) < 0.15 and float(row["wrong"]) < 0.05 and float(row["seconds_end_to_end"]) > 0
     stages = [float(row[k]) for k in ("explore_seconds", "recentre_seconds", "iterate_seconds")]
     assert min(stages) > 0 and sum(stages) <= float(row["global_seconds"]) + 0.2  # each rounded to 0.1 s
     assert 0 < float(row["abinitio_seconds"]) + float(row["global_seconds"]) <= float(row["command_seconds"])
     assert float(row["command_seconds"]) < float(row["seconds_end_to_end"])  # the outside time adds Python's start
-    case = tmp_path / "phantom_0dB_seed0"
+    case = tmp_path / "phantom_0dB_seed3"
     assert not (case / "particles.mrcs").exists() and (case / "particles.star").is_file()
     assert (case / "out" / "map.mrc").is_file() and float(row["resolution_A"]) > 0
     assert ", coarse to fine 8" in (case / "out" / "report.txt").read_text()
