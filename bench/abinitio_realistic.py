@@ -431,8 +431,8 @@ def parse_args(argv=None):
         p.error(f"--global takes NAME=NUMBER pairs; got {' '.join(args.global_options)}")
     if args.first_seed < 0:
         p.error(f"--first-seed must be at least 0; got {args.first_seed}")
-    if args.end_to_end and set(args.global_options) - {"restarts", "coarse"}:
-        p.error("--end-to-end passes on only --global restarts=N and coarse=N (the command's options)")
+    if args.end_to_end and set(args.global_options) - {"restarts", "coarse", "minibatch"}:
+        p.error("--end-to-end passes on only --global restarts=N, coarse=N and minibatch=N (the command's options)")
     if args.quick:
         args.P, args.size, args.snr, args.seeds, args.rounds = 400, 48, [-12.0], 1, 2
         args.proteins = args.proteins or ["phantom"]

@@ -354,6 +354,9 @@ def test_refusals(stack):
     for grids in ({"joint_grid": -1}, {"joint_grid": 1.5}, {"shift_grid": -2}, {"coarse": -1}, {"coarse": 2.5}):
         with pytest.raises(ValueError, match="joint_grid and coarse must be integers"):
             global_search(images, q, **grids)
+    for minibatch in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="minibatch must be None or an integer"):
+            global_search(images, q, minibatch=minibatch)
     bad = images.clone()
     bad[7, 3, 3] = math.nan
     with pytest.raises(ValueError, match="NaN"):

@@ -493,6 +493,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
                          f"{joint_grid!r}, {coarse!r}")
     if q_init is None and restarts < 1:
         raise ValueError("no start: give q_init or restarts >= 1")
+    if minibatch is not None and not (int(minibatch) == minibatch and minibatch >= 1):
+        raise ValueError(f"minibatch must be None or an integer >= 1; got {minibatch!r}")
     if subset is not None and subset < 4:
         raise ValueError(f"subset must be None or at least 4 particles; got {subset}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
