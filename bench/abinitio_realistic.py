@@ -84,7 +84,7 @@ from cryoorient.imaging.simulate import (STACK_NAME, STAR_NAME, ImageSimulator, 
 from cryoorient.io import read_particles, write_stack, write_star
 from cryoorient.orientations.learned_comparison import particle_diameter, particle_pixel_size
 from cryoorient.maps.refine import mirror_orientations, refine
-from cryoorient.maps.transforms import resample_map
+from cryoorient.maps.transforms import resample_map, resize_map
 from cryoorient.orientations.align import align_orientations
 from cryoorient.orientations.chain import run_chain
 from cryoorient.orientations.global_search import global_search
@@ -289,7 +289,7 @@ def run_ambiguity_case(name, source, pixel, args, snr, seed, device) -> list[dic
     rad) lies more than FAILURE from the truth ("wrong"), and the fraction whose NCC there exceeds the NCC at
     their exact true orientation ("beaten": no search of the likelihood can place them right at that band)."""
     images, q_true, t_true, ctf, voxel = simulate_case(source, pixel, args, snr, seed, device)
-    volume = torch.as_tensor(load_volume(source, args.size, pixel)[0], device=device)
+    volume = resize_map(torch.as_tensor(load_volume(source, args.size, pixel)[0], device=device), args.size)  # the images' box
     n, count = args.size, min(args.count, args.P)
     stack = ParticleStack(images[:count], ctf, working_box(max(args.bands), n), device, 1024, seed)
     rows = []
