@@ -1,9 +1,10 @@
-"""Timing helpers shared by the benchmarks (medians; CUDA events on the current stream)."""
+"""Timing helpers shared by the benchmarks (medians; CUDA events on the current stream), and when a script skips."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -56,3 +57,11 @@ def synchronize(device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def skip_reason(device, *files) -> str | None:
+    """Why a benchmark on ``device`` with its input ``files`` cannot run here (no CUDA GPU, a file missing), or None."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU (pass --device cpu)"
+    missing = [str(f) for f in files if not Path(f).is_file()]
+    return f"not found: {', '.join(missing)}" if missing else None

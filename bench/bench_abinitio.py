@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import skip_reason
 
 from cryoorient.orientations.abinitio import estimate_orientations
 from cryoorient.orientations.align import align_orientations
@@ -41,11 +42,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_abinitio: no CUDA GPU (pass --device cpu); skipped")
-        return 0
-    if not Path(args.map).is_file():
-        print(f"bench_abinitio: map not found: {args.map}; skipped")
+    if (reason := skip_reason(device, args.map)) is not None:
+        print(f"bench_abinitio: {reason}; skipped")
         return 0
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -101,7 +101,8 @@ def test_the_shift_prior_weighs_the_draws():
 
 def test_peaks_hold_the_best_candidate_of_all(stack, phantom):
     """The best candidate (highest log-posterior with the shift prior) from the per-offset, per-direction peaks
-    over the angles is the best of the full candidate list (:meth:`PolarSearch.scores`), NCC and index."""
+    over the angles is the best of the full candidate list (:meth:`PolarSearch.scores`), NCC and index; the
+    peaks (the numerators' maxima divided by the norm) are the NCC's maxima over the angles, bit for bit."""
     q, t, ctf, images = stack
     search = pm.PolarSearch(phantom.float(), 8, {"sampling": 1.5, "budget": 1 << 23}, 9)
     particles = pm.ParticleStack(images[:40], ctf, BOX, "cpu", 64, seed=0)
@@ -110,6 +111,8 @@ def test_peaks_hold_the_best_candidate_of_all(stack, phantom):
     full = search.scores(particles, idx, BOX, t[idx], offsets)
     best = search.log_posterior(full, moved, 2.0).argmax(1)
     ncc, angle = search.peaks(particles, idx, BOX, t[idx], offsets)
+    ncc_all, angle_all = search.correlations(particles, idx, BOX, t[idx], offsets).max(0)
+    assert torch.equal(ncc, ncc_all.flatten(1)) and torch.equal(angle, angle_all.flatten(1))
     pair, q_best, ncc_best = search.best(ncc, angle, moved, 2.0)
     assert torch.equal(pair, best // search.L) and torch.equal(q_best, search.orientations(best))
     assert torch.equal(ncc_best, full.gather(1, best[:, None])[:, 0])

@@ -156,6 +156,13 @@ class PolarSearch:
         """NCC (L, B, S, J) of particles ``idx`` at shifts t + offsets[s] (S offsets, n-pixels; default one,
         zero) with the projection along direction j rotated by angle l; the candidate's index is
         (s·J + j)·L + l. ``dirs`` (B, D): only these directions of each particle (NCC (L, B, S, D))."""
+        cc, den = self._cross_correlations(stack, idx, m, t, offsets, dirs)
+        return cc.div_(den)
+
+    def _cross_correlations(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None,
+                            dirs: Tensor | None):
+        """The numerators (L, B, S, J or D) of :meth:`correlations` and their norms (B, S, J or D), which do not
+        depend on the angle: the NCC is their quotient."""
         S = 1 if offsets is None else len(offsets)
         rep = idx.repeat_interleave(S)
         t = t.to(stack.device).float().repeat_interleave(S, 0) + (0 if offsets is None else offsets.repeat(len(idx), 1))
@@ -171,14 +178,14 @@ class PolarSearch:
         if dirs is None:
             den = torch.sqrt((c2 @ self.power.T) * xnorm[:, None]).clamp_min(1e-30)  # (B·S, J)
             cc = torch.fft.irfft(X @ self.refs, n=self.L, dim=0, norm="forward")  # (L, B·S, J)
-            return cc.div_(den).view(self.L, len(idx), S, -1)
+            return cc.view(self.L, len(idx), S, -1), den.view(len(idx), S, -1)
         B, dirs = len(idx), dirs.to(x.device)
         power = self.power[dirs]  # (B, D, K)
         den = torch.sqrt(c2.view(B, S, 1, -1).mul(power[:, None]).sum(-1) * xnorm.view(B, S, 1)).clamp_min(1e-30)
         refs = self.refs[:, :, dirs].permute(2, 0, 1, 3)  # (B, M, K, D)
         prod = X.view(-1, B, S, self.K).transpose(0, 1) @ refs  # (B, M, S, D)
         cc = torch.fft.irfft(prod.transpose(0, 1), n=self.L, dim=0, norm="forward")  # (L, B, S, D)
-        return cc.div_(den)
+        return cc, den
 
     def scores(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None) -> Tensor:
         """NCC (B, S·J·L) of every candidate (:meth:`correlations`), candidate (s·J + j)·L + l."""
@@ -190,9 +197,11 @@ class PolarSearch:
         """Per offset and direction, the best in-plane angle: NCC (B, S·J) and angle l (B, S·J), candidate
         s·J + j; (s·J + j)·L + l indexes :meth:`scores`. The log-posterior's best over all candidates is
         among these (it rises with the NCC at a fixed offset). ``dirs`` (B, D): only these directions
-        (NCC and angle (B, S·D), candidate s·D + d for direction dirs[:, d])."""
-        ncc, angle = self.correlations(stack, idx, m, t, offsets, dirs).max(0)
-        return ncc.flatten(1), angle.flatten(1)
+        (NCC and angle (B, S·D), candidate s·D + d for direction dirs[:, d]). The norm does not depend on the
+        angle, so the numerators' maximum is divided by it (the same values, a pass less over all L angles)."""
+        cc, den = self._cross_correlations(stack, idx, m, t, offsets, dirs)
+        ncc, angle = cc.max(0)
+        return ncc.div_(den).flatten(1), angle.flatten(1)
 
     def best(self, ncc: Tensor, angle: Tensor, shifts: Tensor, s2: float = math.inf, dirs: Tensor | None = None):
         """Each particle's candidate of highest log-posterior among the :meth:`peaks` ``ncc``, ``angle`` (B, C),
