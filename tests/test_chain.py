@@ -141,6 +141,27 @@ def test_unreproducible_global_search_is_said(stack, monkeypatch):
         assert ("the runner-up a worse optimum" in res.searched.summary()) == (said == "worse")
 
 
+def test_a_global_search_stopped_at_its_cap_is_said(stack, monkeypatch):
+    """A global search whose iterations ended at the cap, not by the stopping rule, gives a warning line with the
+    fraction still moving; one that converged, none."""
+    vol, q, t, ctf, images = stack
+    seen = {}
+
+    def fake(images, q_init, **kwargs):
+        return GlobalResult(quaternions=q_init, shifts=kwargs["shifts"], scores=torch.zeros(len(q_init)), map=vol,
+                            map_pixel_size=PIXEL, resolution=10.0, start="given", start_scores={"given": 0.5},
+                            iterations=[GlobalIteration(8, 24, 10.0, 100, 56, 0.5, 0.184, 0.0, 0.0)] * 3,
+                            converged=seen["converged"])
+
+    monkeypatch.setattr(chain, "global_search", fake)
+    for converged in (False, True):
+        seen["converged"] = converged
+        res = run_chain(images, pixel_size=PIXEL, ctf=ctf, stop_after="global", global_options={"iterations": 3})
+        said = [w for w in res.warnings if "stopped at its cap of 3 iterations, not converged: 18.4% of the "
+                "particles changed orientation by more than a grid step in the last (it stops below 2.0%" in w]
+        assert len(said) == (not converged), res.warnings
+
+
 def test_star_ctf_on_a_device_and_the_checkpoint_key(tmp_path, device):
     """The CTF is computed on the command's device; the checkpoints' key is the CPU's, so that a run
     on the GPU resumes on the CPU."""

@@ -200,6 +200,8 @@ def test_recovers_orientations_and_shifts_from_random_starts(stack):
     assert float(err.mean()) < 0.3, float(err.mean())
     last = res.iterations[-1]
     assert last.band == 12 and res.map.shape == (last.box,) * 3 and res.resolution < 10
+    # stopped by the rule (the band stayed and fewer than 2 % moved by a grid step), before the cap of 10
+    assert res.converged and last.changed < 0.02 and len(res.iterations) < 10 and "the cap" not in res.summary()
     assert res.summary().startswith(f"global search: start '{res.start}'") and "; reproducible: starts" in res.summary()
     assert list(res.stage_seconds) == ["explore", "recentre", "iterate"] and min(res.stage_seconds.values()) > 0
     assert sum(res.stage_seconds.values()) <= res.seconds and "explore " in res.summary()
@@ -301,6 +303,9 @@ def test_pure_noise_is_not_reproducible():
     assert res.reproducible is False and res.agreement > 1.0
     assert res.ambiguous and res.separation < SEPARATED  # neither start's orientations match better
     assert "NOT reproducible: starts 'random" in res.summary()
+    # one iteration allowed, and noise particles move anywhere in it: stopped at the cap, and said
+    assert res.iterations[-1].changed > 0.2 and not res.converged
+    assert "1 iterations (the cap: not converged) to band 6 px" in res.summary()
     given = global_search(noise, random_quaternions(200, generator=9, dtype=torch.float64), restarts=0, steps=2,
                           minibatch=64, iterations=1, start_band=6)
     assert given.reproducible is None and given.runner_up is None  # one origin (the given orientations) only

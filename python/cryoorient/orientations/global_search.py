@@ -149,6 +149,7 @@ class GlobalResult:
     recentred: float | None = None  # fraction of particles that took their candidate about the blob shift (None: off)
     explored: int | None = None  # particles the starts were explored on, if a ``subset`` (None: all)
     iterations: list[GlobalIteration] = field(default_factory=list)
+    converged: bool = True  # the iterations stopped by their rule, not at the cap of ``iterations``
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # "explore" (all starts), "recentre", "iterate"
 
@@ -189,8 +190,9 @@ class GlobalResult:
         if self.explored is not None:
             moved = f"starts explored on {self.explored:,} of {len(self.quaternions):,} particles; {moved}"
         prior = "" if math.isinf(last.shift_sd) else f"shift prior σ {last.shift_sd:.2f} px; "
+        cap = "" if self.converged else " (the cap: not converged)"
         return (f"global search: start '{self.start}' (mean NCC of the starts: {starts}); {self.verdict()}; {moved}"
-                f"{prior}{len(self.iterations)} iterations to band {last.band} px, mean NCC {last.mean_score:.4f}, "
+                f"{prior}{len(self.iterations)} iterations{cap} to band {last.band} px, mean NCC {last.mean_score:.4f}, "
                 f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å; {self.seconds:.1f} s"
                 + "".join(f", {k} {v:.1f} s" for k, v in self.stage_seconds.items()))
 
@@ -419,11 +421,12 @@ def _iterate(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
     return record, scores, volume
 
 
-def _iterations(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict, bar) -> tuple[list, Tensor, Tensor]:
+def _iterations(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict,
+                bar) -> tuple[list, Tensor, Tensor, bool]:
     """Iterations (:func:`_iterate`) from band K until the band stays and fewer than ``opts["tolerance"]``
     of the particles move by more than a grid step, at most ``opts["iterations"]`` (at least one); the
-    band follows the half maps' resolution, at most ``opts["top"]``. Returns the records, the last NCC
-    and the last reference."""
+    band follows the half maps' resolution, at most ``opts["top"]``. Returns the records, the last NCC,
+    the last reference and whether they stopped by that rule (False: at the cap)."""
     history = []
     for _ in range(max(1, opts["iterations"])):
         record, scores, volume = _iterate(stack, q, t, K, opts)
@@ -432,9 +435,9 @@ def _iterations(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict, 
         bar.set_postfix(band=K, ncc=f"{record.mean_score:.4f}", changed=f"{record.changed:.3f}")
         grown = min(opts["top"], max(K, round(stack.n * opts["pixel_size"] / record.resolution)))
         if grown == K and record.changed < opts["tolerance"]:
-            break
+            return history, scores, volume, True
         K = grown
-    return history, scores, volume
+    return history, scores, volume, False
 
 
 def _origin(start: str) -> str:
@@ -548,7 +551,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     else:
         recentred = _recentre(stack, q, t, K, opts) if recentre else None
     stage_seconds["recentre"], clock = time.perf_counter() - clock, time.perf_counter()
-    history, scores, volume = _iterations(stack, q, t, K, opts, bar)
+    history, scores, volume, converged = _iterations(stack, q, t, K, opts, bar)
     stage_seconds["iterate"] = time.perf_counter() - clock
     bar.close()
     return GlobalResult(quaternions=q, shifts=t, scores=scores, map=volume.cpu(),
@@ -557,5 +560,5 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
                         runner_up=None if runner_up is None else runner_up[1], agreement=agreement,
                         separation=separation,
                         recentred=recentred, explored=None if chosen is None else len(chosen),
-                        iterations=history,
+                        iterations=history, converged=converged,
                         seconds=time.perf_counter() - t0, stage_seconds=stage_seconds)
