@@ -38,16 +38,11 @@ from abinitio_realistic import simulate_case
 
 from cryoorient.maps.transforms import resample_map, resize_map
 from cryoorient.imaging.simulate import load_volume
+from cryoorient.orientations.global_search import _offsets
 from cryoorient.orientations.polar_matching import ParticleStack, PolarSearch, working_box
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 JOINT_GRID = 1  # the global search's default: (2·1 + 1)² = 9 shift offsets
-
-
-def _offsets(n: int, K: int, device) -> torch.Tensor:
-    """The joint shift offsets of an iteration at band K (``global_search._offsets``): n/(4K) pixels apart."""
-    grid = torch.arange(-JOINT_GRID, JOINT_GRID + 1.0, device=device)
-    return torch.cartesian_prod(grid, grid) * (n / (4 * K))
 
 
 def _pass(fn, stack: ParticleStack, rows: int, t: torch.Tensor) -> None:
@@ -90,12 +85,12 @@ def main(argv=None) -> int:
     if not 2 <= K <= n // 2 - 4:
         raise SystemExit(f"polar_search: --band must be in [2, {n // 2 - 4}] for --size {n}; got {K}")
     case = SimpleNamespace(P=args.P, size=n)
-    images, _, t_true, ctf, voxel = simulate_case(args.map, None, case, -20.0, 0, device)
+    images, _, t_true, ctf, _ = simulate_case(args.map, None, case, -20.0, 0, device)
     m = working_box(K, n)
     volume = resize_map(torch.as_tensor(load_volume(args.map, n, None)[0], device=device), n)  # the images' box
     reference = resample_map(volume, 1.0, n / m)[0].float()
     stack = ParticleStack(images, ctf, m, device, 1024 if device.type == "cuda" else 256, 0)
-    offsets = _offsets(n, K, device)
+    offsets = _offsets(stack, K, JOINT_GRID)  # as an iteration makes them: n/(4K) pixels apart
     peak = lookup(device_name(device)) if device.type == "cuda" else None
     print(f"device: {device_name(device)}; {args.P} particles of {n}², band {K} (working box {m}), "
           f"{len(offsets)} shift offsets")
