@@ -16,7 +16,8 @@ Variants, each timed on the same particles (median of ``--reps`` passes, synchro
 divided by the norm); ``divide first``: the NCC of every angle, then the maximum (``correlations().max(0)``,
 the code before session 23: one more pass over all L angles); ``compiled``: ``peaks`` under
 ``torch.compile`` (reported as failed where Inductor cannot take the complex GEMM and FFT). Per ``--budget``
-(log2 of a batch's correlations, elements: the particles per batch; the search's is 28 on the GPU):
+(log2 of a batch's correlations, elements: the particles per batch; default the search's own,
+:func:`~cryoorient.orientations.polar_matching.batch_budget`: 30 on a GPU with 32 GiB free, 23 on the CPU):
 seconds per pass, ms per particle, the complex GEMM's FLOP/s (8·M·K·J·S per particle, M = L/2 + 1
 angular frequencies, K rings) against the GPU's FP32 peak, and the bytes the correlations move (GEMM
 output M complex, inverse FFT in and out, the maximum's read: (16·M + 8·L)·J·S per particle) against
@@ -39,7 +40,7 @@ from abinitio_realistic import simulate_case
 from cryoorient.maps.transforms import resample_map, resize_map
 from cryoorient.imaging.simulate import load_volume
 from cryoorient.orientations.global_search import _offsets
-from cryoorient.orientations.polar_matching import ParticleStack, PolarSearch, working_box
+from cryoorient.orientations.polar_matching import ParticleStack, PolarSearch, batch_budget, working_box
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 JOINT_GRID = 1  # the global search's default: (2·1 + 1)² = 9 shift offsets
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--P", type=int, default=2000, help="particles per pass")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--band", type=int, default=48, help="Fourier band K, pixels of the n-box")
-    p.add_argument("--budget", type=int, nargs="+", default=[28], help="log2 of a batch's correlations (elements)")
+    p.add_argument("--budget", type=int, nargs="+",
+                   help="log2 of a batch's correlations (elements); default: the search's own (batch_budget)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="top operations of one pass (torch.profiler)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
     peak = lookup(device_name(device)) if device.type == "cuda" else None
     print(f"device: {device_name(device)}; {args.P} particles of {n}², band {K} (working box {m}), "
           f"{len(offsets)} shift offsets")
-    for budget in args.budget:
+    for budget in args.budget or [batch_budget(device).bit_length() - 1]:
         search = PolarSearch(reference, K, {"sampling": 1.5, "budget": 1 << budget}, len(offsets))
         J, L, S, rows = len(search.dirs), search.L, len(offsets), search.rows
         flop = 8 * (L // 2 + 1) * K * J * S * args.P

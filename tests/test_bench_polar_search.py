@@ -29,11 +29,20 @@ def test_both_variants_time_a_pass(bench, shared_data, capsys):
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "12 particles of 48², band 8 (working box 24), 9 shift offsets" in out
-    rows = int(re.search(r"(\d+) particles per batch", out).group(1))
-    assert 1 <= rows < 12  # 2^18 elements hold a few particles' 9 × J × L candidates: several batches
+    rows, J, L = map(int, re.search(r"(\d+) particles per batch; J (\d+) directions, L (\d+) angles", out).groups())
+    assert rows == 2**18 // (L * J * 9) and 1 <= rows < 12  # a few particles' 9 × J × L candidates: several batches
     for name in ("peaks", "divide first"):
         seconds = float(re.search(rf"{name}: ([0-9.]+) s per pass", out).group(1))
         assert seconds > 0
+
+
+def test_the_default_budget_is_the_searchs(bench, shared_data, capsys):
+    argv = ["--device", "cpu", "--map", str(shared_data / "maps" / "5j0n.mrc"), "--size", "48", "--band", "8",
+            "--P", "4", "--reps", "1", "--no-compile"]
+    assert bench.main(argv) == 0
+    rows, J, L = map(int, re.search(r"budget 2\^23: (\d+) particles per batch; J (\d+) directions, L (\d+) angles",
+                                    capsys.readouterr().out).groups())
+    assert rows == 2**23 // (L * J * 9)
 
 
 def test_a_band_beyond_the_box_is_refused(bench, shared_data):

@@ -118,6 +118,15 @@ def test_peaks_hold_the_best_candidate_of_all(stack, phantom):
     assert torch.equal(ncc_best, full.gather(1, best[:, None])[:, 0])
 
 
+def test_the_batch_budget_follows_the_free_gpu_memory(monkeypatch):
+    """2^23 correlations a batch on the CPU; on a GPU the largest power of two with 32 bytes free per element,
+    capped at 2^30 and never below 2^20."""
+    assert pm.batch_budget(torch.device("cpu")) == 1 << 23
+    for free, budget in ((80 << 30, 1 << 30), (24 << 30, 1 << 29), (32 << 30, 1 << 30), (1 << 20, 1 << 20)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 80 << 30))
+        assert pm.batch_budget(torch.device("cuda")) == budget
+
+
 def test_a_restricted_set_of_directions_scores_as_the_full_grid(stack, phantom):
     """Peaks over chosen directions per particle (``dirs``) are the full grid's peaks at those directions, and the
     best candidate among them is reported in the full grid's numbering."""

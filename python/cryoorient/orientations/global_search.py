@@ -98,8 +98,8 @@ from ..maps.fsc import fsc
 from ..maps.reconstruct import FourierInserter
 from ..maps.transforms import density_centre, particle_radius, shift_map, soft_sphere
 from .align import align_orientations
-from .polar_matching import (ParticleStack, PolarSearch, clip_shifts, direction_grid, direction_neighbours,
-                             mean_projection, shift_peak, working_box)
+from .polar_matching import (ParticleStack, PolarSearch, batch_budget, clip_shifts, direction_grid,
+                             direction_neighbours, mean_projection, shift_peak, working_box)
 
 __all__ = ["AGREEMENT", "SEPARATED", "GlobalIteration", "GlobalResult", "direction_grid", "global_search"]
 
@@ -506,7 +506,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
             "shift_grid": int(shift_grid), "joint_grid": int(joint_grid), "coarse": int(coarse),
             "support": bool(support), "iterations": int(iterations), "tolerance": float(tolerance), "top": top,
             "s2": (n / 16) ** 2 if shift_prior else math.inf,
-            "budget": 1 << (28 if device.type == "cuda" else 23), "gen": torch.Generator().manual_seed(seed),
+            "budget": batch_budget(device), "gen": torch.Generator().manual_seed(seed),
             "device_gen": torch.Generator(device=device).manual_seed(seed)}
     full = ParticleStack(images, ctf, working_box(top, n), device, 1024 if device.type == "cuda" else 256, seed)
     t_start = torch.zeros(P, 2, dtype=torch.float64) if shifts is None else torch.as_tensor(shifts).double().cpu()
