@@ -42,6 +42,8 @@ def cuda_graph(fn) -> torch.cuda.CUDAGraph:
 def wall_median_ms(fn, reps: int) -> float:
     """Median wall time of ``fn()`` in ms after one warm-up call (CUDA synchronised after each call)."""
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     times = []
     for _ in range(reps):
         t = time.perf_counter()

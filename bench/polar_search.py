@@ -28,13 +28,12 @@ by device time of one ``peaks`` pass (torch.profiler).
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from _peak import device_name, lookup
-from _timing import skip_reason
+from _timing import skip_reason, wall_median_ms
 from abinitio_realistic import simulate_case
 
 from cryoorient.maps.transforms import resample_map, resize_map
@@ -50,20 +49,6 @@ def _pass(fn, stack: ParticleStack, rows: int, t: torch.Tensor) -> None:
     """``fn(idx, t)`` over every particle in batches of ``rows``."""
     for idx in torch.arange(stack.P).split(rows):
         fn(idx, t[idx])
-
-
-def _seconds(run, device, reps: int) -> float:
-    """Median wall seconds of ``run()`` after one warm-up, synchronised."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    run()
-    sync()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def main(argv=None) -> int:
@@ -109,7 +94,7 @@ def main(argv=None) -> int:
         base = None
         for name, fn in variants.items():
             try:
-                sec = _seconds(lambda: _pass(fn, stack, rows, t_true), device, args.reps)
+                sec = wall_median_ms(lambda: _pass(fn, stack, rows, t_true), args.reps) / 1e3
             except Exception as err:  # noqa: BLE001 - Inductor's refusal is a result here
                 print(f"  {name:>12}: failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
                 continue
