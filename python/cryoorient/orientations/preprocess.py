@@ -51,6 +51,12 @@ def _corner_variance(images: Tensor) -> float:
     return max(float(images[:, outside].double().var()), 1e-6 * float(images.double().var()), 1e-30)
 
 
+def _gaussian(n: int, sigma: float, device) -> Tensor:
+    """Transfer function (n, n//2 + 1) on the ``rfft2`` grid of a Gaussian blur of ``sigma`` pixels."""
+    k2 = torch.fft.fftfreq(n, device=device)[:, None] ** 2 + torch.fft.rfftfreq(n, device=device)[None, :] ** 2
+    return torch.exp(-2 * math.pi**2 * sigma**2 * k2)
+
+
 def _radius(n: int, device) -> Tensor:
     """Distance (n, n) of each pixel from the centre pixel n//2."""
     c = torch.arange(n, device=device, dtype=torch.float32) - n // 2
@@ -83,8 +89,7 @@ def centre_particles(images: Tensor, *, max_shift: float | None = None, blur: fl
     dev = images.device
     max_shift = n / 4 if max_shift is None else float(max_shift)
     blur = n / 8 if blur is None else float(blur)
-    k2 = torch.fft.fftfreq(n, device=dev)[:, None] ** 2 + torch.fft.rfftfreq(n, device=dev)[None, :] ** 2
-    gauss2 = torch.exp(-4 * math.pi**2 * blur**2 * k2)  # the blur of image and reference
+    gauss2 = _gaussian(n, blur, dev) ** 2  # the blur of image and reference
     r = _radius(n, dev)
     lag = torch.fft.fftfreq(n, d=1.0 / n, device=dev)
     allowed = (lag[:, None] ** 2 + lag[None, :] ** 2) <= max_shift ** 2
@@ -122,26 +127,32 @@ def centre_particles(images: Tensor, *, max_shift: float | None = None, blur: fl
     return t.cpu()
 
 
-def corner_signal(images: Tensor, max_images: int = 2000) -> tuple[float, float]:
+def corner_signal(images: Tensor, max_images: int = 10000, chunk: int = 1024) -> tuple[float, float]:
     """How much particle signal the image corners hold: (share, z).
 
-    The pixel variance across the images is flat wherever only noise (stationary, of any colour)
-    falls and rises towards the particle. Outside the inscribed circle, the inner half of the
-    corner pixels (by radius) should then have the variance of the outer half; ``share`` is their
-    difference over the signal variance (mean pixel variance minus the outer corners'), ``z`` the
-    difference over its standard error under Gaussian noise. Up to ``max_images`` evenly spaced
-    images are used.
+    The images less their mean are low-passed by a Gaussian of n/16 pixels (the particle's signal
+    lives at low frequencies, white noise at all), and their pixel variance is then flat wherever
+    only noise (stationary, of any colour) falls and rises towards the particle: outside the
+    inscribed circle, the inner half of the corner pixels (by radius) should have the variance of
+    the outer half. ``share``: the difference over the signal variance (mean pixel variance minus
+    the outer corners'); ``z``: the mean over the images of each one's difference of mean squares
+    over its standard error (a t statistic, valid for noise independent between images). Up to
+    ``max_images`` evenly spaced images are used, ``chunk`` at a time.
     """
     P, n = images.shape[0], images.shape[-1]
-    x = images[:: max(1, P // max_images)].double()
-    v = x.var(0)
-    r = _radius(n, images.device)
+    x = images[:: max(1, -(-P // max_images))]
+    r = _radius(n, x.device)
     corner = r > n / 2
     mid = r[corner].median()
     inner, outer = corner & (r <= mid), corner & (r > mid)
-    vi, vo = float(v[inner].mean()), float(v[outer].mean())
-    se = vo * math.sqrt(2 / max(x.shape[0] - 1, 1) * (1 / int(inner.sum()) + 1 / int(outer.sum())))
-    return (vi - vo) / max(float(v.mean()) - vo, 1e-30), (vi - vo) / max(se, 1e-30)
+    mean, gauss = x.mean(0, dtype=torch.float64).float(), _gaussian(n, n / 16, x.device)
+    w = torch.stack([inner / inner.sum(), outer / outer.sum(), torch.full_like(r, n**-2)], -1).flatten(0, 1)
+    rows = [(torch.fft.irfft2(torch.fft.rfft2(x[s : s + chunk] - mean) * gauss, s=(n, n)) ** 2).flatten(1) @ w
+            for s in range(0, x.shape[0], chunk)]  # per image: mean squares of inner, outer corners, all pixels
+    vi, vo, v = torch.cat(rows).double().unbind(1)
+    d = vi - vo
+    se = float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+    return float(d.mean()) / max(float(v.mean() - vo.mean()), 1e-30), float(d.mean()) / max(se, 1e-30)
 
 
 def _parabolic_peak(cc: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,7 +198,8 @@ def prepare_images(images, ctf=None, *, centre: bool = True, max_shift: float | 
     ``x`` (P, n, n) float32 on ``device``: the images phase-flipped by ``ctf(indices, n)`` (None:
     as they are) and, with ``centre``, centred by ``shifts`` (P, 2) float64 pixels (zeros without;
     :func:`centre_particles`, within ``max_shift`` pixels). ``accept``: names of :data:`ASSUMPTIONS`
-    to proceed past, one ``warnings`` line each; otherwise their violation is refused.
+    to proceed past, one ``warnings`` line each; otherwise their violation is refused: "corners" where
+    :func:`corner_signal` exceeds ``CORNER_SHARE`` and ``CORNER_Z`` before or after centring.
     """
     unknown = set(accept) - set(ASSUMPTIONS)
     if unknown:
@@ -206,14 +218,16 @@ def prepare_images(images, ctf=None, *, centre: bool = True, max_shift: float | 
             own[s : s + chunk] = phase_flip(x[s : s + chunk], c.to(device=x.device, dtype=torch.float32))
         x = own
     shifts = torch.zeros(P, 2, dtype=torch.float64)
+    signal = [corner_signal(x)]  # also before centring, whose circular shifts wrap a cut particle round the box
     if centre:
         shifts = centre_particles(x, max_shift=max_shift)
         own = torch.empty_like(x) if own is None else own
         for s in range(0, P, chunk):
             own[s : s + chunk] = shift_images(x[s : s + chunk], -shifts[s : s + chunk].to(x.device, torch.float32))
         x = own
+        signal.append(corner_signal(x))
     warnings = []
-    share, z = corner_signal(x)
+    share, z = max(signal, key=lambda sz: (sz[0] > CORNER_SHARE and sz[1] > CORNER_Z, sz[1]))
     if share > CORNER_SHARE and z > CORNER_Z:
         line = (f"particle density reaches the image corners ({100 * share:.0f} % of the signal variance, "
                 f"z = {z:.0f}): the corners then overstate the noise")
