@@ -268,7 +268,8 @@ def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = Fals
         result.warnings.append(f"proceeding although the global search stopped at its cap of "
                                f"{len(searched.iterations)} iterations, not converged: {last.changed:.1%} of the "
                                f"particles changed orientation by more than a grid step in the last (it stops below "
-                               f"{rule['tolerance']:.1%} once the band stays; band {last.band} px)")
+                               f"{rule['tolerance']:.1%} once the band stays; band {last.band} px; a higher cap: global option "
+                               f"'iterations', cryoorient abinitio --iterations)")
     if stop_after == "global":
         bar.close()
         return result
