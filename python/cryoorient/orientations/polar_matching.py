@@ -248,15 +248,22 @@ class PolarSearch:
 
     def sample(self, ncc: Tensor, shifts: Tensor | None, s2: float, beta: float, gen: torch.Generator) -> Tensor:
         """One candidate (B,) per particle, index (s·J + j)·L + l, drawn from its posterior (:meth:`log_posterior`)
-        over the NCC ``ncc`` (L, B, S, J) of :meth:`correlations`: by inverse transform sampling,
+        over the NCC ``ncc`` (L, B, S, J) of :meth:`correlations` (overwritten): by inverse transform sampling,
         first the pair (s, j) from the sums over the angles, then the angle, two uniforms per particle. A
-        candidate more than :data:`SAMPLE_FLOOR` below the particle's best weighs e^−SAMPLE_FLOOR."""
+        candidate more than :data:`SAMPLE_FLOOR` below the particle's best weighs e^−SAMPLE_FLOOR.
+
+        The log-posterior k_b (c² − c_max²) + prior_bs (c = max(NCC, 0), k_b as in ``ncc_log_likelihood``) rises
+        with c at each offset s, so its maximum comes from each offset's largest c: the weights are
+        k_b c² + (prior_bs − k_b c_max² − max) over the candidates, in place (no new tensor of their size)."""
         L, B, S, J = ncc.shape
-        logp = ncc_log_likelihood(ncc, (0, 2, 3), 2 * float(self.count.sum()), beta)
+        c = ncc.clamp_min_(0)
+        peak = c.amax((0, 3))  # (B, S)
+        cmax2 = peak.amax(1, keepdim=True) ** 2  # (B, 1)
+        k = (beta * float(self.count.sum())) / (1 - cmax2).clamp_min(1e-6)  # N / 2 with N = 2 Σ count
         prior = _shift_prior(shifts, s2, beta, ncc.device)
-        if prior is not None:
-            logp.add_(prior.view(1, B, S, 1))
-        w = logp.sub_(logp.amax((0, 2, 3), keepdim=True)).clamp_min_(-SAMPLE_FLOOR).exp_()
+        logp = k * (peak**2 - cmax2) + (0 if prior is None else prior)  # (B, S): each offset's best
+        bias = logp - k * peak**2 - logp.amax(1, keepdim=True)
+        w = c.square_().mul_(k.view(1, B, 1, 1)).add_(bias.view(1, B, S, 1)).clamp_min_(-SAMPLE_FLOOR).exp_()
         u = torch.rand(B, 2, generator=gen, device=ncc.device, dtype=torch.float64)
         pair = _inverse_cdf(w.sum(0).view(B, S * J).double(), u[:, 0])
         rows = torch.arange(B, device=ncc.device)
