@@ -321,6 +321,24 @@ def test_pure_noise_is_not_reproducible():
     assert "reproducibility not checked" in given.summary()
 
 
+def test_the_band_follows_the_half_maps_resolution_plus_the_margin(monkeypatch):
+    """Each next band: n · pixel / (the half maps' resolution) Fourier pixels plus ``margin``, never lower than the
+    last, at most the top; the iterations stop once the band stays and few particles change."""
+    bands = []
+
+    def iterate(stack, q, t, K, opts):  # half maps at 8 Å whatever the band: 64 · 2 Å / 8 Å = band 16
+        bands.append(K)
+        return gs.GlobalIteration(band=K, box=0, resolution=8.0, directions=0, angles=0, mean_score=0.0,
+                                  changed=0.0, mean_rotation=0.0, mean_shift=0.0), None, None
+
+    monkeypatch.setattr(gs, "_iterate", iterate)
+    stack, bar = type("Stack", (), {"n": 64})(), type("Bar", (), {"update": lambda self, k: None, "set_postfix": lambda self, **kw: None})()
+    for margin, start, expected in ((0, 10, [10, 16]), (5, 10, [10, 21]), (40, 10, [10, 28]), (0, 20, [20])):
+        bands.clear()
+        opts = {"iterations": 5, "top": 28, "tolerance": 0.02, "pixel_size": 2.0, "margin": margin}
+        assert gs._iterations(stack, None, None, start, opts, bar)[3] and bands == expected, (margin, bands)
+
+
 def test_a_runner_up_stopped_in_a_worse_optimum_is_told_apart(stack):
     """The true orientations against a random start explored for one step: the two disagree, and the particles
     match the truth's orientations far better: the runner-up's optimum is worse, not the data ambiguous."""
@@ -368,8 +386,9 @@ def test_refusals(stack):
     for beta0 in (0.0, -1.0, 2.0):
         with pytest.raises(ValueError, match="beta0"):
             global_search(images, q, beta0=beta0)
-    for grids in ({"joint_grid": -1}, {"joint_grid": 1.5}, {"shift_grid": -2}, {"coarse": -1}, {"coarse": 2.5}):
-        with pytest.raises(ValueError, match="joint_grid and coarse must be integers"):
+    for grids in ({"joint_grid": -1}, {"joint_grid": 1.5}, {"shift_grid": -2}, {"coarse": -1}, {"coarse": 2.5},
+                  {"margin": -1}, {"margin": 0.5}):
+        with pytest.raises(ValueError, match="coarse and margin must be integers"):
             global_search(images, q, **grids)
     for minibatch in (0, -5, 2.5):
         with pytest.raises(ValueError, match="minibatch must be None or an integer"):
