@@ -332,7 +332,8 @@ def test_the_band_follows_the_half_maps_resolution_plus_the_margin(monkeypatch):
                                   changed=0.0, mean_rotation=0.0, mean_shift=0.0), None, None
 
     monkeypatch.setattr(gs, "_iterate", iterate)
-    stack, bar = type("Stack", (), {"n": 64})(), type("Bar", (), {"update": lambda self, k: None, "set_postfix": lambda self, **kw: None})()
+    stack = type("Stack", (), {"n": 64})()
+    bar = type("Bar", (), {"update": lambda self, k: None, "set_postfix": lambda self, **kw: None})()
     for margin, start, expected in ((0, 10, [10, 16]), (5, 10, [10, 21]), (40, 10, [10, 28]), (0, 20, [20])):
         bands.clear()
         opts = {"iterations": 5, "top": 28, "tolerance": 0.02, "pixel_size": 2.0, "margin": margin}

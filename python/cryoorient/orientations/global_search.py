@@ -469,9 +469,9 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     and then runs up to ``iterations`` of projection matching with shift searches (each orientation
     chosen jointly with a shift offset on a grid of (2·``joint_grid`` + 1)² points about the
     particle's shift peak), its band following the half maps' FSC-0.143 resolution (never
-    decreasing, ``margin`` Fourier pixels beyond it, at most ``max_band`` and n/2 − 4), until the band stays and fewer than ``tolerance``
-    of the particles move by more than a grid step. ``sampling``: direction spacing in units of
-    1/band rad (in-plane ≈ 1/band). ``max_shift``: pixels from the centre (default n/8).
+    decreasing, ``margin`` Fourier pixels beyond it, at most ``max_band`` and n/2 − 4), until the band
+    stays and fewer than ``tolerance`` of the particles move by more than a grid step. ``sampling``:
+    direction spacing in units of 1/band rad (in-plane ≈ 1/band). ``max_shift``: pixels from the centre (default n/8).
     ``shift_prior``: a Gaussian prior on the shifts (module docstring), its standard deviation per
     axis starting at n/16 pixels. ``weight_floor``: of the reconstructions (:class:`FourierInserter`).
     ``subset``: above this many particles the starts are explored on a random subset of that size, and
@@ -507,7 +507,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     opts = {"pixel_size": float(pixel_size), "sampling": float(sampling), "weight_floor": float(weight_floor),
             "max_shift": n / 8 if max_shift is None else float(max_shift), "steps": int(steps), "beta0": float(beta0),
             "shift_grid": int(shift_grid), "joint_grid": int(joint_grid), "coarse": int(coarse),
-            "support": bool(support), "margin": int(margin), "iterations": int(iterations), "tolerance": float(tolerance), "top": top,
+            "support": bool(support), "margin": int(margin), "iterations": int(iterations),
+            "tolerance": float(tolerance), "top": top,
             "s2": (n / 16) ** 2 if shift_prior else math.inf,
             "budget": batch_budget(device), "gen": torch.Generator().manual_seed(seed),
             "device_gen": torch.Generator(device=device).manual_seed(seed)}
