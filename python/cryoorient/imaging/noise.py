@@ -18,7 +18,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["signal_variance", "snr_db", "sigma2_for_snr", "add_white_noise", "ncc_log_likelihood"]
+__all__ = ["signal_variance", "snr_db", "sigma2_for_snr", "add_white_noise", "ncc_log_likelihood",
+           "ncc_likelihood_scale"]
 
 
 def signal_variance(images: Tensor) -> float:
@@ -51,6 +52,11 @@ def add_white_noise(images: Tensor, sigma2: float, generator: torch.Generator | 
     return images + math.sqrt(sigma2) * noise
 
 
+def ncc_likelihood_scale(cmax2: Tensor, coefficients: float, beta: float = 1.0) -> Tensor:
+    """β N / (2 (1 − c_max²)): the factor of c² − c_max² in :func:`ncc_log_likelihood`, from the best NCC squared."""
+    return (beta * coefficients / 2) / (1 - cmax2).clamp_min(1e-6)
+
+
 def ncc_log_likelihood(ncc: Tensor, dims, coefficients: float, beta: float = 1.0) -> Tensor:
     """Log-likelihoods, up to a constant per image, of an image's candidate references of NCC ``ncc``
     (its candidates along ``dims``), times ``beta`` (an inverse temperature).
@@ -61,4 +67,4 @@ def ncc_log_likelihood(ncc: Tensor, dims, coefficients: float, beta: float = 1.0
     coefficients compared), it is N (c² − c_max²) / (2 (1 − c_max²)). c <= 0 counts as 0."""
     c = ncc.clamp_min(0)
     cmax = c.amax(dims, keepdim=True)
-    return c.pow_(2).sub_(cmax**2).mul_((beta * coefficients / 2) / (1 - cmax**2).clamp_min(1e-6))
+    return c.pow_(2).sub_(cmax**2).mul_(ncc_likelihood_scale(cmax**2, coefficients, beta))

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..geometry import euler_to_quat, quat_multiply, quat_to_matrix
-from ..imaging.noise import ncc_log_likelihood
+from ..imaging.noise import ncc_likelihood_scale, ncc_log_likelihood
 from ..imaging.project import FourierProjector
 from ..imaging.shift import phase_ramp
 from ..maps.half_maps import load_ctf, load_images
@@ -252,14 +252,14 @@ class PolarSearch:
         first the pair (s, j) from the sums over the angles, then the angle, two uniforms per particle. A
         candidate more than :data:`SAMPLE_FLOOR` below the particle's best weighs e^−SAMPLE_FLOOR.
 
-        The log-posterior k_b (c² − c_max²) + prior_bs (c = max(NCC, 0), k_b as in ``ncc_log_likelihood``) rises
+        The log-posterior k_b (c² − c_max²) + prior_bs (c = max(NCC, 0), k_b from ``ncc_likelihood_scale``) rises
         with c at each offset s, so its maximum comes from each offset's largest c: the weights are
         k_b c² + (prior_bs − k_b c_max² − max) over the candidates, in place (no new tensor of their size)."""
         L, B, S, J = ncc.shape
         c = ncc.clamp_min_(0)
         peak = c.amax((0, 3))  # (B, S)
         cmax2 = peak.amax(1, keepdim=True) ** 2  # (B, 1)
-        k = (beta * float(self.count.sum())) / (1 - cmax2).clamp_min(1e-6)  # N / 2 with N = 2 Σ count
+        k = ncc_likelihood_scale(cmax2, 2 * float(self.count.sum()), beta)
         prior = _shift_prior(shifts, s2, beta, ncc.device)
         logp = k * (peak**2 - cmax2) + (0 if prior is None else prior)  # (B, S): each offset's best
         bias = logp - k * peak**2 - logp.amax(1, keepdim=True)
