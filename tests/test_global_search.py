@@ -308,7 +308,7 @@ def test_the_support_keeps_the_particle_and_drops_negative_and_distant_density(p
 def test_pure_noise_is_not_reproducible():
     """Images of noise alone: two random starts reach unrelated orientations, and the verdict says so."""
     noise = torch.randn(200, BOX, BOX, generator=torch.Generator().manual_seed(8))
-    res = global_search(noise, None, restarts=2, minibatch=64, steps=10, iterations=1, start_band=6)
+    res = global_search(noise, None, restarts=2, minibatch=64, steps=10, iterations=1, start_band=6, margin=0)
     assert res.reproducible is False and res.agreement > 1.0
     assert res.ambiguous and res.separation < SEPARATED  # neither start's orientations match better
     assert "NOT reproducible: starts 'random" in res.summary()
@@ -321,23 +321,53 @@ def test_pure_noise_is_not_reproducible():
     assert "reproducibility not checked" in given.summary()
 
 
-def test_the_band_follows_the_half_maps_resolution_plus_the_margin(monkeypatch):
-    """Each next band: n · pixel / (the half maps' resolution) Fourier pixels plus ``margin``, never lower than the
-    last, at most the top; the iterations stop once the band stays and few particles change."""
+def _planted_iterations(monkeypatch, resolution, margin, start):
+    """gs._iterations with each iteration's half maps at ``resolution(band)`` Å (n = 64, 2 Å pixels: band
+    = 128 / resolution), no particle changing; each iteration adds 1 to q, t and the shift prior's variance.
+    Returns the bands searched, the result of _iterations, q and the variance after it."""
     bands = []
 
-    def iterate(stack, q, t, K, opts):  # half maps at 8 Å whatever the band: 64 · 2 Å / 8 Å = band 16
+    def iterate(stack, q, t, K, opts):
         bands.append(K)
-        return gs.GlobalIteration(band=K, box=0, resolution=8.0, directions=0, angles=0, mean_score=0.0,
-                                  changed=0.0, mean_rotation=0.0, mean_shift=0.0), None, None
+        q += 1
+        t += 1
+        opts["s2"] += 1
+        return gs.GlobalIteration(band=K, box=2 * K + 8, resolution=resolution(K), directions=0, angles=0,
+                                  mean_score=0.0, changed=0.0, mean_rotation=0.0, mean_shift=0.0), K, None
 
     monkeypatch.setattr(gs, "_iterate", iterate)
-    stack = type("Stack", (), {"n": 64})()
-    bar = type("Bar", (), {"update": lambda self, k: None, "set_postfix": lambda self, **kw: None})()
-    for margin, start, expected in ((0, 10, [10, 16]), (5, 10, [10, 21]), (40, 10, [10, 28]), (0, 20, [20])):
-        bands.clear()
-        opts = {"iterations": 5, "top": 28, "tolerance": 0.02, "pixel_size": 2.0, "margin": margin}
-        assert gs._iterations(stack, None, None, start, opts, bar)[3] and bands == expected, (margin, bands)
+    bar = type("Bar", (), {"total": 0, "update": lambda self, k: None, "set_postfix": lambda self, **kw: None})()
+    opts = {"iterations": 5, "top": 28, "tolerance": 0.02, "pixel_size": 2.0, "margin": margin, "s2": 0.0}
+    q, t = torch.zeros(3, 4), torch.zeros(3, 2)
+    out = gs._iterations(type("Stack", (), {"n": 64})(), q, t, start, opts, bar)
+    return bands, out, q, opts["s2"]
+
+
+def test_the_band_follows_the_half_maps_resolution_and_the_margin_is_kept_only_if_the_half_maps_get_finer(
+        monkeypatch):
+    """Each next band: the half maps' resolution band, never lower than the last, at most the top; the iterations
+    stop once the band stays and few particles change. Then, with a margin, iterations from there with the band
+    that many pixels beyond the resolution: dropped (q, t, the shift prior back where they were) when their half
+    maps are no finer, kept when they are; the summary says which, with both resolutions."""
+    for margin, start, expected in ((0, 10, [10, 16]), (0, 20, [20]), (5, 10, [10, 16, 21]), (40, 10, [10, 16, 28])):
+        bands, (history, last, _, converged, beyond, kept), q, s2 = _planted_iterations(
+            monkeypatch, lambda K: 8.0, margin, start)  # 8 Å whatever the band: the resolution's band is 16
+        assert bands == expected and converged, (margin, bands)
+        assert [it.band for it in history] == expected[:len(expected) - bool(margin)] and last == history[-1].band
+        assert kept is (None if not margin else False) and len(beyond) == bool(margin)
+        assert float(q[0, 0]) == s2 == len(history)  # the dropped iteration undone
+    # the half maps as fine as the band allows: each band's resolution band is the band itself
+    bands, (history, last, _, converged, beyond, kept), q, s2 = _planted_iterations(
+        monkeypatch, lambda K: 128.0 / K, 5, 10)
+    assert bands == [10, 15, 20, 25, 28] and kept and converged and last == 28
+    assert [it.band for it in beyond] == [15, 20, 25, 28] and len(history) == 5 and float(q[0, 0]) == s2 == 5
+    for planted, word in ((lambda K: 128.0 / K, "kept: half maps 4.57 Å, finer than 12.80 Å without"),
+                          (lambda K: 8.0, "dropped: half maps 8.00 Å, not finer than 8.00 Å without")):
+        history, _, _, _, beyond, kept = _planted_iterations(monkeypatch, planted, 5, 10)[1]
+        res = gs.GlobalResult(quaternions=torch.zeros(3, 4), shifts=torch.zeros(3, 2), scores=torch.zeros(3),
+                              map=torch.zeros(1), map_pixel_size=1.0, resolution=history[-1].resolution, start="given",
+                              start_scores={"given": 0.0}, iterations=history, beyond=beyond, beyond_kept=kept)
+        assert word in res.summary() and ("dropped: 21 px" in res.trajectory()) is (not kept), res.summary()
 
 
 def test_a_runner_up_stopped_in_a_worse_optimum_is_told_apart(stack):

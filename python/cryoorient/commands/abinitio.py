@@ -56,6 +56,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="the cap on the global search's iterations of projection matching (default 10; they stop "
                    "earlier once the band stays and under 2 %% of the particles move; more helped the smallest proteins "
                    "at -20 dB and costs about a minute an iteration at 10^5 particles, bench/README.md)")
+    p.add_argument("--margin", type=int, default=10, metavar="N",
+                   help="once the global search's iterations stop, more with the band N Fourier pixels beyond the half "
+                   "maps' resolution, kept only if their half maps are finer (default 10, as RELION's --incr_size; 0: "
+                   "none, faster: at -20 dB it saved the two smallest proteins, bench/README.md)")
     add_rounds_args(p)
     p.add_argument("--neighbors", type=int, default=10, help="neighbours kept per image and mirror image (default 10)")
     p.add_argument("--landmarks", type=int, default=5000,
@@ -105,6 +109,8 @@ def _prepare(args, particles):
         raise ValueError(f"--restarts must be at least 0; got {args.restarts}")
     if args.coarse < 0:
         raise ValueError(f"--coarse must be at least 0; got {args.coarse}")
+    if args.margin < 0:
+        raise ValueError(f"--margin must be at least 0; got {args.margin}")
     if args.iterations < 1:
         raise ValueError(f"--iterations must be at least 1; got {args.iterations}")
     if args.minibatch is not None and args.minibatch < 1:
@@ -140,7 +146,8 @@ def _run(args, images, pixel: float, ctf, out: Path, resume: bool):
                                          "comparison": args.comparison,
                                          "diameter": args.particle_diameter and args.particle_diameter / pixel},
                        global_options={"restarts": args.restarts, "coarse": args.coarse,
-                                       "minibatch": args.minibatch, "iterations": args.iterations},
+                                       "minibatch": args.minibatch, "iterations": args.iterations,
+                                       "margin": args.margin},
                        refine_options={"rounds": args.rounds, "keep_best": not args.all_rounds},
                        seed=args.seed, device=torch_device(args.device), progress=not args.quiet)
     return result, time.perf_counter() - t0

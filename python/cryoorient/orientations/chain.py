@@ -266,7 +266,7 @@ def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = Fals
     if not searched.converged:
         last, rule = searched.iterations[-1], {**STAGE_DEFAULTS["global_search"], **glob_opts}
         result.warnings.append(f"proceeding although the global search stopped at its cap of "
-                               f"{len(searched.iterations)} iterations, not converged: {last.changed:.1%} of the "
+                               f"{rule['iterations']} iterations, not converged: {last.changed:.1%} of the "
                                f"particles changed orientation by more than a grid step in the last (it stops below "
                                f"{rule['tolerance']:.1%} once the band stays; band {last.band} px; a higher cap: global option "
                                f"'iterations', cryoorient abinitio --iterations)")

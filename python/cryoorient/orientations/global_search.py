@@ -31,18 +31,17 @@ Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
   shift again, the orientation chosen jointly with a shift offset on a grid of (2·``joint_grid`` + 1)²
   points n/(4K) pixels apart about that shift (:func:`_best_candidates`): at low SNR a particle whose
   shift peak is a noise peak otherwise keeps the orientation that this wrong shift fits best. The half
-  maps' FSC-0.143 resolution sets the next band, up to ``max_band``. Measured from the true
-  orientations and shifts (``bench/abinitio_realistic.py --oracle``, 10⁴ particles of 128², 5h73 at
-  −20 dB, the case these two defaults were chosen on): E_OR 0.218 rad with no joint offsets and the
-  band capped at 32, 0.151 with ``joint_grid`` = 1, 0.120 with ``max_band`` = 48 as well (a
-  particle's best-matching orientation is less often a wrong one at a higher band).
-  ``margin`` adds that many Fourier pixels to the band the resolution gives (RELION's ``--incr_size``); 0 by
-  default: at −20 dB it saved 1aki (0.387 → 0.211 rad) and broke 3o5r (0.376 → 1.155 rad), bench/README.
-* **Coarse to fine** (``coarse``, off by default: at −20 dB it loses particles, bench/README): at band K ≥ 12
-  an iteration first searches every particle at band K/2 (a quarter of the directions, half the angles and
-  rings), keeps its ``coarse`` best directions and searches the fine grid only within the coarse spacing of them
-  (:func:`cryoorient.orientations.polar_matching.direction_neighbours`), as RELION's adaptive oversampling does;
-  the full search's cost grows as K⁴, and at 10⁵ particles its iterations at bands 40–48 took half of the run.
+  maps' FSC-0.143 resolution sets the next band, up to ``max_band``. From the true orientations and
+  shifts (``bench/abinitio_realistic.py --oracle``, 10⁴ × 128², 5h73 at −20 dB, the case these defaults were
+  chosen on): E_OR 0.218 rad with no joint offsets and the band capped at 32, 0.151 with ``joint_grid`` = 1,
+  0.120 with ``max_band`` = 48 too. Then iterations with the band ``margin`` pixels beyond the resolution's
+  (RELION's ``--incr_size``), kept if their half maps are finer (:func:`_iterations`; not gold-standard: on pure
+  noise they come out finer too). At −20 dB (one seed, bench/README) E_OR 0 → 10: 1aki 0.387 → 0.217, 3o5r 0.376 →
+  0.189, 5zng 0.169 → 0.115, 5j0n 0.077 → 0.073 rad; from the first iteration on, 10 broke 3o5r (1.155 rad).
+* **Coarse to fine** (``coarse``, off: at −20 dB it loses particles, bench/README): at band K ≥ 12 each
+  particle's ``coarse`` best directions at band K/2, then the fine grid within the coarse spacing of them only
+  (:func:`cryoorient.orientations.polar_matching.direction_neighbours`), as RELION's adaptive oversampling; the
+  full search's cost grows as K⁴ (at 10⁵ particles bands 40–48 took half of the run).
 * **Shift prior** (``shift_prior``, as RELION's sigma_offset): every choice of a shift — the draws, the
   best candidates, the shift searches — weighs the log-likelihood (:meth:`PolarSearch.log_posterior`)
   against a Gaussian prior −|t|²/(2s²) about the box centre, s² per axis re-estimated from the data:
@@ -58,13 +57,11 @@ matches better; a particle with a large shift can otherwise stay at its mirror v
 each the best given the other), then goes on with iterations until the band stops growing and fewer
 than ``tolerance`` of the particles change orientation by more than a grid step.
 
-A stack of more than ``subset`` particles: the starts are explored on a random subset of that size (the
-exploration's cost then does not grow with the stack; cryoSPARC's ab initio likewise works on
-minibatches), and the winner's map is the reference against which every particle, those of the subset
-too, is then recentred, again and again from where it moved (each time its shift can climb by up to two
-offsets), until fewer than ``tolerance`` of the particles change orientation by more than a grid step
-(at most :data:`JOIN_PASSES` times), before the iterations of all of them. The particles outside the
-subset have no exploration of their own; one recentring left those with large shifts wrong more often.
+A stack of more than ``subset`` particles: the starts are explored on a random subset of that size (the cost
+then does not grow with the stack; cryoSPARC's ab initio works on minibatches too), and every particle is
+recentred against the winner's map, again from where it moved (a shift climbs by up to two offsets each
+time), until fewer than ``tolerance`` change by more than a grid step (at most :data:`JOIN_PASSES` times;
+one recentring left those with large shifts wrong more often), before the iterations of all of them.
 
 Verdict (computed from the data): the orientations the winner reached are compared with those of the
 best start of another origin (the given ones or another random set), E_OR between the two
@@ -151,7 +148,9 @@ class GlobalResult:
     recentred: float | None = None  # fraction of particles that took their candidate about the blob shift (None: off)
     explored: int | None = None  # particles the starts were explored on, if a ``subset`` (None: all)
     iterations: list[GlobalIteration] = field(default_factory=list)
-    converged: bool = True  # the iterations stopped by their rule, not at the cap of ``iterations``
+    converged: bool = True  # the kept iterations stopped by their rule, not at the cap of ``iterations``
+    beyond: list[GlobalIteration] = field(default_factory=list)  # the iterations with the ``margin`` (kept or not)
+    beyond_kept: bool | None = None  # whether their half maps were finer and they were kept (None: none ran)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # "explore" (all starts), "recentre", "iterate"
 
@@ -184,6 +183,16 @@ class GlobalResult:
         return (f"not reproduced, the runner-up a worse optimum: {apart}, and '{self.start}' matched better "
                 f"({z}separated above {SEPARATED})")
 
+    def margin_verdict(self) -> str:
+        """Whether the iterations beyond the resolution were kept, from their half maps' resolution ("": none)."""
+        if self.beyond_kept is None:
+            return ""
+        before = self.iterations[-len(self.beyond) - 1] if self.beyond_kept else self.iterations[-1]
+        bands = f"{self.beyond[0].band} → {self.beyond[-1].band} px"
+        how = "kept: half maps {:.2f} Å, finer" if self.beyond_kept else "dropped: half maps {:.2f} Å, not finer"
+        return (f"{len(self.beyond)} iterations beyond the resolution (bands {bands}) "
+                f"{how.format(self.beyond[-1].resolution)} than {before.resolution:.2f} Å without; ")
+
     def summary(self) -> str:
         """One line: the start chosen and on what, the verdict, the last band, score and resolution."""
         last = self.iterations[-1]
@@ -194,15 +203,19 @@ class GlobalResult:
         prior = "" if math.isinf(last.shift_sd) else f"shift prior σ {last.shift_sd:.2f} px; "
         cap = "" if self.converged else " (the cap: not converged)"
         return (f"global search: start '{self.start}' (mean NCC of the starts: {starts}); {self.verdict()}; {moved}"
-                f"{prior}{len(self.iterations)} iterations{cap} to band {last.band} px, mean NCC {last.mean_score:.4f}, "
+                f"{prior}{self.margin_verdict()}{len(self.iterations)} iterations{cap} to band {last.band} px, "
+                f"mean NCC {last.mean_score:.4f}, "
                 f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å; {self.seconds:.1f} s"
                 + "".join(f", {k} {v:.1f} s" for k, v in self.stage_seconds.items()))
 
     def trajectory(self) -> str:
         """One line: each iteration's band, the resolution of the half maps it searched against, the
-        fraction of particles that moved by more than a grid step, and its seconds."""
-        return "global search iterations (band, half maps, changed, time): " + "; ".join(
-            f"{it.band} px {it.resolution:.2f} Å {it.changed:.1%} {it.seconds:.1f} s" for it in self.iterations)
+        fraction of particles that moved by more than a grid step, and its seconds; those beyond the resolution
+        that were dropped after them."""
+        line = lambda its: "; ".join(  # noqa: E731
+            f"{it.band} px {it.resolution:.2f} Å {it.changed:.1%} {it.seconds:.1f} s" for it in its)
+        dropped = f" (dropped: {line(self.beyond)})" if self.beyond_kept is False else ""
+        return f"global search iterations (band, half maps, changed, time): {line(self.iterations)}{dropped}"
 
 
 def _map(stack: ParticleStack, q: Tensor, t: Tensor, m: int, weight_floor: float, pixel_size: float):
@@ -423,23 +436,44 @@ def _iterate(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
     return record, scores, volume
 
 
-def _iterations(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict,
-                bar) -> tuple[list, Tensor, Tensor, bool]:
-    """Iterations (:func:`_iterate`) from band K until the band stays and fewer than ``opts["tolerance"]``
-    of the particles move by more than a grid step, at most ``opts["iterations"]`` (at least one); the
-    band follows the half maps' resolution, at most ``opts["top"]``. Returns the records, the last NCC,
-    the last reference and whether they stopped by that rule (False: at the cap)."""
+def _run(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict, bar, margin: int) -> tuple:
+    """Iterations (:func:`_iterate`) from band K until the band stays and fewer than ``opts["tolerance"]`` of the
+    particles move by more than a grid step, at most ``opts["iterations"]`` (at least one); the next band is the
+    half maps' resolution band plus ``margin`` (never lower, at most ``opts["top"]``). Returns the records, the last
+    NCC, the last reference and whether they stopped by that rule (False: at the cap)."""
     history = []
     for _ in range(max(1, opts["iterations"])):
         record, scores, volume = _iterate(stack, q, t, K, opts)
         history.append(record)
         bar.update(1)
         bar.set_postfix(band=K, ncc=f"{record.mean_score:.4f}", changed=f"{record.changed:.3f}")
-        grown = min(opts["top"], max(K, round(stack.n * opts["pixel_size"] / record.resolution) + opts["margin"]))
+        grown = min(opts["top"], max(K, _band(stack, record, opts) + margin))
         if grown == K and record.changed < opts["tolerance"]:
             return history, scores, volume, True
         K = grown
     return history, scores, volume, False
+
+
+def _band(stack: ParticleStack, record: GlobalIteration, opts: dict) -> int:
+    """The band (Fourier pixels of the n-box) of the resolution of ``record``'s half maps."""
+    return round(stack.n * opts["pixel_size"] / record.resolution)
+
+
+def _iterations(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict, bar) -> tuple:
+    """:func:`_run` from band K; then, with ``opts["margin"]`` > 0 and room below the top, :func:`_run` on with the
+    margin, kept only if its half maps are finer (else q, t and the shift prior go back). Returns the kept records,
+    last NCC and reference, whether they stopped by the rule, the margin's records and whether kept (None: none)."""
+    history, scores, volume, converged = _run(stack, q, t, K, opts, bar, 0)
+    beyond = min(opts["top"], _band(stack, history[-1], opts) + opts["margin"])
+    if not opts["margin"] or beyond <= history[-1].band:
+        return history, scores, volume, converged, [], None
+    saved = q.clone(), t.clone(), opts["s2"]
+    bar.total += max(1, opts["iterations"])
+    more, scores2, volume2, converged2 = _run(stack, q, t, beyond, opts, bar, opts["margin"])
+    if more[-1].resolution < history[-1].resolution:
+        return history + more, scores2, volume2, converged2, more, True
+    q.copy_(saved[0]), t.copy_(saved[1]), opts.update(s2=saved[2])
+    return history, scores, volume, converged, more, False
 
 
 def _origin(start: str) -> str:
@@ -450,7 +484,7 @@ def _origin(start: str) -> str:
 def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 1.0, restarts: int = 2,
                   steps: int = 40, minibatch: int | None = None, beta0: float = 1.0, shift_grid: int = 2,
                   joint_grid: int = 1, iterations: int = 10, start_band: int | None = None, max_band: int = 48,
-                  margin: int = 0,
+                  margin: int = 10,
                   sampling: float = 1.5,
                   max_shift: float | None = None, tolerance: float = 0.02, weight_floor: float = 0.01,
                   support: bool = True, recentre: bool = True, shift_prior: bool = True, subset: int | None = 20000,
@@ -469,18 +503,16 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     and then runs up to ``iterations`` of projection matching with shift searches (each orientation
     chosen jointly with a shift offset on a grid of (2·``joint_grid`` + 1)² points about the
     particle's shift peak), its band following the half maps' FSC-0.143 resolution (never
-    decreasing, ``margin`` Fourier pixels beyond it, at most ``max_band`` and n/2 − 4), until the band
-    stays and fewer than ``tolerance`` of the particles move by more than a grid step. ``sampling``:
+    decreasing, at most ``max_band`` and n/2 − 4), until the band stays and fewer than ``tolerance`` of the
+    particles move by more than a grid step; ``margin`` > 0: then up to ``iterations`` more with the band
+    ``margin`` Fourier pixels beyond the resolution, kept if their half maps are finer (:func:`_iterations`). ``sampling``:
     direction spacing in units of 1/band rad (in-plane ≈ 1/band). ``max_shift``: pixels from the centre (default n/8).
     ``shift_prior``: a Gaussian prior on the shifts (module docstring), its standard deviation per
     axis starting at n/16 pixels. ``weight_floor``: of the reconstructions (:class:`FourierInserter`).
     ``subset``: above this many particles the starts are explored on a random subset of that size, and
     every particle is then recentred against the map of the winner's subset, up to :data:`JOIN_PASSES`
-    times (whatever ``recentre`` says: it is how the others get their first orientations); None: all
-    particles are explored.
-    ``coarse``: the iterations at band 12 and above search coarse to fine (:func:`_coarse`): each particle's
-    ``coarse`` best directions at half the band, then the fine grid about them only, not all directions
-    (0: all, the default: at −20 dB the coarse stage misses some particles' true directions).
+    times (whatever ``recentre`` says); None: all particles are explored. ``coarse``: directions kept per
+    particle at half the band before the fine search about them (:func:`_coarse`; 0: all directions, the default).
     ``seed``: random starts, draws, half sets and the subset.
     """
     t0 = time.perf_counter()
@@ -555,7 +587,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     else:
         recentred = _recentre(stack, q, t, K, opts) if recentre else None
     stage_seconds["recentre"], clock = time.perf_counter() - clock, time.perf_counter()
-    history, scores, volume, converged = _iterations(stack, q, t, K, opts, bar)
+    history, scores, volume, converged, beyond, beyond_kept = _iterations(stack, q, t, K, opts, bar)
     stage_seconds["iterate"] = time.perf_counter() - clock
     bar.close()
     return GlobalResult(quaternions=q, shifts=t, scores=scores, map=volume.cpu(),
@@ -564,5 +596,5 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
                         runner_up=None if runner_up is None else runner_up[1], agreement=agreement,
                         separation=separation,
                         recentred=recentred, explored=None if chosen is None else len(chosen),
-                        iterations=history, converged=converged,
+                        iterations=history, converged=converged, beyond=beyond, beyond_kept=beyond_kept,
                         seconds=time.perf_counter() - t0, stage_seconds=stage_seconds)
