@@ -102,11 +102,13 @@ def test_the_shift_prior_weighs_the_draws():
 def test_peaks_hold_the_best_candidate_of_all(stack, phantom):
     """The best candidate (highest log-posterior with the shift prior) from the per-offset, per-direction peaks
     over the angles is the best of the full candidate list (:meth:`PolarSearch.scores`), NCC and index; the
-    peaks (the numerators' maxima divided by the norm) are the NCC's maxima over the angles, bit for bit."""
+    peaks (the numerators' maxima divided by the norm) are the NCC's maxima over the angles, bit for bit, though
+    on the CPU the peaks are taken chunk by chunk of directions (:data:`CPU_CHUNK`) and the correlations at once."""
     q, t, ctf, images = stack
     search = pm.PolarSearch(phantom.float(), 8, {"sampling": 1.5, "budget": 1 << 23}, 9)
     particles = pm.ParticleStack(images[:40], ctf, BOX, "cpu", 64, seed=0)
     idx, offsets = torch.arange(40), gs._offsets(particles, 8, 1)
+    assert pm.CPU_CHUNK // (search.L * len(idx) * len(offsets)) < len(search.dirs) / 10  # more than 10 chunks
     moved = t[idx][:, None] + offsets.double()
     full = search.scores(particles, idx, BOX, t[idx], offsets)
     best = search.log_posterior(full, moved, 2.0).argmax(1)
