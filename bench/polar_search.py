@@ -5,7 +5,7 @@
     python bench/polar_search.py --device cpu --size 64 --band 18 --P 200        # the CPU case's top band
 
 Every iteration of :func:`cryoorient.orientations.global_search.global_search` makes this pass over every
-particle (``_best_candidates``: J directions × L in-plane angles × S = 9 joint shift offsets each, the
+particle (``polar_matching.best_candidates``: J directions × L in-plane angles × S = 9 joint shift offsets each, the
 complex GEMM of the polar spectra, an inverse FFT over the angles, the best angle per offset and
 direction); at 10⁵ particles its passes at bands 40–48 are half the run (bench/README). Data: ``--P``
 images of 5j0n (``--map``) at ``--size``², the acceptance's CTF and shifts, −20 dB (``abinitio_realistic.

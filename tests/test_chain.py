@@ -54,10 +54,13 @@ def test_chain_recovers_orientations_shifts_and_map(stack, chained):
     lines = res.summary()
     assert lines[0].startswith("ab initio: 300 orientations determined")
     assert lines[1].startswith("global search: start") and "FSC 0.143" in lines[3]
-    steps = lines[2].removeprefix("global search iterations (band, half maps, changed, time): ").split("; ")
+    head = "global search iterations (band, half maps, changed, time, coarse to fine or full and the probe's "
+    steps = lines[2].removeprefix(head + "agreement): ").split("; ")
     assert len(steps) == len(res.searched.iterations) >= 1  # one entry per iteration, its own figures
     for step, it in zip(steps, res.searched.iterations):
-        assert step == f"{it.band} px {it.resolution:.2f} Å {it.changed:.1%} {it.seconds:.1f} s" and it.seconds > 0
+        probe = "" if it.coarse is None else f" {'coarse' if it.coarse >= 0.99 else 'full'} {it.coarse:.0%}"
+        assert step == f"{it.band} px {it.resolution:.2f} Å {it.changed:.1%} {it.seconds:.1f} s{probe}"
+        assert it.seconds > 0
     assert sum(it.seconds for it in res.searched.iterations) <= res.searched.stage_seconds["iterate"]
 
 

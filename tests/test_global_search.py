@@ -157,7 +157,7 @@ def test_coarse_to_fine_keeps_the_best_candidate(stack, phantom):
     q, t, ctf, images = stack
     opts = {"sampling": 1.5, "budget": 1 << 23, "coarse": 8, "s2": 2.0}
     search = pm.PolarSearch(phantom.float(), 12, opts, 9)
-    coarse = gs._coarse(phantom.float(), search, opts, 9)
+    coarse = pm.coarse_stage(phantom.float(), search, opts, 9)
     rough, near = coarse[:2]
     assert rough.K == 6 and torch.equal(near.unique(), torch.arange(len(search.dirs)))
     view, fine = quat_to_matrix(rough.dirs)[:, 2], quat_to_matrix(search.dirs)[:, 2]  # viewing directions
@@ -168,15 +168,49 @@ def test_coarse_to_fine_keeps_the_best_candidate(stack, phantom):
     found = []
     for stage in (None, coarse):
         qq, tt = torch.empty(P, 4, dtype=torch.float64), t.clone()
-        gs._best_candidates(particles, search, qq, tt, BOX, offsets, {**opts, "max_shift": 6.0}, stage)
+        pm.best_candidates(particles, search, qq, tt, BOX, offsets, {**opts, "max_shift": 6.0}, stage)
         found.append(qq)
     same = float((quat_distance(*found) < 1e-9).double().mean())
     assert same > 0.98, same
-    assert gs._coarse(phantom.float(), pm.PolarSearch(phantom.float(), 10, opts, 9), opts, 9) is None  # below 12
-    assert gs._coarse(phantom.float(), search, {**opts, "coarse": 0}, 9) is None
+    assert pm.coarse_stage(phantom.float(), pm.PolarSearch(phantom.float(), 10, opts, 9), opts, 9) is None  # below 12
+    assert pm.coarse_stage(phantom.float(), search, {**opts, "coarse": 0}, 9) is None
     kept = {"shifts": t, "ctf": ctf, "pixel_size": PIXEL, "restarts": 0, "steps": 0, "start_band": 12, "iterations": 2}
     errors = [align_orientations(q, global_search(images, q, coarse=c, **kept).quaternions).error for c in (0, 8)]
     assert errors[1] < errors[0] + 0.005, errors
+
+
+def test_coarse_to_fine_only_where_the_probe_agrees(stack, phantom, monkeypatch):
+    """probed_candidates at band 12: on the 0 dB stack the probe's 200 particles find the same candidates coarse to
+    fine (8 coarse directions) as in full, and the other 300 are searched coarse to fine; on pure noise with one
+    coarse direction kept the two disagree, and the other 300 are searched in full, so that every particle takes
+    the full search's candidate. On the CPU the global search probes by default (``coarse`` 16); 0 turns it off."""
+    q, t, ctf, images = stack
+    calls = []
+    real = pm.best_candidates
+    monkeypatch.setattr(pm, "best_candidates", lambda *a: calls.append((a[7] is not None, len(a[8]))) or real(*a))
+    search = pm.PolarSearch(phantom.float(), 12, {"sampling": 1.5, "budget": 1 << 23}, 9)
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(8))
+    for data, coarse, agreed in ((images, 8, True), (noise, 1, False)):
+        opts = {"sampling": 1.5, "budget": 1 << 23, "coarse": coarse, "s2": 2.0, "max_shift": 6.0,
+                "gen": torch.Generator().manual_seed(0)}
+        particles = pm.ParticleStack(data, ctf, BOX, "cpu", 64, seed=0)
+        offsets = gs._offsets(particles, 12, 1)
+        calls.clear()
+        qq, tt = torch.empty(P, 4, dtype=torch.float64), t.clone()
+        scores, agreement = pm.probed_candidates(particles, search, phantom.float(), qq, tt, BOX, offsets, opts)
+        assert (agreement >= pm.COARSE_AGREEMENT) == agreed, agreement
+        assert calls == [(True, pm.PROBE), (False, pm.PROBE), (agreed, P - pm.PROBE)]
+        q_full, t_full = torch.empty(P, 4, dtype=torch.float64), t.clone()
+        full = real(particles, search, q_full, t_full, BOX, offsets, opts)
+        same = (quat_distance(qq, q_full) < 1e-9) & (tt == t_full).all(1)
+        assert bool(same.all()) if not agreed else float(same.double().mean()) > 0.98
+        assert not bool(scores.isnan().any()) and torch.allclose(scores[same], full[same], atol=1e-5)
+    monkeypatch.undo()
+    kept = {"shifts": t, "ctf": ctf, "pixel_size": PIXEL, "restarts": 0, "steps": 0, "start_band": 12, "iterations": 1,
+            "margin": 0, "device": "cpu"}
+    probed = global_search(images, q, **kept).iterations[0]
+    assert probed.coarse is not None and probed.coarse >= pm.COARSE_AGREEMENT, probed.coarse
+    assert global_search(images, q, coarse=0, **kept).iterations[0].coarse is None
 
 
 def test_the_shift_prior_keeps_noise_dominated_shifts_near_the_truth(phantom):

@@ -44,10 +44,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restarts", type=int, default=2,
                    help="random starts of the global search beside the ab initio orientations; the start whose "
                    "particles match best goes on (default 2)")
-    p.add_argument("--coarse", type=int, default=0, metavar="N",
+    p.add_argument("--coarse", type=int, metavar="N",
                    help="the global search's iterations at band 12 and above search coarse to fine: each particle's N "
-                   "best directions at half the band, then the fine grid about them only (default 0: every direction; "
-                   "halves the iterations' time but loses particles at -20 dB, bench/README.md)")
+                   "best directions at half the band, then the fine grid about them only, where a probe of 200 "
+                   "particles searched both ways agrees (at -20 dB the coarse stage loses particles; bench/README.md); "
+                   "0: every direction (default 16 on the CPU, 0 on a GPU)")
     p.add_argument("--minibatch", type=int, metavar="N",
                    help="particles drawn per step of the global search's exploration (default a tenth of the particles "
                    "explored, at least 256; fewer is faster: 500 of 10^4 at -20 dB saved 14-25 %% of the time and cost "
@@ -107,7 +108,7 @@ def _prepare(args, particles):
         raise ValueError(f"--rounds must be at least 1; got {args.rounds}")
     if args.restarts < 0:
         raise ValueError(f"--restarts must be at least 0; got {args.restarts}")
-    if args.coarse < 0:
+    if args.coarse is not None and args.coarse < 0:
         raise ValueError(f"--coarse must be at least 0; got {args.coarse}")
     if args.margin < 0:
         raise ValueError(f"--margin must be at least 0; got {args.margin}")

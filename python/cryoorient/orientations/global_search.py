@@ -29,19 +29,21 @@ Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
   particle takes its shift (cross-correlation with its CTF-modulated projection,
   peak within ``max_shift`` of the centre, parabola-polished), its best orientation, and its
   shift again, the orientation chosen jointly with a shift offset on a grid of (2·``joint_grid`` + 1)²
-  points n/(4K) pixels apart about that shift (:func:`_best_candidates`): at low SNR a particle whose
-  shift peak is a noise peak otherwise keeps the orientation that this wrong shift fits best. The half
-  maps' FSC-0.143 resolution sets the next band, up to ``max_band``. From the true orientations and
+  points n/(4K) pixels apart about that shift (:func:`cryoorient.orientations.polar_matching.best_candidates`): at
+  low SNR a particle whose shift peak is a noise peak otherwise keeps the orientation that this wrong shift fits
+  best. The half maps' FSC-0.143 resolution sets the next band, up to ``max_band``. From the true orientations and
   shifts (``bench/abinitio_realistic.py --oracle``, 10⁴ × 128², 5h73 at −20 dB, the case these defaults were
   chosen on): E_OR 0.218 rad with no joint offsets and the band capped at 32, 0.151 with ``joint_grid`` = 1,
   0.120 with ``max_band`` = 48 too. Then iterations with the band ``margin`` pixels beyond the resolution's
   (RELION's ``--incr_size``), kept if their half maps are finer (:func:`_iterations`; not gold-standard: on pure
   noise they come out finer too). At −20 dB (one seed, bench/README) E_OR 0 → 10: 1aki 0.387 → 0.217, 3o5r 0.376 →
   0.189, 5zng 0.169 → 0.115, 5j0n 0.077 → 0.073 rad; from the first iteration on, 10 broke 3o5r (1.155 rad).
-* **Coarse to fine** (``coarse``, off: at −20 dB it loses particles, bench/README): at band K ≥ 12 each
-  particle's ``coarse`` best directions at band K/2, then the fine grid within the coarse spacing of them only
+* **Coarse to fine** (``coarse``; by default on the CPU only): at band K ≥ 12 each particle's ``coarse`` best
+  directions at band K/2, then the fine grid within the coarse spacing of them only
   (:func:`cryoorient.orientations.polar_matching.direction_neighbours`), as RELION's adaptive oversampling; the
-  full search's cost grows as K⁴ (at 10⁵ particles bands 40–48 took half of the run).
+  full search's cost grows as K⁴. At −20 dB it loses particles (bench/README), so each iteration first searches
+  a probe of particles both ways and the others coarse to fine only where the two agree
+  (:func:`cryoorient.orientations.polar_matching.probed_candidates`).
 * **Shift prior** (``shift_prior``, as RELION's sigma_offset): every choice of a shift — the draws, the
   best candidates, the shift searches — weighs the log-likelihood (:meth:`PolarSearch.log_posterior`)
   against a Gaussian prior −|t|²/(2s²) about the box centre, s² per axis re-estimated from the data:
@@ -82,7 +84,6 @@ rotation, either hand).
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -97,8 +98,8 @@ from ..maps.fsc import fsc
 from ..maps.reconstruct import FourierInserter
 from ..maps.transforms import density_centre, particle_radius, shift_map, soft_sphere
 from .align import align_orientations
-from .polar_matching import (ParticleStack, PolarSearch, batch_budget, clip_shifts, direction_grid,
-                             direction_neighbours, mean_projection, shift_peak, working_box)
+from .polar_matching import (COARSE_AGREEMENT, ParticleStack, PolarSearch, batch_budget, best_candidates, clip_shifts,
+                             direction_grid, mean_projection, probed_candidates, shift_peak, working_box)
 
 __all__ = ["AGREEMENT", "SEPARATED", "GlobalIteration", "GlobalResult", "direction_grid", "global_search"]
 
@@ -108,6 +109,9 @@ AGREEMENT = 0.3
 SEPARATED = 5.0
 #: Most recentrings of all particles against the map of a subset's winner (``subset``).
 JOIN_PASSES = 5
+#: ``coarse`` by default on the CPU, where the full search is most of an iteration (a GPU's default is 0: all
+#: directions): 2.2× faster iterations, the same E_OR, on the bench's CPU case from the truth (bench/README).
+CPU_COARSE = 16
 #: Smallest standard deviation per axis (pixels) the Gaussian shift prior's estimate may reach.
 MIN_SHIFT_SD = 0.5
 
@@ -126,6 +130,7 @@ class GlobalIteration:
     mean_rotation: float  # mean rotation applied, rad
     mean_shift: float  # mean change of the shifts, pixels
     shift_sd: float = math.inf  # standard deviation per axis of the Gaussian shift prior after it, pixels (inf: none)
+    coarse: float | None = None  # the probe's agreement of coarse to fine with the full search (None: full, unprobed)
     seconds: float = math.nan  # wall time of the iteration, s
 
 
@@ -210,12 +215,15 @@ class GlobalResult:
 
     def trajectory(self) -> str:
         """One line: each iteration's band, the resolution of the half maps it searched against, the
-        fraction of particles that moved by more than a grid step, and its seconds; those beyond the resolution
+        fraction of particles that moved by more than a grid step, its seconds and, where probed, whether it went
+        coarse to fine ("coarse") or not ("full") and how many of the probe agreed; those beyond the resolution
         that were dropped after them."""
+        how = lambda c: "" if c is None else f" {'coarse' if c >= COARSE_AGREEMENT else 'full'} {c:.0%}"  # noqa: E731
         line = lambda its: "; ".join(  # noqa: E731
-            f"{it.band} px {it.resolution:.2f} Å {it.changed:.1%} {it.seconds:.1f} s" for it in its)
+            f"{it.band} px {it.resolution:.2f} Å {it.changed:.1%} {it.seconds:.1f} s{how(it.coarse)}" for it in its)
         dropped = f" (dropped: {line(self.beyond)})" if self.beyond_kept is False else ""
-        return f"global search iterations (band, half maps, changed, time): {line(self.iterations)}{dropped}"
+        return (f"global search iterations (band, half maps, changed, time, coarse to fine or full and the probe's "
+                f"agreement): {line(self.iterations)}{dropped}")
 
 
 def _map(stack: ParticleStack, q: Tensor, t: Tensor, m: int, weight_floor: float, pixel_size: float):
@@ -304,53 +312,7 @@ def _explore(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
         eta = b / (2 * b + (P - 2 * b) * s / max(1, steps - 1))
         data = (1 - eta) * data + (eta * P / b) * draw.data
         weight = (1 - eta) * weight + (eta * P / b) * draw.weight
-    return _best_candidates(stack, search, q, t, m, offsets, opts)
-
-
-def _best_candidates(stack: ParticleStack, search: PolarSearch, q: Tensor, t: Tensor, m: int, offsets: Tensor,
-                     opts: dict, coarse: tuple | None = None) -> Tensor:
-    """Every particle's best candidate (highest log-posterior, with the shift prior) over the orientations of
-    ``search`` and the shift offsets about its shift t (q, t updated in place): orientation and shift found
-    together, so that neither holds the other at a wrong value. ``coarse`` (:func:`_coarse`): the fine
-    directions searched are only those about each particle's best directions on the coarse search's grid.
-    Returns the particles' NCC (P,) float64."""
-    scores = torch.empty(stack.P, dtype=torch.float64)
-    cpu_offsets, J, S = offsets.double().cpu(), len(search.dirs), len(offsets)
-    rows = search.rows
-    if coarse is not None:
-        coarser, near, top = coarse
-        D = top * near.shape[1]
-        rows = max(1, min(coarser.rows, opts["budget"] // (D * (S * search.L + search.L * search.K))))
-    for idx in torch.arange(stack.P).split(rows):
-        moved = t[idx][:, None] + cpu_offsets
-        if coarse is None:
-            c, q[idx], ncc = search.best(*search.peaks(stack, idx, m, t[idx], offsets), moved, opts["s2"])
-        else:
-            rough = coarser.log_posterior(coarser.peaks(stack, idx, m, t[idx], offsets)[0], moved, opts["s2"])
-            dirs = near[rough.view(len(idx), S, -1).amax(1).topk(top, dim=1).indices].flatten(1)  # (B, D)
-            c, q[idx], ncc = search.best(*search.peaks(stack, idx, m, t[idx], offsets, dirs), moved, opts["s2"], dirs)
-        t[idx] = clip_shifts(moved[torch.arange(len(idx)), c // J], opts["max_shift"])
-        scores[idx] = ncc.double()
-    return scores
-
-
-def _coarse(volume: Tensor, search: PolarSearch, opts: dict, shifts: int) -> tuple | None:
-    """The coarse stage of a search at band K ≥ 12 (``opts["coarse"]`` > 0): a search at band K/2 (a grid of a quarter
-    of the directions, half the in-plane angles and rings: about 1/32 of the cost), the fine directions near each
-    coarse one (:func:`direction_neighbours`), and how many coarse directions each particle keeps; None
-    when off."""
-    if not opts["coarse"] or search.K < 12:
-        return None
-    coarser = PolarSearch(volume, search.K // 2, opts, shifts)
-    near = _neighbour_table(len(search.dirs), len(coarser.dirs)).to(volume.device)
-    return coarser, near, min(int(opts["coarse"]), len(coarser.dirs))
-
-
-@functools.lru_cache(maxsize=8)
-def _neighbour_table(fine: int, coarse: int) -> Tensor:
-    """:func:`direction_neighbours` of the direction grids of ``fine`` and ``coarse`` directions, kept for the
-    iterations that follow at the same bands."""
-    return direction_neighbours(direction_grid(fine), direction_grid(coarse))
+    return best_candidates(stack, search, q, t, m, offsets, opts)
 
 
 def _recentre(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict, volume: Tensor | None = None) -> float:
@@ -420,7 +382,7 @@ def _iterate(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
     search = PolarSearch(volume, K, opts, len(offsets))
     for idx in torch.arange(stack.P).split(stack.batch):  # the shifts at this band, before the orientations
         t[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"], opts["s2"])[0]
-    scores = _best_candidates(stack, search, q, t, m, offsets, opts, _coarse(volume, search, opts, len(offsets)))
+    scores, agreement = probed_candidates(stack, search, volume, q, t, m, offsets, opts)
     t2 = torch.empty(stack.P, dtype=torch.float64)
     for idx in torch.arange(stack.P).split(stack.batch):
         t[idx], t2[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"], opts["s2"])
@@ -432,7 +394,7 @@ def _iterate(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
                              changed=float((moved > opts["sampling"] / K).double().mean()),
                              mean_rotation=float(moved.mean()),
                              mean_shift=float(torch.linalg.vector_norm(t - t_old, dim=1).mean()),
-                             shift_sd=math.sqrt(opts["s2"]), seconds=time.perf_counter() - clock)
+                             shift_sd=math.sqrt(opts["s2"]), coarse=agreement, seconds=time.perf_counter() - clock)
     return record, scores, volume
 
 
@@ -488,7 +450,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
                   sampling: float = 1.5,
                   max_shift: float | None = None, tolerance: float = 0.02, weight_floor: float = 0.01,
                   support: bool = True, recentre: bool = True, shift_prior: bool = True, subset: int | None = 20000,
-                  coarse: int = 0, seed: int = 0, device=None, progress: bool = False) -> GlobalResult:
+                  coarse: int | None = None, seed: int = 0, device=None, progress: bool = False) -> GlobalResult:
     """Orientations and shifts of ``images`` (P, n, n) by global projection matching (module docstring).
 
     ``q_init`` (P, 4): the given start (e.g. ab initio orientations), or None for random starts only;
@@ -512,7 +474,9 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     ``subset``: above this many particles the starts are explored on a random subset of that size, and
     every particle is then recentred against the map of the winner's subset, up to :data:`JOIN_PASSES`
     times (whatever ``recentre`` says); None: all particles are explored. ``coarse``: directions kept per
-    particle at half the band before the fine search about them (:func:`_coarse`; 0: all directions, the default).
+    particle at half the band before the fine search about them, where a probe finds it safe
+    (:func:`~cryoorient.orientations.polar_matching.probed_candidates`; 0: all directions; default
+    :data:`CPU_COARSE` on the CPU, 0 on a GPU).
     ``seed``: random starts, draws, half sets and the subset.
     """
     t0 = time.perf_counter()
@@ -526,6 +490,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
         raise ValueError(f"start_band must be in [2, {top}] (max_band, n/2 - 4); got {start_band}")
     if not 0 < beta0 <= 1:
         raise ValueError(f"beta0 (the exploration's first inverse temperature) must be in (0, 1]; got {beta0}")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    coarse = (CPU_COARSE if device.type == "cpu" else 0) if coarse is None else coarse
     if any(int(v) != v or v < 0 for v in (shift_grid, joint_grid, coarse, margin)):
         raise ValueError(f"shift_grid, joint_grid, coarse and margin must be integers >= 0; got {shift_grid!r}, "
                          f"{joint_grid!r}, {coarse!r}, {margin!r}")
@@ -535,7 +501,6 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
         raise ValueError(f"minibatch must be None or an integer >= 1; got {minibatch!r}")
     if subset is not None and subset < 4:
         raise ValueError(f"subset must be None or at least 4 particles; got {subset}")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     opts = {"pixel_size": float(pixel_size), "sampling": float(sampling), "weight_floor": float(weight_floor),
             "max_shift": n / 8 if max_shift is None else float(max_shift), "steps": int(steps), "beta0": float(beta0),
             "shift_grid": int(shift_grid), "joint_grid": int(joint_grid), "coarse": int(coarse),

@@ -13,7 +13,10 @@ astigmatism); :meth:`PolarSearch.log_posterior` turns it into a log-likelihood u
 plus a Gaussian prior on the shifts, :meth:`PolarSearch.sample` draws from it and :meth:`PolarSearch.peaks`
 keeps the best angle of each offset and direction, among which the best candidate is; given chosen
 directions per particle (a coarse-to-fine search's fine stage, :func:`direction_neighbours`) it scores only
-those. :func:`shift_peak` searches a particle's shift against a reference; :func:`mean_projection` is a map's mean projection.
+those. :func:`best_candidates` gives each particle its best orientation and shift offset, in full or coarse to fine
+(:func:`coarse_stage`); :func:`probed_candidates` goes coarse to fine only where a probe of particles finds the two
+agree. :func:`shift_peak` searches a particle's shift against a reference; :func:`mean_projection` is a map's mean
+projection.
 
 Conventions: images (P, n, n) [y, x], centre at pixel n//2; quaternions scalar-first of RELION's
 A = Rz(psi)·Ry(tilt)·Rz(rot) (map → image frame), w >= 0; shifts t (P, 2) in pixels (x, y) of the
@@ -23,6 +26,7 @@ CTFs (B, size, size // 2 + 1) on the ``rfft2`` grid of an image of edge ``size``
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -35,14 +39,18 @@ from ..imaging.shift import phase_ramp
 from ..maps.half_maps import load_ctf, load_images
 from .abinitio import polar_spectra
 
-__all__ = ["CPU_CHUNK", "SAMPLE_FLOOR", "ParticleStack", "PolarSearch", "band_weights", "batch_budget", "clip_shifts",
-           "crop_spectrum", "direction_grid", "direction_neighbours", "mean_projection", "ring_mean", "rings",
-           "shift_peak", "working_box"]
+__all__ = ["COARSE_AGREEMENT", "CPU_CHUNK", "PROBE", "SAMPLE_FLOOR", "ParticleStack", "PolarSearch", "band_weights",
+           "batch_budget", "best_candidates", "clip_shifts", "coarse_stage", "crop_spectrum", "direction_grid",
+           "direction_neighbours", "mean_projection", "probed_candidates", "ring_mean", "rings", "shift_peak",
+           "working_box"]
 
 #: Log-posterior depth below a particle's best candidate at which :meth:`PolarSearch.sample` floors the weights:
 #: the candidates below it draw at most C·e^−60 < 10⁻¹⁷ of the time (C < 10⁹ candidates), and no weight is a
 #: subnormal float (on the CPU, exp and sums of those are several times slower).
 SAMPLE_FLOOR = 60.0
+#: Particles searched both coarse to fine and in full by :func:`probed_candidates`, and the fraction of them on
+#: which the two must agree for the others to be searched coarse to fine.
+PROBE, COARSE_AGREEMENT = 200, 0.99
 
 #: Elements (float32, 1 MB) of a chunk of correlations on the CPU (:meth:`PolarSearch.peaks`): its inverse FFT and
 #: maximum over the angles then run in the cache (bench/README: band 28 of a 64-pixel box, 9 offsets, 2 cores:
@@ -292,6 +300,74 @@ class PolarSearch:
         """Shifts (B, 2) n-pixels of particles ``idx`` at orientations q and their posterior means of |t|² (B,):
         :func:`shift_peak` with the CTF-modulated projections."""
         return shift_peak(stack, idx, m, self.proj.slices(q.to(stack.device).float()), self.K, max_shift, s2)
+
+
+def coarse_stage(volume: Tensor, search: PolarSearch, opts: dict, shifts: int) -> tuple | None:
+    """The coarse stage of ``search`` at band K >= 12 (``opts["coarse"]`` > 0): a search at band K/2 (a grid of a
+    quarter of the directions, half the in-plane angles and rings: about 1/32 of the cost), the fine directions
+    near each coarse one (:func:`direction_neighbours`) and how many coarse directions each particle keeps;
+    None when off."""
+    if not opts["coarse"] or search.K < 12:
+        return None
+    coarser = PolarSearch(volume, search.K // 2, opts, shifts)
+    near = _neighbour_table(len(search.dirs), len(coarser.dirs)).to(volume.device)
+    return coarser, near, min(int(opts["coarse"]), len(coarser.dirs))
+
+
+@functools.lru_cache(maxsize=8)
+def _neighbour_table(fine: int, coarse: int) -> Tensor:
+    """:func:`direction_neighbours` of the direction grids of ``fine`` and ``coarse`` directions, kept for the
+    searches that follow at the same bands."""
+    return direction_neighbours(direction_grid(fine), direction_grid(coarse))
+
+
+def best_candidates(stack: ParticleStack, search: PolarSearch, q: Tensor, t: Tensor, m: int, offsets: Tensor,
+                     opts: dict, coarse: tuple | None = None, which: Tensor | None = None) -> Tensor:
+    """Every particle's best candidate (highest log-posterior, with the shift prior) over the orientations of
+    ``search`` and the shift offsets about its shift t (q, t updated in place): orientation and shift found
+    together, so that neither holds the other at a wrong value. ``coarse`` (:func:`coarse_stage`): the fine
+    directions searched are only those about each particle's best directions on the coarse search's grid.
+    ``which``: these particles only (default all). Returns the particles' NCC (P,) float64 (NaN for the others)."""
+    scores = torch.full((stack.P,), math.nan, dtype=torch.float64)
+    cpu_offsets, J, S = offsets.double().cpu(), len(search.dirs), len(offsets)
+    rows = search.rows
+    if coarse is not None:
+        coarser, near, top = coarse
+        D = top * near.shape[1]
+        rows = max(1, min(coarser.rows, opts["budget"] // (D * (S * search.L + search.L * search.K))))
+    for idx in (torch.arange(stack.P) if which is None else which).split(rows):
+        moved = t[idx][:, None] + cpu_offsets
+        if coarse is None:
+            c, q[idx], ncc = search.best(*search.peaks(stack, idx, m, t[idx], offsets), moved, opts["s2"])
+        else:
+            rough = coarser.log_posterior(coarser.peaks(stack, idx, m, t[idx], offsets)[0], moved, opts["s2"])
+            dirs = near[rough.view(len(idx), S, -1).amax(1).topk(top, dim=1).indices].flatten(1)  # (B, D)
+            c, q[idx], ncc = search.best(*search.peaks(stack, idx, m, t[idx], offsets, dirs), moved, opts["s2"], dirs)
+        t[idx] = clip_shifts(moved[torch.arange(len(idx)), c // J], opts["max_shift"])
+        scores[idx] = ncc.double()
+    return scores
+
+
+def probed_candidates(stack: ParticleStack, search: PolarSearch, volume: Tensor, q: Tensor, t: Tensor, m: int,
+                      offsets: Tensor, opts: dict) -> tuple[Tensor, float | None]:
+    """:func:`best_candidates` of every particle, coarse to fine (:func:`coarse_stage`) where a probe finds it
+    safe: :data:`PROBE` random particles are searched both ways, and the others coarse to fine only if the two
+    agreed (the same orientation and shift) on at least :data:`COARSE_AGREEMENT` of them (computed from the data:
+    at −20 dB the coarse stage loses particles). Returns the NCC and the probe's agreement (None: not probed)."""
+    coarse = coarse_stage(volume, search, opts, len(offsets))
+    if coarse is None:
+        return best_candidates(stack, search, q, t, m, offsets, opts), None
+    probe = torch.zeros(stack.P, dtype=torch.bool)
+    probe[torch.randperm(stack.P, generator=opts["gen"])[:PROBE]] = True
+    which, rest = probe.nonzero()[:, 0], (~probe).nonzero()[:, 0]
+    q_c, t_c = q.clone(), t.clone()
+    best_candidates(stack, search, q_c, t_c, m, offsets, opts, coarse, which)
+    scores = best_candidates(stack, search, q, t, m, offsets, opts, None, which)
+    agreement = float(((q_c[which] == q[which]).all(1) & (t_c[which] == t[which]).all(1)).double().mean())
+    if len(rest):
+        kept = coarse if agreement >= COARSE_AGREEMENT else None
+        scores[rest] = best_candidates(stack, search, q, t, m, offsets, opts, kept, rest)[rest]
+    return scores, agreement
 
 
 def shift_peak(stack: ParticleStack, idx: Tensor, m: int, F: Tensor, K: int, max_shift: float, s2: float = math.inf):
