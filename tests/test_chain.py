@@ -13,6 +13,7 @@ from cryoorient.orientations import chain
 from cryoorient.orientations.align import align_orientations
 from cryoorient.io import centre_of_mass
 from cryoorient.orientations.chain import run_chain, star_ctf
+from cryoorient.orientations.polar_matching import COARSE_AGREEMENT
 from cryoorient.orientations.global_search import GlobalIteration, GlobalResult
 
 BOX, PIXEL, P = 32, 3.0, 300
@@ -58,7 +59,7 @@ def test_chain_recovers_orientations_shifts_and_map(stack, chained):
     steps = lines[2].removeprefix(head + "agreement): ").split("; ")
     assert len(steps) == len(res.searched.iterations) >= 1  # one entry per iteration, its own figures
     for step, it in zip(steps, res.searched.iterations):
-        probe = "" if it.coarse is None else f" {'coarse' if it.coarse >= 0.99 else 'full'} {it.coarse:.0%}"
+        probe = "" if it.coarse is None else f" {'coarse' if it.coarse >= COARSE_AGREEMENT else 'full'} {it.coarse:.0%}"
         assert step == f"{it.band} px {it.resolution:.2f} Å {it.changed:.1%} {it.seconds:.1f} s{probe}"
         assert it.seconds > 0
     assert sum(it.seconds for it in res.searched.iterations) <= res.searched.stage_seconds["iterate"]
