@@ -198,7 +198,7 @@ def run_end_to_end_case(name, source, pixel, args, snr, seed, device) -> dict:
         torch.cuda.empty_cache()  # the command's process gets the GPU's memory
     cmd = [sys.executable, "-m", "cryoorient", "abinitio", str(work / STAR_NAME), "-o", str(work / "out"),
            "--device", str(device), "--rounds", str(args.rounds), "--landmarks", str(args.landmarks), "-q"]
-    cmd += [x for k, v in args.global_options.items() for x in (f"--{k}", str(v))]
+    cmd += [x for k, v in args.global_options.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     if args.comparison:
         cmd += ["--comparison", args.comparison,
                 "--particle-diameter", f"{particle_diameter(*load_volume(source, args.size, pixel)):.2f}"]
@@ -431,8 +431,9 @@ def parse_args(argv=None):
         p.error(f"--global takes NAME=NUMBER pairs; got {' '.join(args.global_options)}")
     if args.first_seed < 0:
         p.error(f"--first-seed must be at least 0; got {args.first_seed}")
-    if args.end_to_end and set(args.global_options) - {"restarts", "coarse", "minibatch"}:
-        p.error("--end-to-end passes on only --global restarts=N, coarse=N and minibatch=N (the command's options)")
+    if args.end_to_end and set(args.global_options) - {"restarts", "coarse", "shift_grid", "minibatch"}:
+        p.error("--end-to-end passes on only --global restarts=N, coarse=N, shift_grid=N and minibatch=N (the "
+                "command's options)")
     if args.quick:
         args.P, args.size, args.snr, args.seeds, args.rounds = 400, 48, [-12.0], 1, 2
         args.proteins = args.proteins or ["phantom"]

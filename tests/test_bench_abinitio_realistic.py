@@ -44,7 +44,7 @@ def test_global_options_are_parsed_and_refused(bench):
 
 def test_end_to_end_runs_the_command_on_the_written_stack(bench, tmp_path):
     """--end-to-end: the case written as STAR + stack, `cryoorient abinitio` timed on it, its orientations read
-    back against the truth; at 0 dB on the phantom they must be close to it. ``--global coarse=N minibatch=N``
+    back against the truth; at 0 dB on the phantom they must be close to it. ``--global coarse=N shift_grid=N minibatch=N``
     reach the command (its report says so); options the command does not have are refused; ``--first-seed`` runs
     the seeds from there."""
     argv = ["--device", "cpu", "--proteins", "phantom", "--P", "300", "--size", "48", "--snr", "0", "--seeds", "1",
@@ -53,7 +53,7 @@ def test_end_to_end_runs_the_command_on_the_written_stack(bench, tmp_path):
     for bad in (["--global", "max_band=32"], ["--first-seed", "-1"]):
         with pytest.raises(SystemExit):
             bench.parse_args(argv + bad)
-    assert bench.main(argv + ["--global", "coarse=8", "minibatch=64"]) == 0
+    assert bench.main(argv + ["--global", "coarse=8", "shift_grid=2", "minibatch=64"]) == 0
     (row,) = csv.DictReader(open(tmp_path / "end_to_end.csv"))
     assert row["protein"] == "phantom" and row["comparison"] == "hand-made" and int(row["P"]) == 300
     assert int(row["seed"]) == 3
@@ -65,7 +65,7 @@ def test_end_to_end_runs_the_command_on_the_written_stack(bench, tmp_path):
     case = tmp_path / "phantom_0dB_seed3"
     assert not (case / "particles.mrcs").exists() and (case / "particles.star").is_file()
     assert (case / "out" / "map.mrc").is_file() and float(row["resolution_A"]) > 0
-    assert ", coarse to fine 8, exploration minibatch 64" in (case / "out" / "report.txt").read_text()
+    assert ", coarse to fine 8, exploration shift grid 2, exploration minibatch 64" in (case / "out" / "report.txt").read_text()
 
 
 def test_ambiguity_runs_on_a_map_whose_box_is_not_the_images(bench, shared_data, tmp_path):

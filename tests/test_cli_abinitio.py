@@ -139,6 +139,9 @@ def test_refusals_write_nothing(data, chained, tmp_path, capsys):
     assert main(["abinitio", str(data), "-o", str(out), "--coarse", "-1", "--device", "cpu", "-q"]) == 2
     err = capsys.readouterr().err
     assert "--coarse must be at least 0" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert main(["abinitio", str(data), "-o", str(out), "--shift-grid", "-1", "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--shift-grid must be at least 0" in err and len(err.strip().splitlines()) == 1 and not out.exists()
     assert main(["abinitio", str(data), "-o", str(out), "--minibatch", "0", "--device", "cpu", "-q"]) == 2
     err = capsys.readouterr().err
     assert "--minibatch must be at least 1" in err and len(err.strip().splitlines()) == 1 and not out.exists()
@@ -178,14 +181,14 @@ def test_ignore_ctf_says_so_and_drops_the_ctf(data, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(chain, "run_chain", fake_chain)
     out = tmp_path / "out"
     assert main(["abinitio", str(data), "-o", str(out), "--ignore-ctf", "--accept-corners", "--rounds", "3",
-                 "--restarts", "1", "--coarse", "16", "--minibatch", "300", "--iterations", "20", "--margin", "10", "--seed", "4",
+                 "--restarts", "1", "--coarse", "16", "--shift-grid", "2", "--minibatch", "300", "--iterations", "20", "--margin", "10", "--seed", "4",
                  "--device", "cpu", "-q"]) == 2
     captured = capsys.readouterr()
     assert captured.out.splitlines() == ["CTF columns present but ignored on request: the images are taken to be "
                                          "CTF-free"]
     assert "stopped here" in captured.err and not out.exists()  # a failed new run leaves nothing behind
     assert seen["ctf"] is None and seen["abinitio_options"]["accept"] == ("corners",)
-    assert seen["refine_options"] == {"rounds": 3, "keep_best": True} and seen["global_options"] == {"restarts": 1, "coarse": 16, "minibatch": 300, "iterations": 20, "margin": 10} and seen["seed"] == 4 and seen["device"] == torch.device("cpu")
+    assert seen["refine_options"] == {"rounds": 3, "keep_best": True} and seen["global_options"] == {"restarts": 1, "coarse": 16, "shift_grid": 2, "minibatch": 300, "iterations": 20, "margin": 10} and seen["seed"] == 4 and seen["device"] == torch.device("cpu")
     assert seen["stop_after"] is None and seen["workdir"].resolve() == out.resolve()
 
 

@@ -234,8 +234,10 @@ def test_the_shift_prior_keeps_noise_dominated_shifts_near_the_truth(phantom):
 
 def test_recovers_orientations_and_shifts_from_random_starts(stack):
     q, t, ctf, images = stack
-    res = global_search(images, None, ctf=ctf, pixel_size=PIXEL, restarts=2, **FAST)
+    res = global_search(images, None, ctf=ctf, pixel_size=PIXEL, restarts=3, **FAST)
     assert res.start.startswith("random") and list(res.start_scores) == ["random 1", "random 2"] and res.explored is None
+    # the first two agree (below), so the third is left out, and the summary says so
+    assert res.unexplored == ["random 3"] and "random 3 not explored: two starts of different origins" in res.summary()
     assert res.start_scores[res.start] == max(res.start_scores.values())  # the winner is the best-matching start
     assert f"(mean NCC of the starts: random 1 {res.start_scores['random 1']:.4f}, random 2 " in res.summary()
     # both random starts reach the same orientations: the verdict, computed from them, says so
@@ -253,11 +255,13 @@ def test_recovers_orientations_and_shifts_from_random_starts(stack):
 
 
 def test_shifts_beyond_the_exploration_grid_are_found(phantom):
-    """Particles shifted by N(0, 2.5 px) clipped at 5 px, beyond the exploration's offset grid (±2·n/(4K),
-    1.8 px at band 9): each draw moves the particle's shift, and the winner is recentred, so random starts
-    find orientations and shifts, and the shift prior's spread is theirs. Seeds 0–3 (before the shift
-    prior): E_OR 0.069–0.074 rad, at most 0.2 % of the particles more than 0.3 rad off, shifts 0.12–0.13 px
-    off; without the recentring 0.10–0.20 rad and 1–5 % (their true shifts the largest); with the shifts also kept at the start during the exploration 0.82 rad, 1.05 px."""
+    """Particles shifted by N(0, 2.5 px) clipped at 5 px, beyond the exploration's offset grid (±shift_grid·n/(4K),
+    0.9 px at band 9 with the CPU's 1, 1.8 px with 2, that of the figures below; with 1 in the recentring too, E_OR
+    0.109 rad and 1.8 % off, with 2 there 0.073 rad and 0.2 %): each draw moves the particle's shift, and the winner
+    is recentred, so random starts find orientations and shifts, and the shift prior's spread is theirs. Seeds 0–3
+    (before the shift prior): E_OR 0.069–0.074 rad, at most 0.2 % of the particles more than 0.3 rad off, shifts
+    0.12–0.13 px off; without the recentring 0.10–0.20 rad and 1–5 % (their true shifts the largest); with the
+    shifts also kept at the start during the exploration 0.82 rad, 1.05 px."""
     q, t, ctf, clean = ctf_projections(phantom, P, PIXEL, shift_sigma=2.5, shift_clip=5.0)
     images = clean + torch.randn(clean.shape, generator=torch.Generator().manual_seed(5)) * clean.std()
     res = global_search(images, None, ctf=ctf, pixel_size=PIXEL, restarts=2, max_shift=6.0, **FAST)
@@ -342,10 +346,13 @@ def test_the_support_keeps_the_particle_and_drops_negative_and_distant_density(p
 
 
 def test_pure_noise_is_not_reproducible():
-    """Images of noise alone: two random starts reach unrelated orientations, and the verdict says so."""
+    """Images of noise alone: random starts reach unrelated orientations, and the verdict says so; as none agree,
+    every start is explored."""
     noise = torch.randn(200, BOX, BOX, generator=torch.Generator().manual_seed(8))
-    res = global_search(noise, None, restarts=2, minibatch=64, steps=10, iterations=1, start_band=6, margin=0)
+    res = global_search(noise, None, restarts=3, minibatch=64, steps=10, iterations=1, start_band=6, margin=0)
     assert res.reproducible is False and res.agreement > 1.0
+    assert list(res.start_scores) == ["random 1", "random 2", "random 3"] and res.unexplored == []
+    assert "not explored" not in res.summary()
     assert res.ambiguous and res.separation < SEPARATED  # neither start's orientations match better
     assert "NOT reproducible: starts 'random" in res.summary()
     # one iteration allowed, and noise particles move anywhere in it: stopped at the cap, and said
@@ -440,6 +447,26 @@ def test_the_ctf_is_used(stack):
     with_ctf = align_orientations(q, global_search(images, start, shifts=t, ctf=ctf, **opts).quaternions).error
     without = align_orientations(q, global_search(images, start, shifts=t, ctf=None, **opts).quaternions).error
     assert with_ctf < 0.1 and without > 2 * with_ctf, (with_ctf, without)
+
+
+def test_the_exploration_shift_grid_is_one_on_the_cpu_unless_given(stack, monkeypatch):
+    """The exploration's offsets: ``shift_grid`` each way, by default CPU_SHIFT_GRID (1) on the CPU; the recentring's
+    at least 2 each way (with 1 there too, shifts of up to 5 px in 32 lost 0.04 rad: the test below)."""
+    q, t, ctf, images = stack
+    seen, offsets = [], gs._offsets
+
+    def recorded(st, K, reach):
+        seen.append((reach, len(offsets(st, K, reach))))
+        return offsets(st, K, reach)
+
+    monkeypatch.setattr(gs, "_offsets", recorded)
+    for grid, expected in ((None, 1), (2, 2), (0, 0)):
+        seen.clear()
+        global_search(images[:64], q[:64], shifts=t[:64], ctf=ctf, restarts=0, steps=1, minibatch=32, iterations=1,
+                      margin=0, shift_grid=grid, device="cpu")
+        grids = [expected, expected, max(expected, 2)]  # "given as is", "given" explored, then the recentring
+        assert seen[:3] == [(g, (2 * g + 1) ** 2) for g in grids], seen
+    assert gs.CPU_SHIFT_GRID == 1
 
 
 def test_refusals(stack):

@@ -42,13 +42,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="stop after the ab initio stage: particles.star with its orientations and centring origins, "
                    "no maps")
     p.add_argument("--restarts", type=int, default=2,
-                   help="random starts of the global search beside the ab initio orientations; the start whose "
-                   "particles match best goes on (default 2)")
+                   help="random starts of the global search beside the ab initio orientations, explored until the "
+                   "best and the best of another origin agree; the start whose particles match best goes on (default 2)")
     p.add_argument("--coarse", type=int, metavar="N",
                    help="the global search's iterations at band 12 and above search coarse to fine: each particle's N "
                    "best directions at half the band, then the fine grid about them only, where a probe of 200 "
                    "particles searched both ways agrees (at -20 dB the coarse stage loses particles; bench/README.md); "
                    "0: every direction (default 16 on the CPU, 0 on a GPU)")
+    p.add_argument("--shift-grid", type=int, metavar="N",
+                   help="the global search's exploration draws each particle's shift among (2N+1)^2 offsets about its "
+                   "shift (default 1 on the CPU, 2 on a GPU: 1, in the recentring too, cost 5j0n at -20 dB twice the error; the "
+                   "recentring keeps at least 2; bench/README.md)")
     p.add_argument("--minibatch", type=int, metavar="N",
                    help="particles drawn per step of the global search's exploration (default a tenth of the particles "
                    "explored, at least 256; fewer is faster: 500 of 10^4 at -20 dB saved 14-25 %% of the time and cost "
@@ -110,6 +114,8 @@ def _prepare(args, particles):
         raise ValueError(f"--restarts must be at least 0; got {args.restarts}")
     if args.coarse is not None and args.coarse < 0:
         raise ValueError(f"--coarse must be at least 0; got {args.coarse}")
+    if args.shift_grid is not None and args.shift_grid < 0:
+        raise ValueError(f"--shift-grid must be at least 0; got {args.shift_grid}")
     if args.margin < 0:
         raise ValueError(f"--margin must be at least 0; got {args.margin}")
     if args.iterations < 1:
@@ -147,7 +153,8 @@ def _run(args, images, pixel: float, ctf, out: Path, resume: bool):
                                          "comparison": args.comparison,
                                          "diameter": args.particle_diameter and args.particle_diameter / pixel},
                        global_options={"restarts": args.restarts, "coarse": args.coarse,
-                                       "minibatch": args.minibatch, "iterations": args.iterations,
+                                       "shift_grid": args.shift_grid, "minibatch": args.minibatch,
+                                       "iterations": args.iterations,
                                        "margin": args.margin},
                        refine_options={"rounds": args.rounds, "keep_best": not args.all_rounds},
                        seed=args.seed, device=torch_device(args.device), progress=not args.quiet)
@@ -202,6 +209,7 @@ def _write_report(args, particles, result, notes, reused, seconds: float, writte
              f"iterations cap {args.iterations}, rounds {args.rounds}{' (all)' if args.all_rounds else ''}, "
              f"seed {args.seed}{', abinitio only' if args.abinitio_only else ''}"
              f"{f', coarse to fine {args.coarse}' if args.coarse else ''}"
+             f"{f', exploration shift grid {args.shift_grid}' if args.shift_grid is not None else ''}"
              f"{f', exploration minibatch {args.minibatch}' if args.minibatch else ''}"
              f"{f', learned comparison {args.comparison}' if args.comparison else ''}"
              f"{f', particle diameter {args.particle_diameter:g} Å' if args.particle_diameter else ''}"

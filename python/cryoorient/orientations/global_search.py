@@ -51,13 +51,15 @@ Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
   |t|²/2 after every iteration (EM). At low SNR a shift chosen among many by the likelihood alone is
   mostly noise, and a wrong shift holds its particle at a wrong orientation.
 
-Starts: the given orientations (the ab initio stage's), as they are and explored, and ``restarts``
-sets of random ones, explored, all at the starting band; the start whose particles then match best (mean NCC, computed
-from the data) is recentred (:func:`_recentre`: each particle's best candidate about its shift or about the
-peak of its cross-correlation with the map's mean projection, which needs no orientation, whichever
-matches better; a particle with a large shift can otherwise stay at its mirror view with a wrong shift,
-each the best given the other), then goes on with iterations until the band stops growing and fewer
-than ``tolerance`` of the particles change orientation by more than a grid step.
+Starts: the given orientations (the ab initio stage's), as they are and explored, and ``restarts`` sets of random
+ones, explored, all at the starting band, one after the other until the start whose particles match best (mean NCC,
+computed from the data) and the best of another origin reach the same orientations (the verdict below says
+*reproducible*; a further start could only find a better optimum that both missed); the winner is recentred
+(:func:`_recentre`: each particle's best candidate about its shift or about the peak of its cross-correlation with
+the map's mean projection, which needs no orientation, whichever matches better; a particle with a large shift can
+otherwise stay at its mirror view with a wrong shift, each the best given the other), then goes on with iterations
+until the band stops growing and fewer than ``tolerance`` of the particles change orientation by more than a grid
+step.
 
 A stack of more than ``subset`` particles: the starts are explored on a random subset of that size (the cost
 then does not grow with the stack; cryoSPARC's ab initio works on minibatches too), and every particle is
@@ -112,6 +114,10 @@ JOIN_PASSES = 5
 #: ``coarse`` by default on the CPU, where the full search is most of an iteration (a GPU's default is 0: all
 #: directions): 2.2× faster iterations, the same E_OR, on the bench's CPU case from the truth (bench/README).
 CPU_COARSE = 16
+#: ``shift_grid`` by default on the CPU (a GPU's default is 2: 25 offsets): 9 offsets make the exploration's draws
+#: 2.8× cheaper (bench/README, session 30). The recentring keeps at least 2: with 1 there too, the tests' particles
+#: shifted by up to 5 px of 32 went 0.073 → 0.109 rad, and on a GPU at −20 dB 5j0n 0.073 → 0.146 rad.
+CPU_SHIFT_GRID = 1
 #: Smallest standard deviation per axis (pixels) the Gaussian shift prior's estimate may reach.
 MIN_SHIFT_SD = 0.5
 
@@ -147,6 +153,7 @@ class GlobalResult:
     resolution: float  # Å, FSC 0.143 of the last half maps (not gold-standard: one reference for both)
     start: str  # the start that won: "given as is", "given" (explored) or "random k"
     start_scores: dict[str, float]  # mean NCC of every start after its exploration, by name, in order
+    unexplored: list[str] = field(default_factory=list)  # starts left out: the winner and runner-up already agreed
     runner_up: str | None = None  # the best start of another origin than the winner's (None: no other origin)
     agreement: float | None = None  # E_OR (rad) between the winner's and the runner-up's orientations
     separation: float | None = None  # paired z of the particles' NCC, the winner's over the runner-up's
@@ -202,6 +209,8 @@ class GlobalResult:
         """One line: the start chosen and on what, the verdict, the last band, score and resolution."""
         last = self.iterations[-1]
         starts = ", ".join(f"{k} {s:.4f}" for k, s in self.start_scores.items())
+        if self.unexplored:
+            starts += f"; {', '.join(self.unexplored)} not explored: two starts of different origins had agreed"
         moved = "" if self.recentred is None else f"{self.recentred:.1%} recentred; "
         if self.explored is not None:
             moved = f"starts explored on {self.explored:,} of {len(self.quaternions):,} particles; {moved}"
@@ -319,13 +328,13 @@ def _recentre(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict, vo
     """Each particle's best candidate at band K about its shift t and about its blob shift h, the
     cross-correlation peak with the mean projection of the map (:func:`mean_projection`), which needs no
     orientation; the better of the two (log-posterior, with the shift prior) is kept (q, t updated in
-    place). Offsets as in :func:`_explore`.
+    place). Offsets as in :func:`_explore`, at least 2 each way (:data:`CPU_SHIFT_GRID`).
     A particle held at a wrong orientation by a wrong shift (each the best given the other) is thereby
     freed when its true shift is nearer h. ``volume``: the reference (centred, in the m-box of K; default:
     the map of the particles at (q, t), as :func:`_reference` makes it). Returns the fraction of particles
     that took the candidate about h."""
     m = working_box(K, stack.m_max)
-    offsets = _offsets(stack, K, opts["shift_grid"])
+    offsets = _offsets(stack, K, max(opts["shift_grid"], 2))
     if volume is None:
         volume = _reference(_inserted(stack, q, t, m, opts).volume(), q, t, opts, stack.n)
     search, blob, taken = PolarSearch(volume, K, opts, len(offsets)), mean_projection(volume), 0
@@ -444,7 +453,7 @@ def _origin(start: str) -> str:
 
 
 def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 1.0, restarts: int = 2,
-                  steps: int = 40, minibatch: int | None = None, beta0: float = 1.0, shift_grid: int = 2,
+                  steps: int = 40, minibatch: int | None = None, beta0: float = 1.0, shift_grid: int | None = None,
                   joint_grid: int = 1, iterations: int = 10, start_band: int | None = None, max_band: int = 48,
                   margin: int = 10,
                   sampling: float = 1.5,
@@ -455,19 +464,19 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
 
     ``q_init`` (P, 4): the given start (e.g. ab initio orientations), or None for random starts only;
     ``shifts`` (P, 2): starting shifts (pixels, default 0); ``ctf``: see the module docstring;
-    ``pixel_size``: Å (reported resolutions only). Exploration (:func:`_explore`) of each start (the
-    given one, also kept as it is, and ``restarts`` random ones) at ``start_band`` (Fourier pixels of
-    the n-box; default 5.75·n/D for the particle's diameter D, :func:`_particle_diameter`, clamped to
-    [6, top]): ``steps`` draws of ``minibatch`` particles (default a tenth of the particles explored, at least
-    256), inverse temperature from ``beta0`` to 1, shift offsets on a grid of (2·``shift_grid`` + 1)² points
-    n/(4K) pixels apart. ``support``: the references are cut to the particle's support
-    (:func:`_support`). The start of the best mean NCC is recentred (``recentre``, :func:`_recentre`)
-    and then runs up to ``iterations`` of projection matching with shift searches (each orientation
-    chosen jointly with a shift offset on a grid of (2·``joint_grid`` + 1)² points about the
-    particle's shift peak), its band following the half maps' FSC-0.143 resolution (never
-    decreasing, at most ``max_band`` and n/2 − 4), until the band stays and fewer than ``tolerance`` of the
-    particles move by more than a grid step; ``margin`` > 0: then up to ``iterations`` more with the band
-    ``margin`` Fourier pixels beyond the resolution, kept if their half maps are finer (:func:`_iterations`). ``sampling``:
+    ``pixel_size``: Å (reported resolutions only). Exploration (:func:`_explore`) of each start (the given one, also
+    kept as it is, and up to ``restarts`` random ones, until two of different origins agree) at ``start_band``
+    (Fourier pixels of the n-box; default 5.75·n/D for the particle's diameter D, :func:`_particle_diameter`,
+    clamped to [6, top]): ``steps`` draws of ``minibatch`` particles (default a tenth of the particles explored, at
+    least 256), inverse temperature from ``beta0`` to 1, shift offsets on a grid of (2·``shift_grid`` + 1)² points
+    n/(4K) pixels apart (default :data:`CPU_SHIFT_GRID` on the CPU, 2 on a GPU; the recentring's at least 2).
+    ``support``: the references are cut to the particle's support (:func:`_support`). The start of the best mean NCC
+    is recentred (``recentre``, :func:`_recentre`) and then runs up to ``iterations`` of projection matching with
+    shift searches (each orientation chosen jointly with a shift offset on a grid of (2·``joint_grid`` + 1)² points
+    about the particle's shift peak), its band following the half maps' FSC-0.143 resolution (never decreasing, at
+    most ``max_band`` and n/2 − 4), until the band stays and fewer than ``tolerance`` of the particles move by more
+    than a grid step; ``margin`` > 0: then up to ``iterations`` more with the band ``margin`` Fourier pixels beyond
+    the resolution, kept if their half maps are finer (:func:`_iterations`). ``sampling``:
     direction spacing in units of 1/band rad (in-plane ≈ 1/band). ``max_shift``: pixels from the centre (default n/8).
     ``shift_prior``: a Gaussian prior on the shifts (module docstring), its standard deviation per
     axis starting at n/16 pixels. ``weight_floor``: of the reconstructions (:class:`FourierInserter`).
@@ -492,6 +501,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
         raise ValueError(f"beta0 (the exploration's first inverse temperature) must be in (0, 1]; got {beta0}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     coarse = (CPU_COARSE if device.type == "cpu" else 0) if coarse is None else coarse
+    shift_grid = (CPU_SHIFT_GRID if device.type == "cpu" else 2) if shift_grid is None else shift_grid
     if any(int(v) != v or v < 0 for v in (shift_grid, joint_grid, coarse, margin)):
         raise ValueError(f"shift_grid, joint_grid, coarse and margin must be integers >= 0; got {shift_grid!r}, "
                          f"{joint_grid!r}, {coarse!r}, {margin!r}")
@@ -524,18 +534,24 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     K = start_band or int(min(top, max(6, round(5.75 * n / max(opts["diameter"], 1.0)))))
     bar = tqdm(total=len(starts) + iterations, desc="global search", unit="it", disable=not progress)
     trials, clock = [], time.perf_counter()
-    for name, q, steps in starts:
+    agreement = separation = None
+    for name, q, steps in starts:  # until the winner and the best start of another origin agree
         t, own = pick(t_start).clone(), {**opts, "steps": steps}
         ncc = _explore(stack, q, t, K, own)
         trials.append((float(ncc.mean()), name, q, t, own["s2"], ncc))
         bar.update(1)
-    _, name, q, t, opts["s2"], ncc = max(trials, key=lambda trial: trial[0])
-    others = [trial for trial in trials if _origin(trial[1]) != _origin(name)]
-    runner_up = max(others, key=lambda trial: trial[0]) if others else None
+        winner = max(trials, key=lambda trial: trial[0])
+        others = [trial for trial in trials if _origin(trial[1]) != _origin(winner[1])]
+        runner_up = max(others, key=lambda trial: trial[0]) if others else None
+        agreement = None if runner_up is None else align_orientations(winner[2], runner_up[2]).error
+        if agreement is not None and agreement < AGREEMENT:
+            break
+    _, name, q, t, opts["s2"], ncc = winner
+    unexplored = [start[0] for start in starts[len(trials):]]
+    bar.total -= len(unexplored)
     stage_seconds = {"explore": time.perf_counter() - clock}
-    agreement = separation = None
     if runner_up is not None:
-        agreement, d = align_orientations(q, runner_up[2]).error, ncc - runner_up[5]
+        d = ncc - runner_up[5]
         separation = float(d.mean() / (d.std() / math.sqrt(len(d))).clamp_min(1e-12))
     clock = time.perf_counter()
     if chosen is not None:  # the others join: every particle against the map of the subset's winner
@@ -557,7 +573,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     bar.close()
     return GlobalResult(quaternions=q, shifts=t, scores=scores, map=volume.cpu(),
                         map_pixel_size=pixel_size * n / history[-1].box, resolution=history[-1].resolution,
-                        start=name, start_scores={trial[1]: trial[0] for trial in trials},
+                        start=name, start_scores={trial[1]: trial[0] for trial in trials}, unexplored=unexplored,
                         runner_up=None if runner_up is None else runner_up[1], agreement=agreement,
                         separation=separation,
                         recentred=recentred, explored=None if chosen is None else len(chosen),
