@@ -466,7 +466,7 @@ def test_the_exploration_shift_grid_is_one_on_the_cpu_unless_given(stack, monkey
                       margin=0, shift_grid=grid, device="cpu")
         grids = [expected, expected, max(expected, 2)]  # "given as is", "given" explored, then the recentring
         assert seen[:3] == [(g, (2 * g + 1) ** 2) for g in grids], seen
-    assert gs.CPU_SHIFT_GRID == 1
+    assert gs.CPU_SHIFT_GRID == 1 and gs.SHIFT_GRID == 2
 
 
 def test_refusals(stack):

@@ -114,9 +114,11 @@ JOIN_PASSES = 5
 #: ``coarse`` by default on the CPU, where the full search is most of an iteration (a GPU's default is 0: all
 #: directions): 2.2× faster iterations, the same E_OR, on the bench's CPU case from the truth (bench/README).
 CPU_COARSE = 16
-#: ``shift_grid`` by default on the CPU (a GPU's default is 2: 25 offsets): 9 offsets make the exploration's draws
-#: 2.8× cheaper (bench/README, session 30). The recentring keeps at least 2: with 1 there too, the tests' particles
-#: shifted by up to 5 px of 32 went 0.073 → 0.109 rad, and on a GPU at −20 dB 5j0n 0.073 → 0.146 rad.
+#: ``shift_grid`` by default on a GPU (25 offsets), and the fewest each way the recentring uses.
+SHIFT_GRID = 2
+#: ``shift_grid`` by default on the CPU: 9 offsets make the exploration's draws 2.8× cheaper (bench/README, session
+#: 30). The recentring keeps :data:`SHIFT_GRID`: with 1 there too, the tests' particles shifted by up to 5 px of 32
+#: went 0.073 → 0.109 rad, and on a GPU at −20 dB 5j0n 0.073 → 0.146 rad.
 CPU_SHIFT_GRID = 1
 #: Smallest standard deviation per axis (pixels) the Gaussian shift prior's estimate may reach.
 MIN_SHIFT_SD = 0.5
@@ -328,13 +330,13 @@ def _recentre(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict, vo
     """Each particle's best candidate at band K about its shift t and about its blob shift h, the
     cross-correlation peak with the mean projection of the map (:func:`mean_projection`), which needs no
     orientation; the better of the two (log-posterior, with the shift prior) is kept (q, t updated in
-    place). Offsets as in :func:`_explore`, at least 2 each way (:data:`CPU_SHIFT_GRID`).
+    place). Offsets as in :func:`_explore`, at least :data:`SHIFT_GRID` each way.
     A particle held at a wrong orientation by a wrong shift (each the best given the other) is thereby
     freed when its true shift is nearer h. ``volume``: the reference (centred, in the m-box of K; default:
     the map of the particles at (q, t), as :func:`_reference` makes it). Returns the fraction of particles
     that took the candidate about h."""
     m = working_box(K, stack.m_max)
-    offsets = _offsets(stack, K, max(opts["shift_grid"], 2))
+    offsets = _offsets(stack, K, max(opts["shift_grid"], SHIFT_GRID))
     if volume is None:
         volume = _reference(_inserted(stack, q, t, m, opts).volume(), q, t, opts, stack.n)
     search, blob, taken = PolarSearch(volume, K, opts, len(offsets)), mean_projection(volume), 0
@@ -469,7 +471,8 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
     (Fourier pixels of the n-box; default 5.75·n/D for the particle's diameter D, :func:`_particle_diameter`,
     clamped to [6, top]): ``steps`` draws of ``minibatch`` particles (default a tenth of the particles explored, at
     least 256), inverse temperature from ``beta0`` to 1, shift offsets on a grid of (2·``shift_grid`` + 1)² points
-    n/(4K) pixels apart (default :data:`CPU_SHIFT_GRID` on the CPU, 2 on a GPU; the recentring's at least 2).
+    n/(4K) pixels apart (default :data:`CPU_SHIFT_GRID` on the CPU, :data:`SHIFT_GRID` on a GPU; the recentring's at
+    least :data:`SHIFT_GRID`).
     ``support``: the references are cut to the particle's support (:func:`_support`). The start of the best mean NCC
     is recentred (``recentre``, :func:`_recentre`) and then runs up to ``iterations`` of projection matching with
     shift searches (each orientation chosen jointly with a shift offset on a grid of (2·``joint_grid`` + 1)² points
@@ -501,7 +504,7 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
         raise ValueError(f"beta0 (the exploration's first inverse temperature) must be in (0, 1]; got {beta0}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     coarse = (CPU_COARSE if device.type == "cpu" else 0) if coarse is None else coarse
-    shift_grid = (CPU_SHIFT_GRID if device.type == "cpu" else 2) if shift_grid is None else shift_grid
+    shift_grid = (CPU_SHIFT_GRID if device.type == "cpu" else SHIFT_GRID) if shift_grid is None else shift_grid
     if any(int(v) != v or v < 0 for v in (shift_grid, joint_grid, coarse, margin)):
         raise ValueError(f"shift_grid, joint_grid, coarse and margin must be integers >= 0; got {shift_grid!r}, "
                          f"{joint_grid!r}, {coarse!r}, {margin!r}")
