@@ -65,6 +65,20 @@ def test_chain_recovers_orientations_shifts_and_map(stack, chained):
     assert sum(it.seconds for it in res.searched.iterations) <= res.searched.stage_seconds["iterate"]
 
 
+def test_a_map_not_beyond_the_band_the_half_sets_shared_is_said(chained):
+    """The refinement keeps the global search's half sets. Pure noise: the gold-standard resolution does not pass
+    the band up to which both half sets met one map, and the chain says so; the phantom's images pass it, unsaid."""
+    noise = torch.randn(P, BOX, BOX, generator=torch.Generator().manual_seed(3))
+    res = run_chain(noise, pixel_size=PIXEL, global_options=GLOBAL, refine_options={"rounds": 2})
+    assert torch.equal(res.refined.half, res.searched.half) and torch.equal(chained.refined.half, chained.searched.half)
+    assert res.refined.resolution >= res.searched.shared_resolution
+    assert chained.refined.resolution < chained.searched.shared_resolution
+    said = [f"the half maps' FSC 0.143 resolution, {r.refined.resolution:.2f} Å, is not beyond the "
+            f"{r.searched.shared_resolution:.2f} Å up to which both half sets" in " ".join(r.warnings)
+            for r in (res, chained)]
+    assert said == [True, False], res.warnings
+
+
 def test_resume_skips_finished_stages(stack, tmp_path, monkeypatch):
     vol, q, t, ctf, images = stack
     work = tmp_path / "work"
@@ -115,6 +129,8 @@ def test_resume_skips_finished_stages(stack, tmp_path, monkeypatch):
         run_chain(images, pixel_size=PIXEL, refine_options={"ctf": None})
     with pytest.raises(ValueError, match="run_chain sets"):
         run_chain(images, pixel_size=PIXEL, global_options={"shifts": None})
+    with pytest.raises(ValueError, match=r"must not set \['half'\]: run_chain sets"):  # the global search's
+        run_chain(images, pixel_size=PIXEL, refine_options={"half": None})
 
 
 def test_unreproducible_global_search_is_said(stack, monkeypatch):

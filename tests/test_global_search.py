@@ -9,6 +9,7 @@ from _ctf_stack import ctf_projections
 from cryoorient.geometry import quat_distance, quat_multiply, quat_to_matrix, random_quaternions
 from cryoorient.imaging.phantom import default_density
 from cryoorient.imaging.project import FourierProjector
+from cryoorient.maps.fsc import fsc
 from cryoorient.maps.refine import _rotvec_to_quat
 from cryoorient.maps.transforms import density_centre, shift_map
 from cryoorient.orientations import global_search as gs
@@ -362,6 +363,51 @@ def test_pure_noise_is_not_reproducible():
                           minibatch=64, iterations=1, start_band=6)
     assert given.reproducible is None and given.runner_up is None  # one origin (the given orientations) only
     assert "reproducibility not checked" in given.summary()
+
+
+def test_each_half_set_meets_its_own_half_map_only(stack, monkeypatch):
+    """An iteration (here coarse to fine, with a probe) leaves the particles of half set 0 where it does whatever
+    the images of half set 1 hold: their half maps never meet from the iterations on (gold standard). What the
+    half sets share is the FSC that weighs each shell of both references (as in RELION), held fixed here."""
+    q, t, ctf, images = stack
+    curves = []
+
+    def first_fsc(a, b, voxel_size):
+        curves.append(curves[0] if curves else fsc(a, b, voxel_size))
+        return curves[-1]
+
+    monkeypatch.setattr(gs, "fsc", first_fsc)
+    half = torch.randperm(P, generator=torch.Generator().manual_seed(0)) % 2  # ParticleStack's half sets of seed 0
+    other = images.clone()
+    other[half == 1] = torch.randn(int((half == 1).sum()), BOX, BOX, generator=torch.Generator().manual_seed(4))
+    runs = []
+    for imgs in (images, other):
+        opts = {"pixel_size": PIXEL, "sampling": 1.5, "weight_floor": 0.01, "max_shift": BOX / 8, "joint_grid": 1,
+                "coarse": 8, "support": True, "diameter": 20.0, "s2": 1.0, "budget": 1 << 23,
+                "gen": torch.Generator().manual_seed(1)}
+        stack_ = pm.ParticleStack(imgs, ctf, BOX, "cpu", 256, seed=0)
+        assert torch.equal(stack_.half, half)
+        q1, t1 = _rotvec_to_quat(0.05 * torch.randn(P, 3, generator=torch.Generator().manual_seed(2)).double()), t.clone()
+        q1 = quat_multiply(q1, q)
+        record, scores, _ = gs._iterate(stack_, q1, t1, 12, opts)
+        assert record.coarse is not None  # the probe ran in each half set
+        runs.append((q1, t1, scores))
+    (qa, ta, sa), (qb, tb, sb) = runs
+    h0, h1 = half == 0, half == 1
+    assert torch.equal(qa[h0], qb[h0]) and torch.equal(ta[h0], tb[h0]) and torch.equal(sa[h0], sb[h0])
+    assert not torch.equal(qa[h1], qb[h1])
+
+
+def test_pure_noise_half_maps_do_not_pass_the_band_the_half_sets_shared():
+    """Pure noise: the half maps of the iterations (and those beyond the resolution, with the margin) fall below
+    FSC 0.143 before :attr:`GlobalResult.shared_resolution`; one map for both half sets took them to 8.5 Å here
+    (session 32), finer than that band, 10.7 Å."""
+    noise = torch.randn(1000, BOX, BOX, generator=torch.Generator().manual_seed(8))
+    res = global_search(noise, None, restarts=1, minibatch=128, steps=10, iterations=6, pixel_size=PIXEL)
+    assert res.shared_resolution == pytest.approx(BOX * PIXEL / (7 + gs.SHARED_SHELLS))  # the starting band, 7
+    assert min(it.resolution for it in res.iterations + res.beyond) >= res.shared_resolution
+    assert torch.equal(res.half, torch.randperm(1000, generator=torch.Generator().manual_seed(0)) % 2)
+    assert f"(the half sets shared one map up to {res.shared_resolution:.2f} Å)" in res.summary()
 
 
 def _planted_iterations(monkeypatch, resolution, margin, start):

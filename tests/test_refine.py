@@ -234,8 +234,10 @@ def test_leaving_the_group_out_frees_particles_that_their_own_noise_holds():
 def test_hard_final_maps_on_request(toy):
     vol, q, t, images = toy
     q0 = _perturb(q[:100], 0.1, seed=3)
-    res = refine(images[:100], q0, shifts=t[:100], rounds=1, pixel_size=VOXEL, soft=False, progress=False)
+    half = (torch.arange(100) // 7) % 2  # half sets given (as the global search's) are kept
+    res = refine(images[:100], q0, shifts=t[:100], rounds=1, pixel_size=VOXEL, soft=False, half=half, progress=False)
     assert res.soft_scale is None and mean_error(q[:100], res.quaternions) < 0.5 * mean_error(q[:100], q0)
+    assert torch.equal(res.half, half)
     with pytest.raises(TypeError, match="soft must be True or False"):
         refine(images, q, soft="yes", progress=False)
     with pytest.raises(TypeError, match="keep_best must be True or False"):
@@ -308,6 +310,9 @@ def test_bad_options_raise_clear_errors(toy):
         refine(images, q, reference=vol[:-1], progress=False)
     with pytest.raises(ValueError, match="must return shape"):
         refine(images, q, ctf=lambda idx, size: torch.ones(len(idx), size, size), rounds=0, progress=False)
+    for half in (torch.zeros(N_IMAGES), torch.arange(N_IMAGES) % 3, torch.arange(5) % 2):
+        with pytest.raises(ValueError, match="half must give each of the 300 particles a half set, 0 or 1"):
+            refine(images, q, half=half, progress=False)
     for groups in (0, 2.5, True):
         with pytest.raises(ValueError, match="groups must be a positive integer"):
             refine(images, q, groups=groups, progress=False)
@@ -338,6 +343,18 @@ def test_cli_refines_a_star_file(toy, tmp_path, capsys):
     assert torch.linalg.vector_norm(origin / -VOXEL - t[:n], dim=1).mean() < 0.2
     assert sorted(set(refined.data["rlnRandomSubset"])) == [1, 2]
     assert (tmp_path / "refined.mrc").exists()
+    # the input's half sets are kept (written back as given); ones that are not 1 and 2 are refused
+    again = ["refine", str(out), "--map", str(tmp_path / "initial.mrc"), "--rounds", "0", "--device", "cpu", "-o"]
+    subsets = np.where(np.arange(n) % 5 == 0, 1, 2)
+    refined.data["rlnRandomSubset"] = subsets
+    write_star(tmp_path / "halves.star", refined)
+    assert main(again[:1] + [str(tmp_path / "halves.star")] + again[2:] + [str(tmp_path / "kept.star")]) == 0
+    assert "half sets: the input's rlnRandomSubset" in capsys.readouterr().out
+    np.testing.assert_array_equal(read_star(tmp_path / "kept.star").data["rlnRandomSubset"], subsets)
+    refined.data["rlnRandomSubset"] = subsets + 1
+    write_star(tmp_path / "bad.star", refined)
+    assert main(again[:1] + [str(tmp_path / "bad.star")] + again[2:] + [str(tmp_path / "bad_out.star")]) == 2
+    assert "rlnRandomSubset must be 1 or 2" in capsys.readouterr().err and not (tmp_path / "bad_out.star").exists()
     # no overwrite without --force
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err

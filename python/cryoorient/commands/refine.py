@@ -1,7 +1,7 @@
 """``cryoorient refine``: takes particles with starting orientations (degrees) and origins (Å), as
 RELION STAR or cryoSPARC .cs, and a reference map (.mrc, same box, taken at the particles' pixel size
 in Å, any frame); writes the refined particles (RELION 3.1 STAR with rlnRandomSubset 1/2 for the
-gold-standard halves, or .cs by the suffix) and, with --output-map, the refined map low-pass
+gold-standard halves, those of the input where it has them, as RELION keeps them; or .cs by the suffix) and, with --output-map, the refined map low-pass
 filtered at its FSC 0.143 resolution (Å). Prints the refined map's hand against the reference."""
 
 from __future__ import annotations
@@ -66,9 +66,16 @@ def main(args: argparse.Namespace) -> int:
     origins = [np.zeros(len(particles)) if o is None else o for o in (particles.origin_x_angst, particles.origin_y_angst)]
     shifts = -torch.from_numpy(np.stack(origins, 1)) / pixel
     ctf = None if particles.defocus_u is None else ParticleCTF(particles, torch_device(args.device))
+    half = None
+    if "rlnRandomSubset" in particles.data:  # kept: half maps refined apart before stay apart
+        half = particles.data["rlnRandomSubset"].to_numpy() - 1
+        if set(half.tolist()) != {0, 1}:
+            raise ValueError(f"rlnRandomSubset must be 1 or 2 for every particle, both present; got "
+                             f"{sorted(set((half + 1).tolist()))[:5]}")
+        print("half sets: the input's rlnRandomSubset")
     result = refine(images, q0, shifts=shifts, ctf=ctf, rounds=args.rounds, keep_best=not args.all_rounds,
                     pixel_size=pixel, reference=volume, align_reference=not args.same_frame, soft=not args.hard,
-                    device=torch_device(args.device), progress=not args.quiet)
+                    half=half, device=torch_device(args.device), progress=not args.quiet)
 
     print(f"{'round':>5} {'res (Å)':>8} {'after':>8} {'radius':>8} {'NCC':>8} {'moved (rad)':>11} {'shift (px)':>10}")
     for i, r in enumerate(result.rounds, 1):

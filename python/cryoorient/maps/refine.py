@@ -3,7 +3,8 @@
 Starting from approximate orientations (such as recovered ones, errors of 0.1–0.3 rad),
 each round
 
-1. reconstructs: the particles are split once into two random halves; each half is
+1. reconstructs: the particles are split once into two random halves (or keep the half sets given, such as
+   the global search's, so that their half maps stay independent of each other); each half is
    reconstructed on its own (:class:`cryoorient.reconstruct.FourierInserter`), the FSC
    between the two half maps gives the resolution at FSC = 0.143, and every comparison
    of the round is limited to Fourier radii up to that resolution (a hard low-pass of
@@ -40,8 +41,8 @@ noise. On 2,000 images of 64² at −12 dB (CTF, shifts; CPU; phantom, 1o1z, 4p5
 every round after the first moved correct particles off, and the half maps' resolution fell with their
 E_OR (1o1z, after rounds 1–5: 5.22, 5.27, 5.67, 5.68, 5.69 Å; 0.0786, 0.0815, 0.0839, 0.0856, 0.0870
 rad). The first round is not judged: the orientations given may have been found against one reference
-for both half sets (the global search's), whose noise correlates their half maps and raises their FSC
-(on those three cases it fell from the given orientations to round 1's in all but at most one shell
+for both half sets (the global search's before session 32), whose noise correlates their half maps and raises
+their FSC (on those three cases it fell from the given orientations to round 1's in all but at most one shell
 coarser than 7 Å while E_OR fell too: the phantom 0.0675 → 0.0625 rad, 5.347 → 5.350 Å).
 
 The final half maps are those of the orientations kept, reconstructed again (``soft=True``, the default)
@@ -394,8 +395,8 @@ def refine(
     pixel_size: float = 1.0, radius: float = 0.25, shrink: float = 0.5, lattice: int = 2, shift_step: float = 1.0,
     shift_grid: int = 2, max_shift: Optional[float] = None, min_band: float = 4.0, reference=None,
     align_reference: bool = False, pad: int = 2, weight_floor: float = 0.01, interpolation: str = "linear",
-    soft: bool = True, groups: int = 1, keep_best: bool = True, batch_size: Optional[int] = None, seed: int = 0,
-    device=None, progress: bool = True,
+    soft: bool = True, groups: int = 1, keep_best: bool = True, half=None, batch_size: Optional[int] = None,
+    seed: int = 0, device=None, progress: bool = True,
 ) -> RefineResult:
     """Refine orientations (and in-plane shifts) of ``images`` by gold-standard projection matching.
 
@@ -435,7 +436,8 @@ def refine(
     floor near that attenuates sparsely sampled voxels differently for each orientation,
     which biases the search); ``interpolation`` of the projector (``"linear"`` or ``"cubic"``);
     ``batch_size``: particles per search batch (default: by a memory budget, larger on CUDA);
-    ``seed``: the half-set and group split; ``device``: where to compute (default CUDA if available).
+    ``half``: (N,) each particle's half set, 0 or 1 (default: a random split from ``seed``); ``seed``: the
+    half-set and group split; ``device``: where to compute (default CUDA if available).
     """
     shape = tuple(images.shape) if hasattr(images, "shape") else None
     if shape is None or len(shape) != 3 or shape[1] != shape[2]:
@@ -463,8 +465,9 @@ def refine(
             raise ValueError("reference map contains NaN or infinite values")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(int(seed)))
-    half = torch.zeros(N, dtype=torch.long)
-    half[perm[N // 2 :]] = 1
+    half = (perm.argsort() >= N // 2).long() if half is None else torch.as_tensor(half).long().cpu()
+    if tuple(half.shape) != (N,) or not bool(((half == 0) | (half == 1)).all()) or int(half.sum()) in (0, N):
+        raise ValueError(f"half must give each of the {N} particles a half set, 0 or 1, with both sets non-empty")
     group = torch.empty(N, dtype=torch.long)
     group[perm] = torch.arange(N) % int(groups)
     if batch_size is None:

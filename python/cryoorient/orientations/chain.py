@@ -9,8 +9,9 @@ The chain, for a particle stack and its CTF parameters (no map, no trained netwo
    matching with shifts and the CTF, started from those orientations and shifts and from random
    ones (the start whose particles match best goes on), so that particles the ab initio stage
    got wrong are found again;
-3. ``refine`` — :func:`cryoorient.maps.refine.refine` from those orientations and shifts, with
-   the CTF: gold-standard half maps, their FSC, the map. The maps are then moved so that the
+3. ``refine`` — :func:`cryoorient.maps.refine.refine` from those orientations, shifts and half sets, with
+   the CTF: gold-standard half maps, their FSC, the map (a resolution no finer than the band up to which
+   the half sets shared one map is warned about). The maps are then moved so that the
    map's centre of mass sits at the box centre (voxel n//2; as RELION centres an initial model),
    and every shift by the projection of that move, so that the shifts centre each particle.
 
@@ -89,7 +90,8 @@ class ChainResult:
         if self.refined is not None:
             r = self.refined
             lines.append(f"refine: {len(r.rounds)} rounds, {r.kept} kept, FSC 0.143 resolution {r.resolution:.2f} Å "
-                         f"(gold-standard half maps); mean shift {float(r.shifts.norm(dim=1).mean()):.2f} px")
+                         f"(gold-standard half maps; the half sets shared one map up to {self.searched.shared_resolution:.2f} Å); "
+                         f"mean shift {float(r.shifts.norm(dim=1).mean()):.2f} px")
             lines += [f"refine: {r.stopped}"] if r.stopped else []
         return lines + self.warnings
 
@@ -217,7 +219,7 @@ def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = Fals
     common = ("ctf", "seed", "device", "progress")
     for name, opts, own in (("abinitio_options", ab_opts, common),
                             ("global_options", glob_opts, common + ("shifts", "pixel_size")),
-                            ("refine_options", ref_opts, common + ("shifts", "pixel_size"))):
+                            ("refine_options", ref_opts, common + ("shifts", "pixel_size", "half"))):
         clash = set(opts) & set(own)
         if clash:
             raise ValueError(f"{name} must not set {sorted(clash)}: run_chain sets them")
@@ -276,10 +278,15 @@ def run_chain(images, *, pixel_size: float, ctf=None, phase_flipped: bool = Fals
     saved = checkpoints.load("refine", key_ref)
     if saved is None:
         refined = refine(images, searched.quaternions, shifts=searched.shifts.clone(), ctf=ctf_now,
-                         pixel_size=pixel_size, seed=seed, device=device, progress=progress, **ref_opts)
+                         pixel_size=pixel_size, half=searched.half, seed=seed, device=device, progress=progress, **ref_opts)
         saved = {"refined": refined, "map_shift": _centre_map(refined)}
         checkpoints.save("refine", key_ref, saved)
     bar.update(1)
     bar.close()
     result.refined, result.map_shift = saved["refined"], saved["map_shift"]
+    if result.refined.resolution >= searched.shared_resolution:
+        result.warnings.append(f"the half maps' FSC 0.143 resolution, {result.refined.resolution:.2f} Å, is not beyond "
+                               f"the {searched.shared_resolution:.2f} Å up to which both half sets were compared with "
+                               f"one map (the global search's exploration): nothing in the map is confirmed by "
+                               f"independent halves, and the map and orientations may be wrong")
     return result

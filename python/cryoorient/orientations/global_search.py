@@ -21,23 +21,22 @@ Fourier-cropped to a working box m ≈ 2K + 8 (so the band is kept, cheaply):
   (``beta0`` = 1). Measured on 10⁴ particles of 128² with CTF and shifts, E_OR after the search
   tempered from ``beta0`` = 0.03 → untempered: 5j0n at −16 dB 1.42 → 0.19 rad, 5h73 at −20 dB
   1.33 → 0.33 rad (both with the support; the value was chosen on these two cases).
-* **Iterations** (:func:`_iterate`): half maps of the particles at their orientations and shifts
-  (:class:`cryoorient.maps.reconstruct.FourierInserter`, with the CTF); the reference is their
-  sum, each shell weighted by sqrt(FSC) of the full map (2F/(1+F)), its expected correlation with
-  the truth, centred, the shifts moved with it (a map drifted off centre needs shifts beyond
-  ``max_shift``, and particles then settle on a wrong orientation that a wrong shift fits); every
-  particle takes its shift (cross-correlation with its CTF-modulated projection,
-  peak within ``max_shift`` of the centre, parabola-polished), its best orientation, and its
-  shift again, the orientation chosen jointly with a shift offset on a grid of (2·``joint_grid`` + 1)²
+* **Iterations** (:func:`_iterate`), gold-standard: half maps of the particles' two random half sets at their
+  orientations and shifts (:class:`cryoorient.maps.reconstruct.FourierInserter`, with the CTF); each half set is
+  searched against its own half map only, each shell weighted by sqrt(FSC), its expected correlation with the
+  truth, centred, its particles' shifts moved with it (a map drifted off centre needs shifts beyond ``max_shift``,
+  and particles then settle on a wrong orientation that a wrong shift fits); every particle takes its shift
+  (cross-correlation with its CTF-modulated projection, peak within ``max_shift`` of the centre, parabola-polished),
+  its best orientation, and its shift again, the orientation chosen jointly with a shift offset on a grid of (2·``joint_grid`` + 1)²
   points n/(4K) pixels apart about that shift (:func:`cryoorient.orientations.polar_matching.best_candidates`): at
   low SNR a particle whose shift peak is a noise peak otherwise keeps the orientation that this wrong shift fits
   best. The half maps' FSC-0.143 resolution sets the next band, up to ``max_band``. From the true orientations and
   shifts (``bench/abinitio_realistic.py --oracle``, 10⁴ × 128², 5h73 at −20 dB, the case these defaults were
   chosen on): E_OR 0.218 rad with no joint offsets and the band capped at 32, 0.151 with ``joint_grid`` = 1,
   0.120 with ``max_band`` = 48 too. Then iterations with the band ``margin`` pixels beyond the resolution's
-  (RELION's ``--incr_size``), kept if their half maps are finer (:func:`_iterations`; not gold-standard: on pure
-  noise they come out finer too). At −20 dB (one seed, bench/README) E_OR 0 → 10: 1aki 0.387 → 0.217, 3o5r 0.376 →
-  0.189, 5zng 0.169 → 0.115, 5j0n 0.077 → 0.073 rad; from the first iteration on, 10 broke 3o5r (1.155 rad).
+  (RELION's ``--incr_size``), kept if their half maps are finer (:func:`_iterations`). At −20 dB (one seed,
+  bench/README) E_OR 0 → 10: 1aki 0.387 → 0.217, 3o5r 0.376 → 0.189, 5zng 0.169 → 0.115, 5j0n 0.077 → 0.073 rad;
+  from the first iteration on, 10 broke 3o5r (1.155 rad).
 * **Coarse to fine** (``coarse``; by default on the CPU only): at band K ≥ 12 each particle's ``coarse`` best
   directions at band K/2, then the fine grid within the coarse spacing of them only
   (:func:`cryoorient.orientations.polar_matching.direction_neighbours`), as RELION's adaptive oversampling; the
@@ -66,6 +65,14 @@ then does not grow with the stack; cryoSPARC's ab initio works on minibatches to
 recentred against the winner's map, again from where it moved (a shift climbs by up to two offsets each
 time), until fewer than ``tolerance`` change by more than a grid step (at most :data:`JOIN_PASSES` times;
 one recentring left those with large shifts wrong more often), before the iterations of all of them.
+
+Half sets (RELION's gold standard): the exploration and the recentring compare every particle with one map, at the
+starting band; from the first iteration on, the two random half sets never meet, and are returned for the refinement
+to keep (:attr:`GlobalResult.half`). Below :attr:`GlobalResult.shared_resolution` their FSC is no evidence; beyond
+it, not proof either: the references' positivity carries harmonics of the shared map further. Pure noise, one map
+for both → half sets apart (session 32): 1,000 × 32², 3 Å pixels, shared up to 10.7 Å: half maps 8.50 → 11.95 Å,
+refined 9.62 → 12.12 Å; 10⁴ × 128², 1.5 Å, one H100, shared up to 24.0 Å: 6.62 → 15.80 Å, refined 7.12 → 16.64 Å
+(without the support, 23.5 Å, but 2axd at −20 dB went 0.096 → 0.106 rad).
 
 Verdict (computed from the data): the orientations the winner reached are compared with those of the
 best start of another origin (the given ones or another random set), E_OR between the two
@@ -121,6 +128,9 @@ SHIFT_GRID = 2
 #: 30). The recentring keeps :data:`SHIFT_GRID`: with 1 there too, the tests' particles shifted by up to 5 px of 32
 #: went 0.073 → 0.109 rad, and on a GPU at −20 dB 5j0n 0.073 → 0.146 rad.
 CPU_SHIFT_GRID = 1
+#: Shells beyond the exploration's band K up to which the half sets are not independent (one map up to K, its
+#: interpolation a shell further; on pure noise, 1,000 × 32², K 6–7, the FSC fell below 0.143 at shells 6.2–7.9).
+SHARED_SHELLS = 2
 #: Smallest standard deviation per axis (pixels) the Gaussian shift prior's estimate may reach.
 MIN_SHIFT_SD = 0.5
 
@@ -153,7 +163,7 @@ class GlobalResult:
     map: Tensor  # (m, m, m) float32: the reference of the last iteration (sqrt(FSC)-weighted, centred; with
     # ``support``: negative density zeroed and cut to the particle's support), box m
     map_pixel_size: float  # Å per voxel of ``map`` (pixel size · n / m)
-    resolution: float  # Å, FSC 0.143 of the last half maps (not gold-standard: one reference for both)
+    resolution: float  # Å, FSC 0.143 of the last half maps (gold-standard beyond ``shared_resolution``)
     start: str  # the start that won: "given as is", "given" (explored) or "random k"
     start_scores: dict[str, float]  # mean NCC of every start after its exploration, by name, in order
     unexplored: list[str] = field(default_factory=list)  # starts left out: the winner and runner-up already agreed
@@ -166,6 +176,8 @@ class GlobalResult:
     converged: bool = True  # the kept iterations stopped by their rule, not at the cap of ``iterations``
     beyond: list[GlobalIteration] = field(default_factory=list)  # the iterations with the ``margin`` (kept or not)
     beyond_kept: bool | None = None  # whether their half maps were finer and they were kept (None: none ran)
+    half: Tensor | None = None  # (P,) int64: each particle's half set (0 or 1), kept apart from the iterations on
+    shared_resolution: float = math.inf  # Å: up to which both half sets met one map (:data:`SHARED_SHELLS`)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # "explore" (all starts), "recentre", "iterate"
 
@@ -222,7 +234,8 @@ class GlobalResult:
         return (f"global search: start '{self.start}' (mean NCC of the starts: {starts}); {self.verdict()}; {moved}"
                 f"{prior}{self.margin_verdict()}{len(self.iterations)} iterations{cap} to band {last.band} px, "
                 f"mean NCC {last.mean_score:.4f}, "
-                f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å; {self.seconds:.1f} s"
+                f"{last.changed:.1%} changed in the last; half maps {self.resolution:.2f} Å (the half sets shared one map "
+                f"up to {self.shared_resolution:.2f} Å); {self.seconds:.1f} s"
                 + "".join(f", {k} {v:.1f} s" for k, v in self.stage_seconds.items()))
 
     def trajectory(self) -> str:
@@ -239,7 +252,8 @@ class GlobalResult:
 
 
 def _map(stack: ParticleStack, q: Tensor, t: Tensor, m: int, weight_floor: float, pixel_size: float):
-    """Half maps of the particles at (q, t) in the m-box: the sqrt(FSC)-weighted full map and the FSC."""
+    """The two half maps of the particles at (q, t) in the m-box, each shell weighted by sqrt(FSC) (a half map's
+    expected correlation with the truth), and their FSC."""
     ins = [FourierInserter(m, pad=2, device=stack.device, weight_floor=weight_floor) for _ in (0, 1)]
     for idx in torch.arange(stack.P).split(stack.batch):
         img = stack.images(idx, m, t[idx])
@@ -250,17 +264,13 @@ def _map(stack: ParticleStack, q: Tensor, t: Tensor, m: int, weight_floor: float
             ins[h].insert(img[sel], A[sel], None if c is None else c[sel])
     halves = [i.volume() for i in ins]
     curve = fsc(halves[0], halves[1], pixel_size * stack.n / m)
-    full = FourierInserter(m, pad=2, device=stack.device, weight_floor=weight_floor)
-    full.data, full.weight = ins[0].data + ins[1].data, ins[0].weight + ins[1].weight
-    f = np.clip(curve.fsc, 0.0, 1.0)
-    weight = torch.as_tensor(np.sqrt(np.concatenate([[1.0], 2 * f / (1 + f)])), dtype=torch.float32, device=stack.device)
+    weight = torch.as_tensor(np.sqrt(np.concatenate([[1.0], np.clip(curve.fsc, 0.0, 1.0)])), dtype=torch.float32,
+                             device=stack.device)
     k = torch.fft.fftfreq(m, d=1.0 / m, device=stack.device)
     kx = torch.fft.rfftfreq(m, d=1.0 / m, device=stack.device)
     shell = torch.round(torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx ** 2)).long()
-    spec = torch.fft.rfftn(full.volume()) * weight[shell.clamp(max=len(weight) - 1)] * (shell < len(weight))
-    return torch.fft.irfftn(spec, s=(m, m, m)), curve
-
-
+    weight = weight[shell.clamp(max=len(weight) - 1)] * (shell < len(weight))
+    return [torch.fft.irfftn(torch.fft.rfftn(h) * weight, s=(m, m, m)) for h in halves], curve
 
 
 def _insert(ins: FourierInserter, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, q: Tensor, rows=None, w=None):
@@ -383,21 +393,25 @@ def _reference(volume: Tensor, q: Tensor, t: Tensor, opts: dict, n: int) -> Tens
 
 
 def _iterate(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> tuple[GlobalIteration, Tensor, Tensor]:
-    """One iteration at band K (module docstring); updates q, t and, with the shift prior, ``opts["s2"]``
-    (the posterior mean of |t|²/2) in place; returns its record, the particles' NCC and the reference it
-    searched against."""
+    """One iteration at band K (module docstring); updates q, t and, with the shift prior, ``opts["s2"]`` (the posterior
+    mean of |t|²/2) in place; returns its record, the particles' NCC and the mean of the half sets' references."""
     clock, m = time.perf_counter(), working_box(K, stack.m_max)
-    volume, curve = _map(stack, q, t, m, opts["weight_floor"], opts["pixel_size"])
+    halves, curve = _map(stack, q, t, m, opts["weight_floor"], opts["pixel_size"])
     q_old, t_old = q.clone(), t.clone()
-    volume = _reference(volume, q, t, opts, stack.n)
     offsets = _offsets(stack, K, opts["joint_grid"])
-    search = PolarSearch(volume, K, opts, len(offsets))
-    for idx in torch.arange(stack.P).split(stack.batch):  # the shifts at this band, before the orientations
-        t[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"], opts["s2"])[0]
-    scores, agreement = probed_candidates(stack, search, volume, q, t, m, offsets, opts)
-    t2 = torch.empty(stack.P, dtype=torch.float64)
-    for idx in torch.arange(stack.P).split(stack.batch):
-        t[idx], t2[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"], opts["s2"])
+    (scores, t2), references, agreements = torch.empty(2, stack.P, dtype=torch.float64), [], []
+    for h, half_map in enumerate(halves):
+        which = (stack.half == h).nonzero()[:, 0]
+        t_h = t[which]
+        volume = _reference(half_map, q[which], t_h, opts, stack.n)
+        t[which] = t_h
+        search = PolarSearch(volume, K, opts, len(offsets))
+        for idx in which.split(stack.batch):  # the shifts at this band, before the orientations
+            t[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"], opts["s2"])[0]
+        ncc, agreement = probed_candidates(stack, search, volume, q, t, m, offsets, opts, which)
+        scores[which], references, agreements = ncc[which], references + [volume], agreements + [agreement]
+        for idx in which.split(stack.batch):
+            t[idx], t2[idx] = search.shifts(stack, idx, m, q[idx], opts["max_shift"], opts["s2"])
     if math.isfinite(opts["s2"]):  # the prior's variance: the posterior mean of |t|² / 2 (EM)
         opts["s2"] = max(float(t2.mean()) / 2, MIN_SHIFT_SD**2)
     moved = quat_distance(q, q_old)
@@ -406,8 +420,9 @@ def _iterate(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
                              changed=float((moved > opts["sampling"] / K).double().mean()),
                              mean_rotation=float(moved.mean()),
                              mean_shift=float(torch.linalg.vector_norm(t - t_old, dim=1).mean()),
-                             shift_sd=math.sqrt(opts["s2"]), coarse=agreement, seconds=time.perf_counter() - clock)
-    return record, scores, volume
+                             shift_sd=math.sqrt(opts["s2"]), coarse=None if None in agreements else min(agreements),
+                             seconds=time.perf_counter() - clock)
+    return record, scores.clone(), (references[0] + references[1]) / 2
 
 
 def _run(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict, bar, margin: int) -> tuple:
@@ -582,4 +597,4 @@ def global_search(images, q_init, *, shifts=None, ctf=None, pixel_size: float = 
                         separation=separation,
                         recentred=recentred, explored=None if chosen is None else len(chosen),
                         iterations=history, converged=converged, beyond=beyond, beyond_kept=beyond_kept,
-                        seconds=time.perf_counter() - t0, stage_seconds=stage_seconds)
+                        half=stack.half.clone(), shared_resolution=pixel_size * n / (K + SHARED_SHELLS), seconds=time.perf_counter() - t0, stage_seconds=stage_seconds)

@@ -349,21 +349,22 @@ def best_candidates(stack: ParticleStack, search: PolarSearch, q: Tensor, t: Ten
 
 
 def probed_candidates(stack: ParticleStack, search: PolarSearch, volume: Tensor, q: Tensor, t: Tensor, m: int,
-                      offsets: Tensor, opts: dict) -> tuple[Tensor, float | None]:
-    """:func:`best_candidates` of every particle, coarse to fine (:func:`coarse_stage`) where a probe finds it
-    safe: :data:`PROBE` random particles are searched both ways, and the others coarse to fine only if the two
-    agreed (the same orientation and shift) on at least :data:`COARSE_AGREEMENT` of them (computed from the data:
-    at −20 dB the coarse stage loses particles). Returns the NCC and the probe's agreement (None: not probed)."""
+                      offsets: Tensor, opts: dict, which: Tensor | None = None) -> tuple[Tensor, float | None]:
+    """:func:`best_candidates` of the particles ``which`` (default all), coarse to fine (:func:`coarse_stage`) where
+    a probe finds it safe: :data:`PROBE` random ones are searched both ways, and the others coarse to fine only if the
+    two agreed (the same orientation and shift) on at least :data:`COARSE_AGREEMENT` of them (computed from the data:
+    at −20 dB the coarse stage loses particles). Returns the NCC (NaN for the others) and the probe's agreement
+    (None: not probed)."""
     coarse = coarse_stage(volume, search, opts, len(offsets))
     if coarse is None:
-        return best_candidates(stack, search, q, t, m, offsets, opts), None
-    probe = torch.zeros(stack.P, dtype=torch.bool)
-    probe[torch.randperm(stack.P, generator=opts["gen"])[:PROBE]] = True
-    which, rest = probe.nonzero()[:, 0], (~probe).nonzero()[:, 0]
+        return best_candidates(stack, search, q, t, m, offsets, opts, None, which), None
+    pool = torch.arange(stack.P) if which is None else which
+    probe = pool[torch.randperm(len(pool), generator=opts["gen"])[:PROBE]].sort()[0]
+    rest = pool[~torch.isin(pool, probe)]
     q_c, t_c = q.clone(), t.clone()
-    best_candidates(stack, search, q_c, t_c, m, offsets, opts, coarse, which)
-    scores = best_candidates(stack, search, q, t, m, offsets, opts, None, which)
-    agreement = float(((q_c[which] == q[which]).all(1) & (t_c[which] == t[which]).all(1)).double().mean())
+    best_candidates(stack, search, q_c, t_c, m, offsets, opts, coarse, probe)
+    scores = best_candidates(stack, search, q, t, m, offsets, opts, None, probe)
+    agreement = float(((q_c[probe] == q[probe]).all(1) & (t_c[probe] == t[probe]).all(1)).double().mean())
     if len(rest):
         kept = coarse if agreement >= COARSE_AGREEMENT else None
         scores[rest] = best_candidates(stack, search, q, t, m, offsets, opts, kept, rest)[rest]
