@@ -1,8 +1,9 @@
 """``cryoorient refine``: takes particles with starting orientations (degrees) and origins (Å), as
 RELION STAR or cryoSPARC .cs, and a reference map (.mrc, same box, taken at the particles' pixel size
 in Å, any frame); writes the refined particles (RELION 3.1 STAR with rlnRandomSubset 1/2 for the
-gold-standard halves, those of the input where it has them, as RELION keeps them; or .cs by the suffix) and, with --output-map, the refined map low-pass
-filtered at its FSC 0.143 resolution (Å). Prints the refined map's hand against the reference."""
+gold-standard halves, the input's where it has them, as RELION keeps them; or .cs by the suffix) and,
+with --output-map, the refined map low-pass filtered at its FSC 0.143 resolution (Å). Prints the
+refined map's hand against the reference."""
 
 from __future__ import annotations
 

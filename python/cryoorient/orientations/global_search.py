@@ -72,7 +72,7 @@ to keep (:attr:`GlobalResult.half`). Below :attr:`GlobalResult.shared_resolution
 it, not proof either: the references' positivity carries harmonics of the shared map further. Pure noise, one map
 for both → half sets apart (session 32): 1,000 × 32², 3 Å pixels, shared up to 10.7 Å: half maps 8.50 → 11.95 Å,
 refined 9.62 → 12.12 Å; 10⁴ × 128², 1.5 Å, one H100, shared up to 24.0 Å: 6.62 → 15.80 Å, refined 7.12 → 16.64 Å
-(without the support, 23.5 Å, but 2axd at −20 dB went 0.096 → 0.106 rad).
+(the iterations' references not made positive: 23.5 Å, but 2axd at −20 dB 0.096 → 0.106 rad).
 
 Verdict (computed from the data): the orientations the winner reached are compared with those of the
 best start of another origin (the given ones or another random set), E_OR between the two
@@ -160,10 +160,10 @@ class GlobalResult:
     quaternions: Tensor  # (P, 4) float64, RELION A, w >= 0
     shifts: Tensor  # (P, 2) float64, pixels (x, y), particle moved by +t
     scores: Tensor  # (P,) best NCC in the last iteration
-    map: Tensor  # (m, m, m) float32: the reference of the last iteration (sqrt(FSC)-weighted, centred; with
-    # ``support``: negative density zeroed and cut to the particle's support), box m
+    map: Tensor  # (m, m, m) float32: the mean of the half sets' references of the last iteration (sqrt(FSC)-weighted,
+    # centred; with ``support``: negative density zeroed and cut to the particle's support), box m
     map_pixel_size: float  # Å per voxel of ``map`` (pixel size · n / m)
-    resolution: float  # Å, FSC 0.143 of the last half maps (gold-standard beyond ``shared_resolution``)
+    resolution: float  # Å, FSC 0.143 of the last half maps (their half sets apart beyond ``shared_resolution``)
     start: str  # the start that won: "given as is", "given" (explored) or "random k"
     start_scores: dict[str, float]  # mean NCC of every start after its exploration, by name, in order
     unexplored: list[str] = field(default_factory=list)  # starts left out: the winner and runner-up already agreed
