@@ -130,6 +130,19 @@ def test_the_batch_budget_follows_the_free_gpu_memory(monkeypatch):
         assert pm.batch_budget(torch.device("cuda")) == budget
 
 
+def test_angle_counts_cover_the_outer_ring_with_fast_fft_lengths():
+    """L is the smallest multiple of 8 of at least 2πK with no prime factor above FFT_PRIME: the old count 8·⌈2πK/8⌉
+    where it has none (band 48: 304), the next such length where it has (bands 46–47: 296 = 8·37 → 304)."""
+    def largest_prime(n):
+        return max(p for p in range(2, n + 1) if n % p == 0 and all(p % d for d in range(2, p)))
+
+    for K in range(1, 97):
+        L = pm.angle_count(K)
+        assert L % 8 == 0 and L >= 2 * math.pi * K and largest_prime(L) <= pm.FFT_PRIME
+        assert all(largest_prime(c) > pm.FFT_PRIME for c in range(8 * math.ceil(2 * math.pi * K / 8), L, 8))
+    assert [pm.angle_count(K) for K in (36, 44, 46, 47, 48, 52)] == [232, 280, 304, 304, 304, 336]
+
+
 def test_a_restricted_set_of_directions_scores_as_the_full_grid(stack, phantom):
     """Peaks over chosen directions per particle (``dirs``) are the full grid's peaks at those directions, and the
     best candidate among them is reported in the full grid's numbering."""

@@ -4,7 +4,7 @@
 All comparisons are at a Fourier band of K pixels (radius in units of 1/(n · pixel size)), on the
 particles Fourier-cropped to a working box m (:class:`ParticleStack`). :class:`PolarSearch` scores a
 particle against the projections of a map along J directions (:func:`direction_grid`), each at every
-in-plane rotation of a polar grid of L ≈ 2πK angles and at S shift offsets: polar spectra
+in-plane rotation of a polar grid of L ≈ 2πK angles (:func:`angle_count`) and at S shift offsets: polar spectra
 (:func:`cryoorient.orientations.abinitio.polar_spectra`) of the CTF-multiplied image and of the
 projections, one matrix product per angular frequency and an inverse FFT over the angle give all
 S × J × L candidates at once. The score is the normalised cross-correlation (NCC) in the band of the
@@ -39,10 +39,10 @@ from ..imaging.shift import phase_ramp
 from ..maps.half_maps import load_ctf, load_images
 from .abinitio import polar_spectra
 
-__all__ = ["COARSE_AGREEMENT", "CPU_CHUNK", "PROBE", "SAMPLE_FLOOR", "ParticleStack", "PolarSearch", "band_weights",
-           "batch_budget", "best_candidates", "clip_shifts", "coarse_stage", "crop_spectrum", "direction_grid",
-           "direction_neighbours", "mean_projection", "probed_candidates", "ring_mean", "rings", "shift_peak",
-           "working_box"]
+__all__ = ["COARSE_AGREEMENT", "CPU_CHUNK", "FFT_PRIME", "PROBE", "SAMPLE_FLOOR", "ParticleStack", "PolarSearch",
+           "angle_count", "band_weights", "batch_budget", "best_candidates", "clip_shifts", "coarse_stage",
+           "crop_spectrum", "direction_grid", "direction_neighbours", "mean_projection", "probed_candidates",
+           "ring_mean", "rings", "shift_peak", "working_box"]
 
 #: Log-posterior depth below a particle's best candidate at which :meth:`PolarSearch.sample` floors the weights:
 #: the candidates below it draw at most C·e^−60 < 10⁻¹⁷ of the time (C < 10⁹ candidates), and no weight is a
@@ -56,6 +56,10 @@ PROBE, COARSE_AGREEMENT = 200, 0.99
 #: maximum over the angles then run in the cache (bench/README: band 28 of a 64-pixel box, 9 offsets, 2 cores:
 #: 37 → 31 ms a particle, the same peaks bit for bit).
 CPU_CHUNK = 1 << 18
+#: Largest prime factor of an angle count L (:func:`angle_count`). On an H100 the chain's iterations at L = 296 =
+#: 8·37 (bands 46–47) took 1.3–1.4× the time per correlation of those at 280, 288 and 304; lengths with prime
+#: factors up to 29 (184, 232) were not slower than their neighbours (bench/README, session 33).
+FFT_PRIME = 31
 
 
 def direction_grid(count: int) -> Tensor:
@@ -76,6 +80,25 @@ def direction_neighbours(fine: Tensor, coarse: Tensor) -> Tensor:
     count = near.sum(1, keepdim=True)
     order = near.float().topk(int(count.max()), dim=1).indices  # the near ones first
     return torch.where(torch.arange(order.shape[1]) < count, order, order[:, :1])
+
+
+def angle_count(K: int) -> int:
+    """In-plane angles L of the polar grid at band K: the smallest multiple of 8 at least 2πK (the outer ring's
+    circumference in pixels) with no prime factor above :data:`FFT_PRIME`."""
+    L = 8 * math.ceil(2 * math.pi * K / 8)
+    while _largest_prime_factor(L) > FFT_PRIME:
+        L += 8
+    return L
+
+
+def _largest_prime_factor(n: int) -> int:
+    """The largest prime factor of n >= 2."""
+    largest, p = 1, 2
+    while p * p <= n:
+        while n % p == 0:
+            largest, n = p, n // p
+        p += 1
+    return max(largest, n)
 
 
 def working_box(K: int, m_max: int) -> int:
@@ -163,7 +186,7 @@ class PolarSearch:
 
     def __init__(self, volume: Tensor, K: int, opts: dict, shifts: int = 1):
         m, device = volume.shape[0], volume.device
-        self.K, self.L = K, 8 * math.ceil(2 * math.pi * K / 8)
+        self.K, self.L = K, angle_count(K)
         self.dirs = direction_grid(math.ceil(4 * math.pi * (K / opts["sampling"]) ** 2))
         self.proj = FourierProjector(volume, pad=2.0, interpolation="linear")
         chunk = max(1, opts["budget"] // (m * m * 8))
