@@ -361,8 +361,8 @@ def table(rows: list[dict]) -> str:
     for (prot, _), rs in cases.items():
         ratio = max(r["E_OR"] / r["target"] if math.isfinite(r["target"]) else r["E_OR"] for r in rs)
         worst[prot] = max(worst.get(prot, 0.0), ratio)
-    head = (f"{'protein':>8} {'Å/px':>5} {'SNR dB':>6} {'seeds':>5} {'abinitio':>8} {'global':>6} {'E_OR':>6} "
-            f"{'worst':>6} {'physical':>8} {'fail':>4} {'floor':>6} {'target':>6} {'res Å':>6} {'true Å':>6} "
+    head = (f"{'protein':>8} {'Å/px':>5} {'SNR dB':>6} {'seeds':>5} {'abinitio':>8} {'global':>6} {'E_OR':>7} "
+            f"{'worst':>7} {'physical':>8} {'fail':>4} {'floor':>7} {'target':>7} {'res Å':>6} {'true Å':>6} "
             f"{'res/true':>8} {'s/run':>6} {'s ab/gl':>8} {'floor lo':>8}")
     lines = ["SNR: variance of the clean CTF-affected image over the whole box / noise variance; E_OR (abinitio, "
              "global: after those stages; E_OR: after refinement), physical, floor in rad (means over seeds; worst: "
@@ -372,8 +372,8 @@ def table(rows: list[dict]) -> str:
     for (prot, snr), rs in sorted(cases.items(), key=lambda kv: (-worst[kv[0][0]], kv[0][0], -kv[0][1])):
         m = lambda k: float(np.mean([r[k] for r in rs]))  # noqa: E731
         lines.append(f"{prot:>8} {rs[0]['pixel_A']:5.2f} {snr:6.0f} {len(rs):5d} {m('E_OR_abinitio'):8.3f} "
-                     f"{m('E_OR_global'):6.3f} {m('E_OR'):6.3f} {max(r['E_OR'] for r in rs):6.3f} {m('physical'):8.3f} "
-                     f"{sum(r['failed'] for r in rs):4d} {m('floor_E_OR'):6.3f} {m('target'):6.3f} "
+                     f"{m('E_OR_global'):6.3f} {m('E_OR'):7.4f} {max(r['E_OR'] for r in rs):7.4f} {m('physical'):8.3f} "
+                     f"{sum(r['failed'] for r in rs):4d} {m('floor_E_OR'):7.4f} {m('target'):7.4f} "
                      f"{m('resolution_A'):6.2f} {m('true_map_resolution_A'):6.2f} "
                      f"{m('resolution_A') / m('true_map_resolution_A'):8.2f} {m('seconds'):6.1f} "
                      f"{m('abinitio_seconds'):3.0f}/{m('global_seconds'):<4.0f} {m('floor_left_out_E_OR'):8.3f}")
@@ -482,7 +482,8 @@ def main(argv=None) -> int:
                     write_csv(out / "global.csv", rows, GLOBAL_COLUMNS)
                     continue
                 print(f"{prot} {snr:.0f} dB seed {seed}: E_OR {row['E_OR_abinitio']:.3f} -> {row['E_OR_global']:.3f} "
-                      f"({row['global_start']}) -> {row['E_OR']:.3f} rad, {row['wrong']:.1%} wrong (floor {row['floor_E_OR']:.3f}, with groups left out {row['floor_left_out_E_OR']:.3f}"
+                      f"({row['global_start']}) -> {row['E_OR']:.4f} rad, {row['wrong']:.1%} wrong (floor {row['floor_E_OR']:.4f}, target "
+                      f"{row['target']:.4f}, with groups left out {row['floor_left_out_E_OR']:.3f}"
                       + (f"; global at the truth {row['oracle_E_OR']:.3f}, {row['oracle_wrong']:.1%} wrong" if args.oracle
                          else "") + "), "
                       f"{row['resolution_A']:.2f} Å (true {row['true_map_resolution_A']:.2f} Å), {row['seconds']:.1f} s "
