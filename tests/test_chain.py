@@ -14,7 +14,7 @@ from cryoorient.orientations.align import align_orientations
 from cryoorient.io import centre_of_mass
 from cryoorient.orientations.chain import run_chain, star_ctf
 from cryoorient.orientations.polar_matching import COARSE_AGREEMENT
-from cryoorient.orientations.global_search import GlobalIteration, GlobalResult
+from cryoorient.orientations.global_result import GlobalIteration, GlobalResult
 
 BOX, PIXEL, P = 32, 3.0, 300
 GLOBAL = {"restarts": 1, "minibatch": 128, "steps": 20}  # a global search small enough for the CPU

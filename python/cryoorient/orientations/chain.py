@@ -47,7 +47,8 @@ from ..maps.reconstruct import ParticleCTF
 from ..maps.refine import RefineResult, refine
 from ..maps.transforms import density_centre, shift_map
 from .abinitio import AbInitioResult, estimate_orientations
-from .global_search import GlobalResult, global_search
+from .global_result import GlobalResult
+from .global_search import global_search
 
 __all__ = ["STAGES", "ChainResult", "run_chain", "star_ctf"]
 
