@@ -50,7 +50,7 @@ class GlobalIteration:
 
 @dataclass
 class GlobalResult:
-    """Orientations and shifts found by :func:`global_search`, its last map, and the history."""
+    """Orientations and shifts found by :func:`~cryoorient.orientations.global_search.global_search`, its last map, and the history."""
 
     quaternions: Tensor  # (P, 4) float64, RELION A, w >= 0
     shifts: Tensor  # (P, 2) float64, pixels (x, y), particle moved by +t
