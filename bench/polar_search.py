@@ -3,6 +3,7 @@
     python bench/polar_search.py --device cuda --band 48 --P 2000                # the top band of a 128² run
     python bench/polar_search.py --device cuda --band 48 --budget 28 30 --profile
     python bench/polar_search.py --device cpu --size 64 --band 18 --P 200        # the CPU case's top band
+    python bench/polar_search.py --device cuda --band 22 --P 1000 --draws        # an exploration step's draws
 
 Every iteration of :func:`cryoorient.orientations.global_search.global_search` makes this pass over every
 particle (``polar_matching.best_candidates``: J directions × L in-plane angles × S = 9 joint shift offsets each, the
@@ -22,7 +23,14 @@ seconds per pass, ms per particle, the complex GEMM's FLOP/s (8·M·K·J·S per 
 angular frequencies, K rings) against the GPU's FP32 peak, and the bytes the correlations move (GEMM
 output M complex, inverse FFT in and out, the maximum's read: (16·M + 8·L)·J·S per particle) against
 its HBM peak (``_peak``: no fraction for an unknown GPU or the CPU). ``--profile``: the top operations
-by device time of one ``peaks`` pass (torch.profiler).
+by device time of one pass of the first variant (torch.profiler).
+
+``--draws``: the exploration's draws instead (``global_search._explore``: :data:`~cryoorient.orientations.
+global_search.SHIFT_GRID` = 2, 25 shift offsets, each particle's candidate drawn from its posterior,
+:meth:`PolarSearch.sample`), the posterior's sums over the angles by ``cryoorient.ops.angle_sums`` ("kernel"),
+by its plain-PyTorch reference (``ops._torch_impl.angle_sums``, "eager": every weight stored) and by that reference
+under ``torch.compile``; bytes moved (16·M + 12·L)·J·S per particle (GEMM output, inverse FFT in and out, the
+maximum's read and the sums' read).
 """
 
 from __future__ import annotations
@@ -38,7 +46,9 @@ from abinitio_realistic import simulate_case
 
 from cryoorient.maps.transforms import resample_map, resize_map
 from cryoorient.imaging.simulate import load_volume
-from cryoorient.orientations.global_search import _offsets
+from cryoorient.ops import _torch_impl as ref
+from cryoorient.orientations import polar_matching
+from cryoorient.orientations.global_search import SHIFT_GRID, _offsets
 from cryoorient.orientations.polar_matching import ParticleStack, PolarSearch, batch_budget, working_box
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -49,6 +59,23 @@ def _pass(fn, stack: ParticleStack, rows: int, t: torch.Tensor) -> None:
     """``fn(idx, t)`` over every particle in batches of ``rows``."""
     for idx in torch.arange(stack.P).split(rows):
         fn(idx, t[idx])
+
+
+def _draws(search: PolarSearch, stack: ParticleStack, m: int, offsets: torch.Tensor, sums):
+    """A draw of every particle of a batch as the exploration makes it, the sums over the angles by ``sums``."""
+    gen = torch.Generator(device=stack.device).manual_seed(0)
+
+    def draw(idx, t):
+        polar_matching.angle_sums = sums
+        try:
+            num, den = search.numerators(stack, idx, m, t, offsets)
+            return search.sample(num, den, t[:, None].double().cpu() + offsets.double().cpu(), 9.0, 1.0, gen)
+        finally:
+            polar_matching.angle_sums = KERNEL
+    return draw
+
+
+KERNEL = polar_matching.angle_sums
 
 
 def main(argv=None) -> int:
@@ -62,6 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="top operations of one pass (torch.profiler)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    p.add_argument("--draws", action="store_true", help="time the exploration's draws (module docstring)")
     p.add_argument("--device", default="cuda")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -77,7 +105,8 @@ def main(argv=None) -> int:
     volume = resize_map(torch.as_tensor(load_volume(args.map, n, None)[0], device=device), n)  # the images' box
     reference = resample_map(volume, 1.0, n / m)[0].float()
     stack = ParticleStack(images, ctf, m, device, 1024 if device.type == "cuda" else 256, 0)
-    offsets = _offsets(stack, K, JOINT_GRID)  # as an iteration makes them: n/(4K) pixels apart
+    # as an iteration makes them (the exploration: SHIFT_GRID each way), n/(4K) pixels apart
+    offsets = _offsets(stack, K, SHIFT_GRID if args.draws else JOINT_GRID)
     peak = lookup(device_name(device)) if device.type == "cuda" else None
     print(f"device: {device_name(device)}; {args.P} particles of {n}², band {K} (working box {m}), "
           f"{len(offsets)} shift offsets")
@@ -85,11 +114,17 @@ def main(argv=None) -> int:
         search = PolarSearch(reference, K, {"sampling": 1.5, "budget": 1 << budget}, len(offsets))
         J, L, S, rows = len(search.dirs), search.L, len(offsets), search.rows
         flop = 8 * (L // 2 + 1) * K * J * S * args.P
-        moved = (16 * (L // 2 + 1) + 8 * L) * J * S * args.P
-        variants = {"peaks": lambda idx, t: search.peaks(stack, idx, m, t, offsets),
-                    "divide first": lambda idx, t: search.correlations(stack, idx, m, t, offsets).max(0)}
-        if not args.no_compile:
-            variants["compiled"] = torch.compile(variants["peaks"])
+        moved = (16 * (L // 2 + 1) + (12 if args.draws else 8) * L) * J * S * args.P
+        if args.draws:
+            variants = {"kernel": _draws(search, stack, m, offsets, KERNEL),
+                        "eager": _draws(search, stack, m, offsets, ref.angle_sums)}
+            if not args.no_compile:
+                variants["compiled"] = _draws(search, stack, m, offsets, torch.compile(ref.angle_sums))
+        else:
+            variants = {"peaks": lambda idx, t: search.peaks(stack, idx, m, t, offsets),
+                        "divide first": lambda idx, t: search.correlations(stack, idx, m, t, offsets).max(0)}
+            if not args.no_compile:
+                variants["compiled"] = torch.compile(variants["peaks"])
         print(f"budget 2^{budget}: {rows} particles per batch; J {J} directions, L {L} angles")
         base = None
         for name, fn in variants.items():
@@ -102,13 +137,13 @@ def main(argv=None) -> int:
             share = "" if peak is None else (f", {flop / sec / peak.fp32:.1%} of FP32 peak, "
                                              f"{moved / sec / peak.hbm:.1%} of HBM peak")
             print(f"  {name:>12}: {sec:.3f} s per pass, {1e3 * sec / args.P:.3f} ms per particle, "
-                  f"{sec / base:.2f}× the time of peaks; GEMM {flop / sec / 1e12:.2f} TFLOP/s, correlations "
+                  f"{sec / base:.2f}× the time of {next(iter(variants))}; GEMM {flop / sec / 1e12:.2f} TFLOP/s, correlations "
                   f"{moved / sec / 1e9:.0f} GB/s{share}", flush=True)
         if args.profile:
             acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                             if device.type == "cuda" else [])
             with torch.profiler.profile(activities=acts) as prof:
-                _pass(variants["peaks"], stack, rows, t_true)
+                _pass(next(iter(variants.values())), stack, rows, t_true)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
             key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"

@@ -19,9 +19,9 @@ from cryoorient.ops import _torch_impl as ref
 
 SIZES = {
     "cpu": dict(P=1000, M=20_000, K=16, P_all=512, nf=32, P_cache=256, nf_cache=32, k=8, n_sampled=20_000,
-                nf_sampled=32, features=torch.float32),
+                nf_sampled=32, features=torch.float32, angle_sums=(81, 1100, 88)),
     "cuda": dict(P=100_000, M=10_000_000, K=128, P_all=16_384, nf=512, P_cache=8192, nf_cache=32, k=32,
-                 n_sampled=4_000_000, nf_sampled=128, features=torch.bfloat16),
+                 n_sampled=4_000_000, nf_sampled=128, features=torch.bfloat16, angle_sums=(1000, 2700, 152)),
 }
 ALIGN_FLOP = 130  # per (pair, candidate) in the align_loss kernel's inner loop (FMA = 2)
 SEED = 1
@@ -145,6 +145,21 @@ def test_feature_knn(bench, device, impl):
     _, index = bench("feature_knn", lambda: knn(f, k), sizes=dict(P=P, nf=nf, k=k, features=str(dtype)),
                      rate=("pairs", P * (P - 1)), work={_flop_kind(dtype): 2 * nf * P * P})
     assert index.shape == (P, k)
+
+
+@pytest.mark.parametrize("impl", ["cryoorient", "eager", "compile"])
+def test_angle_sums(bench, device, impl):
+    """The exploration's draws at their band (R = particles × 25 shift offsets, J directions, L angles)."""
+    R, J, L = SIZES[device.type]["angle_sums"]
+    g = torch.Generator().manual_seed(0)
+    den = torch.rand(R, J, generator=g).add_(0.5).to(device)
+    num = (torch.rand(R, J, L, generator=g) * 1.6 - 0.6).to(device) * den[..., None]
+    scale = (torch.rand(R, generator=g) * 400 + 10).to(device)
+    bias = -scale - 1
+    sums = _pick(bench, impl, ops.angle_sums, ref.angle_sums)
+    out = bench("angle_sums", lambda: sums(num, den, scale, bias, 60.0), sizes=dict(R=R, J=J, L=L),
+                rate=("candidates", L * R * J), work={"hbm": 4 * (L * R * J + 2 * R * J + 2 * R)})
+    assert out.shape == (R, J)
 
 
 @pytest.mark.parametrize("impl", ["cryoorient", "eager", "compile"])

@@ -14,5 +14,6 @@ void register_qdist(pybind11::module_& m);
 void register_align_loss(pybind11::module_& m);
 void register_pair_loss(pybind11::module_& m);
 void register_allpairs(pybind11::module_& m);
+void register_angle_sums(pybind11::module_& m);
 
 }  // namespace cryoorient

@@ -63,4 +63,5 @@ PYBIND11_MODULE(_C, m) {
   cryoorient::register_align_loss(m);
   cryoorient::register_pair_loss(m);
   cryoorient::register_allpairs(m);
+  cryoorient::register_angle_sums(m);
 }

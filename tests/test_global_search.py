@@ -80,8 +80,9 @@ def test_draws_follow_the_posterior_over_offsets_directions_and_angles():
     shifts = torch.tensor([[[0.0, 0.0], [1.0, 0.5]]])
     for case, (scores, prior) in enumerate(((top, math.inf), (low, math.inf), (spread, 3.0))):
         L, S, J = 3, 2, 2  # scores[c], c = (s·J + j)·L + l, as PolarSearch.scores lays them out
-        ncc = scores.view(1, S, J, L).permute(3, 0, 1, 2).repeat(1, rows, 1, 1).contiguous()
-        pick = search.sample(ncc, shifts.repeat(rows, 1, 1), prior, 1.0, torch.Generator().manual_seed(case))
+        ncc = scores.view(1, S, J, L).repeat(rows, 1, 1, 1)
+        den = torch.ones(rows, S, J)  # numerators = NCC
+        pick = search.sample(ncc, den, shifts.repeat(rows, 1, 1), prior, 1.0, torch.Generator().manual_seed(case))
         freq = torch.bincount(pick, minlength=12).double() / rows
         expected = torch.softmax(search.log_posterior(scores.double(), shifts.double(), prior)[0], 0)
         assert torch.allclose(freq, expected, atol=0.01), (case, freq, expected)
@@ -93,10 +94,10 @@ def test_the_shift_prior_weighs_the_draws():
     """Two candidates of equal NCC whose shifts differ in prior by log 3 (|t|² = 2·s²·log 3 against 0): the
     shifted one is drawn 1/4 of the time with the prior, 1/2 without."""
     search, rows, s2 = _bare_search(2000), 40000, 2.0
-    ncc = torch.full((1, rows, 2, 1), 0.5)  # S = 2 offsets of one candidate each
+    ncc = torch.full((rows, 2, 1, 1), 0.5)  # S = 2 offsets of one candidate each
     shifts = torch.tensor([[[0.0, 0.0], [math.sqrt(2 * s2 * math.log(3)), 0.0]]]).repeat(rows, 1, 1)
     for prior, share in ((s2, 0.25), (math.inf, 0.5)):
-        pick = search.sample(ncc.clone(), shifts, prior, 1.0, torch.Generator().manual_seed(0))
+        pick = search.sample(ncc, torch.ones(rows, 2, 1), shifts, prior, 1.0, torch.Generator().manual_seed(0))
         assert abs(float(pick.double().mean()) - share) < 0.015, (prior, float(pick.double().mean()))
 
 

@@ -20,6 +20,12 @@ def qdist(q: Tensor, i: Tensor, j: Tensor) -> Tensor:
     return quat_distance(q[i.long()], q[j.long()])
 
 
+def angle_sums(num: Tensor, den: Tensor, scale: Tensor, bias: Tensor, floor: float) -> Tensor:
+    """Reference for ``cryoorient.ops.angle_sums``: every weight stored, then summed over the angles."""
+    c = (num / den[..., None]).clamp_min(0)
+    return (c * c * scale[:, None, None] + bias[:, None, None]).clamp_min(-floor).exp().sum(-1)
+
+
 def align_loss(
     angles: Tensor, reflect: Tensor, q_true: Tensor, q_est: Tensor, group: Optional[Tensor] = None
 ) -> Tensor:

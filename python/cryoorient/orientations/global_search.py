@@ -198,8 +198,8 @@ def _explore(stack: ParticleStack, q: Tensor, t: Tensor, K: int, opts: dict) -> 
         drawn = 0.0
         for idx in torch.randperm(P, generator=opts["gen"])[:b].split(search.rows):
             moved = t[idx][:, None] + offsets.double().cpu()  # (B, S, 2) the candidates' shifts
-            ncc = search.correlations(stack, idx, m, t[idx], offsets)
-            pick = search.sample(ncc, moved, opts["s2"], beta, opts["device_gen"])
+            num, den = search.numerators(stack, idx, m, t[idx], offsets)
+            pick = search.sample(num, den, moved, opts["s2"], beta, opts["device_gen"])
             t[idx] = clip_shifts(moved[torch.arange(len(idx)), pick.cpu() // (len(search.dirs) * search.L)], opts["max_shift"])
             _insert(draw, stack, idx, m, t[idx], search.orientations(pick))
             drawn += float((t[idx] ** 2).sum())

@@ -37,6 +37,7 @@ from ..imaging.noise import ncc_likelihood_scale, ncc_log_likelihood
 from ..imaging.project import FourierProjector
 from ..imaging.shift import phase_ramp
 from ..maps.half_maps import load_ctf, load_images
+from ..ops import angle_sums, angle_weights
 from .abinitio import polar_spectra
 
 __all__ = ["COARSE_AGREEMENT", "CPU_CHUNK", "FFT_PRIME", "PROBE", "SAMPLE_FLOOR", "ParticleStack", "PolarSearch",
@@ -202,11 +203,18 @@ class PolarSearch:
         """NCC (L, B, S, J) of particles ``idx`` at shifts t + offsets[s] (S offsets, n-pixels; default one,
         zero) with the projection along direction j rotated by angle l; the candidate's index is
         (s·J + j)·L + l. ``dirs`` (B, D): only these directions of each particle (NCC (L, B, S, D))."""
-        X, den = self._spectra(stack, idx, m, t, offsets, dirs)
         if dirs is not None:
+            X, den = self._spectra(stack, idx, m, t, offsets, dirs)
             return self._restricted(X, dirs).div_(den)
-        cc = torch.fft.irfft(X @ self.refs, n=self.L, dim=0, norm="forward")  # (L, B·S, J)
-        return cc.div_(den).view(self.L, len(idx), -1, len(self.dirs))
+        num, den = self.numerators(stack, idx, m, t, offsets)
+        return num.div_(den[..., None]).permute(3, 0, 1, 2)
+
+    def numerators(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None = None):
+        """The NCC's numerators (B, S, J, L), the angles last, and norms (B, S, J) of :meth:`correlations` (NCC =
+        numerator / norm)."""
+        X, den = self._spectra(stack, idx, m, t, offsets, None)
+        num = torch.fft.irfft((X @ self.refs).permute(1, 2, 0), n=self.L, dim=-1, norm="forward")  # (B·S, J, L)
+        return num.view(len(idx), -1, len(self.dirs), self.L), den.view(len(idx), -1, len(self.dirs))
 
     def _spectra(self, stack: ParticleStack, idx: Tensor, m: int, t: Tensor, offsets: Tensor | None,
                  dirs: Tensor | None):
@@ -295,29 +303,33 @@ class PolarSearch:
             logp.view(*prior.shape, -1).add_(prior[..., None])
         return logp
 
-    def sample(self, ncc: Tensor, shifts: Tensor | None, s2: float, beta: float, gen: torch.Generator) -> Tensor:
+    def sample(self, num: Tensor, den: Tensor, shifts: Tensor | None, s2: float, beta: float,
+               gen: torch.Generator) -> Tensor:
         """One candidate (B,) per particle, index (s·J + j)·L + l, drawn from its posterior (:meth:`log_posterior`)
-        over the NCC ``ncc`` (L, B, S, J) of :meth:`correlations` (overwritten): by inverse transform sampling,
-        first the pair (s, j) from the sums over the angles, then the angle, two uniforms per particle. A
-        candidate more than :data:`SAMPLE_FLOOR` below the particle's best weighs e^−SAMPLE_FLOOR.
+        over the NCC num / den of :meth:`numerators` (B, S, J, L) and (B, S, J): by inverse transform sampling,
+        first the pair (s, j) from the weights summed over the angles (:func:`cryoorient.ops.angle_sums`: no
+        weight is stored), then the angle, two uniforms per particle. A candidate more than :data:`SAMPLE_FLOOR`
+        below the particle's best weighs e^−SAMPLE_FLOOR.
 
         The log-posterior k_b (c² − c_max²) + prior_bs (c = max(NCC, 0), k_b from ``ncc_likelihood_scale``) rises
         with c at each offset s, so its maximum comes from each offset's largest c: the weights are
-        k_b c² + (prior_bs − k_b c_max² − max) over the candidates, in place (no new tensor of their size)."""
-        L, B, S, J = ncc.shape
-        c = ncc.clamp_min_(0)
-        peak = c.amax((0, 3))  # (B, S)
+        exp(k_b c² + bias_bs), bias_bs = prior_bs − k_b c_max² − max, the exponent's maximum 0."""
+        B, S, J, L = num.shape
+        peak = (num.amax(3) / den).amax(2).clamp_min(0)  # (B, S): each offset's best NCC
         cmax2 = peak.amax(1, keepdim=True) ** 2  # (B, 1)
         k = ncc_likelihood_scale(cmax2, 2 * float(self.count.sum()), beta)
-        prior = _shift_prior(shifts, s2, beta, ncc.device)
+        prior = _shift_prior(shifts, s2, beta, num.device)
         logp = k * (peak**2 - cmax2) + (0 if prior is None else prior)  # (B, S): each offset's best
         bias = logp - k * peak**2 - logp.amax(1, keepdim=True)
-        w = c.square_().mul_(k.view(1, B, 1, 1)).add_(bias.view(1, B, S, 1)).clamp_min_(-SAMPLE_FLOOR).exp_()
-        u = torch.rand(B, 2, generator=gen, device=ncc.device, dtype=torch.float64)
-        pair = _inverse_cdf(w.sum(0).view(B, S * J).double(), u[:, 0])
-        rows = torch.arange(B, device=ncc.device)
-        angle = _inverse_cdf(w[:, rows, pair // J, pair % J].T.double(), u[:, 1])
-        return pair * L + angle
+        scale = k.expand(B, S)
+        sums = angle_sums(num.reshape(B * S, J, L), den.reshape(B * S, J), scale.reshape(-1), bias.reshape(-1),
+                          SAMPLE_FLOOR)
+        u = torch.rand(B, 2, generator=gen, device=num.device, dtype=torch.float64)
+        pair = _inverse_cdf(sums.view(B, S * J).double(), u[:, 0])
+        rows, s, j = torch.arange(B, device=num.device), pair // J, pair % J
+        w = angle_weights(num[rows, s, j], den[rows, s, j, None], scale[rows, s, None], bias[rows, s, None],
+                          SAMPLE_FLOOR)  # (B, L)
+        return pair * L + _inverse_cdf(w.double(), u[:, 1])
 
     def shifts(self, stack: ParticleStack, idx: Tensor, m: int, q: Tensor, max_shift: float, s2: float = math.inf):
         """Shifts (B, 2) n-pixels of particles ``idx`` at orientations q and their posterior means of |t|² (B,):
