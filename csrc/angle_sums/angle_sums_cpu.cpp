@@ -35,8 +35,9 @@ inline double vector_exp(double x) { return std::exp(x); }
 constexpr int kLanes = 8;  // partial sums of a row, lane by lane: a vector of them, no reordered float sum needed
 
 // Σ_l exp(max(a·max(x[l], 0)² + b, −floor)) over one row's L angles. The float version is also compiled for
-// x86-64-v3 (AVX2, FMA) by GCC, chosen at load time where the CPU has them (2.5× faster than SSE2 on the 2-core CI
-// machine; GCC 12 on: its resolver tests the ISA level); its body is written out in each version, as a clone does not inline a template shared with the other.
+// x86-64-v3 (AVX2, FMA) by GCC 12 on (its resolver tests the ISA level), chosen at load time where the CPU has it:
+// 2.8× faster than SSE2 alone on one core of the 2-core development machine. Its body is written out in each
+// version, as a clone does not inline a template shared with the other.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 #define CO_X86_64_V3_CLONE __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
