@@ -5,8 +5,8 @@ the same name in ``cryoorient.ops._torch_impl``.
 """
 
 from .align_loss import align_loss, align_loss_and_grad
-from .angle_sums import angle_sums, angle_weights
 from .allpairs import DistanceCache, allpairs_distance_cache, allpairs_loss, allpairs_loss_cached
+from .angle_sums import angle_sums
 from .feature_knn import feature_knn
 from .pair_loss import pair_loss, pair_loss_and_grad
 from .qdist import qdist
@@ -20,7 +20,6 @@ __all__ = [
     "allpairs_loss",
     "allpairs_loss_cached",
     "angle_sums",
-    "angle_weights",
     "feature_knn",
     "pair_loss",
     "pair_loss_and_grad",

@@ -20,7 +20,7 @@ from ._direct import direct
 
 def angle_weights(num: Tensor, den: Tensor, scale: Tensor, bias: Tensor, floor: float) -> Tensor:
     """exp(max(scale · max(num / den, 0)² + bias, −floor)), elementwise with broadcasting: the summand of
-    :func:`angle_sums` (plain PyTorch, for a few candidates)."""
+    :func:`angle_sums` (plain PyTorch, for a few candidates; not an op)."""
     return (num / den).clamp_min(0).square().mul(scale).add(bias).clamp_min(-floor).exp()
 
 
@@ -29,8 +29,8 @@ def angle_sums(num: Tensor, den: Tensor, scale: Tensor, bias: Tensor, floor: flo
     """Σ_l exp(max(scale[r] · max(num[r, j, l] / den[r, j], 0)² + bias[r], −floor)): (R, J).
 
     ``num`` (R, J, L): the normalised cross-correlations' numerators of R rows (a particle at a shift offset)
-    with J directions at L in-plane angles (the angles last, as an inverse FFT over them gives them); ``den`` (R, J) > 0: their norms (num / den is the NCC);
-    ``scale``, ``bias`` (R,): the log-posterior k (c² − c_max²) + prior of a row as scale·c² + bias
+    with J directions at L in-plane angles (the angles last, as an inverse FFT over them gives them);
+    ``den`` (R, J) > 0: their norms (num / den is the NCC); ``scale``, ``bias`` (R,): the log-posterior k (c² − c_max²) + prior of a row as scale·c² + bias
     (c = max(NCC, 0)); ``floor`` >= 0: exponents below −floor count as −floor. float32 or float64, one
     device. Not differentiable.
     """

@@ -37,7 +37,8 @@ from ..imaging.noise import ncc_likelihood_scale, ncc_log_likelihood
 from ..imaging.project import FourierProjector
 from ..imaging.shift import phase_ramp
 from ..maps.half_maps import load_ctf, load_images
-from ..ops import angle_sums, angle_weights
+from ..ops import angle_sums
+from ..ops.angle_sums import angle_weights
 from .abinitio import polar_spectra
 
 __all__ = ["COARSE_AGREEMENT", "CPU_CHUNK", "FFT_PRIME", "PROBE", "SAMPLE_FLOOR", "ParticleStack", "PolarSearch",
@@ -308,7 +309,7 @@ class PolarSearch:
         """One candidate (B,) per particle, index (s·J + j)·L + l, drawn from its posterior (:meth:`log_posterior`)
         over the NCC num / den of :meth:`numerators` (B, S, J, L) and (B, S, J): by inverse transform sampling,
         first the pair (s, j) from the weights summed over the angles (:func:`cryoorient.ops.angle_sums`: no
-        weight is stored), then the angle, two uniforms per particle. A candidate more than :data:`SAMPLE_FLOOR`
+        weight is stored), then the angle from that pair's L weights, two uniforms per particle. A candidate more than :data:`SAMPLE_FLOOR`
         below the particle's best weighs e^−SAMPLE_FLOOR.
 
         The log-posterior k_b (c² − c_max²) + prior_bs (c = max(NCC, 0), k_b from ``ncc_likelihood_scale``) rises
