@@ -71,7 +71,8 @@ def test_draws_follow_the_posterior_over_offsets_directions_and_angles():
     """Draw frequencies of the 2·2·3 candidates of (L, S, J) = (3, 2, 2) NCCs against the posterior's closed form
     N (c² − c_max²) / (2 (1 − c_max²)) (N = 2000) plus the shift prior, each candidate by its flat index
     (s·J + j)·L + l; a candidate log 3 below the best is drawn 1/4 as often; candidates hundreds below never;
-    when the best NCC is about 0 every candidate draws alike (c <= 0 counts as 0)."""
+    when the best NCC is about 0 every candidate draws alike (c <= 0 counts as 0). The sampler gets numerators and
+    norms (random per particle, offset and direction), as :meth:`PolarSearch.numerators` gives them."""
     search, rows = _bare_search(2000), 60000
     c2 = math.sqrt(0.25 - math.log(3) / (2000 / 1.5))
     top = torch.tensor([[0.5, c2] + [0.0] * 10])
@@ -80,8 +81,8 @@ def test_draws_follow_the_posterior_over_offsets_directions_and_angles():
     shifts = torch.tensor([[[0.0, 0.0], [1.0, 0.5]]])
     for case, (scores, prior) in enumerate(((top, math.inf), (low, math.inf), (spread, 3.0))):
         L, S, J = 3, 2, 2  # scores[c], c = (s·J + j)·L + l, as PolarSearch.scores lays them out
-        ncc = scores.view(1, S, J, L).repeat(rows, 1, 1, 1)
-        den = torch.ones(rows, S, J)  # numerators = NCC
+        den = torch.rand(rows, S, J, generator=torch.Generator().manual_seed(9)) + 0.5  # the norms
+        ncc = scores.view(1, S, J, L) * den[..., None]  # the numerators
         pick = search.sample(ncc, den, shifts.repeat(rows, 1, 1), prior, 1.0, torch.Generator().manual_seed(case))
         freq = torch.bincount(pick, minlength=12).double() / rows
         expected = torch.softmax(search.log_posterior(scores.double(), shifts.double(), prior)[0], 0)

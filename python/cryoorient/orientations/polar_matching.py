@@ -309,8 +309,8 @@ class PolarSearch:
         """One candidate (B,) per particle, index (s·J + j)·L + l, drawn from its posterior (:meth:`log_posterior`)
         over the NCC num / den of :meth:`numerators` (B, S, J, L) and (B, S, J): by inverse transform sampling,
         first the pair (s, j) from the weights summed over the angles (:func:`cryoorient.ops.angle_sums`: no
-        weight is stored), then the angle from that pair's L weights, two uniforms per particle. A candidate more than :data:`SAMPLE_FLOOR`
-        below the particle's best weighs e^−SAMPLE_FLOOR.
+        weight is stored), then the angle from that pair's L weights, two uniforms per particle. A candidate more
+        than :data:`SAMPLE_FLOOR` below the particle's best weighs e^−SAMPLE_FLOOR.
 
         The log-posterior k_b (c² − c_max²) + prior_bs (c = max(NCC, 0), k_b from ``ncc_likelihood_scale``) rises
         with c at each offset s, so its maximum comes from each offset's largest c: the weights are
