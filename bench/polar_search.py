@@ -53,6 +53,7 @@ from cryoorient.orientations.polar_matching import ParticleStack, PolarSearch, b
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 JOINT_GRID = 1  # the global search's default: (2·1 + 1)² = 9 shift offsets
+KERNEL = polar_matching.angle_sums  # the op, restored after each draw of another variant
 
 
 def _pass(fn, stack: ParticleStack, rows: int, t: torch.Tensor) -> None:
@@ -73,9 +74,6 @@ def _draws(search: PolarSearch, stack: ParticleStack, m: int, offsets: torch.Ten
         finally:
             polar_matching.angle_sums = KERNEL
     return draw
-
-
-KERNEL = polar_matching.angle_sums
 
 
 def main(argv=None) -> int:
