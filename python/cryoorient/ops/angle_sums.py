@@ -30,9 +30,9 @@ def angle_sums(num: Tensor, den: Tensor, scale: Tensor, bias: Tensor, floor: flo
 
     ``num`` (R, J, L): the normalised cross-correlations' numerators of R rows (a particle at a shift offset)
     with J directions at L in-plane angles (the angles last, as an inverse FFT over them gives them);
-    ``den`` (R, J) > 0: their norms (num / den is the NCC); ``scale``, ``bias`` (R,): the log-posterior k (c² − c_max²) + prior of a row as scale·c² + bias
-    (c = max(NCC, 0)); ``floor`` >= 0: exponents below −floor count as −floor. float32 or float64, one
-    device. Not differentiable.
+    ``den`` (R, J) > 0: their norms (num / den is the NCC); ``scale``, ``bias`` (R,): the log-posterior
+    k (c² − c_max²) + prior of a row as scale·c² + bias (c = max(NCC, 0)); ``floor`` >= 0: exponents below −floor
+    count as −floor. float32 or float64, one device. Not differentiable.
     """
     num = check_tensor("num", num, FLOATS, (None, None, None))
     R, J, L = num.shape
