@@ -209,7 +209,7 @@ def test_rounds_stop_where_the_half_maps_get_worse_and_keep_their_start(toy):
     assert len(best.rounds) == 2 and second.resolution_after > second.resolution and best.kept == 1
     assert second.resolution == best.rounds[0].resolution_after
     assert best.stopped == (f"round 2's orientations gave half maps at {second.resolution_after:.2f} Å, worse than "
-                            f"{second.resolution:.2f} Å before it: stopped, round 1's orientations kept")
+                            f"{second.resolution:.2f} Å before it: stopped, the orientations of round 1 kept")
     one = refine(images, q, rounds=1, **kw)
     assert one.stopped is None and one.kept == 1 and one.rounds[0].resolution_after > one.rounds[0].resolution
     assert torch.equal(best.quaternions, one.quaternions) and torch.equal(best.shifts, one.shifts)
@@ -217,6 +217,26 @@ def test_rounds_stop_where_the_half_maps_get_worse_and_keep_their_start(toy):
     last = refine(images, q, rounds=3, keep_best=False, **kw)
     assert len(last.rounds) == 3 and last.kept == 3 and last.stopped is None
     assert mean_error(q, last.quaternions) > mean_error(q, best.quaternions)
+
+
+def test_the_first_round_is_judged_where_the_half_sets_are_given(toy):
+    # half sets given (found apart, as the global search's): the first round of the test above, coarser half maps
+    # than its start's, is judged and not kept; from a perturbed start on clean images, finer, it is kept
+    vol, q, t, clean = toy
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(5)) * (clean.var() * 10).sqrt()
+    kw = dict(pixel_size=VOXEL, progress=False, device="cpu")
+    free = refine(clean + noise, q, shifts=t, rounds=1, **kw)  # a new random split: the first round kept unjudged
+    given = refine(clean + noise, q, shifts=t, rounds=3, half=free.half, **kw)
+    first = given.rounds[0]
+    assert first.resolution_after == free.rounds[0].resolution_after > first.resolution == free.rounds[0].resolution
+    assert len(given.rounds) == 1 and given.kept == 0 and free.kept == 1
+    assert given.stopped == (f"round 1's orientations gave half maps at {first.resolution_after:.2f} Å, worse than "
+                             f"{first.resolution:.2f} Å before it: stopped, the orientations given kept")
+    assert float(quat_distance(given.quaternions, q).max()) < 1e-6 and torch.equal(given.shifts, t)
+    assert bool(torch.isnan(given.scores).all()) and mean_error(q, given.quaternions) < mean_error(q, free.quaternions)
+    better = refine(clean, _perturb(q, 0.2, seed=2), rounds=1, half=free.half, **kw)
+    assert better.rounds[0].resolution_after < better.rounds[0].resolution
+    assert better.kept == 1 and better.stopped is None
 
 
 def test_leaving_the_group_out_frees_particles_that_their_own_noise_holds():

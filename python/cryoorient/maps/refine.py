@@ -33,17 +33,17 @@ particles), 0.058 and 0.089 rad. The particles' own data place them to about 0.0
 refinement from the truth with the whole half maps (the default) stays near the truth because it
 started there, not because the images fix it.
 
-From the second round on, the rounds stop at the first one whose orientations give half maps of worse
-FSC-0.143 resolution than the orientations it started from, which are then kept (``keep_best``; the half
-maps of each round's orientations are its successor's references, so the rule costs no reconstruction).
-Rounds can make the orientations worse: with the whole half maps each particle is drawn towards its own
-noise. On 2,000 images of 64² at −12 dB (CTF, shifts; CPU; phantom, 1o1z, 4p5j, from the global search)
-every round after the first moved correct particles off, and the half maps' resolution fell with their
-E_OR (1o1z, after rounds 1–5: 5.22, 5.27, 5.67, 5.68, 5.69 Å; 0.0786, 0.0815, 0.0839, 0.0856, 0.0870
-rad). The first round is not judged: the orientations given may have been found against one reference
-for both half sets (the global search's before session 32), whose noise correlates their half maps and raises
-their FSC (on those three cases it fell from the given orientations to round 1's in all but at most one shell
-coarser than 7 Å while E_OR fell too: the phantom 0.0675 → 0.0625 rad, 5.347 → 5.350 Å).
+The rounds stop at the first one whose orientations give half maps of worse FSC-0.143 resolution than the
+orientations it started from, which are then kept (``keep_best``; the half maps of each round's orientations are its
+successor's references, so the rule costs no reconstruction). Rounds can make the orientations worse: with the whole
+half maps each particle is drawn towards its own noise. On 2,000 images of 64² at −12 dB (CTF, shifts; CPU; phantom,
+1o1z, 4p5j, from the global search) every round after the first moved correct particles off, and the half maps'
+resolution fell with their E_OR (1o1z, after rounds 1–5: 5.22, 5.27, 5.67, 5.68, 5.69 Å; 0.0786, 0.0815, 0.0839,
+0.0856, 0.0870 rad). The first round is judged only where ``half`` is given (half sets whose orientations were found
+apart, as the global search's and RELION's are): a new random split of orientations found against one reference for
+both shares that reference's noise, whose FSC the first round lowers while E_OR falls too (on those three cases: the
+phantom 0.0675 → 0.0625 rad, 5.347 → 5.350 Å). From the global search's half sets the first round made both worse
+(2,000 × 64², −12 dB: 1aki 0.1358 → 0.1410 rad, 5.58 → 5.72 Å; 3o5r 0.1136 → 0.1191 rad, 5.72 → 5.78 Å).
 
 The final half maps are those of the orientations kept, reconstructed again (``soft=True``, the default)
 by soft assignment, as RELION's marginalisation: each particle is scored on a finer local grid of orientations and
@@ -96,8 +96,7 @@ from .reconstruct import FourierInserter
 
 __all__ = ["refine", "RefineResult", "RoundStats", "mirror_orientations"]
 
-#: ``ctf(indices, size)`` -> real CTFs (B, size, size // 2 + 1) of particles ``indices`` (B,)
-#: on the ``rfft2`` grid of an image of edge ``size`` at the particles' pixel size.
+#: ``ctf(indices, size)`` -> real CTFs (B, size, size // 2 + 1) of particles ``indices``, ``rfft2`` grid of edge size
 CTFSource = Callable[[Tensor, int], Tensor]
 
 # The final soft assignment: a lattice of SOFT_LATTICE steps of SOFT_ANGLE / band rad (band: the
@@ -128,7 +127,7 @@ class RefineResult:
 
     quaternions: Tensor  # (N, 4) float64, RELION A, w >= 0
     shifts: Tensor  # (N, 2) float64, pixels (x, y); RELION origin = -shifts · pixel_size
-    scores: Tensor  # (N,) NCC of each particle in the round kept (NaN with rounds=0)
+    scores: Tensor  # (N,) NCC of each particle in the round kept (NaN where none was kept)
     half: Tensor  # (N,) int64, the gold-standard half set (0 or 1) of each particle
     half_maps: Tensor  # (2, n, n, n) float32, unfiltered, from the final orientations (soft: their posteriors)
     map: Tensor  # (n, n, n) float32, all particles, low-pass filtered at ``resolution``
@@ -136,7 +135,7 @@ class RefineResult:
     resolution: float  # Å, at FSC = 0.143
     pixel_size: float  # Å
     rounds: list[RoundStats] = field(default_factory=list)
-    kept: int = 0  # the round whose orientations were kept (0: the given ones, with rounds=0)
+    kept: int = 0  # the round whose orientations were kept (0: the given ones)
     stopped: Optional[str] = None  # why the rounds stopped early, from the half maps' resolution
     handedness_flipped: Optional[bool] = None  # True: ``map`` is the mirror image of the reference
     reference_fsc: Optional[float] = None  # mean FSC (shells to ``resolution``) of the map, in the reference's hand, vs it
@@ -421,12 +420,11 @@ def refine(
     each half set is split into that many random groups, and a group's particles are compared with
     their half map reconstructed without them, so that no particle meets its own noise (module
     docstring; default 1: the whole half map).
-    ``keep_best``: after each round, the half maps of the orientations it found are reconstructed (they are
-    the next round's references); from the second round on, at the first round whose half maps reach a worse
-    FSC-0.143 resolution than those of the orientations it started from, the rounds stop and the orientations
-    and shifts it started from are kept (:attr:`RefineResult.stopped` says so, with both resolutions; module
-    docstring). ``rounds`` is then the most that run. Without it, all ``rounds`` run and the last
-    orientations are kept.
+    ``keep_best``: after each round, the half maps of the orientations it found are reconstructed (the next
+    round's references); from the second round on (from the first where ``half`` is given), at the first round
+    whose half maps reach a worse FSC-0.143 resolution than those of its start, the rounds stop and that start
+    is kept (:attr:`RefineResult.stopped` says so, with both resolutions; module docstring). ``rounds`` is then
+    the most that run. Without it, all ``rounds`` run and the last orientations are kept.
     ``reference``: optional (n, n, n) map; the result then says whether the refined map is
     its mirror image (module docstring). The reference is taken to be in the orientations'
     frame up to a mirror, or in any frame with ``align_reference``.
@@ -464,6 +462,7 @@ def refine(
         if not bool(torch.isfinite(ref).all()):
             raise ValueError("reference map contains NaN or infinite values")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    judge_first = half is not None  # half sets found apart: the first round is judged too (module docstring)
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(int(seed)))
     half = (perm.argsort() >= N // 2).long() if half is None else torch.as_tensor(half).long().cpu()
     if tuple(half.shape) != (N,) or not bool(((half == 0) | (half == 1)).all()) or int(half.sum()) in (0, N):
@@ -480,7 +479,7 @@ def refine(
     stopped = None
     bar = tqdm(range(int(rounds)), desc="refine", unit="round", disable=not progress)
     for k in bar:
-        judged = keep_best and k > 0  # the round's start kept until its half maps are known to be no worse
+        judged = keep_best and (k > 0 or judge_first)  # its start kept until its half maps are known no worse
         before = (halves, q.clone(), t.clone(), est.scores.clone()) if judged else None
         stats = _search_round(est, recon, halves, lattice, shift_grid, passes, batch_size, interpolation)
         history.append(stats)
@@ -492,7 +491,8 @@ def refine(
         if judged and stats.resolution_after > stats.resolution:
             halves, q, t, est.scores = before
             stopped = (f"round {k + 1}'s orientations gave half maps at {stats.resolution_after:.2f} Å, worse than "
-                       f"{stats.resolution:.2f} Å before it: stopped, round {k}'s orientations kept")
+                       f"{stats.resolution:.2f} Å before it: stopped, "
+                       f"the orientations {f'of round {k}' if k else 'given'} kept")
             break
     ins, maps, curve, res, band = halves
     soft_scale = None
