@@ -96,7 +96,7 @@ from .reconstruct import FourierInserter
 
 __all__ = ["refine", "RefineResult", "RoundStats", "mirror_orientations"]
 
-#: ``ctf(indices, size)`` -> real CTFs (B, size, size // 2 + 1) of particles ``indices``, ``rfft2`` grid of edge size
+#: ``ctf(indices, size)`` -> real CTFs (B, size, size // 2 + 1), rfft2 grid of edge size at the particles' pixel size
 CTFSource = Callable[[Tensor, int], Tensor]
 
 # The final soft assignment: a lattice of SOFT_LATTICE steps of SOFT_ANGLE / band rad (band: the

@@ -90,7 +90,8 @@ class ChainResult:
         lines += [self.searched.summary(), self.searched.trajectory()] if self.searched is not None else []
         if self.refined is not None:
             r = self.refined
-            lines.append(f"refine: {len(r.rounds)} rounds, {r.kept} kept, FSC 0.143 resolution {r.resolution:.2f} Å "
+            lines.append(f"refine: {len(r.rounds)} round{'s' * (len(r.rounds) != 1)}, {r.kept} kept, "
+                         f"FSC 0.143 resolution {r.resolution:.2f} Å "
                          f"(gold-standard half maps; the half sets shared one map up to {self.searched.shared_resolution:.2f} Å); "
                          f"mean shift {float(r.shifts.norm(dim=1).mean()):.2f} px")
             lines += [f"refine: {r.stopped}"] if r.stopped else []
