@@ -78,7 +78,7 @@ def test_resume_writes_every_output(data, chained):
     for name in MAPS:
         volume, voxel = read_map(out / name)
         assert volume.shape == (BOX, BOX, BOX) and voxel == pytest.approx(PIXEL)
-    assert "global search: start 'given" in stdout and "refine: 1 rounds" in stdout and str(out) in stdout
+    assert "global search: start 'given" in stdout and "refine: 1 round, " in stdout and str(out) in stdout
     assert "global search iterations (band, half maps, changed, time, coarse to fine or full" in stdout
     report = (out / "report.txt").read_text()
     for text in ("ab initio: 250 orientations", "global search: start", "global search iterations", "restarts 0, iterations cap 10, rounds", "spectral gap", "resolution:", "timings:", "reused the checkpoints "
