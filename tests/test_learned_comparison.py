@@ -166,6 +166,21 @@ def test_training_resumes_bit_for_bit(tmp_path, monkeypatch, near):
         lc.train_comparison(maps, tmp_path / "b", resume=True, **{**kw, "near": None if near else (12.0, 20.0)})
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_training_resumes_on_the_gpu(tmp_path):
+    """A checkpoint written on the GPU resumes there (the generator's state stays a CPU tensor)."""
+    maps = training_maps(None, 2, 32)
+    kw = dict(size=32, proteins_per_step=2, pairs=4, checkpoint_every=2, net_options=TINY, device="cuda")
+    lc.train_comparison(maps, tmp_path, steps=4, **kw)
+    (tmp_path / "weights.pt").unlink()
+    st = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    st["step"] = 2
+    torch.save(st, tmp_path / "checkpoint.pt")
+    lc.train_comparison(maps, tmp_path, steps=4, resume=True, **kw)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert (tmp_path / "weights.pt").exists()
+
+
 def test_near_misses_turn_the_view_by_the_angles_asked_and_leave_the_pairs_as_they_were():
     g = torch.Generator().manual_seed(3)
     view = torch.nn.functional.normalize(torch.randn(500, 3, generator=g, dtype=torch.float64), dim=1)

@@ -330,7 +330,7 @@ def train_comparison(maps, out, *, steps: int, size: int, proteins_per_step: int
     if resume:
         if not ckpt.exists():
             raise ValueError(f"--resume: no checkpoint at {ckpt}")
-        st = torch.load(ckpt, map_location=dev, weights_only=False)
+        st = torch.load(ckpt, map_location="cpu", weights_only=False)  # the generator state stays on the CPU
         if st["config"] != net.config or st["steps"] != steps or st.get("near") != near:
             raise ValueError(f"{ckpt} was written with another network, number of steps or near misses: "
                              f"{st['config']}, {st['steps']} steps, near {st.get('near')}")
