@@ -275,16 +275,19 @@ def test_ab_initio_builds_its_graph_from_a_learned_comparison(tmp_path):
         estimate_orientations(images, comparison=tmp_path / "junk.pt")
 
 
-def test_the_benchs_network_loads_and_scores_as_recorded():
-    """bench/weights/learned_comparison_h200_step900.pt (bench/README.md's session-16 figures): its configuration
-    and its scores of four blob images, as recorded when it was measured."""
+@pytest.mark.parametrize("name, recorded", [
+    ("learned_comparison_h200_step900.pt", [0.375, 0.3111, 0.3537, 0.4119, 0.5363, 0.6256]),  # session 16
+    ("learned_comparison_h100_step5000.pt", [0.4716, 0.3717, 0.4138, 0.4068, 0.5912, 0.6681]),  # session 39
+])
+def test_the_benchs_networks_load_and_score_as_recorded(name, recorded):
+    """bench/weights/NAME (the networks of bench/README.md's figures): its configuration and its scores of four
+    blob images, as recorded when it was measured."""
     from pathlib import Path
 
-    net = lc.load_comparison(Path(__file__).resolve().parents[1] / "bench" / "weights"
-                             / "learned_comparison_h200_step900.pt")
+    net = lc.load_comparison(Path(__file__).resolve().parents[1] / "bench" / "weights" / name)
     assert net.config == dict(crop=48, rings=23, angles=48, width=32, depth=6, features=8, fill=None)
     with torch.no_grad():
         z = net(net.polar(_blobs(4, 64, seed=11)))
         s = lc.rotation_max(z, z)
     got = [float(s[i, j]) for i, j in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))]
-    assert got == pytest.approx([0.375, 0.3111, 0.3537, 0.4119, 0.5363, 0.6256], abs=2e-4)
+    assert got == pytest.approx(recorded, abs=2e-4)
