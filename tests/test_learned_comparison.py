@@ -281,7 +281,7 @@ def test_ab_initio_builds_its_graph_from_a_learned_comparison(tmp_path):
 ])
 def test_the_benchs_networks_load_and_score_as_recorded(name, recorded):
     """bench/weights/NAME (the networks of bench/README.md's figures): its configuration and its scores of four
-    blob images, as recorded when it was measured."""
+    blob images on the CPU, as recorded when the file was added."""
     from pathlib import Path
 
     net = lc.load_comparison(Path(__file__).resolve().parents[1] / "bench" / "weights" / name)
